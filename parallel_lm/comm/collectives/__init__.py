@@ -1,0 +1,39 @@
+"""One module per algorithm; these registries map the names users type to functions.
+
+Every function takes ``(buf, comm)`` (broadcast also ``root``), works in
+place on a 1-D contiguous array and only calls the communicator's
+``Get_rank``, ``Get_size``, ``Send``, ``Recv`` and ``Sendrecv``, so the same
+code runs on a real MPI communicator or a simulated one. ``mpi`` is the
+exception: it calls the library's own collective.
+"""
+from .broadcast import broadcast_binomial
+from .mpi import all_gather_mpi, allreduce_mpi, broadcast_mpi, reduce_scatter_mpi
+from .naive import allreduce_naive
+from .rabenseifner import allreduce_rabenseifner
+from .recursive_doubling import all_gather_recursive_doubling, allreduce_recursive_doubling
+from .recursive_halving import reduce_scatter_recursive_halving
+from .ring import all_gather_ring, allreduce_ring, reduce_scatter_ring
+from .tree import allreduce_tree
+
+ALGORITHMS = {
+    "naive": allreduce_naive,
+    "tree": allreduce_tree,
+    "ring": allreduce_ring,
+    "recursive_doubling": allreduce_recursive_doubling,
+    "rabenseifner": allreduce_rabenseifner,
+    "mpi": allreduce_mpi,
+}
+REDUCE_SCATTER_ALGORITHMS = {
+    "ring": reduce_scatter_ring,
+    "recursive_halving": reduce_scatter_recursive_halving,
+    "mpi": reduce_scatter_mpi,
+}
+ALL_GATHER_ALGORITHMS = {
+    "ring": all_gather_ring,
+    "recursive_doubling": all_gather_recursive_doubling,
+    "mpi": all_gather_mpi,
+}
+BROADCAST_ALGORITHMS = {
+    "binomial": broadcast_binomial,
+    "mpi": broadcast_mpi,
+}

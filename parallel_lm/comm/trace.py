@@ -1,0 +1,39 @@
+"""``PARALLEL_LM_TRACE=1``: print every message a collective sends, to watch the chunks move.
+
+Wraps a communicator; each point-to-point call prints one whole line to
+stderr, e.g. ``[trace] rank 1 -> 2  256 B | rank 1 <- 0  256 B  (Sendrecv)``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def tracing_enabled() -> bool:
+    return os.environ.get("PARALLEL_LM_TRACE", "") not in ("", "0")
+
+
+class TraceComm:
+    def __init__(self, comm):
+        self._comm = comm
+        self._rank = comm.Get_rank()
+
+    def __getattr__(self, name):
+        return getattr(self._comm, name)
+
+    def _say(self, text: str) -> None:
+        sys.stderr.write(f"[trace] rank {self._rank} {text}\n")
+        sys.stderr.flush()
+
+    def Send(self, buf, dest, tag=0):
+        self._say(f"-> {dest}  {buf.nbytes} B  (Send)")
+        return self._comm.Send(buf, dest=dest, tag=tag)
+
+    def Recv(self, buf, source, tag=0, status=None):
+        self._say(f"<- {source}  {buf.nbytes} B  (Recv)")
+        return self._comm.Recv(buf, source=source, tag=tag, status=status)
+
+    def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=0, recvtag=0, status=None):
+        self._say(f"-> {dest}  {sendbuf.nbytes} B | rank {self._rank} <- {source}  {recvbuf.nbytes} B  (Sendrecv)")
+        return self._comm.Sendrecv(sendbuf, dest=dest, sendtag=sendtag, recvbuf=recvbuf,
+                                   source=source, recvtag=recvtag, status=status)

@@ -1,0 +1,87 @@
+"""How every entry point behaves under mpiexec: one voice, and no silent hangs.
+
+- ``print0``: rank 0 speaks, one whole line per write (ranks' output
+  interleaves mid-line otherwise).
+- ``main_guard``: run a click command so that a usage error is printed once
+  (by rank 0) and every rank exits non-zero, and any other exception on any
+  rank aborts the whole job (MPI_Abort) instead of leaving the other ranks
+  blocked in their next collective forever (MPI-NOTES.md: "A Python
+  exception on one rank leaves the others blocked").
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+
+def world():
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
+def rank() -> int:
+    return world().Get_rank()
+
+
+def print0(*parts, file=None) -> None:
+    """Print one line from rank 0 only, flushed at once (``PARALLEL_LM_ALL_RANKS=1``: every rank, prefixed)."""
+    text = " ".join(str(p) for p in parts)
+    r = rank()
+    if r != 0 and not os.environ.get("PARALLEL_LM_ALL_RANKS"):
+        return
+    if r != 0 or os.environ.get("PARALLEL_LM_ALL_RANKS"):
+        text = "\n".join(f"[rank {r}] {line}" for line in text.splitlines() or [""])
+    out = file or sys.stdout
+    out.write(text + "\n")
+    out.flush()
+
+
+def abort(code: int = 1) -> None:
+    """End the whole job now: every rank, even those waiting in a collective."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    comm = world()
+    if comm.Get_size() > 1:
+        comm.Abort(code)
+    sys.exit(code)
+
+
+def main_guard(command: click.Command, args=None) -> None:
+    """Run a click command as an MPI program's main (see the module docstring)."""
+    try:
+        command.main(args=args, standalone_mode=False)
+    except click.exceptions.Abort:
+        # Ctrl-C on the launcher: end every rank.
+        abort(130)
+    except click.ClickException as e:
+        # Bad flags: every rank parsed the same argv and failed the same way before
+        # any communication, so all exit together and one message is enough.
+        if rank() == 0:
+            e.show()
+        sys.exit(e.exit_code)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            abort(e.code if isinstance(e.code, int) else 1)
+        raise
+    except BaseException:
+        sys.stderr.write(f"[rank {rank()}] fatal error, aborting all ranks:\n{traceback.format_exc()}")
+        abort(1)
+
+
+def install_abort_hook() -> None:
+    """Make an uncaught exception on any rank abort the whole job (for scripts without ``main_guard``)."""
+    def hook(kind, value, tb):
+        sys.stderr.write(f"[rank {rank()}] fatal error, aborting all ranks:\n"
+                         + "".join(traceback.format_exception(kind, value, tb)))
+        abort(1)
+    sys.excepthook = hook
+
+
+def check(ok: bool, message: str) -> None:
+    """A self-check: on failure print ``CHECK FAILED: message`` and end the job with exit 1."""
+    if not ok:
+        sys.stderr.write(f"[rank {rank()}] CHECK FAILED: {message}\n")
+        abort(1)

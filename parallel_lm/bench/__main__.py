@@ -1,0 +1,132 @@
+"""python -m parallel_lm.bench: time collectives side by side with the MPI library, nccl-tests style.
+
+    mpiexec -n 4 python -m parallel_lm.bench -b 4K -e 64M -f 4
+    mpiexec -n 4 python -m parallel_lm.bench --algorithms ring,mpi,torch_gloo --json bench.json
+    mpiexec -n 2 python -m parallel_lm.bench --op pingpong -b 1 -e 4M
+
+Each row: buffer size, element count, dtype, algorithm, median time, algbw and
+busbw (nccl-tests definitions, see metrics.py), busbw relative to the library's
+(``vs_mpi``) and the number of wrong elements in the result (``errors``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+import numpy as np
+from mpi4py import MPI
+
+from ..comm.buffers import SUPPORTED_DTYPES
+from ..runtime import main_guard, print0, world
+from .metrics import OPS, algbw_GBps, busbw_GBps, format_size, parse_size, sweep
+from .pingpong import half_round_trip_s
+from .runners import REGISTRIES, TORCH_GLOO, count_errors, make_input, runner
+from .timing import time_collective
+
+HEADER = f"{'size':>8} {'count':>10} {'type':>8} {'algorithm':>18} {'time_us':>11} {'algbw_GBps':>10} {'busbw_GBps':>10} {'vs_mpi':>7} {'errors':>6}"
+
+
+def _size(ctx, param, text):
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _names(text: str, valid: list[str], what: str) -> list[str]:
+    names = [v for v in valid if v != TORCH_GLOO] if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown {what} {', '.join(unknown) or '(none given)'}; valid: {', '.join(valid)} or 'all'")
+    return names
+
+
+def _row(r: dict) -> str:
+    vs = f"{r['vs_mpi']:.2f}" if r.get("vs_mpi") is not None else "-"
+    return (f"{format_size(r['size_bytes']):>8} {r['count']:>10} {r['dtype']:>8} {r['algorithm']:>18} "
+            f"{r['time_us']:>11.1f} {r['algbw_GBps']:>10.3f} {r['busbw_GBps']:>10.3f} {vs:>7} {r['errors']:>6}")
+
+
+def _progress(total: int, comm):
+    """A progress bar on rank 0's terminal (stderr); nothing when output is redirected."""
+    from tqdm import tqdm
+    return tqdm(total=total, unit="point", file=sys.stderr, leave=False,
+                disable=comm.Get_rank() != 0 or not sys.stderr.isatty())
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--op", type=click.Choice(OPS), default="allreduce", help="Collective to time; pingpong times ranks 0<->1.")
+@click.option("--algorithms", "-a", default="all",
+              help="Comma-separated algorithm names for --op, or 'all'. allreduce also takes torch_gloo "
+                   "(torch.distributed gloo), which 'all' leaves out because it imports torch.")
+@click.option("--dtypes", "-d", default="float32", help=f"Comma-separated: {', '.join(str(d) for d in SUPPORTED_DTYPES)}.")
+@click.option("--min-bytes", "-b", default="4K", callback=_size, help="Smallest buffer (bytes; K, M, G suffixes).")
+@click.option("--max-bytes", "-e", default="64M", callback=_size, help="Largest buffer.")
+@click.option("--factor", "-f", default=4.0, type=float, help="Size multiplier between sweep points.")
+@click.option("--iters", "-n", default=20, type=click.IntRange(min=1), help="Timed repetitions per point (median reported).")
+@click.option("--warmup", "-w", default=5, type=click.IntRange(min=0), help="Untimed repetitions first.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the records to this JSON file.")
+def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, json_path):
+    """Time collective algorithms side by side with the MPI library (run under mpiexec)."""
+    comm = world()
+    p, rank = comm.Get_size(), comm.Get_rank()
+    names = _names(algorithms, REGISTRIES[op], f"{op} algorithm")
+    names.sort(key=lambda n: n != "mpi")  # the library first, so every row can show vs_mpi
+    dtype_list = [np.dtype(d) for d in _names(dtypes, [str(d) for d in SUPPORTED_DTYPES], "dtype")]
+    try:
+        sizes = sweep(min_bytes, max_bytes, factor)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if op == "pingpong" and p < 2:
+        raise click.UsageError("--op pingpong needs at least 2 ranks: mpiexec -n 2 python -m parallel_lm.bench --op pingpong")
+
+    print0(f"# parallel_lm.bench: op {op}, {p} ranks, {MPI.Get_library_version().splitlines()[0].strip()}, "
+           f"warmup {warmup}, iters {iters} (median; time of the slowest rank)")
+    print0("#" + HEADER[1:])
+    records, points = [], [(s, d, a) for s in sizes for d in dtype_list for a in names if op != "pingpong" or d == dtype_list[0]]
+    with _progress(len(points), comm) as bar:
+        library_busbw = {}
+        for size, dtype, algorithm in points:
+            count = size // dtype.itemsize if op != "pingpong" else size
+            rec = dict(op=op, algorithm=algorithm, dtype=dtype.name if op != "pingpong" else "uint8",
+                       size_bytes=count * (dtype.itemsize if op != "pingpong" else 1), count=count, ranks=p)
+            if op == "pingpong":
+                t_med = t_min = half_round_trip_s(comm, size, warmup, iters)
+                errors = 0
+            else:
+                src = make_input(count, dtype, rank)
+                buf = src.copy()
+                run = runner(op, algorithm, buf, comm)
+                t_med, t_min = time_collective(comm, run, lambda: np.copyto(buf, src), warmup, iters)
+                np.copyto(buf, src)
+                run()
+                errors = comm.allreduce(count_errors(op, buf, comm), op=MPI.MAX)
+            rec.update(time_us=t_med * 1e6, time_us_min=t_min * 1e6,
+                       algbw_GBps=algbw_GBps(rec["size_bytes"], t_med),
+                       busbw_GBps=busbw_GBps(op, rec["size_bytes"], t_med, p), errors=errors)
+            if algorithm == "mpi":
+                library_busbw[(size, dtype)] = rec["busbw_GBps"]
+            base = library_busbw.get((size, dtype))
+            rec["vs_mpi"] = rec["busbw_GBps"] / base if base else None
+            records.append(rec)
+            if rank == 0:
+                bar.write(_row(rec), file=sys.stdout)
+            bar.update()
+    bad = sum(r["errors"] for r in records)
+    print0(f"# {len(records)} points, {bad} wrong elements in all")
+    if json_path and rank == 0:
+        meta = dict(op=op, ranks=p, iters=iters, warmup=warmup, mpi_library=MPI.Get_library_version().splitlines()[0].strip(),
+                    command=" ".join(["python -m parallel_lm.bench"] + sys.argv[1:]))
+        tmp = f"{json_path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"meta": meta, "records": records}, f, indent=1)
+        os.replace(tmp, json_path)
+        print0(f"# wrote {json_path}")
+    if bad:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,68 @@
+"""Bandwidth arithmetic, as nccl-tests defines it (doc/PERFORMANCE.md in NVIDIA/nccl-tests).
+
+algbw = size / time, where size is the buffer's bytes. busbw rescales
+algbw by how many bytes each rank must move at best for that operation, so
+that busbw is comparable across operations and rank counts and can be read
+against the hardware's link bandwidth:
+
+  allreduce       busbw = algbw * 2(p-1)/p
+  reduce_scatter  busbw = algbw * (p-1)/p
+  all_gather      busbw = algbw * (p-1)/p
+  broadcast       busbw = algbw
+  pingpong        busbw = algbw  (size / half round trip, as OSU's osu_latency/osu_bw)
+"""
+from __future__ import annotations
+
+import re
+
+OPS = ("allreduce", "reduce_scatter", "all_gather", "broadcast", "pingpong")
+
+
+def bus_factor(op: str, ranks: int) -> float:
+    if op == "allreduce":
+        return 2 * (ranks - 1) / ranks
+    if op in ("reduce_scatter", "all_gather"):
+        return (ranks - 1) / ranks
+    if op in ("broadcast", "pingpong"):
+        return 1.0
+    raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)}")
+
+
+def algbw_GBps(size_bytes: int, time_s: float) -> float:
+    return size_bytes / time_s / 1e9 if time_s > 0 else float("nan")
+
+
+def busbw_GBps(op: str, size_bytes: int, time_s: float, ranks: int) -> float:
+    return algbw_GBps(size_bytes, time_s) * bus_factor(op, ranks)
+
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+          "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'64M' -> 67108864, '4K' -> 4096, '1000' -> 1000 (binary units, as nccl-tests' -b/-e)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ValueError(f"cannot read size {text!r}: write bytes as a number with an optional K, M or G (e.g. 4K, 64M)")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def format_size(n_bytes: int) -> str:
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n_bytes >= scale and n_bytes % scale == 0:
+            return f"{n_bytes // scale}{unit}"
+    return str(n_bytes)
+
+
+def sweep(min_bytes: int, max_bytes: int, factor: float) -> list[int]:
+    """Sizes min, min*factor, ... up to max (inclusive), as nccl-tests' -b/-e/-f."""
+    if min_bytes <= 0 or max_bytes < min_bytes:
+        raise ValueError(f"need 0 < min-bytes <= max-bytes, got {min_bytes} and {max_bytes}")
+    if factor <= 1:
+        raise ValueError(f"--factor must be > 1 so the sweep grows, got {factor}")
+    sizes, s = [], float(min_bytes)
+    while s <= max_bytes:
+        sizes.append(int(s))
+        s *= factor
+    return sizes

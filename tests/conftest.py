@@ -1,0 +1,35 @@
+"""Helpers for tests that launch ``mpiexec -n K`` (MPI-NOTES.md: a subprocess with a timeout
+turns a deadlock into a failure)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRAMS = ROOT / "tests" / "programs"
+
+
+def mpiexec_path() -> str:
+    """``$PARALLEL_LM_MPIEXEC``, else the one beside this Python (mpich wheel), else PATH's."""
+    found = os.environ.get("PARALLEL_LM_MPIEXEC") or shutil.which("mpiexec", path=str(Path(sys.executable).parent)) \
+        or shutil.which("mpiexec")
+    if not found:
+        pytest.fail("no mpiexec found: pip install 'parallel_lm[mpich]' or put a system MPI's mpiexec on PATH")
+    return found
+
+
+def mpirun(k: int, args: list[str], timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n k python ARGS`` from the repository root; output captured as text."""
+    full_env = dict(os.environ, **(env or {}))
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    return subprocess.run([mpiexec_path(), "-n", str(k), sys.executable, *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"

@@ -37,3 +37,34 @@ class TraceComm:
         self._say(f"-> {dest}  {sendbuf.nbytes} B | rank {self._rank} <- {source}  {recvbuf.nbytes} B  (Sendrecv)")
         return self._comm.Sendrecv(sendbuf, dest=dest, sendtag=sendtag, recvbuf=recvbuf,
                                    source=source, recvtag=recvtag, status=status)
+
+
+class CountingComm:
+    """Wraps a communicator and counts the messages and bytes this rank sends and receives."""
+
+    def __init__(self, comm):
+        self._comm = comm
+        self.sent = self.received = self.bytes_sent = 0
+
+    def __getattr__(self, name):
+        return getattr(self._comm, name)
+
+    def _count(self, sendbuf=None, recvbuf=None):
+        if sendbuf is not None:
+            self.sent += 1
+            self.bytes_sent += sendbuf.nbytes
+        if recvbuf is not None:
+            self.received += 1
+
+    def Send(self, buf, dest, tag=0):
+        self._count(sendbuf=buf)
+        return self._comm.Send(buf, dest=dest, tag=tag)
+
+    def Recv(self, buf, source, tag=0, status=None):
+        self._count(recvbuf=buf)
+        return self._comm.Recv(buf, source=source, tag=tag, status=status)
+
+    def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=0, recvtag=0, status=None):
+        self._count(sendbuf=sendbuf, recvbuf=recvbuf)
+        return self._comm.Sendrecv(sendbuf, dest=dest, sendtag=sendtag, recvbuf=recvbuf,
+                                   source=source, recvtag=recvtag, status=status)

@@ -1,0 +1,32 @@
+"""Every lesson runs under mpiexec, checks itself and says OK (CI runs them all)."""
+import pytest
+
+from conftest import ROOT, describe, mpirun
+
+LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
+RANKS = {"01": [1, 4], "02": [3, 8], "03": [3, 4], "04": [4]}
+
+
+def test_every_lesson_is_covered():
+    assert [p.name[:2] for p in LESSONS] == sorted(RANKS)
+
+
+@pytest.mark.parametrize("lesson,k", [(p, k) for p in LESSONS for k in RANKS[p.name[:2]]],
+                         ids=lambda v: v.name[:2] if hasattr(v, "name") else f"n{v}")
+def test_lesson_runs_and_checks_itself(lesson, k):
+    proc = mpirun(k, [str(lesson)], timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    assert f"lesson {lesson.name[:2]} OK" in proc.stdout, describe(proc)
+    assert "CHECK FAILED" not in proc.stderr
+
+
+def test_failed_self_check_ends_every_rank_non_zero():
+    proc = mpirun(3, ["-c", "from parallel_lm.runtime import check, rank; import time; "
+                            "check(rank() != 1, 'rank 1 disagrees'); time.sleep(30)"], timeout=20)
+    assert proc.returncode != 0 and "[rank 1] CHECK FAILED: rank 1 disagrees" in proc.stderr, describe(proc)
+
+
+def test_torch_tensor_example():
+    proc = mpirun(3, [str(ROOT / "examples" / "allreduce_torch_tensor.py"), "--algorithm", "recursive_doubling"], timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    assert "mean over 3 ranks = 1.0 (expected 1.0); all ranks agree: True" in proc.stdout, describe(proc)

@@ -37,6 +37,6 @@ def test_bad_flags_fail_once_with_the_fix_on_every_rank():
 
 
 def test_torch_gloo_baseline_runs(tmp_path):
-    proc = mpirun(2, ["-m", "parallel_lm.bench", "-a", "ring,mpi,torch_gloo", "-b", "64K", "-e", "64K", "-n", "2", "-w", "1"],
+    proc = mpirun(2, ["-m", "parallel_lm.bench", "-a", "all,torch_gloo", "-b", "64K", "-e", "64K", "-n", "2", "-w", "1"],
                   timeout=180)
     assert proc.returncode == 0 and "torch_gloo" in proc.stdout and "0 wrong elements" in proc.stdout, describe(proc)

@@ -23,9 +23,14 @@ from ..runtime import main_guard, print0, world
 from .metrics import OPS, algbw_GBps, busbw_GBps, format_size, parse_size, sweep
 from .pingpong import half_round_trip_s
 from .runners import REGISTRIES, TORCH_GLOO, count_errors, make_input, runner
-from .timing import time_collective
+from .timing import time_interleaved
 
 HEADER = f"{'size':>8} {'count':>10} {'type':>8} {'algorithm':>18} {'time_us':>11} {'algbw_GBps':>10} {'busbw_GBps':>10} {'vs_mpi':>7} {'errors':>6}"
+
+
+def _library() -> str:
+    """'MPICH Version: 5.0.2', say: the first line of MPI_Get_library_version, spaces squeezed."""
+    return " ".join(MPI.Get_library_version().splitlines()[0].split())
 
 
 def _size(ctx, param, text):
@@ -36,7 +41,12 @@ def _size(ctx, param, text):
 
 
 def _names(text: str, valid: list[str], what: str) -> list[str]:
-    names = [v for v in valid if v != TORCH_GLOO] if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    """Comma-separated names; 'all' stands for every valid name but torch_gloo (which imports torch)."""
+    names = []
+    for token in (t.strip() for t in text.split(",") if t.strip()):
+        for name in ([v for v in valid if v != TORCH_GLOO] if token == "all" else [token]):
+            if name not in names:
+                names.append(name)
     unknown = [n for n in names if n not in valid]
     if unknown or not names:
         raise click.BadParameter(f"unknown {what} {', '.join(unknown) or '(none given)'}; valid: {', '.join(valid)} or 'all'")
@@ -56,6 +66,36 @@ def _progress(total: int, comm):
                 disable=comm.Get_rank() != 0 or not sys.stderr.isatty())
 
 
+def _record(op, algorithm, dtype_name, size_bytes, count, p, t_med, t_min, errors) -> dict:
+    return dict(op=op, algorithm=algorithm, dtype=dtype_name, size_bytes=size_bytes, count=count, ranks=p,
+                time_us=t_med * 1e6, time_us_min=t_min * 1e6, algbw_GBps=algbw_GBps(size_bytes, t_med),
+                busbw_GBps=busbw_GBps(op, size_bytes, t_med, p), errors=errors, vs_mpi=None)
+
+
+def _collective_point(comm, op, names, size, dtype, warmup, iters) -> list[dict]:
+    """Time every algorithm at one (size, dtype), interleaved; then count each one's wrong elements."""
+    count = size // dtype.itemsize
+    src = make_input(count, dtype, comm.Get_rank())
+    buf = src.copy()
+    runs = {name: runner(op, name, buf, comm) for name in names}
+    times = time_interleaved(comm, runs, lambda: np.copyto(buf, src), warmup, iters)
+    records = []
+    for name, run in runs.items():
+        np.copyto(buf, src)
+        run()
+        errors = comm.allreduce(count_errors(op, buf, comm), op=MPI.MAX)
+        records.append(_record(op, name, dtype.name, count * dtype.itemsize, count, comm.Get_size(), *times[name], errors))
+    library = next((r for r in records if r["algorithm"] == "mpi"), None)
+    for r in records:
+        r["vs_mpi"] = r["busbw_GBps"] / library["busbw_GBps"] if library else None
+    return records
+
+
+def _pingpong_point(comm, size, warmup, iters) -> list[dict]:
+    t = half_round_trip_s(comm, size, warmup, iters)
+    return [_record("pingpong", "mpi", "uint8", size, size, comm.Get_size(), t, t, 0)]
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--op", type=click.Choice(OPS), default="allreduce", help="Collective to time; pingpong times ranks 0<->1.")
 @click.option("--algorithms", "-a", default="all",
@@ -73,7 +113,7 @@ def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, js
     comm = world()
     p, rank = comm.Get_size(), comm.Get_rank()
     names = _names(algorithms, REGISTRIES[op], f"{op} algorithm")
-    names.sort(key=lambda n: n != "mpi")  # the library first, so every row can show vs_mpi
+    names.sort(key=lambda n: n != "mpi")  # the baseline heads each group of rows
     dtype_list = [np.dtype(d) for d in _names(dtypes, [str(d) for d in SUPPORTED_DTYPES], "dtype")]
     try:
         sizes = sweep(min_bytes, max_bytes, factor)
@@ -82,42 +122,23 @@ def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, js
     if op == "pingpong" and p < 2:
         raise click.UsageError("--op pingpong needs at least 2 ranks: mpiexec -n 2 python -m parallel_lm.bench --op pingpong")
 
-    print0(f"# parallel_lm.bench: op {op}, {p} ranks, {MPI.Get_library_version().splitlines()[0].strip()}, "
-           f"warmup {warmup}, iters {iters} (median; time of the slowest rank)")
+    print0(f"# parallel_lm.bench: op {op}, {p} ranks, {_library()}, "
+           f"warmup {warmup}, iters {iters} (median of the slowest rank's time; algorithms interleaved)")
     print0("#" + HEADER[1:])
-    records, points = [], [(s, d, a) for s in sizes for d in dtype_list for a in names if op != "pingpong" or d == dtype_list[0]]
+    records = []
+    points = [(s, d) for s in sizes for d in (dtype_list if op != "pingpong" else dtype_list[:1])]
     with _progress(len(points), comm) as bar:
-        library_busbw = {}
-        for size, dtype, algorithm in points:
-            count = size // dtype.itemsize if op != "pingpong" else size
-            rec = dict(op=op, algorithm=algorithm, dtype=dtype.name if op != "pingpong" else "uint8",
-                       size_bytes=count * (dtype.itemsize if op != "pingpong" else 1), count=count, ranks=p)
-            if op == "pingpong":
-                t_med = t_min = half_round_trip_s(comm, size, warmup, iters)
-                errors = 0
-            else:
-                src = make_input(count, dtype, rank)
-                buf = src.copy()
-                run = runner(op, algorithm, buf, comm)
-                t_med, t_min = time_collective(comm, run, lambda: np.copyto(buf, src), warmup, iters)
-                np.copyto(buf, src)
-                run()
-                errors = comm.allreduce(count_errors(op, buf, comm), op=MPI.MAX)
-            rec.update(time_us=t_med * 1e6, time_us_min=t_min * 1e6,
-                       algbw_GBps=algbw_GBps(rec["size_bytes"], t_med),
-                       busbw_GBps=busbw_GBps(op, rec["size_bytes"], t_med, p), errors=errors)
-            if algorithm == "mpi":
-                library_busbw[(size, dtype)] = rec["busbw_GBps"]
-            base = library_busbw.get((size, dtype))
-            rec["vs_mpi"] = rec["busbw_GBps"] / base if base else None
-            records.append(rec)
-            if rank == 0:
-                bar.write(_row(rec), file=sys.stdout)
+        for size, dtype in points:
+            for rec in (_pingpong_point(comm, size, warmup, iters) if op == "pingpong"
+                        else _collective_point(comm, op, names, size, dtype, warmup, iters)):
+                records.append(rec)
+                if rank == 0:
+                    bar.write(_row(rec), file=sys.stdout)
             bar.update()
     bad = sum(r["errors"] for r in records)
     print0(f"# {len(records)} points, {bad} wrong elements in all")
     if json_path and rank == 0:
-        meta = dict(op=op, ranks=p, iters=iters, warmup=warmup, mpi_library=MPI.Get_library_version().splitlines()[0].strip(),
+        meta = dict(op=op, ranks=p, iters=iters, warmup=warmup, mpi_library=_library(),
                     command=" ".join(["python -m parallel_lm.bench"] + sys.argv[1:]))
         tmp = f"{json_path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:

@@ -17,22 +17,31 @@ def quiet_barrier(comm, poll_s: float = 1e-4) -> None:
         time.sleep(poll_s)
 
 
-def time_collective(comm, run, reset, warmup: int, iters: int) -> tuple[float, float]:
-    """(median, min) seconds of ``run()`` across ``iters`` repetitions.
+def time_interleaved(comm, runs: dict, reset, warmup: int, iters: int) -> dict[str, tuple[float, float]]:
+    """{name: (median, min) seconds} for each ``runs[name]()``, repetitions interleaved.
 
-    ``reset()`` restores the input before every repetition, outside the timed
-    part. One repetition's time is the slowest rank's (the collective is
-    done when the last rank is), taken with an element-wise MAX over ranks.
+    Repetition i runs every algorithm once, in turn, so a slow spell of a
+    noisy machine hits all of them alike and their ratios stay honest.
+    ``reset()`` restores the input before every run, outside the timed
+    part. A run's time is the slowest rank's (the collective is done when
+    the last rank is), taken with an element-wise MAX over ranks.
     """
     for _ in range(warmup):
-        reset()
-        run()
-    times = np.empty(iters)
+        for run in runs.values():
+            reset()
+            run()
+    times = np.empty((len(runs), iters))
     for i in range(iters):
-        reset()
-        comm.Barrier()
-        t0 = MPI.Wtime()
-        run()
-        times[i] = MPI.Wtime() - t0
+        for j, run in enumerate(runs.values()):
+            reset()
+            comm.Barrier()
+            t0 = MPI.Wtime()
+            run()
+            times[j, i] = MPI.Wtime() - t0
     comm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
-    return float(np.median(times)), float(times.min())
+    return {name: (float(np.median(row)), float(row.min())) for name, row in zip(runs, times)}
+
+
+def time_collective(comm, run, reset, warmup: int, iters: int) -> tuple[float, float]:
+    """(median, min) seconds of one ``run()`` (see ``time_interleaved``)."""
+    return time_interleaved(comm, {"run": run}, reset, warmup, iters)["run"]

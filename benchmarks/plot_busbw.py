@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from parallel_lm.bench.metrics import format_size  # noqa: E402
+
 
 @click.command()
 @click.argument("bench_json", type=click.Path(exists=True, dir_okay=False))
@@ -26,6 +28,9 @@ def main(bench_json, out):
         ax.plot([s for s, _ in rows], [b for _, b in rows], marker="o", label=algorithm,
                 linestyle="--" if algorithm in ("mpi", "torch_gloo") else "-")
     ax.set_xscale("log", base=2)
+    sizes = sorted({r["size_bytes"] for r in records})
+    ax.set_xticks(sizes, [format_size(s) for s in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("message size (bytes)")
     ax.set_ylabel("busbw (GB/s)")
     ax.set_title(f"{meta['op']} on {meta['ranks']} ranks ({meta['mpi_library']})", fontsize=10)

@@ -30,10 +30,10 @@ def print0(*parts, file=None) -> None:
     """Print one line from rank 0 only, flushed at once (``PARALLEL_LM_ALL_RANKS=1``: every rank, prefixed)."""
     text = " ".join(str(p) for p in parts)
     r = rank()
-    if r != 0 and not os.environ.get("PARALLEL_LM_ALL_RANKS"):
-        return
-    if r != 0 or os.environ.get("PARALLEL_LM_ALL_RANKS"):
+    if os.environ.get("PARALLEL_LM_ALL_RANKS"):
         text = "\n".join(f"[rank {r}] {line}" for line in text.splitlines() or [""])
+    elif r != 0:
+        return
     out = file or sys.stdout
     out.write(text + "\n")
     out.flush()

@@ -50,3 +50,31 @@ def test_cuda_awareness_override_and_library_query(monkeypatch):
     buffers.cuda_aware_mpi.cache_clear()
     monkeypatch.delenv("PARALLEL_LM_CUDA_AWARE")
     assert buffers.cuda_aware_mpi() in (True, False)  # asks MPIX_Query_cuda_support, False without a GPU build
+
+
+class HostBackedDeviceArray:
+    """Stands in for a CuPy array on a machine without a GPU: has __cuda_array_interface__,
+    get() and set(), and holds its data in a NumPy array we can inspect."""
+
+    def __init__(self, data):
+        self.data = data
+        self.__cuda_array_interface__ = {"shape": data.shape, "typestr": data.dtype.str, "version": 3}
+        self.ndim, self.dtype, self.flags, self.size = data.ndim, data.dtype, data.flags, data.size
+        self.copies = 0
+
+    def get(self):
+        self.copies += 1
+        return self.data.copy()
+
+    def set(self, host):
+        self.copies += 1
+        self.data[...] = host
+
+
+def test_device_buffer_is_staged_through_host_when_mpi_is_not_cuda_aware(monkeypatch):
+    from parallel_lm.comm import allreduce
+    monkeypatch.setenv("PARALLEL_LM_CUDA_AWARE", "0")
+    fake = HostBackedDeviceArray(np.arange(5, dtype=np.float32))
+    assert buffers.is_device_array(fake)
+    assert allreduce(fake, algorithm="ring") is fake  # one rank: the sum is the buffer itself
+    assert fake.copies == 2 and np.array_equal(fake.data, np.arange(5))  # one copy down, one back

@@ -20,12 +20,6 @@ def test_lesson_runs_and_checks_itself(lesson, k):
     assert "CHECK FAILED" not in proc.stderr
 
 
-def test_failed_self_check_ends_every_rank_non_zero():
-    proc = mpirun(3, ["-c", "from parallel_lm.runtime import check, rank; import time; "
-                            "check(rank() != 1, 'rank 1 disagrees'); time.sleep(30)"], timeout=20)
-    assert proc.returncode != 0 and "[rank 1] CHECK FAILED: rank 1 disagrees" in proc.stderr, describe(proc)
-
-
 def test_torch_tensor_example():
     proc = mpirun(3, [str(ROOT / "examples" / "allreduce_torch_tensor.py"), "--algorithm", "recursive_doubling"], timeout=120)
     assert proc.returncode == 0, describe(proc)

@@ -40,3 +40,8 @@ def test_torch_gloo_baseline_runs(tmp_path):
     proc = mpirun(2, ["-m", "parallel_lm.bench", "-a", "all,torch_gloo", "-b", "64K", "-e", "64K", "-n", "2", "-w", "1"],
                   timeout=180)
     assert proc.returncode == 0 and "torch_gloo" in proc.stdout and "0 wrong elements" in proc.stdout, describe(proc)
+
+
+def test_one_rank_runs_without_mpiexec_arithmetic_errors():
+    proc = mpirun(1, ["-m", "parallel_lm.bench", "-b", "4K", "-e", "4K", "-n", "2", "-w", "1"])
+    assert proc.returncode == 0 and "0 wrong elements" in proc.stdout, describe(proc)

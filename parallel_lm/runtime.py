@@ -85,3 +85,35 @@ def check(ok: bool, message: str) -> None:
     if not ok:
         sys.stderr.write(f"[rank {rank()}] CHECK FAILED: {message}\n")
         abort(1)
+
+
+def agree(comm, fn, errors=(ValueError, OSError)):
+    """Run ``fn()`` on every rank; if it raised ``errors`` on any rank, raise one UsageError on all.
+
+    For work that can fail on some ranks only (a file missing on one node):
+    no rank walks on into a collective while another has stopped.
+    """
+    try:
+        result, message = fn(), None
+    except errors as e:
+        result, message = None, str(e)
+    messages = comm.allgather(message)
+    first = next((m for m in messages if m), None)
+    if first:
+        raise click.UsageError(first if messages[0] == first else f"on rank {messages.index(first)}: {first}")
+    return result
+
+
+def threads_per_rank(comm, requested: int | None = None) -> int:
+    """Cores / ranks on this node (at least 1), unless ``requested``.
+
+    torch drops to one thread under mpiexec on its own (MPI-NOTES.md); this
+    chooses deliberately instead, so 8 ranks on 2 cores do not fight.
+    """
+    if requested:
+        return requested
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    n_local = local.Get_size()
+    local.Free()
+    return max(1, (os.cpu_count() or 1) // n_local)

@@ -1,0 +1,80 @@
+"""The resolved configuration of a training run, checked before any work starts."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .comm import ALGORITHMS
+from .model import GPTConfig
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+COMM_DTYPES = ("fp32", "fp16")
+ENGINES = ("explicit", "torch-ddp")
+DP_MODES = ("bucketed", "naive")
+
+
+@dataclass
+class TrainConfig:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    steps: int = 200
+    global_batch_size: int = 32
+    micro_batch_size: int | None = None  # None: the whole per-rank share at once
+    seed: int = 1337
+    data: str = "stdlib"
+    data_max_mb: float = 8.0
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 10
+    decay_steps: int = 0  # 0: constant lr after warm-up; else cosine to min_lr over this many steps
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    allreduce: str = "ring"
+    engine: str = "explicit"
+    dp: str = "bucketed"
+    bucket_mb: float = 25.0
+    overlap: bool = True
+    precision: str = "fp32"
+    comm_dtype: str = "fp32"
+    eval_every: int = 50
+    eval_batches: int = 4
+    ckpt_every: int = 0  # 0: only at the end
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["model"] = GPTConfig(**d["model"])
+        return cls(**d)
+
+    def per_rank(self, world: int) -> tuple[int, int, int]:
+        """(rows per rank, micro-batch size, micro-batches per step), or ValueError naming the fix."""
+        if self.global_batch_size % world:
+            raise ValueError(f"--global-batch-size {self.global_batch_size} is not divisible by {world} data-parallel "
+                             f"ranks: use a multiple of {world}")
+        rows = self.global_batch_size // world
+        micro = self.micro_batch_size or rows
+        if rows % micro:
+            raise ValueError(f"--global-batch-size {self.global_batch_size} is not divisible by {world} data-parallel "
+                             f"ranks x micro-batch {micro}: each rank's {rows} rows must split into whole micro-batches")
+        return rows, micro, rows // micro
+
+    def validate(self, world: int) -> None:
+        """Raise ValueError with the fix for anything that cannot run on ``world`` ranks."""
+        checks = [
+            (self.steps >= 0, f"--steps {self.steps} must be >= 0"),
+            (self.global_batch_size >= 1, "--global-batch-size must be >= 1"),
+            (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
+            (self.allreduce in ALGORITHMS, f"unknown --allreduce {self.allreduce!r}; valid: {', '.join(ALGORITHMS)}"),
+            (self.engine in ENGINES, f"unknown --engine {self.engine!r}; valid: {', '.join(ENGINES)}"),
+            (self.dp in DP_MODES, f"unknown --dp {self.dp!r}; valid: {', '.join(DP_MODES)}"),
+            (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
+            (self.comm_dtype in COMM_DTYPES, f"unknown --comm-dtype {self.comm_dtype!r}; valid: {', '.join(COMM_DTYPES)}"),
+            (self.bucket_mb > 0, f"--bucket-mb {self.bucket_mb} must be > 0"),
+            (self.engine == "explicit" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --engine explicit"),
+            (self.dp == "bucketed" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --dp bucketed"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.per_rank(world)

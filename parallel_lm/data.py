@@ -1,0 +1,117 @@
+"""Byte-level training data: the Python standard library's own source, synthetic text, or a user's files.
+
+No downloads: ``stdlib`` (the default) is every ``.py`` file under
+``sysconfig.get_paths()["stdlib"]``, in sorted path order, up to
+``max_bytes``, real text present wherever Python is. ``synthetic`` is a
+seeded order-2 Markov chain over 16 letters (learnable structure, same
+bytes everywhere). Anything else is a path: a file, or a folder whose
+files are read recursively in sorted order.
+
+Tokens are bytes (vocabulary 256). The last ``val_fraction`` of the bytes
+is the validation split.
+
+Batches depend only on (seed, step, split), never on the rank count: the
+global batch of step s is the same B windows whether 1 or 8 ranks train,
+and rank r of K takes rows ``r*B/K .. (r+1)*B/K``. That is what makes
+K-rank training equal 1-rank training, and resuming on another rank count
+exact.
+"""
+from __future__ import annotations
+
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """The data cannot be used; the message says what to change."""
+
+
+def stdlib_files() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
+        files += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py")]
+    return files
+
+
+def _read_files(files: list[Path], max_bytes: int) -> bytes:
+    chunks, total = [], 0
+    for f in files:
+        try:
+            data = f.read_bytes()
+        except OSError as e:
+            raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+        chunks.append(data[: max_bytes - total])
+        total += len(chunks[-1])
+        if total >= max_bytes:
+            break
+    return b"".join(chunks)
+
+
+def synthetic_bytes(n: int = 1 << 18, seed: int = 1234) -> bytes:
+    """An order-2 Markov chain over 'a'..'p' with sparse, seeded transitions."""
+    rng = np.random.default_rng(seed)
+    k = 16
+    probs = rng.dirichlet(np.full(k, 0.1), size=(k, k))  # (k, k, k): next-letter distribution per (prev2, prev1)
+    cum = probs.cumsum(axis=2)
+    draws = rng.random(n)
+    out = np.empty(n, dtype=np.uint8)
+    a, b = 0, 1
+    for i in range(n):
+        c = int(np.searchsorted(cum[a, b], draws[i]))
+        out[i] = min(c, k - 1)
+        a, b = b, out[i]
+    return (out + ord("a")).tobytes()
+
+
+def load_corpus(source: str, max_bytes: int = 8 << 20) -> bytes:
+    """The raw bytes for ``--data``: 'stdlib', 'synthetic', or a file/folder path."""
+    if source == "stdlib":
+        data = _read_files(stdlib_files(), max_bytes)
+    elif source == "synthetic":
+        data = synthetic_bytes(min(max_bytes, 1 << 18))
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"--data {source}: no such file or folder (or use --data stdlib / --data synthetic)")
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        if not files:
+            raise DataError(f"--data {source}: the folder holds no files")
+        data = _read_files(files, max_bytes)
+    if not data:
+        raise DataError(f"--data {source}: no bytes to train on (empty file or folder)")
+    return data
+
+
+@dataclass
+class Batches:
+    """Deterministic batches of (input, target) windows from one corpus."""
+
+    train: np.ndarray  # (n_train,) uint8
+    val: np.ndarray  # (n_val,) uint8
+    block_size: int
+    seed: int
+
+    @classmethod
+    def from_bytes(cls, data: bytes, block_size: int, seed: int, val_fraction: float = 0.1) -> "Batches":
+        arr = np.frombuffer(data, dtype=np.uint8)
+        n_val = max(int(len(arr) * val_fraction), block_size + 1)
+        if len(arr) - n_val < block_size + 1:
+            raise DataError(f"the data has {len(arr)} bytes, too few for --block-size {block_size} "
+                            f"(need at least {2 * (block_size + 1)}): use more data or a smaller block")
+        return cls(train=arr[:-n_val], val=arr[-n_val:], block_size=block_size, seed=seed)
+
+    def rows(self, step: int, split: str, global_batch: int, lo: int, hi: int):
+        """Rows lo..hi of step ``step``'s global batch: (x, y) int64 tensors of shape (hi - lo, T)."""
+        data = self.train if split == "train" else self.val
+        rng = np.random.default_rng([self.seed, step, 0 if split == "train" else 1])
+        starts = rng.integers(0, len(data) - self.block_size - 1, size=global_batch)[lo:hi]
+        idx = starts[:, None] + np.arange(self.block_size + 1)  # (hi - lo, T + 1)
+        window = torch.from_numpy(data[idx].astype(np.int64))
+        return window[:, :-1], window[:, 1:]

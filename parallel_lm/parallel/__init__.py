@@ -1,0 +1,1 @@
+"""Parallel training strategies built on parallel_lm.comm (data parallelism for now)."""

@@ -1,0 +1,185 @@
+"""Data parallelism by hand: every rank computes gradients on its shard, the ranks average them.
+
+Two versions side by side, as picotron does:
+
+- ``NaiveDataParallel``: after backward, one all-reduce per parameter. Easy
+  to read; pays one latency per tensor and cannot overlap with backward.
+- ``BucketedDataParallel``: gradients live in flat buckets (``param.grad``
+  is a view into one, so nothing is copied), filled in the order backward
+  produces them. A bucket is all-reduced as soon as its last gradient is
+  accumulated, on a communication thread, while backward carries on with
+  earlier layers (``overlap=True``); or all at the end (``overlap=False``).
+  This is PyTorch DDP's design (Li et al., VLDB 2020), with our own
+  collectives: ``--allreduce NAME`` takes any registry name.
+
+Gradient accumulation: call ``begin_backward(sync=False)`` for every
+micro-batch but the last, so nothing is communicated until the gradients of
+all micro-batches have summed up in the buckets.
+
+``--comm-dtype fp16`` sends each bucket as float16 (half the bytes), after
+dividing by the world size so the sum cannot overflow, and widens it back.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+import torch
+
+from ..comm import allreduce, allreduce_mean
+from ..comm.buffers import as_array
+
+
+class NaiveDataParallel:
+    """One all-reduce per parameter gradient, after backward."""
+
+    def close(self):
+        pass
+
+    def __init__(self, params, comm, algorithm: str, timeline=None):
+        self.params = [p for p in params if p.requires_grad]
+        self.comm, self.algorithm, self.timeline = comm, algorithm, timeline
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def begin_backward(self, sync: bool):
+        pass
+
+    def finish(self) -> tuple[float, float]:
+        """Average every gradient over the ranks; returns (comm_s, exposed_comm_s)."""
+        t0 = time.perf_counter()
+        for p in self.params:
+            allreduce_mean(as_array(p.grad.view(-1)), self.comm, self.algorithm)
+        spent = time.perf_counter() - t0
+        if self.timeline:
+            self.timeline.add("allreduce (per parameter)", t0, spent)
+        return spent, spent
+
+
+class Bucket:
+    def __init__(self, index: int, params: list, dtype=torch.float32):
+        self.index, self.params = index, params
+        self.flat = torch.zeros(sum(p.numel() for p in params), dtype=dtype)  # (n,) the gradients, contiguous
+        self.pending = len(params)
+
+
+class BucketedDataParallel:
+    """Gradients in flat buckets, all-reduced as they become ready (see the module docstring)."""
+
+    def __init__(self, params, comm, algorithm: str, bucket_mb: float = 25.0, overlap: bool = True,
+                 comm_dtype: str = "fp32", timeline=None):
+        self.comm, self.algorithm, self.timeline = comm, algorithm, timeline
+        self.world = comm.Get_size()
+        self.comm_dtype = comm_dtype
+        params = [p for p in params if p.requires_grad]
+        self.buckets = self._make_buckets(list(reversed(params)), int(bucket_mb * 2**20))
+        self.half = {b.index: np.empty(b.flat.numel(), np.float16) for b in self.buckets} if comm_dtype == "fp16" else {}
+        self.sync = True
+        self.comm_s = 0.0
+        self.error = None
+        self.overlap = overlap
+        if overlap:
+            # A separate communicator, so the thread's messages never match the main thread's.
+            self.thread_comm = comm.Dup()
+            self.jobs = queue.Queue()
+            threading.Thread(target=self._serve, name="allreduce", daemon=True).start()
+        for bucket in self.buckets:
+            for p in bucket.params:
+                p.register_post_accumulate_grad_hook(lambda p, b=bucket: self._grad_ready(b))
+
+    @staticmethod
+    def _make_buckets(params_in_backward_order, bucket_bytes: int) -> list[Bucket]:
+        """Group parameters, in the order backward finishes them, into buckets of ~bucket_bytes."""
+        groups, current, size = [], [], 0
+        for p in params_in_backward_order:
+            current.append(p)
+            size += p.numel() * 4
+            if size >= bucket_bytes:
+                groups.append(current)
+                current, size = [], 0
+        if current:
+            groups.append(current)
+        buckets = [Bucket(i, g) for i, g in enumerate(groups)]
+        for b in buckets:
+            offset = 0
+            for p in b.params:
+                p.grad = b.flat[offset: offset + p.numel()].view_as(p)  # autograd accumulates into this view
+                offset += p.numel()
+        return buckets
+
+    def zero_grad(self):
+        for b in self.buckets:
+            b.flat.zero_()  # keep the views; set_to_none would detach .grad from the bucket
+
+    def begin_backward(self, sync: bool):
+        """Call before each micro-batch's backward; sync=False accumulates without communicating."""
+        self.sync = sync
+        for b in self.buckets:
+            b.pending = len(b.params)
+
+    def _grad_ready(self, bucket: Bucket):
+        bucket.pending -= 1
+        if bucket.pending == 0 and self.sync and self.overlap:
+            self.jobs.put(bucket)
+
+    def _reduce(self, bucket: Bucket, comm):
+        t0 = time.perf_counter()
+        if self.comm_dtype == "fp16":
+            half = self.half[bucket.index]
+            np.divide(as_array(bucket.flat), self.world, out=half, casting="same_kind")
+            allreduce(half, comm, self.algorithm)
+            as_array(bucket.flat)[:] = half
+        else:
+            allreduce_mean(as_array(bucket.flat), comm, self.algorithm)
+        spent = time.perf_counter() - t0
+        self.comm_s += spent
+        if self.timeline:
+            self.timeline.add(f"allreduce bucket {bucket.index} ({bucket.flat.numel() * 4 / 2**20:.2f} MB)", t0, spent,
+                              thread="comm" if self.overlap else "main")
+
+    def close(self):
+        """Stop the communication thread and free its communicator."""
+        if self.overlap:
+            self.jobs.put(None)
+            self.jobs.join()
+            self.thread_comm.Free()
+            self.overlap = False
+
+    def _serve(self):
+        while True:
+            bucket = self.jobs.get()
+            if bucket is None:
+                self.jobs.task_done()
+                return
+            try:
+                if self.error is None:
+                    self._reduce(bucket, self.thread_comm)
+            except BaseException as e:  # handed to the main thread in finish()
+                self.error = e
+            finally:
+                self.jobs.task_done()
+
+    def finish(self) -> tuple[float, float]:
+        """After the last micro-batch's backward: wait until every bucket is averaged.
+
+        Returns (comm_s, exposed_comm_s): time spent all-reducing this step, and
+        the part of it the main thread sat waiting for (not hidden behind backward).
+        """
+        t0 = time.perf_counter()
+        if self.overlap:
+            for bucket in self.buckets:
+                if bucket.pending > 0:  # a parameter without a gradient this step: send the bucket anyway
+                    self.jobs.put(bucket)
+            self.jobs.join()
+            if self.error is not None:
+                raise RuntimeError("gradient all-reduce failed on the communication thread") from self.error
+        else:
+            for bucket in self.buckets:
+                self._reduce(bucket, self.comm)
+        exposed = time.perf_counter() - t0
+        spent, self.comm_s = self.comm_s, 0.0
+        return spent, exposed

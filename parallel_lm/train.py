@@ -1,0 +1,184 @@
+"""python -m parallel_lm.train: train a byte-level GPT with explicit data parallelism over MPI ranks.
+
+    python -m parallel_lm.train --steps 50                                 # one rank
+    mpiexec -n 8 python -m parallel_lm.train --allreduce ring --out runs/a --trace
+    mpiexec -n 4 python -m parallel_lm.train --resume runs/a --steps 400   # continue (on any rank count)
+    mpiexec -n 4 python -m parallel_lm.train --engine torch-ddp            # the torch DDP baseline
+
+--steps is the step to reach: a run resumed with --steps N stops at step N.
+On --resume, every setting comes from the checkpoint unless given on the
+command line; model-shape flags must match it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import torch
+from click.core import ParameterSource
+
+from . import checkpoint
+from .comm import ALGORITHMS
+from .config import COMM_DTYPES, DP_MODES, ENGINES, PRECISIONS, TrainConfig
+from .data import Batches, load_corpus
+from .metrics import MetricsWriter, Timeline, write_chrome_trace
+from .model import PRESETS
+from .runtime import agree, main_guard, print0, threads_per_rank, world
+from .trainer import Trainer
+
+MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
+TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "seed", "data", "data_max_mb", "lr", "min_lr",
+                "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp", "bucket_mb",
+                "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every")
+
+
+def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
+    """The run's TrainConfig from the flags, on top of a checkpoint's config when resuming."""
+    given = {k for k in params if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if saved is None:
+        base = PRESETS[params["preset"]]
+        model = replace(base, **{k: params[k] for k in MODEL_FLAGS if params[k] is not None})
+        return TrainConfig(model=model, **{k: params[k] for k in TRAIN_FIELDS})
+    cfg = TrainConfig.from_dict(saved)
+    for k in MODEL_FLAGS:
+        if k in given and params[k] != getattr(cfg.model, k):
+            raise ValueError(f"--{MODEL_FLAGS[k]} {params[k]} does not match the checkpoint's {getattr(cfg.model, k)}: "
+                             "drop the flag to resume, or start a fresh run with another --out")
+    if "preset" in given and PRESETS[params["preset"]] != cfg.model:
+        raise ValueError(f"--preset {params['preset']} does not match the checkpoint's model {cfg.model}")
+    return replace(cfg, **{k: params[k] for k in TRAIN_FIELDS if k in given})
+
+
+def _maybe_fail(step: int, rank: int) -> None:
+    """Test hook: PARALLEL_LM_FAIL_AT=RANK:STEP raises on that rank at that step."""
+    spec = os.environ.get("PARALLEL_LM_FAIL_AT")
+    if spec and spec == f"{rank}:{step}":
+        raise RuntimeError(f"PARALLEL_LM_FAIL_AT={spec}: failing on purpose")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", help="Model size.")
+@click.option("--n-layer", type=click.IntRange(min=1), help="Override the preset's layers.")
+@click.option("--n-head", type=click.IntRange(min=1), help="Override the preset's attention heads.")
+@click.option("--n-embd", type=click.IntRange(min=1), help="Override the preset's width.")
+@click.option("--block-size", type=click.IntRange(min=1), help="Override the preset's context length (bytes).")
+@click.option("--steps", default=200, type=click.IntRange(min=0), help="Optimizer step to reach.")
+@click.option("--global-batch-size", default=32, type=click.IntRange(min=1), help="Sequences per step, summed over ranks.")
+@click.option("--micro-batch-size", type=click.IntRange(min=1), help="Sequences per forward/backward (gradient accumulation below the per-rank share).")
+@click.option("--seed", default=1337, type=int)
+@click.option("--data", default="stdlib", help="'stdlib' (the Python standard library's source), 'synthetic', or a file/folder.")
+@click.option("--data-max-mb", default=8.0, type=click.FloatRange(min=0.001), help="Read at most this much of the corpus.")
+@click.option("--lr", default=3e-3, type=float, help="Peak learning rate (AdamW).")
+@click.option("--min-lr", default=3e-4, type=float, help="End of the cosine decay.")
+@click.option("--warmup-steps", default=10, type=click.IntRange(min=0))
+@click.option("--decay-steps", default=0, type=click.IntRange(min=0), help="Cosine decay length after warm-up (0: constant).")
+@click.option("--weight-decay", default=0.1, type=float)
+@click.option("--grad-clip", default=1.0, type=float, help="Clip the global gradient norm (0: off).")
+@click.option("--allreduce", default="ring", help=f"Gradient all-reduce algorithm: {', '.join(ALGORITHMS)}.")
+@click.option("--engine", type=click.Choice(ENGINES), default="explicit", help="explicit: our collectives; torch-ddp: torch DistributedDataParallel (gloo).")
+@click.option("--dp", type=click.Choice(DP_MODES), default="bucketed", help="bucketed: flat buckets; naive: one all-reduce per parameter.")
+@click.option("--bucket-mb", default=25.0, type=float, help="Bucket size in MB (explicit and torch-ddp).")
+@click.option("--overlap/--no-overlap", default=True, help="All-reduce buckets during backward, or all after it.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", help="Autocast dtype of forward/backward; fp16 adds dynamic loss scaling.")
+@click.option("--comm-dtype", type=click.Choice(COMM_DTYPES), default="fp32", help="Send gradients as fp16 (half the bytes).")
+@click.option("--eval-every", default=50, type=click.IntRange(min=0), help="Validation loss every N steps (0: only at the end).")
+@click.option("--eval-batches", default=4, type=click.IntRange(min=1))
+@click.option("--ckpt-every", default=0, type=click.IntRange(min=0), help="Also checkpoint every N steps (0: only at the end).")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for metrics.jsonl, checkpoint.pt and trace.json.")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue from this folder's checkpoint.pt.")
+@click.option("--trace", is_flag=True, help="Write a Chrome trace (one track per rank) to OUT/trace.json.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch threads per rank (default: cores / ranks on the node).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def main(ctx, **params):
+    """Train a byte-level GPT across MPI ranks (or alone) with explicit data-parallel gradient sync."""
+    comm = world()
+    rank, p = comm.Get_rank(), comm.Get_size()
+    state = agree(comm, lambda: checkpoint.load(params["resume"])) if params["resume"] else None
+    cfg = agree(comm, lambda: resolve_config(ctx, params, state["config"] if state else None))
+    agree(comm, lambda: cfg.validate(p))
+    out = Path(params["out"] or params["resume"]) if (params["out"] or params["resume"]) else None
+    if params["trace"] and out is None:
+        raise click.UsageError("--trace needs --out DIR to write trace.json into")
+    if out is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads_per_rank(comm, params["threads"]))
+
+    batches = agree(comm, lambda: Batches.from_bytes(load_corpus(cfg.data, int(cfg.data_max_mb * 2**20)),
+                                                       cfg.model.block_size, cfg.seed))
+    timeline = Timeline() if params["trace"] else None
+    trainer = Trainer(cfg, comm, batches, state, timeline)
+    try:
+        run(cfg, comm, trainer, params, state, out, timeline)
+    finally:
+        trainer.close()
+
+
+def run(cfg, comm, trainer, params, state, out, timeline):
+    rank, p = comm.Get_rank(), comm.Get_size()
+    batches = trainer.batches
+    rows, micro, n_micro = cfg.per_rank(p)
+    m = trainer.model
+    print0(f"parallel_lm.train: {p} rank(s) x {torch.get_num_threads()} thread(s), engine {cfg.engine}"
+           + (f", {cfg.dp} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
+              if cfg.engine == "explicit" else "")
+           + f", precision {cfg.precision}, comm {cfg.comm_dtype}")
+    print0(f"model: {m.num_params() / 1e6:.2f}M parameters, {m.flops_per_token() / 1e6:.2f} MFLOP/token, {cfg.model}")
+    print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {cfg.global_batch_size}"
+           f" = {p} rank(s) x {n_micro} micro-batch(es) x {micro} sequences of {cfg.model.block_size} bytes")
+    if trainer.start_step:
+        print0(f"resumed from {params['resume']} at step {trainer.start_step}")
+
+    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None)
+    comm.Barrier()
+    if timeline:
+        timeline.t0 = time.perf_counter()  # after the barrier: tracks of all ranks line up
+    from tqdm import tqdm
+    # A live bar on a terminal; in a log (not a TTY) a plain line every tenth of the run instead.
+    interactive = rank == 0 and not params["quiet"] and sys.stderr.isatty()
+    log_every = max(1, (cfg.steps - trainer.start_step) // 10) if rank == 0 and not params["quiet"] and not interactive else 0
+    bar = tqdm(total=cfg.steps, initial=trainer.start_step, unit="step", file=sys.stderr, mininterval=0.5,
+               disable=not interactive, dynamic_ncols=True)
+    val = None
+    for step in range(trainer.start_step, cfg.steps):
+        _maybe_fail(step, rank)
+        rec = trainer.train_step(step)
+        done = step + 1
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+            val = rec["val_loss"] = trainer.evaluate()
+        metrics.write(rec)
+        exposed = f", exposed comm {100 * rec['exposed_comm_s'] / rec['step_s']:.0f}%" if rec["exposed_comm_s"] is not None else ""
+        progress = f"loss {rec['loss']:.3f}, {rec['tokens_per_s']:,.0f} tok/s{exposed}"
+        bar.set_postfix_str(progress, refresh=False)
+        bar.update()
+        say = (lambda line: bar.write(line, file=sys.stdout)) if interactive else print0
+        if "val_loss" in rec:
+            say(f"step {done}: train loss {rec['loss']:.4f}, val loss {rec['val_loss']:.4f}")
+        elif log_every and done % log_every == 0:
+            say(f"step {done}/{cfg.steps}: {progress}")
+        if out is not None and rank == 0 and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps):
+            checkpoint.save(out, trainer.model, trainer.optimizer, done, cfg.to_dict(),
+                            {"loss_scale": trainer.scaler.scale} if trainer.scaler else None)
+    bar.close()
+    metrics.close()
+    if timeline:
+        per_rank = comm.gather(timeline.events, root=0)
+        if rank == 0:
+            write_chrome_trace(out / "trace.json", per_rank)
+    if val is None and trainer.start_step >= cfg.steps:
+        val = trainer.evaluate()
+        print0(f"already at step {trainer.start_step} >= --steps {cfg.steps}: nothing to train")
+    if val is not None:
+        print0(f"validation loss {val:.4f} nats/byte ({val / math.log(2):.3f} bits/byte; uniform would be {math.log(256):.2f} nats)")
+    if out is not None:
+        files = ["metrics.jsonl", "checkpoint.pt"] + (["trace.json"] if timeline else [])
+        print0(f"wrote {', '.join(str(out / f) for f in files)}" + (" (open trace.json in ui.perfetto.dev)" if timeline else ""))
+
+
+if __name__ == "__main__":
+    main_guard(main)

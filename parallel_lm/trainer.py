@@ -1,0 +1,179 @@
+"""The training loop: one optimizer step = forward/backward on this rank's micro-batches,
+gradient averaging (explicit buckets, naive per-parameter, or torch DDP), clipping, AdamW.
+
+``Trainer(cfg, comm, batches)`` builds everything; ``train_step(step)`` runs
+one step and returns its metrics; ``evaluate()`` gives the validation loss.
+The same seed and global batch give the same training whatever the rank
+count, up to floating-point summation order (tests/test_train_equivalence.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from .config import TrainConfig
+from .metrics import Timeline
+from .model import GPT
+from .parallel.data_parallel import BucketedDataParallel, NaiveDataParallel
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay; a function of the step alone (so resuming is exact)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if not cfg.decay_steps:
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / cfg.decay_steps)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    """AdamW; weight decay on matrices and embeddings only (as nanoGPT)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), foreach=False)
+
+
+class LossScaler:
+    """Dynamic loss scaling for fp16 (Micikevicius et al. 2018): halve on overflow, double after a run of good steps."""
+
+    def __init__(self, scale: float = 2.0**16, growth_interval: int = 1000):
+        self.scale, self.growth_interval, self.good_steps = scale, growth_interval, 0
+
+    def unscale_or_skip(self, params) -> bool:
+        """Divide gradients by the scale; False (skip the step) if any is inf/nan.
+
+        Gradients are identical on every rank after the all-reduce, so every
+        rank takes the same decision without communicating.
+        """
+        grads = [p.grad for p in params if p.grad is not None]
+        if not all(torch.isfinite(g).all() for g in grads):
+            self.scale /= 2
+            self.good_steps = 0
+            return False
+        for g in grads:
+            g.div_(self.scale)
+        self.good_steps += 1
+        if self.good_steps % self.growth_interval == 0:
+            self.scale *= 2
+        return True
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, comm, batches, state: dict | None = None, timeline: Timeline | None = None):
+        self.cfg, self.comm, self.batches = cfg, comm, batches
+        self.world, self.rank = comm.Get_size(), comm.Get_rank()
+        self.rows, self.micro, self.n_micro = cfg.per_rank(self.world)
+        self.timeline = timeline
+        torch.manual_seed(cfg.seed)  # same seed on every rank: identical initial weights
+        self.model = GPT(cfg.model)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scaler = LossScaler() if cfg.precision == "fp16" else None
+        self.start_step = 0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            self.start_step = int(state["step"])
+            if self.scaler and "loss_scale" in state:
+                self.scaler.scale = float(state["loss_scale"])
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ddp = None
+        if cfg.engine == "torch-ddp":
+            from torch.nn.parallel import DistributedDataParallel
+            from .parallel.torch_ddp import init_process_group
+            init_process_group(comm, "gloo")
+            self.ddp = DistributedDataParallel(self.model, bucket_cap_mb=cfg.bucket_mb)
+        elif cfg.dp == "naive":
+            self.dp = NaiveDataParallel(self.params, comm, cfg.allreduce, timeline)
+        else:
+            self.dp = BucketedDataParallel(self.params, comm, cfg.allreduce, cfg.bucket_mb, cfg.overlap,
+                                           cfg.comm_dtype, timeline)
+
+    def autocast(self):
+        if self.cfg.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16)
+
+    def _span(self, name):
+        return self.timeline.span(name) if self.timeline else contextlib.nullcontext()
+
+    def _mean_over_ranks(self, values) -> np.ndarray:
+        buf = np.asarray(values, dtype=np.float64)
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        return buf / self.world
+
+    def train_step(self, step: int) -> dict:
+        cfg, t_step = self.cfg, time.perf_counter()
+        model = self.ddp or self.model
+        if self.ddp:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.dp.zero_grad()
+        scale = self.scaler.scale if self.scaler else 1.0
+        loss_sum, compute_s = 0.0, 0.0
+        lo = self.rank * self.rows
+        for m in range(self.n_micro):
+            x, y = self.batches.rows(step, "train", cfg.global_batch_size, lo + m * self.micro, lo + (m + 1) * self.micro)
+            last = m == self.n_micro - 1
+            t0 = time.perf_counter()
+            if self.ddp is None:
+                self.dp.begin_backward(sync=last)
+            sync_ctx = self.ddp.no_sync() if (self.ddp and not last) else contextlib.nullcontext()
+            with sync_ctx:
+                with self._span("forward"), self.autocast():
+                    _, loss = model(x, y)
+                loss_sum += loss.item()
+                with self._span("backward"):
+                    (loss * (scale / self.n_micro)).backward()
+            compute_s += time.perf_counter() - t0
+        if self.ddp:
+            comm_s = exposed_s = None  # inside DDP's backward hooks: not separable here
+        else:
+            with self._span("wait for gradients"):
+                comm_s, exposed_s = self.dp.finish()
+        t_opt = time.perf_counter()
+        applied = self.scaler.unscale_or_skip(self.params) if self.scaler else True
+        if applied:
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            lr = lr_at(cfg, step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        if self.timeline:
+            self.timeline.add("optimizer", t_opt, time.perf_counter() - t_opt)
+        loss_mean = float(self._mean_over_ranks([loss_sum / self.n_micro])[0])
+        step_s = time.perf_counter() - t_step
+        tokens = cfg.global_batch_size * cfg.model.block_size
+        record = {"step": step + 1, "loss": loss_mean, "lr": lr_at(cfg, step), "tokens": tokens,
+                  "step_s": step_s, "compute_s": compute_s, "comm_s": comm_s, "exposed_comm_s": exposed_s,
+                  "tokens_per_s": tokens / step_s}
+        if self.scaler:
+            record.update(loss_scale=self.scaler.scale, skipped=not applied)
+        return record
+
+    def close(self):
+        if self.ddp is None:
+            self.dp.close()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches."""
+        cfg = self.cfg
+        lo, hi = self.rank * self.rows, (self.rank + 1) * self.rows
+        total = 0.0
+        self.model.eval()
+        for i in range(cfg.eval_batches):
+            x, y = self.batches.rows(i, "val", cfg.global_batch_size, lo, hi)
+            with self.autocast():
+                _, loss = self.model(x, y)
+            total += float(loss)
+        self.model.train()
+        return float(self._mean_over_ranks([total / cfg.eval_batches])[0])

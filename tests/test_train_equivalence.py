@@ -1,0 +1,11 @@
+"""The core promise: K-rank training equals 1-rank training (same seed, same global batch)."""
+import pytest
+
+from conftest import PROGRAMS, describe, mpirun
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_k_ranks_match_one_rank_for_every_algorithm_accumulation_and_overlap(k):
+    proc = mpirun(k, [str(PROGRAMS / "train_equivalence.py")], timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    assert f"EQUIVALENCE {k} ranks: 27/27 ok" in proc.stdout, describe(proc)

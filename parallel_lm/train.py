@@ -113,10 +113,8 @@ def main(ctx, **params):
                                                        cfg.model.block_size, cfg.seed))
     timeline = Timeline() if params["trace"] else None
     trainer = Trainer(cfg, comm, batches, state, timeline)
-    try:
-        run(cfg, comm, trainer, params, state, out, timeline)
-    finally:
-        trainer.close()
+    run(cfg, comm, trainer, params, state, out, timeline)
+    trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
 
 
 def run(cfg, comm, trainer, params, state, out, timeline):

@@ -1,0 +1,43 @@
+"""python -m parallel_lm.generate: sample bytes from a trained checkpoint.
+
+    python -m parallel_lm.generate --ckpt runs/quickstart --prompt "def " --max-new-tokens 200
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+import torch
+
+from . import checkpoint
+from .config import TrainConfig
+from .model import GPT
+
+
+def load_model(ckpt: str) -> GPT:
+    state = checkpoint.load(ckpt)
+    model = GPT(TrainConfig.from_dict(state["config"]).model)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--ckpt", required=True, type=click.Path(exists=True), help="A run's --out folder or its checkpoint.pt.")
+@click.option("--prompt", default="def ", help="Text to continue.")
+@click.option("--max-new-tokens", default=200, type=click.IntRange(min=1), help="Bytes to sample.")
+@click.option("--temperature", default=0.8, type=click.FloatRange(min=0.0))
+@click.option("--top-k", default=40, type=click.IntRange(min=1))
+@click.option("--seed", default=0, type=int)
+def main(ckpt, prompt, max_new_tokens, temperature, top_k, seed):
+    """Continue a prompt with a trained model, byte by byte."""
+    try:
+        model = load_model(ckpt)
+    except (FileNotFoundError, KeyError, RuntimeError) as e:
+        raise click.ClickException(f"cannot load {ckpt}: {e}") from None
+    idx = torch.tensor([list(prompt.encode("utf-8")) or [10]], dtype=torch.long)  # (1, T)
+    out = model.generate(idx, max_new_tokens, temperature, top_k, generator=torch.Generator().manual_seed(seed))
+    sys.stdout.write(bytes(out[0].tolist()).decode("utf-8", errors="replace") + "\n")
+
+
+if __name__ == "__main__":
+    main()

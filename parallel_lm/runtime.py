@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 import click
@@ -45,6 +46,9 @@ def abort(code: int = 1) -> None:
     sys.stderr.flush()
     comm = world()
     if comm.Get_size() > 1:
+        # Give the launcher a moment to forward what this rank just wrote: MPI_Abort
+        # makes it kill every process, and a message still in a pipe can be lost.
+        time.sleep(0.3)
         comm.Abort(code)
     sys.exit(code)
 

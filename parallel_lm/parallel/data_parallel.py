@@ -123,7 +123,10 @@ class BucketedDataParallel:
 
     def _grad_ready(self, bucket: Bucket):
         bucket.pending -= 1
-        if bucket.pending == 0 and self.sync and self.overlap:
+        # The last bucket (the first layers and the embedding) completes only as backward
+        # ends, so nothing could overlap with it: finish() reduces it on the main thread
+        # and spares the hand-off to the communication thread (with one bucket: no thread at all).
+        if bucket.pending == 0 and self.sync and self.overlap and bucket is not self.buckets[-1]:
             self.jobs.put(bucket)
 
     def _reduce(self, bucket: Bucket, comm):
@@ -139,7 +142,7 @@ class BucketedDataParallel:
         self.comm_s += spent
         if self.timeline:
             self.timeline.add(f"allreduce bucket {bucket.index} ({bucket.flat.numel() * 4 / 2**20:.2f} MB)", t0, spent,
-                              thread="comm" if self.overlap else "main")
+                              thread="comm" if comm is not self.comm else "main")
 
     def close(self):
         """Stop the communication thread and free its communicator."""
@@ -171,12 +174,13 @@ class BucketedDataParallel:
         """
         t0 = time.perf_counter()
         if self.overlap:
-            for bucket in self.buckets:
+            for bucket in self.buckets[:-1]:
                 if bucket.pending > 0:  # a parameter without a gradient this step: send the bucket anyway
                     self.jobs.put(bucket)
             self.jobs.join()
             if self.error is not None:
                 raise RuntimeError("gradient all-reduce failed on the communication thread") from self.error
+            self._reduce(self.buckets[-1], self.comm)
         else:
             for bucket in self.buckets:
                 self._reduce(bucket, self.comm)

@@ -10,6 +10,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 COMM_DTYPES = ("fp32", "fp16")
 ENGINES = ("explicit", "torch-ddp")
 DP_MODES = ("bucketed", "naive")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_batches: int = 4
     ckpt_every: int = 0  # 0: only at the end
+    device: str = "cpu"  # "cuda": model on the GPU, gradient buckets all-reduced as CuPy arrays
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +73,7 @@ class TrainConfig:
             (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
             (self.comm_dtype in COMM_DTYPES, f"unknown --comm-dtype {self.comm_dtype!r}; valid: {', '.join(COMM_DTYPES)}"),
             (self.bucket_mb > 0, f"--bucket-mb {self.bucket_mb} must be > 0"),
+            (self.device in DEVICES, f"unknown --device {self.device!r}; valid: {', '.join(DEVICES)}"),
             (self.engine == "explicit" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --engine explicit"),
             (self.dp == "bucketed" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --dp bucketed"),
         ]
@@ -78,3 +81,8 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
         self.per_rank(world)
+        if self.device == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda but torch sees no CUDA device: install a CUDA build of torch "
+                                 "and pip install 'parallel_lm[gpu]' (CuPy) on a GPU machine, or use --device cpu")

@@ -24,7 +24,7 @@ from click.core import ParameterSource
 
 from . import checkpoint
 from .comm import ALGORITHMS
-from .config import COMM_DTYPES, DP_MODES, ENGINES, PRECISIONS, TrainConfig
+from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, PRECISIONS, TrainConfig
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, write_chrome_trace
 from .model import PRESETS
@@ -34,7 +34,7 @@ from .trainer import Trainer
 MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
 TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "seed", "data", "data_max_mb", "lr", "min_lr",
                 "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp", "bucket_mb",
-                "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every")
+                "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every", "device")
 
 
 def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
@@ -86,6 +86,7 @@ def _maybe_fail(step: int, rank: int) -> None:
 @click.option("--overlap/--no-overlap", default=True, help="All-reduce buckets during backward, or all after it.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", help="Autocast dtype of forward/backward; fp16 adds dynamic loss scaling.")
 @click.option("--comm-dtype", type=click.Choice(COMM_DTYPES), default="fp32", help="Send gradients as fp16 (half the bytes).")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", help="cuda: model on this rank's GPU (rank % GPUs), buckets all-reduced as CuPy arrays.")
 @click.option("--eval-every", default=50, type=click.IntRange(min=0), help="Validation loss every N steps (0: only at the end).")
 @click.option("--eval-batches", default=4, type=click.IntRange(min=1))
 @click.option("--ckpt-every", default=0, type=click.IntRange(min=0), help="Also checkpoint every N steps (0: only at the end).")
@@ -108,6 +109,8 @@ def main(ctx, **params):
     if out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads_per_rank(comm, params["threads"]))
+    if cfg.device == "cuda":
+        torch.cuda.set_device(rank % torch.cuda.device_count())  # several ranks may share one GPU
 
     batches = agree(comm, lambda: Batches.from_bytes(load_corpus(cfg.data, int(cfg.data_max_mb * 2**20)),
                                                        cfg.model.block_size, cfg.seed))
@@ -125,7 +128,7 @@ def run(cfg, comm, trainer, params, state, out, timeline):
     print0(f"parallel_lm.train: {p} rank(s) x {torch.get_num_threads()} thread(s), engine {cfg.engine}"
            + (f", {cfg.dp} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
               if cfg.engine == "explicit" else "")
-           + f", precision {cfg.precision}, comm {cfg.comm_dtype}")
+           + f", precision {cfg.precision}, comm {cfg.comm_dtype}, device {cfg.device}")
     print0(f"model: {m.num_params() / 1e6:.2f}M parameters, {m.flops_per_token() / 1e6:.2f} MFLOP/token, {cfg.model}")
     print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {cfg.global_batch_size}"
            f" = {p} rank(s) x {n_micro} micro-batch(es) x {micro} sequences of {cfg.model.block_size} bytes")

@@ -72,7 +72,8 @@ class Trainer:
         self.rows, self.micro, self.n_micro = cfg.per_rank(self.world)
         self.timeline = timeline
         torch.manual_seed(cfg.seed)  # same seed on every rank: identical initial weights
-        self.model = GPT(cfg.model)
+        self.device = torch.device(cfg.device)
+        self.model = GPT(cfg.model).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg)
         self.scaler = LossScaler() if cfg.precision == "fp16" else None
         self.start_step = 0
@@ -88,7 +89,7 @@ class Trainer:
         if cfg.engine == "torch-ddp":
             from torch.nn.parallel import DistributedDataParallel
             from .parallel.torch_ddp import init_process_group
-            init_process_group(comm, "gloo")
+            init_process_group(comm, "nccl" if cfg.device == "cuda" else "gloo")
             self.ddp = DistributedDataParallel(self.model, bucket_cap_mb=cfg.bucket_mb)
         elif cfg.dp == "naive":
             self.dp = NaiveDataParallel(self.params, comm, cfg.allreduce, timeline)
@@ -99,7 +100,7 @@ class Trainer:
     def autocast(self):
         if self.cfg.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast("cpu", dtype=torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16)
 
     def _span(self, name):
         return self.timeline.span(name) if self.timeline else contextlib.nullcontext()
@@ -120,7 +121,8 @@ class Trainer:
         loss_sum, compute_s = 0.0, 0.0
         lo = self.rank * self.rows
         for m in range(self.n_micro):
-            x, y = self.batches.rows(step, "train", cfg.global_batch_size, lo + m * self.micro, lo + (m + 1) * self.micro)
+            x, y = (t.to(self.device) for t in
+                    self.batches.rows(step, "train", cfg.global_batch_size, lo + m * self.micro, lo + (m + 1) * self.micro))
             last = m == self.n_micro - 1
             t0 = time.perf_counter()
             if self.ddp is None:
@@ -171,7 +173,7 @@ class Trainer:
         total = 0.0
         self.model.eval()
         for i in range(cfg.eval_batches):
-            x, y = self.batches.rows(i, "val", cfg.global_batch_size, lo, hi)
+            x, y = (t.to(self.device) for t in self.batches.rows(i, "val", cfg.global_batch_size, lo, hi))
             with self.autocast():
                 _, loss = self.model(x, y)
             total += float(loss)

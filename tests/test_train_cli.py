@@ -102,3 +102,10 @@ def test_a_rank_raising_mid_training_ends_the_job(tmp_path):
     proc = train(3, "--steps", "50", "--global-batch-size", "6", env={"PARALLEL_LM_FAIL_AT": "1:2"}, timeout=60)
     assert proc.returncode != 0, describe(proc)
     assert "[rank 1] fatal error, aborting all ranks" in proc.stderr and "failing on purpose" in proc.stderr, describe(proc)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_says_what_to_do():
+    proc = mpirun(2, FAST + ["--steps", "2", "--device", "cuda"], timeout=60)
+    assert proc.returncode == 2, describe(proc)
+    assert proc.stderr.count("--device cuda but torch sees no CUDA device") == 1, describe(proc)

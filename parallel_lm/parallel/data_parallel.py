@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..comm import allreduce, allreduce_mean
-from ..comm.buffers import as_array
+from ..comm.buffers import array_module, as_array
 
 
 class NaiveDataParallel:
@@ -63,7 +63,8 @@ class NaiveDataParallel:
 class Bucket:
     def __init__(self, index: int, params: list, dtype=torch.float32):
         self.index, self.params = index, params
-        self.flat = torch.zeros(sum(p.numel() for p in params), dtype=dtype)  # (n,) the gradients, contiguous
+        # (n,) the gradients, contiguous, on the parameters' device (a CuPy view on a GPU)
+        self.flat = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
         self.pending = len(params)
 
 
@@ -77,7 +78,8 @@ class BucketedDataParallel:
         self.comm_dtype = comm_dtype
         params = [p for p in params if p.requires_grad]
         self.buckets = self._make_buckets(list(reversed(params)), int(bucket_mb * 2**20))
-        self.half = {b.index: np.empty(b.flat.numel(), np.float16) for b in self.buckets} if comm_dtype == "fp16" else {}
+        self.half = {b.index: array_module(as_array(b.flat)).empty(b.flat.numel(), np.float16)
+                     for b in self.buckets} if comm_dtype == "fp16" else {}
         self.sync = True
         self.comm_s = 0.0
         self.error = None
@@ -127,13 +129,21 @@ class BucketedDataParallel:
         # ends, so nothing could overlap with it: finish() reduces it on the main thread
         # and spares the hand-off to the communication thread (with one bucket: no thread at all).
         if bucket.pending == 0 and self.sync and self.overlap and bucket is not self.buckets[-1]:
+            if bucket.flat.is_cuda:  # the kernels that wrote these gradients must finish before MPI reads them
+                bucket.ready = torch.cuda.Event()
+                bucket.ready.record()
             self.jobs.put(bucket)
 
     def _reduce(self, bucket: Bucket, comm):
         t0 = time.perf_counter()
+        if bucket.flat.is_cuda:
+            if comm is self.comm:
+                torch.cuda.current_stream(bucket.flat.device).synchronize()
+            else:
+                bucket.ready.synchronize()
         if self.comm_dtype == "fp16":
             half = self.half[bucket.index]
-            np.divide(as_array(bucket.flat), self.world, out=half, casting="same_kind")
+            array_module(half).divide(as_array(bucket.flat), self.world, out=half, casting="same_kind")
             allreduce(half, comm, self.algorithm)
             as_array(bucket.flat)[:] = half
         else:

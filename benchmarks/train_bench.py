@@ -2,6 +2,7 @@
 
     python benchmarks/train_bench.py                 # about 8 minutes on a 2-core machine
     python benchmarks/train_bench.py --part sweep    # only the bucket sweep (+ plots/bucket_sweep.png)
+    python benchmarks/train_bench.py --part comm     # --comm-dtype fp16 vs fp32
 
 Every configuration is one `python -m parallel_lm.train` run under mpiexec;
 tokens/s is the median over its steps after the first 3 (warm-up). Runs
@@ -29,7 +30,8 @@ def run(mpiexec, ranks, args) -> dict:
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         recs = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()][3:]
     med = lambda k: statistics.median(r[k] for r in recs) if recs[0][k] is not None else None
-    return {"tokens_per_s": med("tokens_per_s"), "exposed_comm_s": med("exposed_comm_s"), "step_s": med("step_s")}
+    return {"tokens_per_s": med("tokens_per_s"), "exposed_comm_s": med("exposed_comm_s"), "step_s": med("step_s"),
+            "comm_s": med("comm_s"), "final_loss": recs[-1]["loss"]}
 
 
 def throughput(mpiexec, repeats):
@@ -46,6 +48,20 @@ def throughput(mpiexec, repeats):
             cells = " | ".join(f"{tps[c]:,.0f}" for c in CONFIGS)
             print(f"| {preset} | {ranks} | {cells} | {tps['ring, overlap'] / tps['torch DDP (gloo)']:.2f}x "
                   f"| {tps['ring, overlap'] / tps['ring, no overlap']:.2f}x |", flush=True)
+
+
+def comm_dtype(mpiexec, repeats):
+    """--comm-dtype fp16 vs fp32: speed and the loss after 100 steps (small preset, 4 ranks)."""
+    args = ["--preset", "small", "--steps", "100", "--global-batch-size", "32", "--data-max-mb", "1"]
+    got = {d: [] for d in ("fp32", "fp16")}
+    for _ in range(repeats):
+        for d in got:
+            got[d].append(run(mpiexec, 4, args + ["--comm-dtype", d]))
+    print("\n| --comm-dtype | tokens/s | comm ms/step | final train loss |")
+    print("|---|---|---|---|")
+    for d, rs in got.items():
+        print(f"| {d} | {statistics.median(r['tokens_per_s'] for r in rs):,.0f} | "
+              f"{statistics.median(r['comm_s'] for r in rs) * 1e3:.1f} | {rs[0]['final_loss']:.4f} |", flush=True)
 
 
 def sweep(mpiexec, repeats, out_png):
@@ -84,13 +100,15 @@ def sweep(mpiexec, repeats, out_png):
 
 
 @click.command()
-@click.option("--part", type=click.Choice(["all", "throughput", "sweep"]), default="all")
+@click.option("--part", type=click.Choice(["all", "throughput", "comm", "sweep"]), default="all")
 @click.option("--repeats", default=2, show_default=True)
 @click.option("--mpiexec", default=str(Path(sys.executable).parent / "mpiexec"), show_default=True)
 @click.option("--plot", default=str(ROOT / "plots" / "bucket_sweep.png"), show_default=True)
 def main(part, repeats, mpiexec, plot):
     if part in ("all", "throughput"):
         throughput(mpiexec, repeats)
+    if part in ("all", "comm"):
+        comm_dtype(mpiexec, repeats)
     if part in ("all", "sweep"):
         sweep(mpiexec, repeats, plot)
 

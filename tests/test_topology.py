@@ -42,3 +42,4 @@ def test_block_offsets_group_the_chunks_of_represented_ranks():
     topo = Pof2(0, 6)  # pof2 4, rem 2: newrank 0 carries ranks 0,1; newrank 1 carries 2,3
     offs = chunk_offsets(12, 6)  # two elements per rank
     assert topo.block_offsets(offs) == [0, 4, 8, 10, 12]
+

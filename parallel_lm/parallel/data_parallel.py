@@ -25,11 +25,10 @@ import queue
 import threading
 import time
 
-import numpy as np
 import torch
 
 from ..comm import allreduce, allreduce_mean
-from ..comm.buffers import array_module, as_array
+from ..comm.buffers import as_array
 
 
 class NaiveDataParallel:
@@ -78,7 +77,7 @@ class BucketedDataParallel:
         self.comm_dtype = comm_dtype
         params = [p for p in params if p.requires_grad]
         self.buckets = self._make_buckets(list(reversed(params)), int(bucket_mb * 2**20))
-        self.half = {b.index: array_module(as_array(b.flat)).empty(b.flat.numel(), np.float16)
+        self.half = {b.index: torch.empty_like(b.flat, dtype=torch.float16)
                      for b in self.buckets} if comm_dtype == "fp16" else {}
         self.sync = True
         self.comm_s = 0.0
@@ -142,10 +141,11 @@ class BucketedDataParallel:
             else:
                 bucket.ready.synchronize()
         if self.comm_dtype == "fp16":
+            # Divide in float32 first, so a sum of K gradients cannot overflow float16's 65504.
             half = self.half[bucket.index]
-            array_module(half).divide(as_array(bucket.flat), self.world, out=half, casting="same_kind")
-            allreduce(half, comm, self.algorithm)
-            as_array(bucket.flat)[:] = half
+            half.copy_(bucket.flat.div_(self.world))
+            allreduce(as_array(half), comm, self.algorithm)
+            bucket.flat.copy_(half)
         else:
             allreduce_mean(as_array(bucket.flat), comm, self.algorithm)
         spent = time.perf_counter() - t0

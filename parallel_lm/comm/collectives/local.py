@@ -1,6 +1,10 @@
 """The local (gamma) part of every reduction: element-wise sum into a buffer."""
 from __future__ import annotations
 
+import sys
+
+import numpy as np
+
 from ..buffers import array_module
 
 
@@ -9,5 +13,15 @@ def add_into(acc, incoming) -> None:
 
     IEEE addition is commutative, so a + b and b + a are the same bits;
     what the algorithms fix is the grouping, which decides rounding.
+
+    NumPy adds float16 with scalar code (6 ms per million elements here,
+    against 0.15 ms in torch's vectorized kernel), which made fp16 gradient
+    communication 14x slower than fp32. When torch is already loaded (as in
+    training) its kernel does the float16 add on zero-copy views; the result
+    is the same correctly rounded sum. Comm-only programs stay torch-free.
     """
+    torch = sys.modules.get("torch")
+    if torch is not None and acc.dtype == np.float16 and isinstance(acc, np.ndarray):
+        torch.from_numpy(acc).add_(torch.from_numpy(incoming))
+        return
     array_module(acc).add(acc, incoming, out=acc)

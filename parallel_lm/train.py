@@ -54,6 +54,13 @@ def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
     return replace(cfg, **{k: params[k] for k in TRAIN_FIELDS if k in given})
 
 
+def _make_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create --out {out}: {e.strerror or e}") from None
+
+
 def _maybe_fail(step: int, rank: int) -> None:
     """Test hook: PARALLEL_LM_FAIL_AT=RANK:STEP raises on that rank at that step."""
     spec = os.environ.get("PARALLEL_LM_FAIL_AT")
@@ -106,8 +113,8 @@ def main(ctx, **params):
     out = Path(params["out"] or params["resume"]) if (params["out"] or params["resume"]) else None
     if params["trace"] and out is None:
         raise click.UsageError("--trace needs --out DIR to write trace.json into")
-    if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
+        agree(comm, lambda: _make_out_dir(out) if rank == 0 else None)
     torch.set_num_threads(threads_per_rank(comm, params["threads"]))
     if cfg.device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())  # several ranks may share one GPU

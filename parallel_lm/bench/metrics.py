@@ -15,17 +15,9 @@ from __future__ import annotations
 
 import re
 
+from ..costmodel.formulas import bus_factor
+
 OPS = ("allreduce", "reduce_scatter", "all_gather", "broadcast", "pingpong")
-
-
-def bus_factor(op: str, ranks: int) -> float:
-    if op == "allreduce":
-        return 2 * (ranks - 1) / ranks
-    if op in ("reduce_scatter", "all_gather"):
-        return (ranks - 1) / ranks
-    if op in ("broadcast", "pingpong"):
-        return 1.0
-    raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)}")
 
 
 def algbw_GBps(size_bytes: int, time_s: float) -> float:

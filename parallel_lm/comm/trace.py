@@ -40,16 +40,25 @@ class TraceComm:
 
 
 class CountingComm:
-    """Wraps a communicator and counts the messages and bytes this rank sends and receives."""
+    """Wraps a communicator and counts what this rank sends and receives.
+
+    ``sent``/``received``: messages; ``bytes_sent``; ``rounds``: point-to-point
+    calls (a Sendrecv is one round, both directions at once) and
+    ``round_bytes``: bytes per round summed (the larger direction of a
+    Sendrecv). The busiest rank's rounds and round_bytes are the alpha and
+    beta coefficients of the cost formulas (tests/test_costmodel.py).
+    """
 
     def __init__(self, comm):
         self._comm = comm
-        self.sent = self.received = self.bytes_sent = 0
+        self.sent = self.received = self.bytes_sent = self.rounds = self.round_bytes = 0
 
     def __getattr__(self, name):
         return getattr(self._comm, name)
 
     def _count(self, sendbuf=None, recvbuf=None):
+        self.rounds += 1
+        self.round_bytes += max(b.nbytes for b in (sendbuf, recvbuf) if b is not None)
         if sendbuf is not None:
             self.sent += 1
             self.bytes_sent += sendbuf.nbytes

@@ -1,0 +1,206 @@
+"""Alpha-beta-gamma costs of every collective algorithm, under the names the code uses.
+
+A message of b bytes costs alpha + b.beta (latency + bytes / bandwidth);
+reducing b bytes locally costs b.gamma. Each function returns a ``Cost``:
+how many alphas, bytes of beta and bytes of gamma lie on the critical
+path for ``n_bytes`` on ``p`` ranks, in the style of Thakur, Rabenseifner &
+Gropp, "Optimization of collective communication operations in MPICH",
+IJHPCA 19(1), 2005 (section 4 and its table of costs), and of MPICH's
+per-algorithm source comments. ``Cost.time_s(network)`` turns it into
+seconds. Non-powers of two use the fold of ``comm/collectives/fold.py``
+(the extra ranks hand their data to a neighbour and get the result back),
+so the formulas describe this project's code, message for message.
+
+Bus bandwidth factors follow nccl-tests (doc/PERFORMANCE.md).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Must equal parallel_lm.comm.collectives.ring.SEGMENT_BYTES (tests check it): the ring
+# reduce-scatter sends chunks longer than this as several messages, each paying alpha.
+RING_SEGMENT_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Network:
+    """Per-message latency, per-byte transfer time and per-byte reduction time."""
+
+    alpha_s: float
+    beta_s_per_byte: float
+    gamma_s_per_byte: float = 0.0
+
+
+@dataclass(frozen=True)
+class Cost:
+    """alpha_count.alpha + beta_bytes.beta + gamma_bytes.gamma."""
+
+    alpha_count: float = 0.0
+    beta_bytes: float = 0.0
+    gamma_bytes: float = 0.0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.alpha_count + other.alpha_count, self.beta_bytes + other.beta_bytes,
+                    self.gamma_bytes + other.gamma_bytes)
+
+    def time_s(self, net: Network) -> float:
+        return self.alpha_count * net.alpha_s + self.beta_bytes * net.beta_s_per_byte + self.gamma_bytes * net.gamma_s_per_byte
+
+
+def _lg(p: int) -> int:
+    """ceil(log2 p)."""
+    return (p - 1).bit_length()
+
+
+def _pof2(p: int) -> int:
+    return 1 << (p.bit_length() - 1)
+
+
+def _fold_in(n: float, p: int) -> Cost:
+    return Cost(1, n, n) if p != _pof2(p) else Cost()
+
+
+def _fold_out(n: float, p: int) -> Cost:
+    return Cost(1, n) if p != _pof2(p) else Cost()
+
+
+def allreduce_naive(n: float, p: int) -> Cost:
+    """2(p-1).alpha + 2(p-1).n.beta + (p-1).n.gamma: everything through the root, one message at a time."""
+    return Cost(2 * (p - 1), 2 * (p - 1) * n, (p - 1) * n)
+
+
+def broadcast_binomial(n: float, p: int) -> Cost:
+    """ceil(lg p).(alpha + n.beta)."""
+    return Cost(_lg(p), _lg(p) * n)
+
+
+def allreduce_tree(n: float, p: int) -> Cost:
+    """Binomial reduce + binomial broadcast: 2 ceil(lg p).alpha + 2 ceil(lg p).n.beta + ceil(lg p).n.gamma."""
+    return Cost(_lg(p), _lg(p) * n, _lg(p) * n) + broadcast_binomial(n, p)
+
+
+def reduce_scatter_ring(n: float, p: int, segment_bytes: float = RING_SEGMENT_BYTES) -> Cost:
+    """(p-1).s.alpha + (p-1)/p.n.beta + (p-1)/p.n.gamma, s = segments per chunk (1 for chunks <= segment)."""
+    if p == 1:
+        return Cost()
+    segments = max(1, math.ceil(n / p / segment_bytes))
+    return Cost((p - 1) * segments, (p - 1) / p * n, (p - 1) / p * n)
+
+
+def all_gather_ring(n: float, p: int) -> Cost:
+    """(p-1).alpha + (p-1)/p.n.beta."""
+    return Cost(p - 1, (p - 1) / p * n)
+
+
+def allreduce_ring(n: float, p: int, segment_bytes: float = RING_SEGMENT_BYTES) -> Cost:
+    """2(p-1).alpha + 2(p-1)/p.n.beta + (p-1)/p.n.gamma (plus segment alphas for long chunks)."""
+    return reduce_scatter_ring(n, p, segment_bytes) + all_gather_ring(n, p)
+
+
+def allreduce_recursive_doubling(n: float, p: int) -> Cost:
+    """lg p'.(alpha + n.beta + n.gamma), p' = pof2; + 2.alpha + 2n.beta + n.gamma to fold when p != p'."""
+    lg = _pof2(p).bit_length() - 1
+    return _fold_in(n, p) + Cost(lg, lg * n, lg * n) + _fold_out(n, p)
+
+
+def _block_bytes(n: float, p: int) -> list[float]:
+    """Bytes of each newrank's block when p ranks fold onto p' = pof2: the first
+    p - p' newranks carry two ranks' chunks, the rest one (``Pof2.block_offsets``)."""
+    q = _pof2(p)
+    return [n / p * (2 if i < p - q else 1) for i in range(q)]
+
+
+def _pof2_phase_bytes(blocks: list[float], halving: bool) -> tuple[float, float]:
+    """(beta bytes, gamma bytes) of the busiest newrank in recursive halving or doubling.
+
+    Per round a rank's cost is the larger of the ranges it sends and
+    receives; with even blocks this sums to (p'-1)/p'.n, with the uneven
+    blocks of a fold it is a little more, and this walks the rounds exactly.
+    """
+    q = len(blocks)
+    prefix = [0.0]
+    for b in blocks:
+        prefix.append(prefix[-1] + b)
+    size = lambda lo, hi: prefix[hi] - prefix[lo]
+    worst_beta = worst_gamma = 0.0
+    for r in range(q):
+        beta = gamma = 0.0
+        if halving:
+            lo, hi, mask = 0, q, q >> 1
+            while mask:
+                mid = (lo + hi) // 2
+                keep, send = ((lo, mid), (mid, hi)) if not r & mask else ((mid, hi), (lo, mid))
+                beta += max(size(*keep), size(*send))
+                gamma += size(*keep)
+                lo, hi = keep
+                mask >>= 1
+        else:
+            mask = 1
+            while mask < q:
+                mine = r & ~(mask - 1)
+                theirs = mine ^ mask
+                beta += max(size(mine, mine + mask), size(theirs, theirs + mask))
+                mask <<= 1
+        worst_beta, worst_gamma = max(worst_beta, beta), max(worst_gamma, gamma)
+    return worst_beta, worst_gamma
+
+
+def reduce_scatter_recursive_halving(n: float, p: int) -> Cost:
+    """lg p'.alpha + (p'-1)/p'.n.beta + (p'-1)/p'.n.gamma for p = p' a power of two.
+
+    Otherwise: fold in (alpha + n.beta + n.gamma), halving over uneven blocks
+    (the newranks that absorbed a fold carry two chunks), and the chunk
+    handed back (alpha + n/p.beta).
+    """
+    q = _pof2(p)
+    beta, gamma = _pof2_phase_bytes(_block_bytes(n, p), halving=True)
+    back = Cost(1, n / p) if p != q else Cost()
+    return _fold_in(n, p) + Cost(q.bit_length() - 1, beta, gamma) + back
+
+
+def all_gather_recursive_doubling(n: float, p: int) -> Cost:
+    """lg p'.alpha + (p'-1)/p'.n.beta for p = p'; otherwise also the chunk in, uneven blocks, and the result out."""
+    q = _pof2(p)
+    beta, _ = _pof2_phase_bytes(_block_bytes(n, p), halving=False)
+    chunk_in = Cost(1, n / p) if p != q else Cost()
+    return chunk_in + Cost(q.bit_length() - 1, beta) + _fold_out(n, p)
+
+
+def allreduce_rabenseifner(n: float, p: int) -> Cost:
+    """2 lg p'.alpha + 2(p'-1)/p'.n.beta + (p'-1)/p'.n.gamma; + 2.alpha + 2n.beta + n.gamma to fold."""
+    q = _pof2(p)
+    lg = q.bit_length() - 1
+    return _fold_in(n, p) + Cost(2 * lg, 2 * (q - 1) / q * n, (q - 1) / q * n) + _fold_out(n, p)
+
+
+def parameter_server_sync(n: float, workers: int, servers: int = 1) -> Cost:
+    """One synchronous step: every worker pushes its gradient and pulls the parameters.
+
+    Each server owns n/servers bytes and its single link carries, one after
+    another, ``workers`` pushes and ``workers`` pulls of that shard, and it
+    sums the pushed shards: 2W.alpha + 2W.(n/k).beta + W.(n/k).gamma. The
+    server link is the bottleneck: time grows with W, unlike ring all-reduce.
+    """
+    shard = n / servers
+    return Cost(2 * workers, 2 * workers * shard, workers * shard)
+
+
+COSTS = {
+    "allreduce": {"naive": allreduce_naive, "tree": allreduce_tree, "ring": allreduce_ring,
+                  "recursive_doubling": allreduce_recursive_doubling, "rabenseifner": allreduce_rabenseifner},
+    "reduce_scatter": {"ring": reduce_scatter_ring, "recursive_halving": reduce_scatter_recursive_halving},
+    "all_gather": {"ring": all_gather_ring, "recursive_doubling": all_gather_recursive_doubling},
+    "broadcast": {"binomial": broadcast_binomial},
+}
+
+
+def bus_factor(op: str, ranks: int) -> float:
+    """busbw / algbw for ``op`` on ``ranks`` ranks (nccl-tests doc/PERFORMANCE.md)."""
+    if op == "allreduce":
+        return 2 * (ranks - 1) / ranks
+    if op in ("reduce_scatter", "all_gather"):
+        return (ranks - 1) / ranks
+    if op in ("broadcast", "pingpong"):
+        return 1.0
+    raise ValueError(f"unknown op {op!r}; valid: allreduce, reduce_scatter, all_gather, broadcast, pingpong")

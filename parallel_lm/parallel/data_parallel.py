@@ -82,8 +82,9 @@ class BucketedDataParallel:
         self.sync = True
         self.comm_s = 0.0
         self.error = None
-        self.overlap = overlap
-        if overlap:
+        # With one bucket there is nothing to overlap (it completes as backward ends): no thread.
+        self.overlap = overlap and len(self.buckets) > 1
+        if self.overlap:
             # A separate communicator, so the thread's messages never match the main thread's.
             self.thread_comm = comm.Dup()
             self.jobs = queue.Queue()

@@ -18,7 +18,7 @@ FILENAME = "checkpoint.pt"
 
 def save(out_dir: Path, model, optimizer, step: int, config: dict, extra: dict | None = None) -> Path:
     path = Path(out_dir) / FILENAME
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else {}, "step": step,
              "config": config, "torch_rng": torch.get_rng_state(), **(extra or {})}
     write_atomic(path, lambda tmp: torch.save(state, tmp))
     return path

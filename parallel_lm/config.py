@@ -11,6 +11,8 @@ COMM_DTYPES = ("fp32", "fp16")
 ENGINES = ("explicit", "torch-ddp")
 DP_MODES = ("bucketed", "naive")
 DEVICES = ("cpu", "cuda")
+OPTIMIZERS = ("adamw", "sgd")
+SYNCS = ("allreduce", "ps")
 
 
 @dataclass
@@ -39,6 +41,21 @@ class TrainConfig:
     eval_batches: int = 4
     ckpt_every: int = 0  # 0: only at the end
     device: str = "cpu"  # "cuda": model on the GPU, gradient buckets all-reduced as CuPy arrays
+    optimizer: str = "adamw"
+    sync: str = "allreduce"  # or "ps": parameter server
+    servers: int = 1  # --sync ps: ranks 0..servers-1 serve, the rest work
+    staleness: int | None = 0  # --sync ps: 0 synchronous, s >= 1 bounded, None unbounded (fully async)
+    straggler: str | None = None  # "RANK:FACTOR": that rank computes FACTOR times slower
+
+    def straggler_factor(self, rank: int) -> float:
+        if not self.straggler:
+            return 1.0
+        who, factor = self.straggler.split(":")
+        return float(factor) if int(who) == rank else 1.0
+
+    def data_ranks(self, world: int) -> int:
+        """Ranks that compute gradients: all of them, or the workers under a parameter server."""
+        return world - self.servers if self.sync == "ps" else world
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +65,15 @@ class TrainConfig:
         d = dict(d)
         d["model"] = GPTConfig(**d["model"])
         return cls(**d)
+
+    def straggler_ok(self, world: int) -> bool:
+        if not self.straggler:
+            return True
+        try:
+            who, factor = self.straggler.split(":")
+            return 0 <= int(who) < world and float(factor) >= 1
+        except ValueError:
+            return False
 
     def per_rank(self, world: int) -> tuple[int, int, int]:
         """(rows per rank, micro-batch size, micro-batches per step), or ValueError naming the fix."""
@@ -74,13 +100,22 @@ class TrainConfig:
             (self.comm_dtype in COMM_DTYPES, f"unknown --comm-dtype {self.comm_dtype!r}; valid: {', '.join(COMM_DTYPES)}"),
             (self.bucket_mb > 0, f"--bucket-mb {self.bucket_mb} must be > 0"),
             (self.device in DEVICES, f"unknown --device {self.device!r}; valid: {', '.join(DEVICES)}"),
+            (self.optimizer in OPTIMIZERS, f"unknown --optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"),
+            (self.sync in SYNCS, f"unknown --sync {self.sync!r}; valid: {', '.join(SYNCS)}"),
+            (self.sync != "ps" or 1 <= self.servers < world,
+             f"--servers {self.servers} on {world} ranks leaves no worker: use 1..{world - 1} servers, or more ranks"),
+            (self.staleness is None or self.staleness >= 0, f"--staleness {self.staleness} must be >= 0 (or inf)"),
+            (self.sync != "ps" or (self.engine == "explicit" and self.precision != "fp16" and self.device == "cpu"),
+             "--sync ps runs with --engine explicit, --precision fp32 or bf16, --device cpu"),
+            (self.straggler_ok(world), f"--straggler {self.straggler!r}: write RANK:FACTOR with 0 <= RANK < {world} "
+                                       "and FACTOR >= 1, e.g. --straggler 1:3"),
             (self.engine == "explicit" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --engine explicit"),
             (self.dp == "bucketed" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --dp bucketed"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        self.per_rank(world)
+        self.per_rank(self.data_ranks(world))
         if self.device == "cuda":
             import torch
             if not torch.cuda.is_available():

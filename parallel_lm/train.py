@@ -24,7 +24,7 @@ from click.core import ParameterSource
 
 from . import checkpoint
 from .comm import ALGORITHMS
-from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, PRECISIONS, TrainConfig
+from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, SYNCS, TrainConfig
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, write_chrome_trace
 from .model import PRESETS
@@ -34,7 +34,8 @@ from .trainer import Trainer
 MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
 TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "seed", "data", "data_max_mb", "lr", "min_lr",
                 "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp", "bucket_mb",
-                "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every", "device")
+                "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every", "device",
+                "optimizer", "sync", "servers", "staleness", "straggler")
 
 
 def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
@@ -52,6 +53,18 @@ def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
     if "preset" in given and PRESETS[params["preset"]] != cfg.model:
         raise ValueError(f"--preset {params['preset']} does not match the checkpoint's model {cfg.model}")
     return replace(cfg, **{k: params[k] for k in TRAIN_FIELDS if k in given})
+
+
+def _staleness(text: str) -> int | None:
+    if str(text).strip().lower() in ("inf", "none", "async"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give a whole number of steps >= 0, or inf") from None
+    if value < 0:
+        raise click.BadParameter(f"{value} must be >= 0 (or inf)")
+    return value
 
 
 def _make_out_dir(out: Path) -> None:
@@ -94,6 +107,12 @@ def _maybe_fail(step: int, rank: int) -> None:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", help="Autocast dtype of forward/backward; fp16 adds dynamic loss scaling.")
 @click.option("--comm-dtype", type=click.Choice(COMM_DTYPES), default="fp32", help="Send gradients as fp16 (half the bytes).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", help="cuda: model on this rank's GPU (rank % GPUs), buckets all-reduced as CuPy arrays.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", help="AdamW (betas 0.9, 0.95) or plain SGD.")
+@click.option("--sync", type=click.Choice(SYNCS), default="allreduce", help="allreduce: data parallel; ps: parameter server.")
+@click.option("--servers", default=1, type=click.IntRange(min=1), help="--sync ps: ranks 0..N-1 are servers, the rest workers.")
+@click.option("--staleness", default="0", callback=lambda ctx, param, v: _staleness(v),
+              help="--sync ps: 0 synchronous; s: a worker may run s steps ahead of the slowest; inf: fully asynchronous.")
+@click.option("--straggler", help="RANK:FACTOR: that rank computes FACTOR times slower (e.g. 2:3).")
 @click.option("--eval-every", default=50, type=click.IntRange(min=0), help="Validation loss every N steps (0: only at the end).")
 @click.option("--eval-batches", default=4, type=click.IntRange(min=1))
 @click.option("--ckpt-every", default=0, type=click.IntRange(min=0), help="Also checkpoint every N steps (0: only at the end).")
@@ -121,10 +140,53 @@ def main(ctx, **params):
 
     batches = agree(comm, lambda: Batches.from_bytes(load_corpus(cfg.data, int(cfg.data_max_mb * 2**20)),
                                                        cfg.model.block_size, cfg.seed))
+    if cfg.sync == "ps":
+        if state is not None:
+            raise click.UsageError("--resume with --sync ps is not supported yet: resume a parameter-server "
+                                   "checkpoint with --sync allreduce (the optimizer state starts afresh)")
+        if params["trace"]:
+            raise click.UsageError("--trace is not supported with --sync ps yet")
+        run_ps(cfg, comm, batches, out)
+        return
     timeline = Timeline() if params["trace"] else None
-    trainer = Trainer(cfg, comm, batches, state, timeline)
+    trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank))
     run(cfg, comm, trainer, params, state, out, timeline)
     trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
+
+
+def run_ps(cfg, comm, batches, out):
+    """Train through a parameter server; server 0 (rank 0) logs and writes the outputs."""
+    from .trainer import validation_loss
+    from .trainer_ps import PSRun
+    rank, p = comm.Get_rank(), comm.Get_size()
+    workers = p - cfg.servers
+    ps = PSRun(cfg, comm, batches)
+    mode = "synchronous" if cfg.staleness == 0 else (
+        "fully asynchronous" if cfg.staleness is None else f"bounded staleness {cfg.staleness}")
+    print0(f"parallel_lm.train: {p} ranks = {cfg.servers} server(s) + {workers} worker(s), parameter server, {mode}, "
+           f"optimizer {cfg.optimizer}" + (f", straggler {cfg.straggler}" if cfg.straggler else ""))
+    print0(f"model: {ps.model.num_params() / 1e6:.2f}M parameters, sharded over {cfg.servers} server(s); data: {cfg.data}, "
+           f"global batch {cfg.global_batch_size} = {workers} worker(s) x {cfg.global_batch_size // workers} sequences")
+    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None)
+    log_every = max(1, cfg.steps // 10)
+
+    def on_record(rec):
+        metrics.write(rec)
+        if rec["step"] % log_every == 0 or rec["step"] == cfg.steps:
+            print0(f"step {rec['step']}/{cfg.steps}: loss {rec['loss']:.3f}, {rec['tokens_per_s']:,.0f} tok/s, "
+                   f"server busy {100 * rec['server_busy_s'] / rec['step_s']:.0f}%, staleness {rec['staleness']}")
+    ps.train(cfg.steps, on_record if rank == 0 else None)
+    metrics.close()
+    print0(f"gradient shards pushed {ps.pushes}, applied {ps.applied}; max staleness {ps.max_staleness} updates; "
+           f"max lead of a worker over the slowest {ps.max_lead} step(s); "
+           f"worker steps/s: {', '.join(f'{r:.1f}' for r in ps.worker_rates)}")
+    if rank == 0:
+        val = validation_loss(ps.model, batches, cfg, 0, cfg.global_batch_size)
+        print0(f"validation loss {val:.4f} nats/byte ({val / math.log(2):.3f} bits/byte; uniform would be {math.log(256):.2f} nats)")
+        if out is not None:
+            checkpoint.save(out, ps.model, None, cfg.steps, cfg.to_dict())
+            print0(f"wrote {out / 'metrics.jsonl'}, {out / 'checkpoint.pt'}")
+    comm.Barrier()
 
 
 def run(cfg, comm, trainer, params, state, out, timeline):

@@ -33,10 +33,12 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def make_optimizer(model, cfg: TrainConfig):
-    """AdamW; weight decay on matrices and embeddings only (as nanoGPT)."""
+    """AdamW (betas 0.9, 0.95) or plain SGD; weight decay on matrices and embeddings only (as nanoGPT)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, foreach=False)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), foreach=False)
 
 
@@ -66,8 +68,12 @@ class LossScaler:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, comm, batches, state: dict | None = None, timeline: Timeline | None = None):
-        self.cfg, self.comm, self.batches = cfg, comm, batches
+    def __init__(self, cfg: TrainConfig, comm, batches, state: dict | None = None, timeline: Timeline | None = None,
+                 sync_grads: bool = True, slow_factor: float = 1.0):
+        """``comm``: the data-parallel ranks (this rank's share of each global batch is its rank's rows).
+        ``sync_grads=False``: no gradient averaging here (a parameter-server worker).
+        ``slow_factor``: --straggler, compute takes this many times longer on this rank."""
+        self.cfg, self.comm, self.batches, self.slow_factor = cfg, comm, batches, slow_factor
         self.world, self.rank = comm.Get_size(), comm.Get_rank()
         self.rows, self.micro, self.n_micro = cfg.per_rank(self.world)
         self.timeline = timeline
@@ -79,14 +85,17 @@ class Trainer:
         self.start_step = 0
         if state is not None:
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if state["optimizer"]:  # empty when a parameter server trained it: start AdamW afresh
+                self.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
             self.start_step = int(state["step"])
             if self.scaler and "loss_scale" in state:
                 self.scaler.scale = float(state["loss_scale"])
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.ddp = None
-        if cfg.engine == "torch-ddp":
+        self.ddp = self.dp = None
+        if not sync_grads:
+            pass
+        elif cfg.engine == "torch-ddp":
             from torch.nn.parallel import DistributedDataParallel
             from .parallel.torch_ddp import init_process_group
             init_process_group(comm, "nccl" if cfg.device == "cuda" else "gloo")
@@ -110,22 +119,20 @@ class Trainer:
         self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         return buf / self.world
 
-    def train_step(self, step: int) -> dict:
-        cfg, t_step = self.cfg, time.perf_counter()
-        model = self.ddp or self.model
-        if self.ddp:
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.dp.zero_grad()
-        scale = self.scaler.scale if self.scaler else 1.0
-        loss_sum, compute_s = 0.0, 0.0
+    def _forward_backward(self, step: int, model, scale: float) -> tuple[float, float]:
+        """Forward and backward over this rank's micro-batches of step's global batch.
+
+        Returns (mean loss, compute seconds). Gradients accumulate in .grad; with
+        a DP object attached, only the last micro-batch's backward communicates.
+        """
+        cfg, loss_sum, compute_s = self.cfg, 0.0, 0.0
         lo = self.rank * self.rows
         for m in range(self.n_micro):
             x, y = (t.to(self.device) for t in
                     self.batches.rows(step, "train", cfg.global_batch_size, lo + m * self.micro, lo + (m + 1) * self.micro))
             last = m == self.n_micro - 1
             t0 = time.perf_counter()
-            if self.ddp is None:
+            if self.dp is not None:
                 self.dp.begin_backward(sync=last)
             sync_ctx = self.ddp.no_sync() if (self.ddp and not last) else contextlib.nullcontext()
             with sync_ctx:
@@ -135,6 +142,24 @@ class Trainer:
                 with self._span("backward"):
                     (loss * (scale / self.n_micro)).backward()
             compute_s += time.perf_counter() - t0
+        if self.slow_factor > 1:  # --straggler: this rank is slow_factor times slower at computing
+            time.sleep((self.slow_factor - 1) * compute_s)
+            compute_s *= self.slow_factor
+        return loss_sum / self.n_micro, compute_s
+
+    def local_gradient(self, step: int) -> float:
+        """Gradients of this rank's share of step's batch in .grad, no communication; returns its mean loss."""
+        self.model.zero_grad(set_to_none=True)
+        return self._forward_backward(step, self.model, 1.0)[0]
+
+    def train_step(self, step: int) -> dict:
+        cfg, t_step = self.cfg, time.perf_counter()
+        model = self.ddp or self.model
+        if self.ddp:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.dp.zero_grad()
+        loss, compute_s = self._forward_backward(step, model, self.scaler.scale if self.scaler else 1.0)
         if self.ddp:
             comm_s = exposed_s = None  # inside DDP's backward hooks: not separable here
         else:
@@ -151,7 +176,7 @@ class Trainer:
             self.optimizer.step()
         if self.timeline:
             self.timeline.add("optimizer", t_opt, time.perf_counter() - t_opt)
-        loss_mean = float(self._mean_over_ranks([loss_sum / self.n_micro])[0])
+        loss_mean = float(self._mean_over_ranks([loss])[0])
         step_s = time.perf_counter() - t_step
         tokens = cfg.global_batch_size * cfg.model.block_size
         record = {"step": step + 1, "loss": loss_mean, "lr": lr_at(cfg, step), "tokens": tokens,
@@ -162,20 +187,26 @@ class Trainer:
         return record
 
     def close(self):
-        if self.ddp is None:
+        if self.dp is not None:
             self.dp.close()
 
-    @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches."""
-        cfg = self.cfg
-        lo, hi = self.rank * self.rows, (self.rank + 1) * self.rows
-        total = 0.0
-        self.model.eval()
-        for i in range(cfg.eval_batches):
-            x, y = (t.to(self.device) for t in self.batches.rows(i, "val", cfg.global_batch_size, lo, hi))
-            with self.autocast():
-                _, loss = self.model(x, y)
-            total += float(loss)
-        self.model.train()
-        return float(self._mean_over_ranks([total / cfg.eval_batches])[0])
+        """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches, sharded over the ranks."""
+        local = validation_loss(self.model, self.batches, self.cfg, self.rank * self.rows, (self.rank + 1) * self.rows,
+                                self.autocast)
+        return float(self._mean_over_ranks([local])[0])
+
+
+@torch.no_grad()
+def validation_loss(model, batches, cfg: TrainConfig, lo: int, hi: int, autocast=contextlib.nullcontext) -> float:
+    """Mean loss over rows lo..hi of the ``eval_batches`` fixed validation batches."""
+    device = next(model.parameters()).device
+    total = 0.0
+    model.eval()
+    for i in range(cfg.eval_batches):
+        x, y = (t.to(device) for t in batches.rows(i, "val", cfg.global_batch_size, lo, hi))
+        with autocast():
+            _, loss = model(x, y)
+        total += float(loss)
+    model.train()
+    return total / cfg.eval_batches

@@ -109,3 +109,14 @@ def test_cuda_without_a_gpu_says_what_to_do():
     proc = mpirun(2, FAST + ["--steps", "2", "--device", "cuda"], timeout=60)
     assert proc.returncode == 2, describe(proc)
     assert proc.stderr.count("--device cuda but torch sees no CUDA device") == 1, describe(proc)
+
+
+def test_straggler_slows_one_rank_without_changing_the_result(tmp_path):
+    slow, fast = tmp_path / "slow", tmp_path / "fast"
+    for out, extra in ((fast, []), (slow, ["--straggler", "1:3"])):
+        proc = train(2, "--steps", 3, "--out", out, *extra)
+        assert proc.returncode == 0, describe(proc)
+    rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows(slow)] == [r["loss"] for r in rows(fast)]
+    # rank 0 waits for the straggler inside the all-reduce: its exposed communication grows
+    assert sum(r["exposed_comm_s"] for r in rows(slow)) > sum(r["exposed_comm_s"] for r in rows(fast))

@@ -1,0 +1,246 @@
+"""A parameter server: server ranks own the parameters and the optimizer, workers compute gradients.
+
+Layout (``PSLayout``): ranks 0..k-1 are servers, the rest workers. The
+model's parameters, flattened in ``model.parameters()`` order, are cut into
+k contiguous shards by ``chunk_offsets(n, k)``: server s owns elements
+``offs[s]:offs[s+1]`` and the optimizer state for them.
+
+One worker step: compute the gradient of its share of the global batch,
+Send each server its shard of the gradient (plus the loss and the version
+of the parameters it used), then Recv the fresh shard from every server.
+All messages are explicit mpi4py point-to-point on NumPy buffers.
+
+- ``staleness 0`` (synchronous): each server receives every worker's
+  gradient of step t (in worker order, so the sum is deterministic),
+  averages, clips by the global norm (the servers all-reduce their squared
+  norms) and takes one optimizer step, then answers all pulls. This is
+  exactly data-parallel training (tests check it).
+- ``staleness s >= 1`` (stale synchronous parallel, Ho et al., NIPS 2013)
+  and ``None`` (fully asynchronous, as Downpour SGD, Dean et al. 2012): a
+  server applies each gradient the moment it arrives (one optimizer step per
+  gradient, the worker having clipped it), and answers a worker's pull only
+  once that worker is at most s steps ahead of the slowest. Each applied
+  gradient's staleness (optimizer updates applied since the parameters it
+  was computed on were read) is recorded, and so is the largest lead in
+  steps of a pushing worker over the slowest, which the bound caps at s.
+
+Every pushed gradient is applied exactly once; a worker's last push needs
+no reply, and a server stops after ``steps`` pushes from each worker, so
+shutdown needs no extra messages. At the end each server broadcasts its
+shard so every rank holds the full model.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from ..comm.topology import chunk_offsets
+
+TAG_PUSH, TAG_PULL = 31, 32
+
+
+@dataclass(frozen=True)
+class PSLayout:
+    world: int
+    servers: int
+
+    @property
+    def workers(self) -> list[int]:
+        return list(range(self.servers, self.world))
+
+    def is_server(self, rank: int) -> bool:
+        return rank < self.servers
+
+    def shard(self, n: int, server: int) -> tuple[int, int]:
+        offs = chunk_offsets(n, self.servers)
+        return offs[server], offs[server + 1]
+
+
+def flat_params(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def load_flat(model, flat: torch.Tensor) -> None:
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(flat[offset: offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+def decay_mask(model) -> torch.Tensor:
+    """1 where weight decay applies (matrices and embeddings, as ``trainer.make_optimizer``), else 0."""
+    return torch.cat([torch.full((p.numel(),), 1.0 if p.dim() >= 2 else 0.0) for p in model.parameters()])
+
+
+class ShardOptimizer:
+    """AdamW or SGD on one flat shard, written to match torch.optim's update rules step for step."""
+
+    def __init__(self, params: torch.Tensor, decay: torch.Tensor, kind: str, weight_decay: float,
+                 betas=(0.9, 0.95), eps: float = 1e-8):
+        self.p, self.decay, self.kind, self.wd, self.betas, self.eps = params, decay, kind, weight_decay, betas, eps
+        self.m, self.v, self.t = torch.zeros_like(params), torch.zeros_like(params), 0
+
+    def step(self, grad: torch.Tensor, lr: float) -> None:
+        p, wd = self.p, self.wd * self.decay
+        if self.kind == "sgd":  # torch.optim.SGD: coupled L2 decay
+            p.sub_(lr * (grad + wd * p))
+            return
+        b1, b2 = self.betas
+        self.t += 1
+        p.mul_(1 - lr * wd)  # torch.optim.AdamW: decoupled decay first
+        self.m.lerp_(grad, 1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.v.sqrt() / (1 - b2 ** self.t) ** 0.5).add_(self.eps)
+        p.addcdiv_(self.m, denom, value=-lr / (1 - b1 ** self.t))
+
+
+class Server:
+    def __init__(self, cfg, comm, servers_comm, layout: PSLayout, model, lr_at, record=None):
+        """``servers_comm``: the server ranks alone (for the global gradient norm in sync mode);
+        ``lr_at(step)``: the learning rate; ``record(losses, staleness)``: called per step (server 0)."""
+        self.cfg, self.comm, self.layout, self.lr_at, self.record = cfg, comm, layout, lr_at, record
+        self.rank = comm.Get_rank()
+        n = sum(p.numel() for p in model.parameters())
+        self.lo, self.hi = layout.shard(n, self.rank)
+        self.params = flat_params(model)[self.lo:self.hi].clone()  # (shard,) fp32 master copy
+        self.opt = ShardOptimizer(self.params, decay_mask(model)[self.lo:self.hi], cfg.optimizer, cfg.weight_decay)
+        self.servers = servers_comm
+        self.version = 0  # optimizer steps taken on this shard
+        self.received = 0  # gradient pushes taken into an update (each exactly once)
+        self.max_lead = 0  # most steps a pushing worker was ahead of the slowest (<= the staleness bound)
+        self.busy_s = 0.0
+        self.staleness = Counter()
+        self.outstanding = []  # (request, buffer) of replies in flight
+
+    def _reply(self, worker: int) -> None:
+        """Send the shard without waiting for it to be received.
+
+        A blocking Send could deadlock with several servers: server A waits for
+        worker x to receive, x waits to push to server B, B waits for worker y
+        to receive, y waits to push to A. A server that never blocks on a send
+        always gets back to receiving, which breaks every such cycle.
+        """
+        out = np.empty(self.hi - self.lo + 1, np.float32)  # (shard + 1,): parameters, then version
+        out[:-1] = self.params.numpy()
+        out[-1] = self.version
+        self.outstanding = [(r, b) for r, b in self.outstanding if not r.Test()]
+        self.outstanding.append((self.comm.Isend(out, dest=worker, tag=TAG_PULL), out))
+
+    def _clip_sync(self, grad: torch.Tensor) -> None:
+        if self.cfg.grad_clip <= 0:
+            return
+        sq = np.array([float(grad.double().pow(2).sum())])
+        self.servers.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
+        norm = float(np.sqrt(sq[0]))
+        coef = self.cfg.grad_clip / (norm + 1e-6)  # torch.nn.utils.clip_grad_norm_'s rule
+        if coef < 1:
+            grad.mul_(coef)
+
+    def run(self, steps: int) -> None:
+        self._serve(steps)
+        MPI.Request.Waitall([r for r, _ in self.outstanding])
+        self.outstanding = []
+
+    def _serve(self, steps: int) -> None:
+        workers = self.layout.workers
+        buf = np.empty(self.hi - self.lo + 2, np.float32)  # (shard + 2,): gradient, loss, version used
+        if self.cfg.staleness == 0:
+            for t in range(steps):
+                total, losses = torch.zeros_like(self.params), []
+                for w in workers:  # fixed order: a deterministic sum
+                    self.comm.Recv(buf, source=w, tag=TAG_PUSH)
+                    t0 = time.perf_counter()
+                    total += torch.from_numpy(buf[:-2])
+                    self.received += 1
+                    losses.append(float(buf[-2]))
+                    self.staleness[self.version - int(buf[-1])] += 1
+                    self.busy_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                total /= len(workers)
+                self._clip_sync(total)
+                self.opt.step(total, self.lr_at(t))
+                self.version += 1
+                if t < steps - 1:
+                    for w in workers:
+                        self._reply(w)
+                self.busy_s += time.perf_counter() - t0
+                if self.record:
+                    self.record(losses, self.staleness)
+            return
+        clock = dict.fromkeys(workers, 0)
+        waiting, window = [], []
+        bound = self.cfg.staleness
+        status = MPI.Status()
+        for _ in range(steps * len(workers)):
+            self.comm.Recv(buf, source=MPI.ANY_SOURCE, tag=TAG_PUSH, status=status)
+            t0 = time.perf_counter()
+            w = status.Get_source()
+            self.max_lead = max(self.max_lead, clock[w] - min(clock.values()))
+            self.staleness[self.version - int(buf[-1])] += 1
+            self.opt.step(torch.from_numpy(buf[:-2]), self.lr_at(self.version // len(workers)))
+            self.version += 1
+            self.received += 1
+            clock[w] += 1
+            window.append(float(buf[-2]))
+            if clock[w] < steps:
+                waiting.append(w)
+            slowest = min(clock.values())
+            for v in list(waiting):  # answer only workers within the staleness bound of the slowest
+                if bound is None or clock[v] - slowest <= bound:
+                    self._reply(v)
+                    waiting.remove(v)
+            self.busy_s += time.perf_counter() - t0
+            if self.record and len(window) == len(workers):
+                self.record(window, self.staleness)
+                window = []
+
+
+class Worker:
+    def __init__(self, cfg, comm, layout: PSLayout, trainer):
+        self.cfg, self.comm, self.layout, self.trainer = cfg, comm, layout, trainer
+        self.n = sum(p.numel() for p in trainer.model.parameters())
+        self.shards = [layout.shard(self.n, s) for s in range(layout.servers)]
+        self.versions = [0] * layout.servers
+        self.pushes = 0
+
+    def run(self, steps: int) -> float:
+        """Train ``steps`` steps; returns this worker's steps per second."""
+        model, t_start = self.trainer.model, time.perf_counter()
+        flat = flat_params(model)
+        for t in range(steps):
+            loss = self.trainer.local_gradient(t)
+            grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            if self.cfg.staleness != 0 and self.cfg.grad_clip > 0:  # async: each gradient clipped on its own
+                norm = float(grad.norm())
+                grad.mul_(min(1.0, self.cfg.grad_clip / (norm + 1e-6)))
+            for s, (lo, hi) in enumerate(self.shards):
+                out = np.empty(hi - lo + 2, np.float32)  # (shard + 2,): gradient, loss, version used
+                out[:-2] = grad[lo:hi].numpy()
+                out[-2], out[-1] = loss, self.versions[s]
+                self.comm.Send(out, dest=s, tag=TAG_PUSH)
+                self.pushes += 1
+            if t < steps - 1:
+                for s, (lo, hi) in enumerate(self.shards):
+                    reply = np.empty(hi - lo + 1, np.float32)
+                    self.comm.Recv(reply, source=s, tag=TAG_PULL)
+                    flat[lo:hi] = torch.from_numpy(reply[:-1])
+                    self.versions[s] = int(reply[-1])
+                load_flat(model, flat)
+        return steps / (time.perf_counter() - t_start)
+
+
+def share_final_params(comm, layout: PSLayout, model, server: Server | None) -> None:
+    """Each server broadcasts its shard; afterwards every rank's model holds the trained parameters."""
+    flat = flat_params(model).numpy().copy()
+    for s in range(layout.servers):
+        lo, hi = layout.shard(flat.size, s)
+        if server is not None and s == server.rank:
+            flat[lo:hi] = server.params.numpy()
+        comm.Bcast(flat[lo:hi], root=s)
+    load_flat(model, torch.from_numpy(flat))

@@ -1,0 +1,87 @@
+"""Run under mpiexec -n K with argv: SERVERS. Parameter-server checks:
+
+1. synchronous PS (AdamW and SGD) after 5 steps equals 1-rank training (max abs difference printed);
+2. with random artificial delays on the workers, bounded (2) and unbounded staleness:
+   every pushed gradient applied exactly once, the lead over the slowest worker within the bound,
+   200 asynchronous steps without deadlock.
+Prints "PS CHECK ok" on rank 0 when all hold; exits 1 otherwise.
+"""
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from parallel_lm.config import TrainConfig
+from parallel_lm.data import Batches, load_corpus
+from parallel_lm.model import GPTConfig
+from parallel_lm.parallel.parameter_server import flat_params
+from parallel_lm.runtime import install_abort_hook
+from parallel_lm.trainer import Trainer
+from parallel_lm.trainer_ps import PSRun
+
+install_abort_hook()
+torch.set_num_threads(1)
+comm = MPI.COMM_WORLD
+rank, p = comm.Get_rank(), comm.Get_size()
+servers = int(sys.argv[1])
+workers = p - servers
+model = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)
+batches = Batches.from_bytes(load_corpus("synthetic"), model.block_size, 7)
+failures = []
+
+
+def say(text):
+    if rank == 0:
+        print(text, flush=True)
+
+
+for optimizer in ("adamw", "sgd"):
+    cfg = TrainConfig(model=model, global_batch_size=4 * workers * 3, steps=5, warmup_steps=2, seed=7, lr=0.05 if optimizer == "sgd" else 3e-3,
+                      data="synthetic", optimizer=optimizer, sync="ps", servers=servers, staleness=0)
+    reference = None
+    if rank == 0:
+        ref = Trainer(TrainConfig(**{**cfg.to_dict(), "model": model, "sync": "allreduce"}), MPI.COMM_SELF, batches)
+        for s in range(cfg.steps):
+            ref.train_step(s)
+        reference = flat_params(ref.model).numpy()
+        ref.close()
+    reference = comm.bcast(reference, root=0)
+    run = PSRun(cfg, comm, batches)
+    run.train(cfg.steps)
+    diff = float(np.abs(flat_params(run.model).numpy() - reference).max())
+    worst = comm.allreduce(diff, op=MPI.MAX)
+    ok = worst < 2e-5 and run.pushes == run.applied == cfg.steps * workers * servers
+    say(f"{'ok  ' if ok else 'FAIL'} sync PS ({optimizer}, {servers} server(s), {workers} workers) vs 1 rank: "
+        f"max |param diff| {worst:.2e}; pushes {run.pushes} applied {run.applied}")
+    if not ok:
+        failures.append(optimizer)
+
+for staleness, steps in ((2, 60), (None, 200)):
+    cfg = TrainConfig(model=model, global_batch_size=2 * workers, steps=steps, seed=7, data="synthetic",
+                      sync="ps", servers=servers, staleness=staleness)
+    run = PSRun(cfg, comm, batches)
+    if not run.is_server:  # random artificial delays: workers drift apart
+        rng = random.Random(rank)
+        inner = run.trainer.local_gradient
+
+        def delayed(step, inner=inner, rng=rng):
+            time.sleep(rng.random() * 0.004 * (rank - servers + 1))
+            return inner(step)
+        run.trainer.local_gradient = delayed
+    t0 = time.perf_counter()
+    run.train(steps)
+    bound_ok = staleness is None or run.max_lead <= staleness
+    ok = run.pushes == run.applied == steps * workers * servers and bound_ok
+    same = len(set(comm.allgather(flat_params(run.model).numpy().tobytes()))) == 1
+    ok = ok and same
+    say(f"{'ok  ' if ok else 'FAIL'} staleness {staleness}: {steps} steps x {workers} workers in {time.perf_counter() - t0:.1f} s; "
+        f"pushes {run.pushes} applied {run.applied}; max lead {run.max_lead} (bound {staleness}); "
+        f"max staleness {run.max_staleness} updates; final params equal on all ranks: {same}")
+    if not ok:
+        failures.append(f"staleness {staleness}")
+
+say(f"PS CHECK {'ok' if not failures else 'FAILED: ' + ', '.join(failures)}")
+sys.exit(1 if failures else 0)

@@ -37,6 +37,7 @@ class PSRun:
     def train(self, steps: int, on_record=None) -> None:
         """Run ``steps`` worker steps; ``on_record(dict)`` receives server 0's metrics records."""
         cfg = self.cfg
+        self.comm.Barrier()  # every worker has built its model: the clock starts now for all
         if self.is_server:
             recorder = _Recorder(cfg, len(self.layout.workers), on_record) if self.rank == 0 and on_record else None
             server = Server(cfg, self.comm, self.group, self.layout, self.model, lambda s: lr_at(cfg, s),

@@ -66,7 +66,7 @@ check(diff < 2e-5, "synchronous PS drifted from single-process training")
 check(run.pushes == run.applied == base.steps * W, "a gradient was lost or applied twice")
 
 # Part 2: a straggler (rank 1, 4x slower), sync vs bounded vs async.
-print0(f"\npart 2: rank 1 computes 4x slower; 40 steps per worker")
+print0("\npart 2: rank 1 computes 4x slower; 40 steps per worker")
 print0(f"{'mode':>14} {'wall s':>7} {'final loss':>10} {'max lead':>8} {'staleness histogram (updates: count)':>40}")
 for name, staleness in (("sync", 0), ("staleness 2", 2), ("async", None)):
     cfg = TrainConfig(**{**base.to_dict(), "model": model, "steps": 40, "staleness": staleness, "straggler": "1:4"})

@@ -12,7 +12,6 @@ command line; model-shape flags must match it.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import replace
@@ -72,13 +71,6 @@ def _make_out_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OSError(f"cannot create --out {out}: {e.strerror or e}") from None
-
-
-def _maybe_fail(step: int, rank: int) -> None:
-    """Test hook: PARALLEL_LM_FAIL_AT=RANK:STEP raises on that rank at that step."""
-    spec = os.environ.get("PARALLEL_LM_FAIL_AT")
-    if spec and spec == f"{rank}:{step}":
-        raise RuntimeError(f"PARALLEL_LM_FAIL_AT={spec}: failing on purpose")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -216,7 +208,6 @@ def run(cfg, comm, trainer, params, state, out, timeline):
                disable=not interactive, dynamic_ncols=True)
     val = None
     for step in range(trainer.start_step, cfg.steps):
-        _maybe_fail(step, rank)
         rec = trainer.train_step(step)
         done = step + 1
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:

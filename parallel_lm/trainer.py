@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 
 import numpy as np
@@ -20,6 +21,13 @@ from .config import TrainConfig
 from .metrics import Timeline
 from .model import GPT
 from .parallel.data_parallel import BucketedDataParallel, NaiveDataParallel
+
+
+def _maybe_fail(step: int) -> None:
+    """Test hook: PARALLEL_LM_FAIL_AT=RANK:STEP raises on that (world) rank at that step."""
+    spec = os.environ.get("PARALLEL_LM_FAIL_AT")
+    if spec and spec == f"{MPI.COMM_WORLD.Get_rank()}:{step}":
+        raise RuntimeError(f"PARALLEL_LM_FAIL_AT={spec}: failing on purpose")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -126,6 +134,7 @@ class Trainer:
         a DP object attached, only the last micro-batch's backward communicates.
         """
         cfg, loss_sum, compute_s = self.cfg, 0.0, 0.0
+        _maybe_fail(step)
         lo = self.rank * self.rows
         for m in range(self.n_micro):
             x, y = (t.to(self.device) for t in

@@ -41,3 +41,11 @@ def test_cli_sync_ps_writes_the_same_outputs(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"loss", "tokens_per_s", "step_s", "comm_s", "staleness", "server_busy_s"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("staleness", ["0", "inf"])
+def test_a_crashing_worker_ends_the_job(staleness):
+    proc = mpirun(4, FAST[:4] + ["--steps", "50", "--sync", "ps", "--staleness", staleness, "--global-batch-size", "6"],
+                  env={"PARALLEL_LM_FAIL_AT": "2:3"}, timeout=60)
+    assert proc.returncode != 0, describe(proc)
+    assert "[rank 2] fatal error, aborting all ranks" in proc.stderr and "failing on purpose" in proc.stderr, describe(proc)

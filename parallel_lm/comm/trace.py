@@ -1,7 +1,9 @@
-"""``PARALLEL_LM_TRACE=1``: print every message a collective sends, to watch the chunks move.
+"""Communicators that watch the messages a collective sends.
 
-Wraps a communicator; each point-to-point call prints one whole line to
-stderr, e.g. ``[trace] rank 1 -> 2  256 B | rank 1 <- 0  256 B  (Sendrecv)``.
+- ``TraceComm`` (``PARALLEL_LM_TRACE=1``): prints every message as one whole
+  line on stderr, e.g. ``[trace] rank 1 -> 2  256 B | rank 1 <- 0  256 B  (Sendrecv)``,
+  to watch the chunks move.
+- ``CountingComm``: counts messages, rounds and bytes (lessons, cost-model tests).
 """
 from __future__ import annotations
 
@@ -13,34 +15,49 @@ def tracing_enabled() -> bool:
     return os.environ.get("PARALLEL_LM_TRACE", "") not in ("", "0")
 
 
-class TraceComm:
+class ObservedComm:
+    """Delegates to a communicator, calling ``observe`` before each point-to-point call."""
+
     def __init__(self, comm):
         self._comm = comm
-        self._rank = comm.Get_rank()
 
     def __getattr__(self, name):
         return getattr(self._comm, name)
 
-    def _say(self, text: str) -> None:
-        sys.stderr.write(f"[trace] rank {self._rank} {text}\n")
-        sys.stderr.flush()
+    def observe(self, call: str, sendbuf=None, dest=None, recvbuf=None, source=None) -> None:
+        raise NotImplementedError
 
     def Send(self, buf, dest, tag=0):
-        self._say(f"-> {dest}  {buf.nbytes} B  (Send)")
+        self.observe("Send", sendbuf=buf, dest=dest)
         return self._comm.Send(buf, dest=dest, tag=tag)
 
     def Recv(self, buf, source, tag=0, status=None):
-        self._say(f"<- {source}  {buf.nbytes} B  (Recv)")
+        self.observe("Recv", recvbuf=buf, source=source)
         return self._comm.Recv(buf, source=source, tag=tag, status=status)
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=0, recvtag=0, status=None):
-        self._say(f"-> {dest}  {sendbuf.nbytes} B | rank {self._rank} <- {source}  {recvbuf.nbytes} B  (Sendrecv)")
+        self.observe("Sendrecv", sendbuf=sendbuf, dest=dest, recvbuf=recvbuf, source=source)
         return self._comm.Sendrecv(sendbuf, dest=dest, sendtag=sendtag, recvbuf=recvbuf,
                                    source=source, recvtag=recvtag, status=status)
 
 
-class CountingComm:
-    """Wraps a communicator and counts what this rank sends and receives.
+class TraceComm(ObservedComm):
+    def __init__(self, comm):
+        super().__init__(comm)
+        self._rank = comm.Get_rank()
+
+    def observe(self, call, sendbuf=None, dest=None, recvbuf=None, source=None):
+        parts = []
+        if sendbuf is not None:
+            parts.append(f"-> {dest}  {sendbuf.nbytes} B")
+        if recvbuf is not None:
+            parts.append(f"<- {source}  {recvbuf.nbytes} B")
+        sys.stderr.write(f"[trace] rank {self._rank} " + f" | rank {self._rank} ".join(parts) + f"  ({call})\n")
+        sys.stderr.flush()
+
+
+class CountingComm(ObservedComm):
+    """Counts what this rank sends and receives.
 
     ``sent``/``received``: messages; ``bytes_sent``; ``rounds``: point-to-point
     calls (a Sendrecv is one round, both directions at once) and
@@ -50,13 +67,10 @@ class CountingComm:
     """
 
     def __init__(self, comm):
-        self._comm = comm
+        super().__init__(comm)
         self.sent = self.received = self.bytes_sent = self.rounds = self.round_bytes = 0
 
-    def __getattr__(self, name):
-        return getattr(self._comm, name)
-
-    def _count(self, sendbuf=None, recvbuf=None):
+    def observe(self, call, sendbuf=None, dest=None, recvbuf=None, source=None):
         self.rounds += 1
         self.round_bytes += max(b.nbytes for b in (sendbuf, recvbuf) if b is not None)
         if sendbuf is not None:
@@ -64,16 +78,3 @@ class CountingComm:
             self.bytes_sent += sendbuf.nbytes
         if recvbuf is not None:
             self.received += 1
-
-    def Send(self, buf, dest, tag=0):
-        self._count(sendbuf=buf)
-        return self._comm.Send(buf, dest=dest, tag=tag)
-
-    def Recv(self, buf, source, tag=0, status=None):
-        self._count(recvbuf=buf)
-        return self._comm.Recv(buf, source=source, tag=tag, status=status)
-
-    def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=0, recvtag=0, status=None):
-        self._count(sendbuf=sendbuf, recvbuf=recvbuf)
-        return self._comm.Sendrecv(sendbuf, dest=dest, sendtag=sendtag, recvbuf=recvbuf,
-                                   source=source, recvtag=recvtag, status=status)

@@ -100,17 +100,15 @@ class Trainer:
             if self.scaler and "loss_scale" in state:
                 self.scaler.scale = float(state["loss_scale"])
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.ddp = self.dp = None
-        if not sync_grads:
-            pass
-        elif cfg.engine == "torch-ddp":
+        self.ddp = self.dp = None  # neither when a parameter server does the averaging (sync_grads=False)
+        if sync_grads and cfg.engine == "torch-ddp":
             from torch.nn.parallel import DistributedDataParallel
             from .parallel.torch_ddp import init_process_group
             init_process_group(comm, "nccl" if cfg.device == "cuda" else "gloo")
             self.ddp = DistributedDataParallel(self.model, bucket_cap_mb=cfg.bucket_mb)
-        elif cfg.dp == "naive":
+        elif sync_grads and cfg.dp == "naive":
             self.dp = NaiveDataParallel(self.params, comm, cfg.allreduce, timeline)
-        else:
+        elif sync_grads:
             self.dp = BucketedDataParallel(self.params, comm, cfg.allreduce, cfg.bucket_mb, cfg.overlap,
                                            cfg.comm_dtype, timeline)
 

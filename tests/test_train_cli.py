@@ -86,6 +86,8 @@ def test_generate_samples_text(uninterrupted):
     (2, ["--precision", "fp8"], "'fp8' is not one of 'fp32', 'bf16', 'fp16'"),
     (2, ["--data", "/no/such/corpus"], "--data /no/such/corpus: no such file or folder"),
     (2, ["--n-embd", "30", "--n-head", "4"], "--n-embd 30 is not divisible by --n-head 4"),
+    (2, ["--out", "/proc/parallel_lm_cannot_be_here"], "cannot create --out /proc/parallel_lm_cannot_be_here"),
+    (2, ["--straggler", "1:x"], "--straggler '1:x': write RANK:FACTOR"),
 ])
 def test_bad_flags_stop_every_rank_with_one_message(k, args, message):
     proc = mpirun(k, FAST[:-1] + ["--steps", "2"] + args + ["--quiet"], timeout=60)

@@ -54,6 +54,10 @@ def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
     return replace(cfg, **{k: params[k] for k in TRAIN_FIELDS if k in given})
 
 
+def _report_validation(val: float) -> None:
+    print0(f"validation loss {val:.4f} nats/byte ({val / math.log(2):.3f} bits/byte; uniform would be {math.log(256):.2f} nats)")
+
+
 def _staleness(text: str) -> int | None:
     if str(text).strip().lower() in ("inf", "none", "async"):
         return None
@@ -174,7 +178,7 @@ def run_ps(cfg, comm, batches, out):
            f"worker steps/s: {', '.join(f'{r:.1f}' for r in ps.worker_rates)}")
     if rank == 0:
         val = validation_loss(ps.model, batches, cfg, 0, cfg.global_batch_size)
-        print0(f"validation loss {val:.4f} nats/byte ({val / math.log(2):.3f} bits/byte; uniform would be {math.log(256):.2f} nats)")
+        _report_validation(val)
         if out is not None:
             checkpoint.save(out, ps.model, None, cfg.steps, cfg.to_dict())
             print0(f"wrote {out / 'metrics.jsonl'}, {out / 'checkpoint.pt'}")
@@ -235,7 +239,7 @@ def run(cfg, comm, trainer, params, state, out, timeline):
         val = trainer.evaluate()
         print0(f"already at step {trainer.start_step} >= --steps {cfg.steps}: nothing to train")
     if val is not None:
-        print0(f"validation loss {val:.4f} nats/byte ({val / math.log(2):.3f} bits/byte; uniform would be {math.log(256):.2f} nats)")
+        _report_validation(val)
     if out is not None:
         files = ["metrics.jsonl", "checkpoint.pt"] + (["trace.json"] if timeline else [])
         print0(f"wrote {', '.join(str(out / f) for f in files)}" + (" (open trace.json in ui.perfetto.dev)" if timeline else ""))

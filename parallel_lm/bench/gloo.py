@@ -1,12 +1,6 @@
 """torch.distributed's gloo all-reduce, the framework baseline (imports torch only when asked)."""
 from __future__ import annotations
 
-from ..parallel.torch_ddp import init_process_group
-
-
-def init_gloo(comm) -> None:
-    init_process_group(comm, "gloo")
-
 
 def gloo_allreduce(buf) -> None:
     import torch

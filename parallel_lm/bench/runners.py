@@ -33,8 +33,9 @@ def make_input(count: int, dtype, rank: int) -> np.ndarray:
 def runner(op: str, algorithm: str, buf, comm):
     """A no-argument callable that runs the collective on ``buf`` in place."""
     if algorithm == TORCH_GLOO:
-        from .gloo import gloo_allreduce, init_gloo
-        init_gloo(comm)
+        from ..parallel.torch_ddp import init_process_group
+        from .gloo import gloo_allreduce
+        init_process_group(comm, "gloo")
         return lambda: gloo_allreduce(buf)
     fn = {"allreduce": allreduce, "reduce_scatter": reduce_scatter, "all_gather": all_gather}.get(op)
     if fn is not None:

@@ -47,11 +47,16 @@ class TrainConfig:
     staleness: int | None = 0  # --sync ps: 0 synchronous, s >= 1 bounded, None unbounded (fully async)
     straggler: str | None = None  # "RANK:FACTOR": that rank computes FACTOR times slower
 
-    def straggler_factor(self, rank: int) -> float:
+    def _straggler(self) -> tuple[int, float] | None:
+        """(rank, factor) from "RANK:FACTOR", None when unset; ValueError when malformed."""
         if not self.straggler:
-            return 1.0
+            return None
         who, factor = self.straggler.split(":")
-        return float(factor) if int(who) == rank else 1.0
+        return int(who), float(factor)
+
+    def straggler_factor(self, rank: int) -> float:
+        parsed = self._straggler()
+        return parsed[1] if parsed and parsed[0] == rank else 1.0
 
     def data_ranks(self, world: int) -> int:
         """Ranks that compute gradients: all of them, or the workers under a parameter server."""
@@ -67,13 +72,11 @@ class TrainConfig:
         return cls(**d)
 
     def straggler_ok(self, world: int) -> bool:
-        if not self.straggler:
-            return True
         try:
-            who, factor = self.straggler.split(":")
-            return 0 <= int(who) < world and float(factor) >= 1
+            parsed = self._straggler()
         except ValueError:
             return False
+        return parsed is None or (0 <= parsed[0] < world and parsed[1] >= 1)
 
     def per_rank(self, world: int) -> tuple[int, int, int]:
         """(rows per rank, micro-batch size, micro-batches per step), or ValueError naming the fix."""

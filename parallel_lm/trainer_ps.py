@@ -42,8 +42,6 @@ class PSRun:
             recorder = _Recorder(cfg, len(self.layout.workers), on_record) if self.rank == 0 and on_record else None
             server = Server(cfg, self.comm, self.group, self.layout, self.model, lambda s: lr_at(cfg, s),
                             recorder.record if recorder else None)
-            if recorder:
-                recorder.server = server
             server.run(steps)
             self.applied = server.received
             self.max_staleness = max(server.staleness)
@@ -69,17 +67,17 @@ class _Recorder:
     def __init__(self, cfg, workers: int, sink):
         self.cfg, self.workers, self.sink = cfg, workers, sink
         self.step, self.last_t, self.last_busy, self.last_hist = 0, time.perf_counter(), 0.0, Counter()
-        self.server = None
 
-    def record(self, losses, staleness: Counter) -> None:
+    def record(self, losses, staleness: Counter, busy_s: float, version: int) -> None:
+        """One metrics record from the step's losses and the server's running totals."""
         now, cfg = time.perf_counter(), self.cfg
         window = staleness - self.last_hist
         step_s = now - self.last_t
-        busy = self.server.busy_s - self.last_busy
+        busy = busy_s - self.last_busy
         tokens = cfg.global_batch_size * cfg.model.block_size
         self.step += 1
         self.sink({"step": self.step, "loss": sum(losses) / len(losses), "lr": lr_at(cfg, self.step - 1),
                    "tokens": tokens, "step_s": step_s, "compute_s": None, "comm_s": step_s - busy,
                    "exposed_comm_s": None, "tokens_per_s": tokens / step_s, "server_busy_s": busy,
-                   "staleness": {str(k): v for k, v in sorted(window.items())}, "updates": self.server.version})
-        self.last_t, self.last_busy, self.last_hist = now, self.server.busy_s, Counter(staleness)
+                   "staleness": {str(k): v for k, v in sorted(window.items())}, "updates": version})
+        self.last_t, self.last_busy, self.last_hist = now, busy_s, Counter(staleness)

@@ -103,7 +103,8 @@ class ShardOptimizer:
 class Server:
     def __init__(self, cfg, comm, servers_comm, layout: PSLayout, model, lr_at, record=None):
         """``servers_comm``: the server ranks alone (for the global gradient norm in sync mode);
-        ``lr_at(step)``: the learning rate; ``record(losses, staleness)``: called per step (server 0)."""
+        ``lr_at(step)``: the learning rate; ``record(losses, staleness, busy_s, version)``: called per
+        step (server 0) with the step's worker losses and the running totals."""
         self.cfg, self.comm, self.layout, self.lr_at, self.record = cfg, comm, layout, lr_at, record
         self.rank = comm.Get_rank()
         n = sum(p.numel() for p in model.parameters())
@@ -171,7 +172,7 @@ class Server:
                         self._reply(w)
                 self.busy_s += time.perf_counter() - t0
                 if self.record:
-                    self.record(losses, self.staleness)
+                    self.record(losses, self.staleness, self.busy_s, self.version)
             return
         clock = dict.fromkeys(workers, 0)
         waiting, window = [], []
@@ -197,7 +198,7 @@ class Server:
                     waiting.remove(v)
             self.busy_s += time.perf_counter() - t0
             if self.record and len(window) == len(workers):
-                self.record(window, self.staleness)
+                self.record(window, self.staleness, self.busy_s, self.version)
                 window = []
 
 

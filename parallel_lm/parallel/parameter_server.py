@@ -209,6 +209,10 @@ class Worker:
         self.shards = [layout.shard(self.n, s) for s in range(layout.servers)]
         self.versions = [0] * layout.servers
         self.pushes = 0
+        # One push buffer (shard + 2: gradient, loss, version used) and one pull buffer
+        # (shard + 1: parameters, version) per server, reused every step.
+        self.push_bufs = [np.empty(hi - lo + 2, np.float32) for lo, hi in self.shards]
+        self.pull_bufs = [np.empty(hi - lo + 1, np.float32) for lo, hi in self.shards]
 
     def run(self, steps: int) -> float:
         """Train ``steps`` steps; returns this worker's steps per second."""
@@ -221,14 +225,14 @@ class Worker:
                 norm = float(grad.norm())
                 grad.mul_(min(1.0, self.cfg.grad_clip / (norm + 1e-6)))
             for s, (lo, hi) in enumerate(self.shards):
-                out = np.empty(hi - lo + 2, np.float32)  # (shard + 2,): gradient, loss, version used
+                out = self.push_bufs[s]
                 out[:-2] = grad[lo:hi].numpy()
                 out[-2], out[-1] = loss, self.versions[s]
                 self.comm.Send(out, dest=s, tag=TAG_PUSH)
                 self.pushes += 1
             if t < steps - 1:
                 for s, (lo, hi) in enumerate(self.shards):
-                    reply = np.empty(hi - lo + 1, np.float32)
+                    reply = self.pull_bufs[s]
                     self.comm.Recv(reply, source=s, tag=TAG_PULL)
                     flat[lo:hi] = torch.from_numpy(reply[:-1])
                     self.versions[s] = int(reply[-1])

@@ -10,8 +10,8 @@ the same bits.
 
 Restrictions: none (any p; chunks differ by at most one element and may
 be empty when n < p). Chunks longer than SEGMENT_BYTES are sent as several
-messages in the reduce-scatter, which adds alpha terms the formula below
-leaves out.
+messages in the reduce-scatter: one alpha each, which the formula below
+leaves out and costmodel.formulas.reduce_scatter_ring counts.
 
 Cost (n bytes):
   reduce_scatter_ring = (p-1).alpha + (p-1)/p.n.beta + (p-1)/p.n.gamma

@@ -70,11 +70,19 @@ def is_device_array(buf) -> bool:
 
 
 def array_module(buf):
-    """numpy or cupy, whichever owns ``buf``."""
+    """numpy or cupy, whichever owns ``buf``.
+
+    Other array types name their module through the array API's
+    ``__array_namespace__``: the simulator's arrays (``parallel_lm.sim``)
+    use it to count the bytes each reduction adds.
+    """
+    if isinstance(buf, np.ndarray):
+        return np
     if is_device_array(buf):
         import cupy
         return cupy
-    return np
+    namespace = getattr(buf, "__array_namespace__", None)
+    return namespace() if namespace is not None else np
 
 
 def as_array(tensor):

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 
-def chunk_offsets(n: int, p: int) -> list[int]:
-    """Offsets of p nearly equal chunks of n elements (length p + 1).
+
+def chunk_offsets(n: int, p: int) -> np.ndarray:
+    """Offsets of p nearly equal chunks of n elements (int64 array of length p + 1).
 
     The first ``n % p`` chunks get one extra element, so chunk sizes differ
-    by at most one and chunks may be empty when n < p.
+    by at most one and chunks may be empty when n < p. An array rather than
+    a list so that ``offs[chunk]`` also works when ``chunk`` holds one value
+    per rank: the simulator (``parallel_lm.sim``) runs an algorithm once for
+    a whole group of ranks.
     """
     base, extra = divmod(n, p)
-    return [i * base + min(i, extra) for i in range(p + 1)]
+    i = np.arange(p + 1, dtype=np.int64)
+    return i * base + np.minimum(i, extra)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class PSLayout:
 
     def shard(self, n: int, server: int) -> tuple[int, int]:
         offs = chunk_offsets(n, self.servers)
-        return offs[server], offs[server + 1]
+        return int(offs[server]), int(offs[server + 1])
 
 
 def flat_params(model) -> torch.Tensor:

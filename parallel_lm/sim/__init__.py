@@ -1,0 +1,6 @@
+"""A simulated cluster: the unchanged collectives on P virtual ranks, timed from a network profile."""
+from .network import KINDS, Topology
+from .replay import Deadlock
+from .run import OPS, SimResult, simulate
+
+__all__ = ["simulate", "SimResult", "Topology", "KINDS", "OPS", "Deadlock"]

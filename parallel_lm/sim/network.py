@@ -1,0 +1,69 @@
+"""The simulated cluster's wiring: which alpha and beta a message between two ranks pays.
+
+- flat: every pair of ranks pays the same alpha and beta (the closed-form
+  formulas' world; the simulator must reproduce them exactly there);
+- hierarchical: ranks are grouped into nodes of ``ranks_per_node``;
+  messages inside a node use the fast level, between nodes the slow one;
+- switch: hierarchical, and each node reaches the switch through one
+  port, so messages leaving (or entering) a node at the same time queue
+  for it: k of them take k times as long. The formulas assume every
+  message has a link to itself; this is where they go wrong.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..costmodel.formulas import Network
+
+KINDS = ("flat", "hierarchical", "switch")
+
+
+@dataclass(frozen=True)
+class Topology:
+    intra: Network  # the whole network when flat
+    inter: Network | None = None
+    ranks_per_node: int = 0
+    shared_port: bool = False
+
+    def __post_init__(self):
+        if (self.inter is None) != (self.ranks_per_node == 0):
+            raise ValueError("a hierarchical topology needs both an inter-node network and ranks_per_node")
+        if self.ranks_per_node < 0:
+            raise ValueError(f"ranks_per_node must be positive, got {self.ranks_per_node}")
+        if self.shared_port and self.inter is None:
+            raise ValueError("a shared switch port needs nodes: give ranks_per_node and an inter-node network")
+
+    @classmethod
+    def flat(cls, net: Network) -> "Topology":
+        return cls(net)
+
+    @property
+    def kind(self) -> str:
+        return "switch" if self.shared_port else "hierarchical" if self.inter is not None else "flat"
+
+    @property
+    def gamma_s_per_byte(self) -> float:
+        return self.intra.gamma_s_per_byte
+
+    def node(self, rank):
+        return rank // self.ranks_per_node
+
+    def link(self, src, dst):
+        """(alpha_s, beta_s_per_byte) for messages src -> dst; scalars or arrays."""
+        if self.inter is None:
+            return self.intra.alpha_s, self.intra.beta_s_per_byte
+        same = self.node(src) == self.node(dst)
+        if isinstance(same, (bool, np.bool_)):
+            net = self.intra if same else self.inter
+            return net.alpha_s, net.beta_s_per_byte
+        return (np.where(same, self.intra.alpha_s, self.inter.alpha_s),
+                np.where(same, self.intra.beta_s_per_byte, self.inter.beta_s_per_byte))
+
+    def describe(self, ranks: int) -> str:
+        if self.inter is None:
+            return f"flat, {ranks} ranks"
+        nodes = -(-ranks // self.ranks_per_node)
+        port = ", one shared port per node" if self.shared_port else ""
+        return f"{nodes} nodes x {self.ranks_per_node} ranks{port}"

@@ -1,0 +1,177 @@
+"""Turning recorded ops into time: the simulator's clock rules.
+
+Every rank has a clock. Before an op its clock advances by the bytes it
+reduced times gamma. A message of b bytes from s to d starts when both
+have posted their halves (rendezvous: the later of the two clocks) and
+ends alpha + b.beta later, on the link the topology gives; a send and a
+receive in one Sendrecv run at once (full duplex) and the op ends when
+both have. The collective's time is the latest clock at the end. These
+are the assumptions the closed-form formulas make, so on a flat network
+the two agree to rounding (tests/test_sim.py).
+
+Two engines give the same answer:
+- ``lockstep``: when every rank issues the same number of ops and op i
+  of a rank always pairs with op i of its peers (ring, recursive
+  halving/doubling on powers of two), each op index is one vectorized
+  step over all ranks. This is what makes 4,096-rank rings fast.
+- ``events``: everything else (trees, folds, the naive root, shared
+  switch ports): a discrete-event loop over ranks in clock order,
+  matching sends to receives by (source, destination, tag) in order, as
+  MPI does. Ports are reserved first come, first served, so k messages
+  through one port take k times as long.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+import numpy as np
+
+from .comm import NONE
+
+
+class Deadlock(RuntimeError):
+    """Ranks wait for messages nobody sends (under rendezvous semantics)."""
+
+
+def _field(group_ops, i, k, size):
+    """Field k of op i across all ranks, as a (size,) array."""
+    if len(group_ops) == 1:
+        return np.broadcast_to(np.asarray(group_ops[0][1][i][k]), (size,))
+    out = np.empty(size, dtype=np.float64 if k in (0, 2, 5) else np.int64)
+    for ranks, ops in group_ops:
+        out[ranks] = ops[i][k]
+    return out
+
+
+def lockstep(groups, size: int, topo) -> np.ndarray | None:
+    """Clocks at the end, or None when the ops do not pair up index by index."""
+    if topo.shared_port:
+        return None
+    lengths = {len(rec.ops) for _, rec in groups}
+    if len(lengths) != 1:
+        return None
+    # one group covering every rank in order needs no scattering
+    if len(groups) == 1 and not np.array_equal(groups[0][0], np.arange(size)):
+        return None
+    group_ops = [(ranks, rec.ops) for ranks, rec in groups]
+    me = np.arange(size)
+    gamma = topo.gamma_s_per_byte
+    t = np.zeros(size)
+    for i in range(lengths.pop()):
+        f = [_field(group_ops, i, k, size) for k in range(7)]
+        gam, dest, sbytes, stag, src, rbytes, rtag = f
+        sends, recvs = dest != NONE, src != NONE
+        s_rank, s_dest = me[sends], dest[sends]
+        if sends.sum() != recvs.sum() or not (
+                np.array_equal(src[s_dest], s_rank) and np.array_equal(rtag[s_dest], stag[sends])
+                and np.array_equal(dest[src[recvs]], me[recvs])):
+            return None
+        too_big = sbytes[sends] > rbytes[s_dest]
+        if too_big.any():
+            j = np.flatnonzero(too_big)[0]
+            raise ValueError(f"rank {s_rank[j]} sends {sbytes[sends][j]:.0f} B to rank {s_dest[j]}, "
+                             f"whose receive buffer holds {rbytes[s_dest][j]:.0f} B")
+        posted = t + gam * gamma
+        alpha, beta = topo.link(s_rank, s_dest)
+        end = np.maximum(posted[s_rank], posted[s_dest]) + alpha + sbytes[sends] * beta
+        t = posted.copy()
+        t[s_rank] = np.maximum(t[s_rank], end)
+        t[s_dest] = np.maximum(t[s_dest], end)
+    tail = np.zeros(size)
+    for ranks, rec in groups:
+        tail[ranks] = rec.tail_gamma
+    return t + tail * gamma
+
+
+def per_rank_ops(groups, size: int):
+    """Split group ops into one list of plain-number ops per rank, and each rank's tail gamma."""
+    ops: list = [None] * size
+    tails = [0.0] * size
+    for ranks, rec in groups:
+        n = len(ranks)
+        per = [[] for _ in range(n)]
+        for op in rec.ops:
+            cols = [np.broadcast_to(np.asarray(v), (n,)).tolist() for v in op]
+            for j, row in enumerate(zip(*cols)):
+                per[j].append(row)
+        tail = np.broadcast_to(np.asarray(rec.tail_gamma, dtype=np.float64), (n,)).tolist()
+        for j, r in enumerate(ranks.tolist()):
+            ops[r], tails[r] = per[j], tail[j]
+    return ops, tails
+
+
+def events(groups, size: int, topo) -> np.ndarray:
+    """Clocks at the end, by discrete events in clock order."""
+    ops, tails = per_rank_ops(groups, size)
+    gamma = topo.gamma_s_per_byte
+    t = [0.0] * size
+    pc = [0] * size
+    open_halves = [0] * size
+    op_end = [0.0] * size
+    charged = [False] * size
+    sends: dict[tuple, deque] = {}
+    recvs: dict[tuple, deque] = {}
+    port_free: dict[tuple, float] = {}
+    heap = [(0.0, r) for r in range(size)]
+
+    def transfer(src, dst, nbytes, start):
+        alpha, beta = topo.link(src, dst)
+        if topo.shared_port and topo.node(src) != topo.node(dst):
+            out_port, in_port = ("out", topo.node(src)), ("in", topo.node(dst))
+            start = max(start, port_free.get(out_port, 0.0), port_free.get(in_port, 0.0))
+            port_free[out_port] = port_free[in_port] = start + nbytes * beta
+        return start + alpha + nbytes * beta
+
+    def finish_half(r, end):
+        op_end[r] = max(op_end[r], end)
+        open_halves[r] -= 1
+        if open_halves[r] == 0:
+            t[r] = op_end[r]
+            pc[r] += 1
+            heapq.heappush(heap, (t[r], r))
+
+    while heap:
+        now, r = heapq.heappop(heap)
+        if pc[r] == len(ops[r]):
+            continue
+        gam, dest, sbytes, stag, src, rbytes, rtag = ops[r][pc[r]]
+        if not charged[r] and gam:
+            charged[r] = True
+            t[r] += gam * gamma
+            heapq.heappush(heap, (t[r], r))
+            continue
+        charged[r] = False
+        op_end[r] = t[r]
+        open_halves[r] = (dest != NONE) + (src != NONE)
+        if dest != NONE:
+            key = (r, dest, stag)
+            waiting = recvs.get(key)
+            if waiting:
+                posted, capacity = waiting.popleft()
+                if sbytes > capacity:
+                    raise ValueError(f"rank {r} sends {sbytes} B to rank {dest}, whose receive buffer holds {capacity} B")
+                end = transfer(r, dest, sbytes, max(t[r], posted))
+                finish_half(dest, end)
+                finish_half(r, end)
+            else:
+                sends.setdefault(key, deque()).append((t[r], sbytes))
+        if src != NONE:
+            key = (src, r, rtag)
+            waiting = sends.get(key)
+            if waiting:
+                posted, nbytes = waiting.popleft()
+                if nbytes > rbytes:
+                    raise ValueError(f"rank {src} sends {nbytes} B to rank {r}, whose receive buffer holds {rbytes} B")
+                end = transfer(src, r, nbytes, max(t[r], posted))
+                finish_half(src, end)
+                finish_half(r, end)
+            else:
+                recvs.setdefault(key, deque()).append((t[r], rbytes))
+    stuck = [r for r in range(size) if pc[r] < len(ops[r])]
+    if stuck:
+        r = stuck[0]
+        _, dest, _, _, src, _, _ = ops[r][pc[r]]
+        raise Deadlock(f"{len(stuck)} simulated ranks never finish: with blocking (rendezvous) messages, rank {r} "
+                       f"waits in op {pc[r]} (send to {dest}, receive from {src}); {NONE} means none")
+    return np.array(t) + np.array(tails) * gamma

@@ -1,0 +1,176 @@
+"""Run a collective from ``comm/collectives`` on P virtual ranks and time it.
+
+``simulate(op, algorithm, ranks, n_bytes, topology)`` records what every
+rank sends (``comm.py``), then replays it on the topology (``replay.py``).
+Timing-only mode (the default) runs the unchanged algorithm once per
+group of ranks that take the same path (``ranks.py``); ``data=True``
+runs one thread per rank with real buffers and checks the result
+against NumPy's sum.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..comm.collectives import ALGORITHMS, ALL_GATHER_ALGORITHMS, BROADCAST_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS
+from ..comm.topology import chunk_offsets
+from ..comm.workspace import release
+from ..costmodel.formulas import COSTS
+from . import replay
+from .arrays import DataArray, VirtualArray, set_recorder
+from .comm import DataComm, Exchange, GroupComm, Recorder, SimAbort
+from .network import Topology
+from .ranks import Diverge, RankVector
+
+# The library's own collective ("mpi") has no code to run here.
+OPS = {
+    "allreduce": {k: v for k, v in ALGORITHMS.items() if k != "mpi"},
+    "reduce_scatter": {k: v for k, v in REDUCE_SCATTER_ALGORITHMS.items() if k != "mpi"},
+    "all_gather": {k: v for k, v in ALL_GATHER_ALGORITHMS.items() if k != "mpi"},
+    "broadcast": {k: v for k, v in BROADCAST_ALGORITHMS.items() if k != "mpi"},
+}
+DATA_MODE_MAX_RANKS = 512  # one thread per rank
+
+
+@dataclass
+class SimResult:
+    op: str
+    algorithm: str
+    ranks: int
+    n_bytes: int
+    time_s: float  # the latest rank's clock at the end
+    rank_times_s: np.ndarray
+    groups: int  # how many separate calls the timing run needed (1 = the whole cluster at once)
+    engine: str  # "lockstep" or "events"
+    messages: int
+    max_abs_error: float | None = None  # data mode: largest |result - NumPy's answer|
+
+    def formula_s(self, topo: Topology) -> float:
+        """The closed-form time with every link at the topology's slowest level.
+
+        Exact on a flat network; with nodes it is what the formula says if
+        one pretends every message crosses the inter-node network.
+        """
+        return COSTS[self.op][self.algorithm](self.n_bytes, self.ranks).time_s(topo.inter or topo.intra)
+
+
+def lookup(op: str, algorithm: str):
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)}")
+    if algorithm not in OPS[op]:
+        raise ValueError(f"unknown {op} algorithm {algorithm!r}; valid: {', '.join(OPS[op])}")
+    return OPS[op][algorithm]
+
+
+def _record_groups(fn, size: int, count: int, dtype) -> list[tuple[np.ndarray, Recorder]]:
+    """Run ``fn`` on VirtualArrays for all ranks, splitting groups where ranks branch apart."""
+    done, todo = [], [np.arange(size)]
+    while todo:
+        ranks = todo.pop()
+        rec = Recorder()
+        set_recorder(rec)
+        rank = RankVector(ranks) if len(ranks) > 1 else int(ranks[0])
+        try:
+            fn(VirtualArray(count, dtype), GroupComm(rank, size, rec))
+        except Diverge as d:
+            if len(d.keys) != len(ranks):
+                todo.extend(ranks[i:i + 1] for i in range(len(ranks)))
+                continue
+            todo.extend(ranks[d.keys == key] for key in np.unique(d.keys))
+            continue
+        except (TypeError, ValueError, IndexError):
+            if len(ranks) == 1:
+                raise
+            # Code that cannot take a vector of ranks still runs, one rank at a time.
+            todo.extend(ranks[i:i + 1] for i in range(len(ranks)))
+            continue
+        done.append((ranks, rec))
+    return done
+
+
+def _inputs(op: str, size: int, count: int, dtype, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each rank's input and the answer NumPy gives for it."""
+    rng = np.random.default_rng(seed)
+    # small integers: every sum is exact in any dtype, so any order of addition gives the same bits
+    data = [rng.integers(-8, 9, count).astype(dtype) for _ in range(size)]
+    total = np.sum(data, axis=0, dtype=np.float64).astype(dtype) if count else np.zeros(0, dtype)
+    offs = chunk_offsets(count, size)
+    if op == "allreduce":
+        want = [total] * size
+    elif op == "reduce_scatter":
+        want = [total[offs[r]:offs[r + 1]] for r in range(size)]
+    elif op == "all_gather":
+        full = np.concatenate([data[r][offs[r]:offs[r + 1]] for r in range(size)])
+        want = [full] * size
+    else:  # broadcast from rank 0
+        want = [data[0]] * size
+    return data, want
+
+
+def _result(op: str, buf: np.ndarray, rank: int, size: int) -> np.ndarray:
+    if op == "reduce_scatter":
+        offs = chunk_offsets(buf.size, size)
+        return buf[offs[rank]:offs[rank + 1]]
+    return buf
+
+
+def _run_data(op: str, fn, size: int, count: int, dtype, seed: int):
+    if size > DATA_MODE_MAX_RANKS:
+        raise ValueError(f"data mode runs one thread per rank: use at most {DATA_MODE_MAX_RANKS} ranks, "
+                         f"or timing-only mode for {size}")
+    data, want = _inputs(op, size, count, dtype, seed)
+    exchange = Exchange(size)
+    recorders = [Recorder() for _ in range(size)]
+    errors: list[BaseException] = []
+
+    def rank_main(r: int):
+        set_recorder(recorders[r])
+        try:
+            fn(DataArray(data[r]), DataComm(r, size, recorders[r], exchange))
+        except SimAbort:
+            pass
+        except BaseException as e:  # reported below, after every thread has stopped
+            errors.append(e)
+            exchange.abort(f"rank {r} failed: {e!r}")
+        finally:
+            release()
+            exchange.done()
+
+    threads = [threading.Thread(target=rank_main, args=(r,), daemon=True) for r in range(size)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    if exchange.failure:
+        raise replay.Deadlock(exchange.failure)
+    err = max((float(np.max(np.abs(_result(op, data[r], r, size).astype(np.float64) - want[r]), initial=0.0))
+               for r in range(size)), default=0.0)
+    return [(np.array([r]), recorders[r]) for r in range(size)], err
+
+
+def simulate(op: str, algorithm: str, ranks: int, n_bytes: int, topology: Topology, *,
+             dtype="float32", data: bool = False, seed: int = 0) -> SimResult:
+    """Simulate one collective; see the module docstring."""
+    fn = lookup(op, algorithm)
+    dtype = np.dtype(dtype)
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    if n_bytes < 0 or n_bytes % dtype.itemsize:
+        raise ValueError(f"n_bytes={n_bytes} must be a non-negative multiple of the {dtype} item size {dtype.itemsize}")
+    count = n_bytes // dtype.itemsize
+    error = None
+    if data:
+        groups, error = _run_data(op, fn, ranks, count, dtype, seed)
+    else:
+        groups = _record_groups(fn, ranks, count, dtype)
+    set_recorder(None)
+    clocks, engine = replay.lockstep(groups, ranks, topology), "lockstep"
+    if clocks is None:
+        clocks, engine = replay.events(groups, ranks, topology), "events"
+    messages = sum(int(np.sum(np.broadcast_to(np.asarray(op_[1]) != -1, (len(g),)))) for g, rec in groups for op_ in rec.ops)
+    return SimResult(op, algorithm, ranks, n_bytes, float(clocks.max(initial=0.0)), clocks,
+                     len(groups), engine, messages, error)

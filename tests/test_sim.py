@@ -1,0 +1,103 @@
+"""The simulated cluster: same code as real MPI, same time as the formulas on a flat network."""
+import numpy as np
+import pytest
+
+from parallel_lm.costmodel.formulas import COSTS, Network
+from parallel_lm.sim import OPS, Deadlock, Topology, simulate
+from parallel_lm.sim import replay
+from parallel_lm.sim.run import _record_groups
+
+NET = Network(alpha_s=3e-6, beta_s_per_byte=2e-10, gamma_s_per_byte=5e-11)
+INTER = Network(alpha_s=2e-5, beta_s_per_byte=1e-9, gamma_s_per_byte=5e-11)
+CASES = [(op, name) for op, algos in OPS.items() for name in algos]
+
+
+def even_bytes(p: int, k: int = 3) -> int:
+    """A size whose p chunks and power-of-two blocks are all whole float32 elements."""
+    pof2 = 1 << (p.bit_length() - 1)
+    return 4 * p * pof2 * k
+
+
+@pytest.mark.parametrize("op,name", CASES)
+@pytest.mark.parametrize("p", [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 33, 64])
+def test_flat_network_time_equals_the_formula(op, name, p):
+    pof2 = 1 << (p.bit_length() - 1)
+    segmented = even_bytes(p, (5 << 20) // (8 * pof2) + 1)  # ring chunks of 2.5 MiB: three segments
+    for n in (even_bytes(p), segmented):
+        res = simulate(op, name, p, n, Topology.flat(NET))
+        want = COSTS[op][name](n, p).time_s(NET)
+        assert res.time_s == pytest.approx(want, rel=1e-12, abs=1e-15), (res.engine, res.groups)
+
+
+@pytest.mark.parametrize("op,name", CASES)
+@pytest.mark.parametrize("p", [3, 16, 64])
+def test_data_mode_sums_like_numpy_and_times_like_timing_mode(op, name, p):
+    topo = Topology(NET, INTER, ranks_per_node=4)
+    n = 4 * (p * 37 + 5)  # uneven chunks on purpose
+    real = simulate(op, name, p, n, topo, data=True, seed=p)
+    assert real.max_abs_error == 0.0
+    timed = simulate(op, name, p, n, topo)
+    assert real.time_s == pytest.approx(timed.time_s, rel=1e-12)
+    assert real.messages == timed.messages
+
+
+@pytest.mark.parametrize("op,name", [("allreduce", "ring"), ("allreduce", "rabenseifner"),
+                                     ("reduce_scatter", "recursive_halving"), ("all_gather", "recursive_doubling")])
+def test_vectorized_and_event_engines_agree(op, name):
+    topo = Topology(NET, INTER, ranks_per_node=4)
+    groups = _record_groups(OPS[op][name], 16, 16 * 1000, np.float32)
+    fast = replay.lockstep(groups, 16, topo)
+    assert fast is not None
+    np.testing.assert_allclose(fast, replay.events(groups, 16, topo), rtol=1e-12)
+
+
+def test_a_ring_runs_once_for_all_ranks():
+    res = simulate("allreduce", "ring", 512, 4 * 512 * 100, Topology.flat(NET))
+    assert res.groups == 1 and res.engine == "lockstep" and res.messages == 512 * 2 * 511
+
+
+def test_a_tree_splits_into_groups_that_take_the_same_path():
+    res = simulate("allreduce", "tree", 1024, 4096, Topology.flat(NET))
+    assert 1 < res.groups <= 12  # one group per round a rank drops out, not one per rank
+
+
+def test_hierarchy_slows_inter_node_messages():
+    n, p = 4 * 64 * 1024, 64
+    flat = simulate("allreduce", "ring", p, n, Topology.flat(NET)).time_s
+    nodes = simulate("allreduce", "ring", p, n, Topology(NET, INTER, ranks_per_node=8)).time_s
+    slow = simulate("allreduce", "ring", p, n, Topology.flat(INTER)).time_s
+    assert flat < nodes <= slow * (1 + 1e-12)
+
+
+def test_shared_ports_show_contention_the_formula_misses():
+    """Recursive doubling sends every rank of a node across the switch at once; the ring only one."""
+    n, p = 4 * 64 * 1024, 32
+    for name, slower in (("recursive_doubling", True), ("ring", False)):
+        free = simulate("allreduce", name, p, n, Topology(NET, INTER, ranks_per_node=4)).time_s
+        shared = simulate("allreduce", name, p, n, Topology(NET, INTER, ranks_per_node=4, shared_port=True)).time_s
+        assert (shared > 1.5 * free) if slower else shared == pytest.approx(free, rel=1e-12), name
+
+
+def receive_first(buf, comm):
+    """Every rank waits for its left neighbour before sending: hangs on any real network."""
+    rank, p = comm.Get_rank(), comm.Get_size()
+    comm.Recv(buf, source=(rank - 1) % p, tag=1)
+    comm.Send(buf, dest=(rank + 1) % p, tag=1)
+
+
+@pytest.mark.parametrize("data", [False, True])
+def test_a_deadlocking_algorithm_is_reported_not_hung(monkeypatch, data):
+    monkeypatch.setitem(OPS["allreduce"], "receive_first", receive_first)
+    with pytest.raises(Deadlock, match="never finish|deadlock"):
+        simulate("allreduce", "receive_first", 5, 400, Topology.flat(NET), data=data)
+
+
+def test_bad_requests_name_the_fix():
+    with pytest.raises(ValueError, match="valid: naive, tree, ring"):
+        simulate("allreduce", "nccl", 4, 64, Topology.flat(NET))
+    with pytest.raises(ValueError, match="multiple of the float32 item size"):
+        simulate("allreduce", "ring", 4, 6, Topology.flat(NET))
+    with pytest.raises(ValueError, match="timing-only mode"):
+        simulate("allreduce", "ring", 4096, 4096 * 4, Topology.flat(NET), data=True)
+    with pytest.raises(ValueError, match="inter-node network and ranks_per_node"):
+        Topology(NET, ranks_per_node=4)

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 from parallel_lm.costmodel.formulas import COSTS, Network
-from parallel_lm.sim import OPS, Deadlock, Topology, simulate
-from parallel_lm.sim import replay
+from parallel_lm.sim import OPS, Deadlock, Topology, replay, simulate
 from parallel_lm.sim.run import _record_groups
 
 NET = Network(alpha_s=3e-6, beta_s_per_byte=2e-10, gamma_s_per_byte=5e-11)

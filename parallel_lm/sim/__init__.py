@@ -3,4 +3,4 @@ from .network import KINDS, Topology
 from .replay import Deadlock
 from .run import OPS, SimResult, simulate
 
-__all__ = ["simulate", "SimResult", "Topology", "KINDS", "OPS", "Deadlock"]
+__all__ = ["KINDS", "OPS", "Deadlock", "SimResult", "Topology", "simulate"]

@@ -50,7 +50,7 @@ def _bound(value, default, size):
 class VirtualArray:
     """A 1-D array with a length (an int, or one int per rank of a group) and no data."""
 
-    __slots__ = ("size", "dtype", "itemsize")
+    __slots__ = ("dtype", "itemsize", "size")
 
     def __init__(self, size, dtype):
         self.size, self.dtype = size, np.dtype(dtype)

@@ -36,7 +36,7 @@ class Topology:
             raise ValueError("a shared switch port needs nodes: give ranks_per_node and an inter-node network")
 
     @classmethod
-    def flat(cls, net: Network) -> "Topology":
+    def flat(cls, net: Network) -> Topology:
         return cls(net)
 
     @property

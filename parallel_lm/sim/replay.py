@@ -132,7 +132,7 @@ def events(groups, size: int, topo) -> np.ndarray:
             heapq.heappush(heap, (t[r], r))
 
     while heap:
-        now, r = heapq.heappop(heap)
+        _, r = heapq.heappop(heap)
         if pc[r] == len(ops[r]):
             continue
         gam, dest, sbytes, stag, src, rbytes, rtag = ops[r][pc[r]]

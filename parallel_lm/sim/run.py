@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..comm.collectives import ALGORITHMS, ALL_GATHER_ALGORITHMS, BROADCAST_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS
+from ..comm.collectives import (
+    ALGORITHMS,
+    ALL_GATHER_ALGORITHMS,
+    BROADCAST_ALGORITHMS,
+    REDUCE_SCATTER_ALGORITHMS,
+)
 from ..comm.topology import chunk_offsets
 from ..comm.workspace import release
 from ..costmodel.formulas import COSTS
@@ -131,7 +136,7 @@ def _run_data(op: str, fn, size: int, count: int, dtype, seed: int):
             fn(DataArray(data[r]), DataComm(r, size, recorders[r], exchange))
         except SimAbort:
             pass
-        except BaseException as e:  # reported below, after every thread has stopped
+        except BaseException as e:  # noqa: BLE001 -- re-raised below, after every thread has stopped
             errors.append(e)
             exchange.abort(f"rank {r} failed: {e!r}")
         finally:

@@ -40,7 +40,7 @@ class Cost:
     beta_bytes: float = 0.0
     gamma_bytes: float = 0.0
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(self.alpha_count + other.alpha_count, self.beta_bytes + other.beta_bytes,
                     self.gamma_bytes + other.gamma_bytes)
 

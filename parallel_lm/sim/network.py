@@ -67,3 +67,23 @@ class Topology:
         nodes = -(-ranks // self.ranks_per_node)
         port = ", one shared port per node" if self.shared_port else ""
         return f"{nodes} nodes x {self.ranks_per_node} ranks{port}"
+
+
+def topology_from_profile(profile, kind: str = "", ranks_per_node: int | None = None,
+                          message_bytes: float | None = None) -> Topology:
+    """The profile's cluster: flat for one-level profiles, hierarchical for two-level ones by default.
+
+    ``kind`` "flat" uses only the profile's first level; "switch" adds the
+    shared node port. ``ranks_per_node`` overrides the profile's.
+    """
+    kind = kind or ("hierarchical" if profile.inter_node else "flat")
+    if kind not in KINDS:
+        raise ValueError(f"unknown topology {kind!r}; valid: {', '.join(KINDS)}")
+    intra = profile.network(message_bytes)
+    if kind == "flat":
+        return Topology.flat(intra)
+    rpn = ranks_per_node or profile.ranks_per_node
+    if profile.inter_node is None or not rpn:
+        raise ValueError(f"topology {kind!r} needs a two-level profile (with inter_node and ranks_per_node), "
+                         f"and {profile.name!r} has one level: use --topology flat or a profile such as dgx-h100-ndr")
+    return Topology(intra, profile.inter_node, rpn, shared_port=kind == "switch")

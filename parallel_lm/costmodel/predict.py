@@ -1,0 +1,108 @@
+"""Step time and memory of one training step, from a model's size and a communication cost.
+
+Nothing here knows torch or MPI: the caller gives the parameter count, the
+training FLOPs per token (``GPT.flops_per_token``: 6N + 12LTC) and a
+function that says what one collective on b bytes costs (a closed-form
+formula, or the simulator on a two-level cluster). The parts:
+
+- compute = FLOPs of this rank's tokens / (device peak x MFU). Backward
+  is two thirds of it (two matmuls per forward one).
+- data parallel: the gradient (N x grad bytes) is all-reduced in buckets
+  of ``bucket_bytes``; with overlap, buckets reduce while backward still
+  runs, so only what does not fit behind backward is exposed, and never
+  less than the last bucket (it is ready only when backward ends).
+- parameter server (sync): workers push gradients and pull parameters
+  through k server links (``formulas.parameter_server_sync``), nothing
+  overlapped.
+- memory per rank: parameters, gradients and AdamW's two moments in fp32
+  (4 + 4 + 8 bytes per parameter), the ZeRO paper's accounting
+  (Rajbhandari et al. 2020, section 3) without activations.
+
+Device peaks (``DEVICES``) carry their source; MFU defaults to PaLM's
+measured 46.2% (Chowdhery et al. 2022, table 3) and is a flag.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from .formulas import Network, parameter_server_sync
+
+DEVICES = {
+    "h100": (989e12, "H100 SXM dense BF16 tensor-core peak, 989 TFLOP/s (NVIDIA H100 datasheet)"),
+    "a100": (312e12, "A100 dense BF16 tensor-core peak, 312 TFLOP/s (NVIDIA A100 datasheet)"),
+    "v100": (125e12, "V100 SXM2 FP16 tensor-core peak, 125 TFLOP/s (NVIDIA V100 datasheet)"),
+}
+DEFAULT_MFU = 0.462
+BYTES_PER_PARAM = {"params": 4, "grads": 4, "optimizer": 8}  # fp32 weights, fp32 grads, AdamW m and v
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    ranks: int
+    strategy: str
+    tokens_per_step: int
+    compute_s: float
+    comm_s: float
+    exposed_comm_s: float
+    step_s: float
+    tokens_per_s: float
+    efficiency: float  # tokens/s per rank over one rank's tokens/s with no communication
+    memory_bytes: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compute_s(flops_per_token: float, tokens: float, flops_per_s: float, mfu: float = DEFAULT_MFU) -> float:
+    if flops_per_s <= 0 or not 0 < mfu <= 1:
+        raise ValueError(f"need a positive device throughput and 0 < mfu <= 1 (got {flops_per_s}, {mfu})")
+    return flops_per_token * tokens / (flops_per_s * mfu)
+
+
+def memory_per_rank(n_params: int) -> dict:
+    """Bytes of parameters, gradients and optimizer state one data-parallel rank holds."""
+    return {k: v * n_params for k, v in BYTES_PER_PARAM.items()}
+
+
+def data_parallel_comm_s(grad_bytes: float, bucket_bytes: float, allreduce_s: Callable[[float], float]) -> tuple[float, float]:
+    """(all buckets' time, the last bucket's time) for a gradient cut into buckets."""
+    if grad_bytes <= 0:
+        return 0.0, 0.0
+    buckets = max(1, math.ceil(grad_bytes / bucket_bytes))
+    last = grad_bytes - (buckets - 1) * bucket_bytes
+    last_s = allreduce_s(last)
+    return (buckets - 1) * allreduce_s(bucket_bytes) + last_s, last_s
+
+
+def predict_step(*, n_params: int, flops_per_token: float, tokens_per_step: int, ranks: int,
+                 flops_per_s: float, mfu: float = DEFAULT_MFU, strategy: str = "data_parallel",
+                 allreduce_s: Callable[[float], float] | None = None, bucket_bytes: float = 25e6,
+                 grad_bytes_per_param: int = 4, overlap: bool = True, servers: int = 1,
+                 ps_network: Network | None = None) -> StepPrediction:
+    """One optimizer step on ``ranks`` ranks; see the module docstring for the parts."""
+    grad_bytes = n_params * grad_bytes_per_param
+    if strategy == "data_parallel":
+        workers = ranks
+    elif strategy == "parameter_server":
+        if ps_network is None or not 1 <= servers < ranks:
+            raise ValueError(f"a parameter server needs a network and 1 <= servers < ranks (got {servers} of {ranks})")
+        workers = ranks - servers
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}; valid: data_parallel, parameter_server")
+    compute = compute_s(flops_per_token, tokens_per_step / workers, flops_per_s, mfu)
+    if strategy == "data_parallel":
+        if ranks == 1:
+            comm = last = 0.0
+        else:
+            comm, last = data_parallel_comm_s(grad_bytes, bucket_bytes, allreduce_s)
+        exposed = max(comm - 2 / 3 * compute, last) if overlap and comm else comm
+    else:
+        comm = exposed = parameter_server_sync(grad_bytes, workers, servers).time_s(ps_network)
+    step = compute + exposed
+    single = compute_s(flops_per_token, tokens_per_step, flops_per_s, mfu)
+    tokens_per_s = tokens_per_step / step
+    return StepPrediction(ranks, strategy, tokens_per_step, compute, comm, exposed, step, tokens_per_s,
+                          efficiency=(tokens_per_s / ranks) / (tokens_per_step / single),
+                          memory_bytes=memory_per_rank(n_params))

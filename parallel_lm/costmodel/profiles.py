@@ -1,0 +1,125 @@
+"""Network profiles: alpha, beta and gamma with where each number came from.
+
+A profile is a JSON file: ``alpha_s``, ``beta_s_per_byte``,
+``gamma_s_per_byte``, a ``sources`` entry for each, and optionally
+- ``pieces`` and ``gamma_pieces``: piecewise fits from
+  ``python -m parallel_lm.calibrate`` (latency, bandwidth and reduction
+  speed change where MPI switches protocol and where data stops fitting
+  in cache);
+- ``ranks_per_node`` and ``inter_node`` (its own alpha, beta, sources):
+  a two-level cluster, fast inside a node and slow between nodes.
+
+``load_profile`` takes a shipped name (``PROFILE_NAMES``), a path, or an
+inline ``alpha=2e-6,beta=1e-10[,gamma=1e-11]`` (seconds and seconds per
+byte).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .calibration import Piece
+from .formulas import Network
+
+SHIPPED = Path(__file__).with_name("profiles")
+PROFILE_NAMES = sorted(p.stem for p in SHIPPED.glob("*.json"))
+INLINE_KEYS = {"alpha": "alpha_s", "beta": "beta_s_per_byte", "gamma": "gamma_s_per_byte"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    alpha_s: float
+    beta_s_per_byte: float
+    gamma_s_per_byte: float = 0.0
+    sources: dict = field(default_factory=dict)
+    pieces: tuple[Piece, ...] = ()
+    gamma_pieces: tuple[Piece, ...] = ()  # from calibration: reduction speed by buffer size (cache vs memory)
+    ranks_per_node: int = 0
+    inter_node: Network | None = None
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def network(self, size_bytes: float | None = None) -> Network:
+        """The (intra-node, or only) level; with piecewise fits, the pieces for that size.
+
+        Calibration times messages and adds on buffers of the measured
+        size, so a piece describes a regime of buffer size (in cache or in
+        memory, eager or rendezvous protocol); predictions pass the size of
+        the collective's buffer.
+        """
+        alpha, beta, gamma = self.alpha_s, self.beta_s_per_byte, self.gamma_s_per_byte
+        if size_bytes is not None:
+            if self.pieces:
+                piece = _piece(self.pieces, size_bytes)
+                alpha, beta = piece.alpha_s, piece.beta_s_per_byte
+            if self.gamma_pieces:
+                gamma = _piece(self.gamma_pieces, size_bytes).beta_s_per_byte
+        return Network(alpha, beta, gamma)
+
+    def slowest(self) -> Network:
+        """The inter-node level when there is one, else the only level."""
+        return self.inter_node or self.network()
+
+
+def _piece(pieces, size_bytes: float) -> Piece:
+    return next((p for p in pieces if size_bytes < p.max_bytes), pieces[-1])
+
+
+def _number(d: dict, key: str, where: str) -> float:
+    value = d.get(key)
+    if not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{where}: {key!r} must be a non-negative number of seconds (per byte), got {value!r}")
+    return float(value)
+
+
+def from_dict(d: dict, where: str = "profile") -> Profile:
+    inter = None
+    if "inter_node" in d:
+        i = d["inter_node"]
+        inter = Network(_number(i, "alpha_s", where + " inter_node"), _number(i, "beta_s_per_byte", where + " inter_node"),
+                        _number(d, "gamma_s_per_byte", where) if "gamma_s_per_byte" in d else 0.0)
+        if not isinstance(d.get("ranks_per_node"), int) or d["ranks_per_node"] < 1:
+            raise ValueError(f"{where}: a profile with inter_node needs ranks_per_node, a positive integer")
+    pieces = tuple(Piece(**p) for p in d.get("pieces", []))
+    gamma_pieces = tuple(Piece(**p) for p in d.get("gamma_pieces", []))
+    return Profile(
+        name=str(d.get("name", where)), description=str(d.get("description", "")),
+        alpha_s=_number(d, "alpha_s", where), beta_s_per_byte=_number(d, "beta_s_per_byte", where),
+        gamma_s_per_byte=_number(d, "gamma_s_per_byte", where) if "gamma_s_per_byte" in d else 0.0,
+        sources=dict(d.get("sources", {})), pieces=pieces, gamma_pieces=gamma_pieces,
+        ranks_per_node=int(d.get("ranks_per_node", 0)) if inter else 0, inter_node=inter, raw=d)
+
+
+def parse_inline(spec: str) -> Profile:
+    values = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in INLINE_KEYS:
+            raise ValueError(f"bad profile {spec!r}: write alpha=SECONDS,beta=SECONDS_PER_BYTE[,gamma=SECONDS_PER_BYTE]")
+        try:
+            values[INLINE_KEYS[key]] = float(value)
+        except ValueError:
+            raise ValueError(f"bad profile {spec!r}: {key}={value!r} is not a number") from None
+    if "alpha_s" not in values or "beta_s_per_byte" not in values:
+        raise ValueError(f"bad profile {spec!r}: give at least alpha= and beta=")
+    return from_dict({"name": spec, "description": "given on the command line", **values}, spec)
+
+
+def load_profile(spec: str) -> Profile:
+    """A shipped profile by name, a JSON file by path, or inline ``alpha=..,beta=..``."""
+    if "=" in spec:
+        return parse_inline(spec)
+    path = Path(spec)
+    if not path.is_file():
+        path = SHIPPED / f"{spec}.json"
+    if not path.is_file():
+        raise ValueError(f"no profile {spec!r}: give a JSON file, one of {', '.join(PROFILE_NAMES)}, "
+                         "or alpha=SECONDS,beta=SECONDS_PER_BYTE")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"profile {path} is not valid JSON: {e}") from None
+    return from_dict(d, str(path))

@@ -24,9 +24,12 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .bench.metrics import format_size, parse_size, sweep
 from .bench.pingpong import exchange_s, half_round_trip_s, reduce_s
+from .bench.timing import time_collective
+from .comm import allreduce
 from .costmodel.calibration import fit_gamma, fit_piecewise
 from .metrics import write_atomic
 from .runtime import main_guard, print0, world
@@ -47,6 +50,23 @@ def _fit_summary(name: str, fit) -> str:
              if p.beta_s_per_byte else f"alpha {p.alpha_s * 1e6:.2f} us" for p in fit.pieces]
     med = fit.to_json()["median_abs_rel_residual"]
     return f"# {name}: " + "; ".join(parts) + f"; median |residual| {100 * med:.1f}%"
+
+
+def software_overhead_s(comm, ex_fit, warmup: int, iters: int) -> tuple[float, float]:
+    """(overhead, step): what one step of an explicit algorithm costs beyond a bare MPI exchange.
+
+    A ring all-reduce of one float32 per rank is 2(p-1) steps of almost no
+    data, so its time per step is the latency an algorithm really pays:
+    MPI's, plus Python's bookkeeping around each message (slicing, the add,
+    the loop), plus waiting for ranks to be scheduled when they outnumber
+    the cores. The overhead is that step minus the exchange fit's latency
+    (LogP's o); profiles add it to alpha.
+    """
+    p = comm.Get_size()
+    buf = np.ones(p, dtype=np.float32)
+    t, _ = time_collective(comm, lambda: allreduce(buf, comm, "ring"), lambda: buf.fill(1), warmup, iters)
+    step = t / (2 * (p - 1))
+    return max(0.0, step - ex_fit.predict_s(4)), step
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -81,6 +101,7 @@ def main(out_path, name, min_bytes, max_bytes, factor, iters, warmup):
         print0(f"  {n:>10} {pp[-1] * 1e6:12.2f} {ex[-1] * 1e6:12.2f} {r}")
         sys.stdout.flush()
     pp_fit, ex_fit = fit_piecewise(sizes, pp), fit_piecewise(sizes, ex)
+    overhead, step = software_overhead_s(comm, ex_fit, warmup, iters)
     g_sizes = [n for n, t in zip(sizes, red) if t is not None]
     g_times = [t for t in red if t is not None]
     gamma_fit = fit_piecewise(g_sizes, g_times, min_points=2) if len(g_sizes) >= 4 else None
@@ -89,6 +110,8 @@ def main(out_path, name, min_bytes, max_bytes, factor, iters, warmup):
     print0(_fit_summary("exchange ", ex_fit))
     if gamma_fit:
         print0(_fit_summary("reduce   ", gamma_fit).replace("beta", "gamma"))
+    print0(f"# software overhead: a step of a tiny ring all-reduce takes {step * 1e6:.2f} us, "
+           f"{overhead * 1e6:.2f} us more than the exchange fit's latency")
     if comm.Get_rank() == 0:
         large = ex_fit.pieces[-1]
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -98,6 +121,7 @@ def main(out_path, name, min_bytes, max_bytes, factor, iters, warmup):
             "description": f"measured on {host} with {p} ranks",
             "ranks": p,
             "alpha_s": large.alpha_s, "beta_s_per_byte": large.beta_s_per_byte, "gamma_s_per_byte": gamma,
+            "overhead_s": overhead,
             "pieces": ex_fit.to_json()["pieces"],
             "gamma_pieces": gamma_fit.to_json()["pieces"] if gamma_fit else [],
             "sources": {
@@ -105,6 +129,8 @@ def main(out_path, name, min_bytes, max_bytes, factor, iters, warmup):
                 "beta_s_per_byte": f"exchange fit (largest-message piece), {how}",
                 "gamma_s_per_byte": f"slope of float32 acc += x times (largest-buffer piece) for >= "
                                     f"{format_size(GAMMA_MIN_BYTES)}, {how}",
+                "overhead_s": f"per-step time of the explicit ring all-reduce on {4 * p} bytes minus the exchange "
+                              f"fit's latency at that size, {how}",
             },
             "fits": {"exchange": ex_fit.to_json(), "pingpong": pp_fit.to_json(),
                      "reduce": gamma_fit.to_json() if gamma_fit else None},

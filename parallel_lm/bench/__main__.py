@@ -19,6 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..comm.buffers import SUPPORTED_DTYPES
+from ..comm.netem import set_netem
 from ..runtime import main_guard, print0, world
 from .metrics import OPS, algbw_GBps, busbw_GBps, format_size, parse_size, sweep
 from .pingpong import half_round_trip_s
@@ -108,8 +109,12 @@ def _pingpong_point(comm, size, warmup, iters) -> list[dict]:
 @click.option("--iters", "-n", default=20, type=click.IntRange(min=1), help="Timed repetitions per point (median reported).")
 @click.option("--warmup", "-w", default=5, type=click.IntRange(min=0), help="Untimed repetitions first.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the records to this JSON file.")
-def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, json_path):
+@click.option("--netem", default=None, metavar="PROFILE",
+              help="Delay every message of the explicit algorithms like this network (a profile name, file, or "
+                   "alpha=S,beta=S_PER_B; two-level profiles use their inter-node level). 'mpi' is not delayed.")
+def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, json_path, netem):
     """Time collective algorithms side by side with the MPI library (run under mpiexec)."""
+    netem_net = set_netem(netem)
     comm = world()
     p, rank = comm.Get_size(), comm.Get_rank()
     names = _names(algorithms, REGISTRIES[op], f"{op} algorithm")
@@ -124,6 +129,9 @@ def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, js
 
     print0(f"# parallel_lm.bench: op {op}, {p} ranks, {_library()}, "
            f"warmup {warmup}, iters {iters} (median of the slowest rank's time; algorithms interleaved)")
+    if netem_net:
+        print0(f"# netem {netem}: every message of the explicit algorithms takes >= {netem_net.alpha_s * 1e6:.2f} us "
+               f"+ bytes / {1e-9 / netem_net.beta_s_per_byte:.3f} GB/s")
     print0("#" + HEADER[1:])
     records = []
     points = [(s, d) for s in sizes for d in (dtype_list if op != "pingpong" else dtype_list[:1])]
@@ -140,6 +148,8 @@ def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, js
     if json_path and rank == 0:
         meta = dict(op=op, ranks=p, iters=iters, warmup=warmup, mpi_library=_library(),
                     command=" ".join(["python -m parallel_lm.bench"] + sys.argv[1:]))
+        if netem_net:
+            meta["netem"] = {"profile": netem, "alpha_s": netem_net.alpha_s, "beta_s_per_byte": netem_net.beta_s_per_byte}
         tmp = f"{json_path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump({"meta": meta, "records": records}, f, indent=1)

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..comm import (ALGORITHMS, ALL_GATHER_ALGORITHMS, BROADCAST_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS,
-                    all_gather, allreduce, broadcast, chunk_offsets, reduce_scatter)
+from ..comm import (
+    ALGORITHMS,
+    ALL_GATHER_ALGORITHMS,
+    BROADCAST_ALGORITHMS,
+    REDUCE_SCATTER_ALGORITHMS,
+    all_gather,
+    allreduce,
+    broadcast,
+    chunk_offsets,
+    reduce_scatter,
+)
 
 TORCH_GLOO = "torch_gloo"
 REGISTRIES = {

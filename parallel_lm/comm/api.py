@@ -5,7 +5,8 @@
 
 Each call goes through ``_run``: check the buffer (clear errors naming the
 fix), optionally check that all ranks agree (``PARALLEL_LM_CHECK=1``),
-optionally trace messages (``PARALLEL_LM_TRACE=1``), then run the
+optionally trace messages (``PARALLEL_LM_TRACE=1``), optionally delay
+them like a slower network (``PARALLEL_LM_NETEM``, netem.py), then run the
 algorithm on the buffer itself, or, for a GPU buffer and an MPI library
 that is not CUDA-aware, on a host copy that is written back.
 """
@@ -18,6 +19,8 @@ import numpy as np
 from .buffers import SUPPORTED_DTYPES, StreamSyncComm, cuda_aware_mpi, is_device_array
 from .collectives import ALGORITHMS, ALL_GATHER_ALGORITHMS, BROADCAST_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS
 from .collectives.mpi import has_mpi_datatype
+from .netem import NetemComm
+from .netem import configured as netem_configured
 from .topology import chunk_offsets
 from .trace import TraceComm, tracing_enabled
 
@@ -90,6 +93,9 @@ def _run(kind: str, buf, comm, algorithm: str, **kwargs):
     if os.environ.get("PARALLEL_LM_CHECK", "") not in ("", "0"):
         check_consistent(buf, comm, kind, algorithm, kwargs.get("root", 0))
     run_on = TraceComm(comm) if tracing_enabled() else comm
+    netem = netem_configured()
+    if netem is not None and algorithm != "mpi":
+        run_on = NetemComm(run_on, *netem)
     if not is_device_array(buf):
         fn(buf, run_on, **kwargs)
     elif cuda_aware_mpi():

@@ -78,7 +78,7 @@ def data_parallel_comm_s(grad_bytes: float, bucket_bytes: float, allreduce_s: Ca
 
 def predict_step(*, n_params: int, flops_per_token: float, tokens_per_step: int, ranks: int,
                  flops_per_s: float, mfu: float = DEFAULT_MFU, strategy: str = "data_parallel",
-                 allreduce_s: Callable[[float], float] | None = None, bucket_bytes: float = 25e6,
+                 allreduce_s: Callable[[float], float] | None = None, bucket_bytes: float = 25 * 2**20,
                  grad_bytes_per_param: int = 4, overlap: bool = True, servers: int = 1,
                  ps_network: Network | None = None) -> StepPrediction:
     """One optimizer step on ``ranks`` ranks; see the module docstring for the parts."""

@@ -2,6 +2,8 @@
 
 A profile is a JSON file: ``alpha_s``, ``beta_s_per_byte``,
 ``gamma_s_per_byte``, a ``sources`` entry for each, and optionally
+- ``overhead_s``: software time per message added to every alpha (what
+  Python and scheduling add to MPI's latency on this machine);
 - ``pieces`` and ``gamma_pieces``: piecewise fits from
   ``python -m parallel_lm.calibrate`` (latency, bandwidth and reduction
   speed change where MPI switches protocol and where data stops fitting
@@ -16,7 +18,7 @@ byte).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .calibration import Piece
@@ -34,6 +36,7 @@ class Profile:
     alpha_s: float
     beta_s_per_byte: float
     gamma_s_per_byte: float = 0.0
+    overhead_s: float = 0.0  # software time per message on top of alpha (LogP's o), from calibration
     sources: dict = field(default_factory=dict)
     pieces: tuple[Piece, ...] = ()
     gamma_pieces: tuple[Piece, ...] = ()  # from calibration: reduction speed by buffer size (cache vs memory)
@@ -56,11 +59,19 @@ class Profile:
                 alpha, beta = piece.alpha_s, piece.beta_s_per_byte
             if self.gamma_pieces:
                 gamma = _piece(self.gamma_pieces, size_bytes).beta_s_per_byte
-        return Network(alpha, beta, gamma)
+        return Network(alpha + self.overhead_s, beta, gamma)
 
     def slowest(self) -> Network:
         """The inter-node level when there is one, else the only level."""
-        return self.inter_node or self.network()
+        if self.inter_node:
+            return Network(self.inter_node.alpha_s + self.overhead_s, self.inter_node.beta_s_per_byte,
+                           self.inter_node.gamma_s_per_byte)
+        return self.network()
+
+    def emulated(self, net: Network) -> Profile:
+        """This machine under network emulation: ``net``'s alpha and beta, this profile's overhead and gamma."""
+        return replace(self, name=f"{self.name} as netem", alpha_s=net.alpha_s, beta_s_per_byte=net.beta_s_per_byte,
+                       pieces=(), inter_node=None, ranks_per_node=0)
 
 
 def _piece(pieces, size_bytes: float) -> Piece:
@@ -88,6 +99,7 @@ def from_dict(d: dict, where: str = "profile") -> Profile:
         name=str(d.get("name", where)), description=str(d.get("description", "")),
         alpha_s=_number(d, "alpha_s", where), beta_s_per_byte=_number(d, "beta_s_per_byte", where),
         gamma_s_per_byte=_number(d, "gamma_s_per_byte", where) if "gamma_s_per_byte" in d else 0.0,
+        overhead_s=_number(d, "overhead_s", where) if "overhead_s" in d else 0.0,
         sources=dict(d.get("sources", {})), pieces=pieces, gamma_pieces=gamma_pieces,
         ranks_per_node=int(d.get("ranks_per_node", 0)) if inter else 0, inter_node=inter, raw=d)
 

@@ -179,3 +179,15 @@ def simulate(op: str, algorithm: str, ranks: int, n_bytes: int, topology: Topolo
     messages = sum(int(np.sum(np.broadcast_to(np.asarray(op_[1]) != -1, (len(g),)))) for g, rec in groups for op_ in rec.ops)
     return SimResult(op, algorithm, ranks, n_bytes, float(clocks.max(initial=0.0)), clocks,
                      len(groups), engine, messages, error)
+
+
+def collective_time_s(op: str, algorithm: str, n_bytes: float, ranks: int, profile, kind: str = "") -> float:
+    """Time of one collective on a profile's cluster: the formula when flat, the simulator with nodes.
+
+    The simulator needs whole elements, so ``n_bytes`` is rounded to float32s.
+    """
+    from .network import topology_from_profile
+    topo = topology_from_profile(profile, kind, message_bytes=n_bytes)
+    if topo.inter is None or ranks == 1:
+        return COSTS[op][algorithm](n_bytes, ranks).time_s(topo.intra)
+    return simulate(op, algorithm, ranks, 4 * max(1, round(n_bytes / 4)), topo).time_s

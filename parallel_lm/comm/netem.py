@@ -1,0 +1,109 @@
+"""Network emulation: make every message cost what it would on a slower interconnect.
+
+``PARALLEL_LM_NETEM="alpha=2e-05,beta=8e-10"`` (seconds, seconds per
+byte; the ``--netem`` flag of train and bench sets it from a profile)
+wraps the communicator of every explicit collective in ``NetemComm``:
+a Send, Recv or Sendrecv of b bytes returns no sooner than alpha + b.beta
+after it was called. The real transfer happens inside that time, so as
+long as the emulated network is slower than this machine's shared
+memory, each message takes the emulated time, and a 2-core laptop
+behaves like ranks on separate nodes of that network. Local reductions
+run at this machine's real speed, so predictions under emulation use
+the emulated alpha and beta with this machine's gamma.
+
+Not emulated: the MPI library's own collectives (``mpi``: no messages
+pass through Python) and the parameter server's point-to-point traffic.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import time
+
+from .trace import ObservedComm
+
+ENV = "PARALLEL_LM_NETEM"
+SPIN_S = 30e-6  # sleep until this close to the deadline, then spin: sleep alone overshoots
+
+
+@functools.cache
+def parse(spec: str) -> tuple[float, float]:
+    """(alpha_s, beta_s_per_byte) from "alpha=..,beta=.."."""
+    values = {}
+    for part in spec.split(","):
+        key, _, value = part.partition("=")
+        try:
+            values[key.strip()] = float(value)
+        except ValueError:
+            values[key.strip()] = None
+    if set(values) != {"alpha", "beta"} or None in values.values() or min(values.values()) < 0:
+        raise ValueError(f"{ENV}={spec!r}: write alpha=SECONDS,beta=SECONDS_PER_BYTE, e.g. alpha=2e-05,beta=8e-10")
+    return values["alpha"], values["beta"]
+
+
+def configured() -> tuple[float, float] | None:
+    spec = os.environ.get(ENV, "").strip()
+    return parse(spec) if spec else None
+
+
+@functools.cache
+def _fine_timer_slack() -> None:
+    """Ask Linux for 1 ns timer slack (default 50 us) so short sleeps end on time."""
+    try:
+        ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK
+    except (OSError, AttributeError):
+        pass
+
+
+def wait_until(deadline: float) -> None:
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return
+        if left > SPIN_S:
+            time.sleep(left - SPIN_S)
+
+
+class NetemComm(ObservedComm):
+    """Each point-to-point call lasts at least alpha + bytes.beta (the larger direction of a Sendrecv)."""
+
+    def __init__(self, comm, alpha_s: float, beta_s_per_byte: float):
+        super().__init__(comm)
+        self.alpha_s, self.beta_s_per_byte = alpha_s, beta_s_per_byte
+        _fine_timer_slack()
+
+    def _timed(self, nbytes: int, call, *args, **kwargs):
+        deadline = time.perf_counter() + self.alpha_s + nbytes * self.beta_s_per_byte
+        result = call(*args, **kwargs)
+        wait_until(deadline)
+        return result
+
+    def Send(self, buf, dest, tag=0):
+        return self._timed(buf.nbytes, self._comm.Send, buf, dest=dest, tag=tag)
+
+    def Recv(self, buf, source, tag=0, status=None):
+        return self._timed(buf.nbytes, self._comm.Recv, buf, source=source, tag=tag, status=status)
+
+    def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=0, recvtag=0, status=None):
+        return self._timed(max(sendbuf.nbytes, recvbuf.nbytes), self._comm.Sendrecv, sendbuf, dest=dest,
+                           sendtag=sendtag, recvbuf=recvbuf, source=source, recvtag=recvtag, status=status)
+
+
+def set_netem(spec: str | None):
+    """Turn emulation on for this process from a profile spec (CLI flag); returns its Network, or None.
+
+    Resolves names and files through ``costmodel.profiles``; a two-level
+    profile emulates its inter-node level (every message as if between nodes).
+    """
+    if not spec:
+        return None
+    import click
+
+    from ..costmodel.profiles import load_profile
+    try:
+        net = load_profile(spec).slowest()
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--netem") from None
+    os.environ[ENV] = f"alpha={net.alpha_s!r},beta={net.beta_s_per_byte!r}"
+    return net

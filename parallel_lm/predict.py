@@ -1,0 +1,149 @@
+"""python -m parallel_lm.predict: step time, throughput and memory of a training layout, before running it.
+
+    python -m parallel_lm.predict --preset gpt2 --ranks 8,64,512 --profile dgx-h100-ndr
+    python -m parallel_lm.predict --preset small --ranks 1,2 --profile runs/profile-p2.json --device measure
+
+For each rank count: compute (FLOPs / device throughput x MFU), the
+gradient all-reduce in buckets (closed-form formula on one-level profiles,
+the simulator on two-level ones), what of it is exposed after overlapping
+with backward, tokens/s, scaling efficiency, and memory per rank
+(``costmodel/predict.py`` has the model and its sources).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+import click
+
+from .costmodel.formulas import COSTS
+from .costmodel.predict import DEFAULT_MFU, DEVICES, predict_step
+from .costmodel.profiles import PROFILE_NAMES, load_profile
+from .metrics import write_atomic
+from .sim import KINDS, collective_time_s
+from .sim.network import topology_from_profile
+
+STRATEGIES = ("data_parallel", "parameter_server")
+
+
+def model_numbers(preset: str) -> tuple[int, float, int]:
+    """(parameters, training FLOPs per token, context length) of a preset, built on torch's meta device."""
+    import torch
+
+    from .model.gpt import GPT, PRESETS
+    with torch.device("meta"):
+        model = GPT(PRESETS[preset])
+    return model.num_params(), model.flops_per_token(), PRESETS[preset].block_size
+
+
+def measured_flops_per_s(preset: str, batch: int = 8, steps: int = 3) -> float:
+    """FLOP/s this machine's CPU reaches training the preset (forward + backward + AdamW), one process."""
+    import torch
+
+    from .model.gpt import GPT, PRESETS
+    cfg = PRESETS[preset]
+    model = GPT(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size))
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        _, loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t0)
+    return model.flops_per_token() * batch * cfg.block_size / sorted(times[1:])[len(times[1:]) // 2]
+
+
+def device_flops(device: str, preset: str) -> tuple[float, float | None, str]:
+    """(FLOP/s, MFU to apply or None for the flag's, description)."""
+    if device in DEVICES:
+        flops, source = DEVICES[device]
+        return flops, None, source
+    if device == "measure":
+        flops = measured_flops_per_s(preset)
+        return flops, 1.0, f"measured here: {flops / 1e9:.2f} GFLOP/s achieved training {preset} on one CPU process"
+    try:
+        return float(device), None, f"given: {float(device):.3g} FLOP/s"
+    except ValueError:
+        raise click.BadParameter(f"{device!r}: use one of {', '.join(DEVICES)}, 'measure', or a number of FLOP/s",
+                                 param_hint="--device") from None
+
+
+def _ranks(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give rank counts like 1,8,64", param_hint="--ranks") from None
+    if not values or min(values) < 1:
+        raise click.BadParameter("rank counts must be >= 1", param_hint="--ranks")
+    return values
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--preset", type=click.Choice(["tiny", "small", "medium", "gpt2"]), default="gpt2")
+@click.option("--ranks", "-r", default="1,8,64,512", help="Rank counts, comma-separated.")
+@click.option("--profile", "-p", default="dgx-h100-ndr",
+              help=f"Network profile: {', '.join(PROFILE_NAMES)}, a JSON file, or alpha=S,beta=S_PER_B[,gamma=..].")
+@click.option("--topology", "-t", type=click.Choice(KINDS), default=None, help="Default: the profile's (hierarchical if two-level).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="data_parallel")
+@click.option("--algorithm", "-a", type=click.Choice(list(COSTS["allreduce"])), default="ring", help="Data-parallel all-reduce.")
+@click.option("--servers", type=click.IntRange(min=1), default=1, help="Parameter-server shards (--strategy parameter_server).")
+@click.option("--global-batch-size", type=click.IntRange(min=1), default=512, help="Sequences per optimizer step.")
+@click.option("--device", default="h100", help=f"Compute throughput: {', '.join(DEVICES)}, 'measure' (this CPU), or FLOP/s.")
+@click.option("--mfu", type=click.FloatRange(min=0, max=1, min_open=True), default=DEFAULT_MFU,
+              help="Fraction of the device peak reached (ignored with --device measure).")
+@click.option("--bucket-mb", type=click.FloatRange(min=0, min_open=True), default=25.0, help="Gradient bucket size (MiB).")
+@click.option("--overlap/--no-overlap", default=True, help="Overlap bucket all-reduces with backward.")
+@click.option("--comm-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", help="Gradient dtype on the wire.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the predictions here.")
+def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_batch_size, device, mfu,
+         bucket_mb, overlap, comm_dtype, json_path):
+    """Predict step time, tokens/s, scaling efficiency and memory per rank for a model and layout."""
+    try:
+        prof = load_profile(profile)
+        if topology:
+            topology_from_profile(prof, topology)  # fail now on a one-level profile with nodes
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--profile/--topology") from None
+    n_params, flops_per_token, block = model_numbers(preset)
+    flops, device_mfu, device_text = device_flops(device, preset)
+    mfu = device_mfu or mfu
+    tokens = global_batch_size * block
+    grad_bytes = 4 if comm_dtype == "fp32" else 2
+    print(f"# {preset}: {n_params / 1e6:.2f}M parameters, {flops_per_token / 1e6:.1f} MFLOP/token, "
+          f"{global_batch_size} x {block} = {tokens} tokens per step")
+    print(f"# device: {device_text}; MFU {mfu:.3f}")
+    print(f"# network: {prof.name} ({prof.description or 'no description'}); "
+          + (f"{strategy}, {algorithm} all-reduce in {bucket_mb:g} MiB buckets, overlap {'on' if overlap else 'off'}, "
+             f"{comm_dtype} gradients" if strategy == "data_parallel" else f"sync parameter server, {servers} server(s)"))
+    print(f"{'ranks':>6} {'compute_ms':>11} {'comm_ms':>10} {'exposed_ms':>11} {'step_ms':>10} {'tokens/s':>12} "
+          f"{'efficiency':>10} {'GiB/rank':>9}")
+    rows = []
+    for p in ranks and _ranks(ranks):
+        if strategy == "parameter_server" and p <= servers:
+            raise click.UsageError(f"--ranks {p} leaves no workers with --servers {servers}: use more ranks")
+        if strategy == "data_parallel" and global_batch_size % p:
+            raise click.UsageError(f"--global-batch-size {global_batch_size} does not split over {p} ranks: "
+                                   "use a multiple of every rank count")
+        cost = functools.lru_cache(maxsize=None)(
+            lambda n, p=p: collective_time_s("allreduce", algorithm, n, p, prof, topology or ""))
+        pred = predict_step(n_params=n_params, flops_per_token=flops_per_token, tokens_per_step=tokens, ranks=p,
+                            flops_per_s=flops, mfu=mfu, strategy=strategy, allreduce_s=cost,
+                            bucket_bytes=bucket_mb * 2**20, grad_bytes_per_param=grad_bytes, overlap=overlap,
+                            servers=servers, ps_network=prof.slowest())
+        mem = sum(pred.memory_bytes.values())
+        print(f"{p:>6} {pred.compute_s * 1e3:>11.3f} {pred.comm_s * 1e3:>10.3f} {pred.exposed_comm_s * 1e3:>11.3f} "
+              f"{pred.step_s * 1e3:>10.3f} {pred.tokens_per_s:>12.0f} {pred.efficiency:>10.3f} {mem / 2**30:>9.2f}")
+        rows.append({"preset": preset, "profile": prof.name, **pred.to_dict()})
+    print("# memory per rank = parameters + gradients + AdamW moments in fp32 (4 + 4 + 8 bytes per parameter), "
+          "activations not counted")
+    if json_path:
+        write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps({"predictions": rows}, indent=1) + "\n"))
+        print(f"# wrote {json_path}")
+
+
+if __name__ == "__main__":
+    main()

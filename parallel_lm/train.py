@@ -23,6 +23,7 @@ from click.core import ParameterSource
 
 from . import checkpoint
 from .comm import ALGORITHMS
+from .comm.netem import set_netem
 from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, SYNCS, TrainConfig
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, write_chrome_trace
@@ -117,6 +118,8 @@ def _make_out_dir(out: Path) -> None:
 @click.option("--trace", is_flag=True, help="Write a Chrome trace (one track per rank) to OUT/trace.json.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads per rank (default: cores / ranks on the node).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--netem", metavar="PROFILE", help="Delay every gradient message like this network (a profile name or file, "
+              "or alpha=S,beta=S_PER_B): one machine behaves like a cluster. Explicit engine, --sync allreduce only.")
 @click.pass_context
 def main(ctx, **params):
     """Train a byte-level GPT across MPI ranks (or alone) with explicit data-parallel gradient sync."""
@@ -125,6 +128,10 @@ def main(ctx, **params):
     state = agree(comm, lambda: checkpoint.load(params["resume"])) if params["resume"] else None
     cfg = agree(comm, lambda: resolve_config(ctx, params, state["config"] if state else None))
     agree(comm, lambda: cfg.validate(p))
+    netem = agree(comm, lambda: set_netem(params["netem"]))
+    if netem and (cfg.sync != "allreduce" or cfg.engine != "explicit" or cfg.allreduce == "mpi"):
+        raise click.UsageError("--netem delays the explicit collectives' messages: use it with --sync allreduce, "
+                               "--engine explicit and an --allreduce other than mpi")
     out = Path(params["out"] or params["resume"]) if (params["out"] or params["resume"]) else None
     if params["trace"] and out is None:
         raise click.UsageError("--trace needs --out DIR to write trace.json into")
@@ -193,7 +200,8 @@ def run(cfg, comm, trainer, params, state, out, timeline):
     print0(f"parallel_lm.train: {p} rank(s) x {torch.get_num_threads()} thread(s), engine {cfg.engine}"
            + (f", {cfg.dp} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
               if cfg.engine == "explicit" else "")
-           + f", precision {cfg.precision}, comm {cfg.comm_dtype}, device {cfg.device}")
+           + f", precision {cfg.precision}, comm {cfg.comm_dtype}, device {cfg.device}"
+           + (f", netem {params['netem']}" if params.get("netem") else ""))
     print0(f"model: {m.num_params() / 1e6:.2f}M parameters, {m.flops_per_token() / 1e6:.2f} MFLOP/token, {cfg.model}")
     print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {cfg.global_batch_size}"
            f" = {p} rank(s) x {n_micro} micro-batch(es) x {micro} sequences of {cfg.model.block_size} bytes")

@@ -114,7 +114,10 @@ def _pingpong_point(comm, size, warmup, iters) -> list[dict]:
                    "alpha=S,beta=S_PER_B; two-level profiles use their inter-node level). 'mpi' is not delayed.")
 def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, json_path, netem):
     """Time collective algorithms side by side with the MPI library (run under mpiexec)."""
-    netem_net = set_netem(netem)
+    try:
+        netem_net = set_netem(netem)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     comm = world()
     p, rank = comm.Get_size(), comm.Get_rank()
     names = _names(algorithms, REGISTRIES[op], f"{op} algorithm")
@@ -130,8 +133,9 @@ def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, js
     print0(f"# parallel_lm.bench: op {op}, {p} ranks, {_library()}, "
            f"warmup {warmup}, iters {iters} (median of the slowest rank's time; algorithms interleaved)")
     if netem_net:
+        bandwidth = f"{1e-9 / netem_net.beta_s_per_byte:.3f} GB/s" if netem_net.beta_s_per_byte else "infinite bandwidth"
         print0(f"# netem {netem}: every message of the explicit algorithms takes >= {netem_net.alpha_s * 1e6:.2f} us "
-               f"+ bytes / {1e-9 / netem_net.beta_s_per_byte:.3f} GB/s")
+               f"+ bytes / {bandwidth}")
     print0("#" + HEADER[1:])
     records = []
     points = [(s, d) for s in sizes for d in (dtype_list if op != "pingpong" else dtype_list[:1])]

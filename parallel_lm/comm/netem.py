@@ -93,6 +93,8 @@ class NetemComm(ObservedComm):
 def set_netem(spec: str | None):
     """Turn emulation on for this process from a profile spec (CLI flag); returns its Network, or None.
 
+    A bad spec raises ValueError naming the flag.
+
     Resolves names and files through ``costmodel.profiles``; a two-level
     profile emulates its inter-node level (every message as if between nodes).
     """

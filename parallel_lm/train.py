@@ -24,7 +24,16 @@ from click.core import ParameterSource
 from . import checkpoint
 from .comm import ALGORITHMS
 from .comm.netem import set_netem
-from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, SYNCS, TrainConfig
+from .config import (
+    COMM_DTYPES,
+    DEVICES,
+    DP_MODES,
+    ENGINES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SYNCS,
+    TrainConfig,
+)
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, write_chrome_trace
 from .model import PRESETS

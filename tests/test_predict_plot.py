@@ -5,8 +5,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, describe, mpirun
+
 from parallel_lm.comm.netem import NetemComm, parse
 from parallel_lm.costmodel.formulas import COSTS, Network, parameter_server_sync
 from parallel_lm.costmodel.predict import data_parallel_comm_s, predict_step
@@ -18,7 +18,7 @@ def cli(module, *args, timeout=300):
 
 
 NET = Network(1e-5, 1e-9, 1e-10)
-RING = lambda n: COSTS["allreduce"]["ring"](n, 8).time_s(NET)  # noqa: E731
+RING = lambda n: COSTS["allreduce"]["ring"](n, 8).time_s(NET)
 
 
 def test_one_rank_has_no_communication_and_full_efficiency():

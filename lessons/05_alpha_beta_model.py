@@ -1,0 +1,112 @@
+"""Lesson 05: the alpha-beta model against measurement on this machine.
+
+    mpiexec -n 4 python lessons/05_alpha_beta_model.py
+
+A message of n bytes costs alpha + n.beta: a fixed latency plus the bytes
+over the bandwidth. Adding n bytes locally costs n.gamma. Every algorithm
+is a sum of such terms (costmodel/formulas.py): the ring all-reduce is
+2(p-1) messages of n/p bytes and p-1 additions of n/p bytes, so
+
+    T_ring = 2(p-1).alpha + 2(p-1)/p.n.beta + (p-1)/p.n.gamma
+
+The model is only as good as its three numbers, so we measure them:
+1. every rank exchanges messages with a partner at once (what a ring step
+   is), over a sweep of sizes, and fit alpha and beta by least squares
+   (``python -m parallel_lm.calibrate`` does this more thoroughly);
+2. time acc += x for gamma;
+3. time a tiny ring all-reduce: each of its steps costs more than a bare
+   MPI message, because Python slices, adds and loops around every
+   message (LogP's overhead o). We add that to alpha.
+Then we predict every algorithm at three sizes, measure them, and print
+the error. Finally we slow every message down to 10 Gb Ethernet with the
+network emulator (comm/netem.py): now the network dominates, as on a
+real cluster, and the model's error shrinks.
+
+On a 2-core laptop with 4 ranks, two ranks share each core: expect errors
+of tens of percent on bare shared memory, a few percent under emulation.
+"""
+import os
+
+import numpy as np
+from mpi4py import MPI
+
+from parallel_lm.bench.metrics import format_size
+from parallel_lm.bench.pingpong import exchange_s, reduce_s
+from parallel_lm.bench.timing import time_collective
+from parallel_lm.calibrate import software_overhead_s
+from parallel_lm.comm import ALGORITHMS, allreduce
+from parallel_lm.comm.netem import ENV
+from parallel_lm.costmodel.calibration import fit_line, fit_piecewise
+from parallel_lm.costmodel.formulas import COSTS, Network
+from parallel_lm.costmodel.profiles import load_profile
+from parallel_lm.runtime import check, install_abort_hook, print0
+
+install_abort_hook()
+comm = MPI.COMM_WORLD
+p = comm.Get_size()
+check(p >= 2, "run this lesson with at least 2 ranks: mpiexec -n 4 python lessons/05_alpha_beta_model.py")
+
+# 1. alpha and beta from pairwise exchanges
+sizes = [64 << k for k in range(0, 20, 2)]  # 64 B .. 16 MiB
+times = [exchange_s(comm, n, warmup=2, iters=9) for n in sizes]
+fit = fit_piecewise(sizes, times)
+large = fit.pieces[-1]
+print0(f"1. exchange with a partner, all {p} ranks at once: " + ", ".join(
+    f"{format_size(n)} {t * 1e6:.1f}us" for n, t in zip(sizes[::3], times[::3])))
+for piece in fit.pieces:
+    print0(f"   fit for [{format_size(int(piece.min_bytes))}, ...): alpha = {piece.alpha_s * 1e6:.2f} us, "
+           f"beta = {piece.beta_s_per_byte * 1e12:.1f} ps/byte ({1e-9 / piece.beta_s_per_byte:.2f} GB/s)")
+check(large.beta_s_per_byte > 0, "the exchange times do not grow with size: no bandwidth term to fit")
+
+# 2. gamma from local additions (buffers big enough to leave the cache, like the collectives' below)
+g_sizes = [1 << 20, 4 << 20, 16 << 20]
+gamma = fit_line(g_sizes, [reduce_s(comm, n, warmup=1, iters=5) for n in g_sizes])[1]
+print0(f"2. gamma = {gamma * 1e12:.1f} ps/byte ({1e-9 / gamma:.1f} GB/s of float32 adds per rank)")
+
+# 3. the software overhead per step
+overhead, step = software_overhead_s(comm, fit, warmup=2, iters=15)
+print0(f"3. one step of a tiny ring all-reduce: {step * 1e6:.1f} us = MPI's {step * 1e6 - overhead * 1e6:.1f} us "
+       f"+ {overhead * 1e6:.1f} us of Python and scheduling")
+net = Network(large.alpha_s + overhead, large.beta_s_per_byte, gamma)
+
+
+def measure_and_predict(net: Network, names, sizes) -> list[float]:
+    errors = []
+    print0(f"   {'size':>6} {'algorithm':>18} {'measured':>10} {'predicted':>10} {'error':>7}")
+    for n in sizes:
+        src = np.ones(n // 4, dtype=np.float32)
+        buf = src.copy()
+        for name in names:
+            measured, _ = time_collective(comm, lambda: allreduce(buf, comm, algorithm=name),
+                                          lambda: np.copyto(buf, src), warmup=1, iters=5)
+            predicted = COSTS["allreduce"][name](n, p).time_s(net)
+            errors.append(predicted / measured - 1)
+            print0(f"   {format_size(n):>6} {name:>18} {measured * 1e3:>8.2f}ms {predicted * 1e3:>8.2f}ms "
+                   f"{100 * errors[-1]:>+6.0f}%")
+    return errors
+
+
+names = [n for n in ALGORITHMS if n != "mpi"]
+print0("4. predicted vs measured on this machine's shared memory")
+bare = measure_and_predict(net, names, [256 << 10, 4 << 20])
+print0(f"   median |error| {100 * np.median(np.abs(bare)):.0f}%")
+
+# 5. the same under network emulation: every message takes 10 GbE's alpha + n.beta
+eth = load_profile("eth-10g").network()
+os.environ[ENV] = f"alpha={eth.alpha_s!r},beta={eth.beta_s_per_byte!r}"
+emulated = Network(eth.alpha_s + overhead, eth.beta_s_per_byte, gamma)
+print0("5. the same with every message delayed to 10 Gb Ethernet (20 us, 1.25 GB/s)")
+under_netem = measure_and_predict(emulated, ["ring", "rabenseifner"], [1 << 20, 4 << 20])
+del os.environ[ENV]
+median = float(np.median(np.abs(under_netem)))
+print0(f"   median |error| {100 * median:.0f}%")
+check(median < 0.35, f"under emulation the model should be close (median error {100 * median:.0f}%)")
+print0("lesson 05 OK")
+
+# Exercises
+# 1. Run with -n 2 and -n 8. Which of alpha, beta and the overhead change with the
+#    number of ranks sharing the two cores, and which algorithms suffer most?
+# 2. Fit the ping-pong between ranks 0 and 1 instead (bench.pingpong.half_round_trip_s).
+#    Why does it predict the naive algorithm better and the ring worse?
+# 3. Under emulation, give the network a bandwidth close to this machine's own
+#    (alpha=3e-6,beta=1e-10). Why does the error grow again?

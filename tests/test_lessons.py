@@ -25,3 +25,14 @@ def test_torch_tensor_example():
     proc = mpirun(3, [str(ROOT / "examples" / "allreduce_torch_tensor.py"), "--algorithm", "recursive_doubling"], timeout=120)
     assert proc.returncode == 0, describe(proc)
     assert "mean over 3 ranks = 1.0 (expected 1.0); all ranks agree: True" in proc.stdout, describe(proc)
+
+
+def test_case_study_example_prices_every_layout_on_both_networks():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "case_study_100_nodes.py")], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("1. data parallel, ring", "2. groups of 4", "3. PS sync", "4. PS async", "fastest on eth-10g",
+                 "fastest on ib-ndr"):
+        assert text in proc.stdout, text

@@ -132,3 +132,12 @@ def test_plot_scaling_writes_curves_for_every_strategy(tmp_path):
     assert {r["strategy"] for r in rows} == {"naive", "tree", "ring", "recursive_doubling", "rabenseifner",
                                              "parameter server"}
     assert (tmp_path / "scaling_tiny_eth-10g.png").is_file() and "best strategy" in proc.stdout
+
+
+def test_async_parameter_server_is_bounded_by_the_slower_side():
+    from parallel_lm.costmodel.predict import async_ps_updates_per_s
+    net = Network(0.0, 1e-9, 0.0)  # 1 GB/s, no latency, free adds
+    rate, bound = async_ps_updates_per_s(1e9, workers=2, servers=1, compute_s=8.0, net=net)
+    assert bound == "workers" and rate == pytest.approx(2 / 10)  # 8 s compute + 2 s own link
+    rate, bound = async_ps_updates_per_s(1e9, workers=100, servers=2, compute_s=8.0, net=net)
+    assert bound == "server links" and rate == pytest.approx(1 / 1.0)  # each server moves 2 x 0.5 GB per update

@@ -106,3 +106,21 @@ def predict_step(*, n_params: int, flops_per_token: float, tokens_per_step: int,
     return StepPrediction(ranks, strategy, tokens_per_step, compute, comm, exposed, step, tokens_per_s,
                           efficiency=(tokens_per_s / ranks) / (tokens_per_step / single),
                           memory_bytes=memory_per_rank(n_params))
+
+
+def async_ps_updates_per_s(grad_bytes: float, workers: int, servers: int, compute_s: float,
+                           net: Network) -> tuple[float, str]:
+    """(updates per second, what limits it) for an asynchronous parameter server.
+
+    Nobody waits for anybody: a worker computes, pushes its gradient and
+    pulls parameters through its own link (2 alpha + 2n.beta) and goes on;
+    each server's link handles every update's shard (one worker's worth of
+    ``parameter_server_sync``). So the job runs at the slower of W workers
+    cycling and the servers draining: min(W / worker cycle, 1 / server time).
+    Asynchrony removes waiting for stragglers; it does not widen the
+    servers' links.
+    """
+    worker_s = compute_s + 2 * net.alpha_s + 2 * grad_bytes * net.beta_s_per_byte
+    server_s = parameter_server_sync(grad_bytes, 1, servers).time_s(net)
+    by_workers, by_servers = workers / worker_s, 1 / server_s
+    return (by_workers, "workers") if by_workers <= by_servers else (by_servers, "server links")

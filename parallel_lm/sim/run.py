@@ -25,7 +25,7 @@ from ..comm.workspace import release
 from ..costmodel.formulas import COSTS
 from . import replay
 from .arrays import DataArray, VirtualArray, set_recorder
-from .comm import DataComm, Exchange, GroupComm, Recorder, SimAbort
+from .comm import NONE, DataComm, Exchange, GroupComm, Recorder, SimAbort
 from .network import Topology
 from .ranks import Diverge, RankVector
 
@@ -176,7 +176,8 @@ def simulate(op: str, algorithm: str, ranks: int, n_bytes: int, topology: Topolo
     clocks, engine = replay.lockstep(groups, ranks, topology), "lockstep"
     if clocks is None:
         clocks, engine = replay.events(groups, ranks, topology), "events"
-    messages = sum(int(np.sum(np.broadcast_to(np.asarray(op_[1]) != -1, (len(g),)))) for g, rec in groups for op_ in rec.ops)
+    messages = sum(int(np.sum(np.broadcast_to(np.asarray(entry[1]) != NONE, (len(ranks),))))
+                   for ranks, rec in groups for entry in rec.ops)
     return SimResult(op, algorithm, ranks, n_bytes, float(clocks.max(initial=0.0)), clocks,
                      len(groups), engine, messages, error)
 

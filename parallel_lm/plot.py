@@ -145,8 +145,11 @@ def _measured(path):
 @click.option("--bucket-mb", type=float, default=25.0, help="Gradient bucket size (MiB).")
 @click.option("--measured", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSON {"points": [{"ranks", "tokens_per_s", "label", "scaling": "strong"|"weak"}]} to overlay.')
+@click.option("--devices", type=click.IntRange(min=1), default=None,
+              help="Devices the ranks share (default: one per rank); 1 with --device measure on one machine.")
 @click.option("--out", default="plots", type=click.Path(file_okay=False))
-def scaling(preset, profile, device, mfu, max_ranks, global_batch_size, batch_per_rank, bucket_mb, measured, out):
+def scaling(preset, profile, device, mfu, max_ranks, global_batch_size, batch_per_rank, bucket_mb, measured,
+            devices, out):
     """Throughput and efficiency vs ranks, strong and weak scaling, per all-reduce algorithm and parameter server."""
     from .predict import device_flops, model_numbers
     from .sim import collective_time_s
@@ -178,7 +181,8 @@ def scaling(preset, profile, device, mfu, max_ranks, global_batch_size, batch_pe
                 pred = predict_step(n_params=n_params, flops_per_token=flops_per_token, tokens_per_step=batch * block,
                                     ranks=p, flops_per_s=flops, mfu=mfu, strategy=strategy,
                                     allreduce_s=lambda n, a=label, p=p: cost(a, n, p),
-                                    bucket_bytes=bucket_mb * 2**20, servers=servers, ps_network=prof.slowest())
+                                    bucket_bytes=bucket_mb * 2**20, servers=servers, ps_network=prof.slowest(),
+                                    devices=devices)
                 base = predict_step(n_params=n_params, flops_per_token=flops_per_token,
                                     tokens_per_step=batch * block if mode == "strong" else batch_per_rank * block,
                                     ranks=1, flops_per_s=flops, mfu=mfu, allreduce_s=None)
@@ -191,9 +195,9 @@ def scaling(preset, profile, device, mfu, max_ranks, global_batch_size, batch_pe
             name = f"{label} (P/8 servers)" if strategy == "parameter_server" else label
             axes[0, col].plot(xs, tput, style, marker=".", color=f"C{i}", label=name)
             axes[1, col].plot(xs, eff, style, marker=".", color=f"C{i}", label=name)
-        for pt in (q for q in points if q.get("scaling", "strong") == mode):
-            axes[0, col].plot(pt["ranks"], pt["tokens_per_s"], "k*", ms=10)
-            axes[0, col].annotate(pt.get("label", "measured"), (pt["ranks"], pt["tokens_per_s"]), fontsize=7)
+        mine = sorted((q["ranks"], q["tokens_per_s"]) for q in points if q.get("scaling", "strong") == mode)
+        if mine:
+            axes[0, col].plot(*zip(*mine), "k*", ms=10, label="measured")
         what = (f"strong: {global_batch_size} sequences per step" if mode == "strong"
                 else f"weak: {batch_per_rank} sequences per rank")
         axes[0, col].set(xscale="log", yscale="log", ylabel="tokens/s", title=what)
@@ -202,8 +206,11 @@ def scaling(preset, profile, device, mfu, max_ranks, global_batch_size, batch_pe
             ax.set_xscale("log", base=2)
             ax.grid(True, which="both", alpha=0.3)
     axes[0, 0].legend(fontsize=7)
+    if points:
+        axes[0, 1].legend(fontsize=7)
+    shared = f", {devices} device(s) shared by all ranks" if devices else ", one device per rank"
     fig.suptitle(f"{preset} ({n_params / 1e6:.1f}M parameters) on {prof.name}; device {device}: "
-                 f"{flops / 1e12:.3g} TFLOP/s x MFU {mfu:.2f}", fontsize=9)
+                 f"{flops / 1e12:.3g} TFLOP/s x MFU {mfu:.2f}{shared}", fontsize=9)
     stem = f"scaling_{preset}_{Path(prof.name).stem if '=' not in prof.name else 'custom'}"
     paths = _save(fig, Path(out), stem)
     write_atomic(Path(out) / f"{stem}.json", lambda tmp: tmp.write_text(json.dumps({"rows": table}, indent=1) + "\n"))

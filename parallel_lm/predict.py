@@ -37,7 +37,7 @@ def model_numbers(preset: str) -> tuple[int, float, int]:
     return model.num_params(), model.flops_per_token(), PRESETS[preset].block_size
 
 
-def measured_flops_per_s(preset: str, batch: int = 8, steps: int = 3) -> float:
+def measured_flops_per_s(preset: str, batch: int = 32, steps: int = 5) -> float:
     """FLOP/s this machine's CPU reaches training the preset (forward + backward + AdamW), one process."""
     import torch
 
@@ -98,9 +98,11 @@ def _ranks(text: str) -> list[int]:
 @click.option("--bucket-mb", type=click.FloatRange(min=0, min_open=True), default=25.0, help="Gradient bucket size (MiB).")
 @click.option("--overlap/--no-overlap", default=True, help="Overlap bucket all-reduces with backward.")
 @click.option("--comm-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", help="Gradient dtype on the wire.")
+@click.option("--devices", type=click.IntRange(min=1), default=None,
+              help="Devices the ranks share (default: one per rank); e.g. 1 with --device measure on one machine.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the predictions here.")
 def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_batch_size, device, mfu,
-         bucket_mb, overlap, comm_dtype, json_path):
+         bucket_mb, overlap, comm_dtype, devices, json_path):
     """Predict step time, tokens/s, scaling efficiency and memory per rank for a model and layout."""
     try:
         prof = load_profile(profile)
@@ -115,7 +117,7 @@ def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_
     grad_bytes = 4 if comm_dtype == "fp32" else 2
     print(f"# {preset}: {n_params / 1e6:.2f}M parameters, {flops_per_token / 1e6:.1f} MFLOP/token, "
           f"{global_batch_size} x {block} = {tokens} tokens per step")
-    print(f"# device: {device_text}; MFU {mfu:.3f}")
+    print(f"# device: {device_text}; MFU {mfu:.3f}" + (f"; {devices} device(s) shared by the ranks" if devices else ""))
     print(f"# network: {prof.name} ({prof.description or 'no description'}); "
           + (f"{strategy}, {algorithm} all-reduce in {bucket_mb:g} MiB buckets, overlap {'on' if overlap else 'off'}, "
              f"{comm_dtype} gradients" if strategy == "data_parallel" else f"sync parameter server, {servers} server(s)"))
@@ -133,7 +135,7 @@ def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_
         pred = predict_step(n_params=n_params, flops_per_token=flops_per_token, tokens_per_step=tokens, ranks=p,
                             flops_per_s=flops, mfu=mfu, strategy=strategy, allreduce_s=cost,
                             bucket_bytes=bucket_mb * 2**20, grad_bytes_per_param=grad_bytes, overlap=overlap,
-                            servers=servers, ps_network=prof.slowest())
+                            servers=servers, ps_network=prof.slowest(), devices=devices)
         mem = sum(pred.memory_bytes.values())
         print(f"{p:>6} {pred.compute_s * 1e3:>11.3f} {pred.comm_s * 1e3:>10.3f} {pred.exposed_comm_s * 1e3:>11.3f} "
               f"{pred.step_s * 1e3:>10.3f} {pred.tokens_per_s:>12.0f} {pred.efficiency:>10.3f} {mem / 2**30:>9.2f}")

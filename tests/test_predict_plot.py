@@ -141,3 +141,10 @@ def test_async_parameter_server_is_bounded_by_the_slower_side():
     assert bound == "workers" and rate == pytest.approx(2 / 10)  # 8 s compute + 2 s own link
     rate, bound = async_ps_updates_per_s(1e9, workers=100, servers=2, compute_s=8.0, net=net)
     assert bound == "server links" and rate == pytest.approx(1 / 1.0)  # each server moves 2 x 0.5 GB per update
+
+
+def test_ranks_sharing_devices_compute_slower():
+    kw = dict(n_params=10**6, flops_per_token=6e6, tokens_per_step=8 * 4096, ranks=8, flops_per_s=1e12,
+              allreduce_s=RING)
+    own, shared = predict_step(**kw), predict_step(**kw, devices=2)
+    assert shared.compute_s == pytest.approx(4 * own.compute_s)

@@ -5,8 +5,9 @@ training FLOPs per token (``GPT.flops_per_token``: 6N + 12LTC) and a
 function that says what one collective on b bytes costs (a closed-form
 formula, or the simulator on a two-level cluster). The parts:
 
-- compute = FLOPs of this rank's tokens / (device peak x MFU). Backward
-  is two thirds of it (two matmuls per forward one).
+- compute = FLOPs of this rank's tokens / (device peak x MFU), times
+  ranks/devices when ranks share fewer devices. Backward is two thirds
+  of it (two matmuls per forward one).
 - data parallel: the gradient (N x grad bytes) is all-reduced in buckets
   of ``bucket_bytes``; with overlap, buckets reduce while backward still
   runs, so only what does not fit behind backward is exposed, and never
@@ -80,8 +81,13 @@ def predict_step(*, n_params: int, flops_per_token: float, tokens_per_step: int,
                  flops_per_s: float, mfu: float = DEFAULT_MFU, strategy: str = "data_parallel",
                  allreduce_s: Callable[[float], float] | None = None, bucket_bytes: float = 25 * 2**20,
                  grad_bytes_per_param: int = 4, overlap: bool = True, servers: int = 1,
-                 ps_network: Network | None = None) -> StepPrediction:
-    """One optimizer step on ``ranks`` ranks; see the module docstring for the parts."""
+                 ps_network: Network | None = None, devices: int | None = None) -> StepPrediction:
+    """One optimizer step on ``ranks`` ranks; see the module docstring for the parts.
+
+    ``devices``: how many devices the ranks share (None: one each). With
+    fewer devices than ranks, as on a laptop running 8 ranks on 2 cores,
+    each rank computes ranks/devices times slower.
+    """
     grad_bytes = n_params * grad_bytes_per_param
     if strategy == "data_parallel":
         workers = ranks
@@ -91,7 +97,8 @@ def predict_step(*, n_params: int, flops_per_token: float, tokens_per_step: int,
         workers = ranks - servers
     else:
         raise ValueError(f"unknown strategy {strategy!r}; valid: data_parallel, parameter_server")
-    compute = compute_s(flops_per_token, tokens_per_step / workers, flops_per_s, mfu)
+    sharing = max(1.0, ranks / devices) if devices else 1.0
+    compute = compute_s(flops_per_token, tokens_per_step / workers, flops_per_s, mfu) * sharing
     if strategy == "data_parallel":
         if ranks == 1:
             comm = last = 0.0

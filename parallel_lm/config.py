@@ -32,7 +32,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     allreduce: str = "ring"
     engine: str = "explicit"
-    dp: str = "bucketed"
+    dp_sync: str = "bucketed"  # --dp-sync: flat buckets, or one all-reduce per parameter
     bucket_mb: float = 25.0
     overlap: bool = True
     precision: str = "fp32"
@@ -46,6 +46,10 @@ class TrainConfig:
     servers: int = 1  # --sync ps: ranks 0..servers-1 serve, the rest work
     staleness: int | None = 0  # --sync ps: 0 synchronous, s >= 1 bounded, None unbounded (fully async)
     straggler: str | None = None  # "RANK:FACTOR": that rank computes FACTOR times slower
+    dp: int | None = None  # data-parallel degree; None: world / (tp x pp)
+    tp: int = 1  # tensor-parallel degree
+    pp: int = 1  # pipeline stages
+    zero: int = 0  # ZeRO stage: 0 off, 1 optimizer state, 2 and gradients
 
     def _straggler(self) -> tuple[int, float] | None:
         """(rank, factor) from "RANK:FACTOR", None when unset; ValueError when malformed."""
@@ -69,7 +73,14 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["model"] = GPTConfig(**d["model"])
+        if isinstance(d.get("dp"), str):  # checkpoints from before --dp-sync took over the name
+            d["dp_sync"] = d.pop("dp")
         return cls(**d)
+
+    def grid(self, world: int, rank: int = 0):
+        """The dp x tp x pp grid on ``world`` ranks (ValueError naming the fix when it does not fit)."""
+        from .parallel.grid import Grid
+        return Grid.for_world(world, rank, self.dp, self.tp, self.pp)
 
     def straggler_ok(self, world: int) -> bool:
         try:
@@ -98,7 +109,7 @@ class TrainConfig:
             (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
             (self.allreduce in ALGORITHMS, f"unknown --allreduce {self.allreduce!r}; valid: {', '.join(ALGORITHMS)}"),
             (self.engine in ENGINES, f"unknown --engine {self.engine!r}; valid: {', '.join(ENGINES)}"),
-            (self.dp in DP_MODES, f"unknown --dp {self.dp!r}; valid: {', '.join(DP_MODES)}"),
+            (self.dp_sync in DP_MODES, f"unknown --dp-sync {self.dp_sync!r}; valid: {', '.join(DP_MODES)}"),
             (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
             (self.comm_dtype in COMM_DTYPES, f"unknown --comm-dtype {self.comm_dtype!r}; valid: {', '.join(COMM_DTYPES)}"),
             (self.bucket_mb > 0, f"--bucket-mb {self.bucket_mb} must be > 0"),
@@ -113,12 +124,20 @@ class TrainConfig:
             (self.straggler_ok(world), f"--straggler {self.straggler!r}: write RANK:FACTOR with 0 <= RANK < {world} "
                                        "and FACTOR >= 1, e.g. --straggler 1:3"),
             (self.engine == "explicit" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --engine explicit"),
-            (self.dp == "bucketed" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --dp bucketed"),
+            (self.dp_sync == "bucketed" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --dp-sync bucketed"),
+            (self.zero in (0, 1, 2), f"--zero {self.zero}: use 0 (off), 1 (optimizer state) or 2 (and gradients)"),
+            (not self.zero or (self.engine == "explicit" and self.sync == "allreduce" and self.precision != "fp16"
+                               and self.comm_dtype == "fp32" and self.device == "cpu"),
+             "--zero runs with --engine explicit, --sync allreduce, --precision fp32 or bf16, --comm-dtype fp32, --device cpu"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        self.per_rank(self.data_ranks(world))
+        grid = self.grid(world)
+        grid.check_model(self.model.n_layer, self.model.n_head, self.model.n_embd, self.model.vocab_size)
+        if (grid.tp > 1 or grid.pp > 1) and (self.sync != "allreduce" or self.engine != "explicit"):
+            raise ValueError("--tp and --pp run with --sync allreduce and --engine explicit")
+        self.per_rank(self.data_ranks(world) if self.sync == "ps" else grid.dp)
         if self.device == "cuda":
             import torch
             if not torch.cuda.is_available():

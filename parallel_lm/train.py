@@ -42,9 +42,10 @@ from .trainer import Trainer
 
 MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
 TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "seed", "data", "data_max_mb", "lr", "min_lr",
-                "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp", "bucket_mb",
+                "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp_sync", "bucket_mb",
                 "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every", "device",
                 "optimizer", "sync", "servers", "staleness", "straggler")
+LAYOUT_FIELDS = ("dp", "tp", "pp", "zero")  # how to run, not what to train: never taken from a checkpoint
 
 
 def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
@@ -53,7 +54,7 @@ def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
     if saved is None:
         base = PRESETS[params["preset"]]
         model = replace(base, **{k: params[k] for k in MODEL_FLAGS if params[k] is not None})
-        return TrainConfig(model=model, **{k: params[k] for k in TRAIN_FIELDS})
+        return TrainConfig(model=model, **{k: params[k] for k in TRAIN_FIELDS + LAYOUT_FIELDS})
     cfg = TrainConfig.from_dict(saved)
     for k in MODEL_FLAGS:
         if k in given and params[k] != getattr(cfg.model, k):
@@ -61,7 +62,19 @@ def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
                              "drop the flag to resume, or start a fresh run with another --out")
     if "preset" in given and PRESETS[params["preset"]] != cfg.model:
         raise ValueError(f"--preset {params['preset']} does not match the checkpoint's model {cfg.model}")
-    return replace(cfg, **{k: params[k] for k in TRAIN_FIELDS if k in given})
+    return replace(cfg, **{k: params[k] for k in TRAIN_FIELDS if k in given}, **{k: params[k] for k in LAYOUT_FIELDS})
+
+
+def _report_memory(trainer, cfg, comm) -> None:
+    """ZeRO: bytes per rank measured after the first step, beside the formula (parallel/zero.py)."""
+    from .parallel.zero import memory_formula
+    have = trainer.memory()
+    want = memory_formula(trainer.model.num_params(), cfg.zero, trainer.zero.dp, cfg.optimizer)
+    parts = ", ".join(f"{k} {have[k] / 2**20:.2f} MiB (formula {want[k] / 2**20:.2f})" for k in want)
+    plain = memory_formula(trainer.model.num_params(), 0, trainer.zero.dp, cfg.optimizer)
+    print0(f"ZeRO-{cfg.zero} memory per rank: {parts}; total {sum(have[k] for k in want) / 2**20:.2f} MiB vs "
+           f"{sum(plain.values()) / 2**20:.2f} MiB without ZeRO" +
+           (f"; one bucket in flight {have['bucket_in_flight'] / 2**20:.2f} MiB" if cfg.zero == 2 else ""))
 
 
 def _report_validation(val: float) -> None:
@@ -107,7 +120,11 @@ def _make_out_dir(out: Path) -> None:
 @click.option("--grad-clip", default=1.0, type=float, help="Clip the global gradient norm (0: off).")
 @click.option("--allreduce", default="ring", help=f"Gradient all-reduce algorithm: {', '.join(ALGORITHMS)}.")
 @click.option("--engine", type=click.Choice(ENGINES), default="explicit", help="explicit: our collectives; torch-ddp: torch DistributedDataParallel (gloo).")
-@click.option("--dp", type=click.Choice(DP_MODES), default="bucketed", help="bucketed: flat buckets; naive: one all-reduce per parameter.")
+@click.option("--dp-sync", type=click.Choice(DP_MODES), default="bucketed", help="bucketed: flat buckets; naive: one all-reduce per parameter.")
+@click.option("--dp", type=click.IntRange(min=1), help="Data-parallel degree (default: ranks / (tp x pp)).")
+@click.option("--tp", default=1, type=click.IntRange(min=1), help="Tensor-parallel degree (splits heads, MLP and vocabulary).")
+@click.option("--pp", default=1, type=click.IntRange(min=1), help="Pipeline stages (split the layers).")
+@click.option("--zero", default=0, type=click.IntRange(0, 2), help="ZeRO stage: shard optimizer state (1) and gradients (2) over data-parallel ranks.")
 @click.option("--bucket-mb", default=25.0, type=float, help="Bucket size in MB (explicit and torch-ddp).")
 @click.option("--overlap/--no-overlap", default=True, help="All-reduce buckets during backward, or all after it.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", help="Autocast dtype of forward/backward; fp16 adds dynamic loss scaling.")
@@ -207,10 +224,11 @@ def run(cfg, comm, trainer, params, state, out, timeline):
     rows, micro, n_micro = cfg.per_rank(p)
     m = trainer.model
     print0(f"parallel_lm.train: {p} rank(s) x {torch.get_num_threads()} thread(s), engine {cfg.engine}"
-           + (f", {cfg.dp} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
+           + (f", {cfg.dp_sync} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
               if cfg.engine == "explicit" else "")
            + f", precision {cfg.precision}, comm {cfg.comm_dtype}, device {cfg.device}"
-           + (f", netem {params['netem']}" if params.get("netem") else ""))
+           + (f", netem {params['netem']}" if params.get("netem") else "")
+           + (f", ZeRO stage {cfg.zero}" if cfg.zero else ""))
     print0(f"model: {m.num_params() / 1e6:.2f}M parameters, {m.flops_per_token() / 1e6:.2f} MFLOP/token, {cfg.model}")
     print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {cfg.global_batch_size}"
            f" = {p} rank(s) x {n_micro} micro-batch(es) x {micro} sequences of {cfg.model.block_size} bytes")
@@ -231,6 +249,8 @@ def run(cfg, comm, trainer, params, state, out, timeline):
     for step in range(trainer.start_step, cfg.steps):
         rec = trainer.train_step(step)
         done = step + 1
+        if step == trainer.start_step and trainer.zero:
+            _report_memory(trainer, cfg, comm)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             val = rec["val_loss"] = trainer.evaluate()
         metrics.write(rec)

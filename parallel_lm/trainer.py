@@ -88,25 +88,30 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same seed on every rank: identical initial weights
         self.device = torch.device(cfg.device)
         self.model = GPT(cfg.model).to(self.device)
-        self.optimizer = make_optimizer(self.model, cfg)
+        # under ZeRO each rank builds an optimizer for its shard only (parallel/zero.py)
+        self.optimizer = make_optimizer(self.model, cfg) if not cfg.zero else None
         self.scaler = LossScaler() if cfg.precision == "fp16" else None
         self.start_step = 0
         if state is not None:
             self.model.load_state_dict(state["model"])
-            if state["optimizer"]:  # empty when a parameter server trained it: start AdamW afresh
+            if state["optimizer"] and self.optimizer:  # empty after a parameter server or ZeRO: start AdamW afresh
                 self.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
             self.start_step = int(state["step"])
             if self.scaler and "loss_scale" in state:
                 self.scaler.scale = float(state["loss_scale"])
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.ddp = self.dp = None  # neither when a parameter server does the averaging (sync_grads=False)
-        if sync_grads and cfg.engine == "torch-ddp":
+        self.ddp = self.dp = self.zero = None  # none when a parameter server does the averaging (sync_grads=False)
+        if sync_grads and cfg.zero:
+            from .parallel.zero import Zero
+            self.zero = Zero(self.model, comm, cfg.zero, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.bucket_mb,
+                             cfg.allreduce, timeline)
+        elif sync_grads and cfg.engine == "torch-ddp":
             from torch.nn.parallel import DistributedDataParallel
             from .parallel.torch_ddp import init_process_group
             init_process_group(comm, "nccl" if cfg.device == "cuda" else "gloo")
             self.ddp = DistributedDataParallel(self.model, bucket_cap_mb=cfg.bucket_mb)
-        elif sync_grads and cfg.dp == "naive":
+        elif sync_grads and cfg.dp_sync == "naive":
             self.dp = NaiveDataParallel(self.params, comm, cfg.allreduce, timeline)
         elif sync_grads:
             self.dp = BucketedDataParallel(self.params, comm, cfg.allreduce, cfg.bucket_mb, cfg.overlap,
@@ -159,9 +164,21 @@ class Trainer:
         self.model.zero_grad(set_to_none=True)
         return self._forward_backward(step, self.model, 1.0)[0]
 
+    def _zero_step(self, step: int) -> tuple[float, float, float, float]:
+        """(loss, compute_s, comm_s, optimizer start time) of a ZeRO step: reduce-scatter, shard update, all-gather."""
+        self.zero.zero_grad()
+        loss, compute_s = self._forward_backward(step, self.model, 1.0)
+        comm_s = self.zero.reduce_gradients()
+        t_opt = time.perf_counter()
+        comm_s += self.zero.step(lr_at(self.cfg, step), self.cfg.grad_clip)
+        return loss, compute_s, comm_s, t_opt
+
     def train_step(self, step: int) -> dict:
         cfg, t_step = self.cfg, time.perf_counter()
         model = self.ddp or self.model
+        if self.zero:
+            loss, compute_s, comm_s, t_opt = self._zero_step(step)
+            return self._record(step, t_step, t_opt, loss, compute_s, comm_s, comm_s, True)
         if self.ddp:
             self.optimizer.zero_grad(set_to_none=True)
         else:
@@ -181,6 +198,10 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
+        return self._record(step, t_step, t_opt, loss, compute_s, comm_s, exposed_s, applied)
+
+    def _record(self, step, t_step, t_opt, loss, compute_s, comm_s, exposed_s, applied) -> dict:
+        cfg = self.cfg
         if self.timeline:
             self.timeline.add("optimizer", t_opt, time.perf_counter() - t_opt)
         loss_mean = float(self._mean_over_ranks([loss])[0])
@@ -196,6 +217,19 @@ class Trainer:
     def close(self):
         if self.dp is not None:
             self.dp.close()
+
+    def full_state_dict(self) -> dict:
+        """The whole model's state_dict, keys as single-process training (every rank holds it here)."""
+        return self.model.state_dict()
+
+    def memory(self) -> dict:
+        """Bytes of parameters, gradients and optimizer state this rank holds (after a step)."""
+        if self.zero:
+            return self.zero.memory()
+        size = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+        state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
+        return {"params": size(self.params), "grads": size(p.grad for p in self.params if p.grad is not None),
+                "optimizer": size(state)}
 
     def evaluate(self) -> float:
         """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches, sharded over the ranks."""

@@ -58,7 +58,7 @@ rows = base.global_batch_size // p
 cases = [(f"{algo} accum={accum} overlap={overlap}",
           dict(allreduce=algo, micro_batch_size=rows // 2 if accum and rows % 2 == 0 else (1 if accum else None), overlap=overlap))
          for algo in ALGORITHMS for accum in (False, True) for overlap in (True, False)]
-cases += [("naive per-parameter", dict(dp="naive")), ("comm fp16", dict(comm_dtype="fp16")),
+cases += [("naive per-parameter", dict(dp_sync="naive")), ("comm fp16", dict(comm_dtype="fp16")),
           ("torch-ddp", dict(engine="torch-ddp"))]
 failures = 0
 for name, overrides in cases:

@@ -1,0 +1,41 @@
+"""Model-parallel layouts and ZeRO under mpiexec: the same training as one process, and clear errors."""
+import pytest
+
+from conftest import PROGRAMS, describe, mpirun
+
+
+def run_cases(k, *cases):
+    proc = mpirun(k, [str(PROGRAMS / "layout_equivalence.py"), *cases], timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.count("ok  ") == len(cases), describe(proc)
+    return proc
+
+
+def test_zero_stages_train_like_one_process_and_shrink_memory_as_the_formula_says():
+    proc = run_cases(4, "zero1", "zero2", "zero2-accum", "zero1-sgd")
+    assert "worst 0.00% off" in proc.stdout
+
+
+def test_zero_on_three_ranks():
+    run_cases(3, "zero2")
+
+
+def train(k, *args, timeout=180):
+    return mpirun(k, ["-m", "parallel_lm.train", "--steps", "2", "--eval-every", "0", "--quiet", *args], timeout=timeout)
+
+
+def test_zero_prints_memory_per_rank_beside_the_formula():
+    proc = train(2, "--zero", "1", "--preset", "tiny")
+    assert proc.returncode == 0, describe(proc)
+    assert "ZeRO-1 memory per rank: params" in proc.stdout and "without ZeRO" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dp", "3", "--tp", "2"], "= 6, but the job has 4 ranks"),
+    (["--tp", "4", "--n-head", "2", "--n-embd", "64"], "divide the 2 attention heads"),
+    (["--pp", "4", "--n-layer", "2"], "divide the 2 layers"),
+    (["--zero", "1", "--sync", "ps"], "--zero runs with"),
+])
+def test_invalid_layouts_stop_every_rank_with_the_fix(args, message):
+    proc = train(4, *args)
+    assert proc.returncode == 2 and message in proc.stderr, describe(proc)

@@ -108,6 +108,7 @@ class Trainer:
                              cfg.allreduce, timeline)
         elif sync_grads and cfg.engine == "torch-ddp":
             from torch.nn.parallel import DistributedDataParallel
+
             from .parallel.torch_ddp import init_process_group
             init_process_group(comm, "nccl" if cfg.device == "cuda" else "gloo")
             self.ddp = DistributedDataParallel(self.model, bucket_cap_mb=cfg.bucket_mb)
@@ -226,7 +227,7 @@ class Trainer:
         """Bytes of parameters, gradients and optimizer state this rank holds (after a step)."""
         if self.zero:
             return self.zero.memory()
-        size = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+        size = lambda ts: sum(t.numel() * t.element_size() for t in ts)
         state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
         return {"params": size(self.params), "grads": size(p.grad for p in self.params if p.grad is not None),
                 "optimizer": size(state)}

@@ -17,8 +17,9 @@ FILENAME = "checkpoint.pt"
 
 
 def save(out_dir: Path, model, optimizer, step: int, config: dict, extra: dict | None = None) -> Path:
+    """Write checkpoint.pt atomically; ``model`` is a module or a full state_dict (model parallelism gathers one)."""
     path = Path(out_dir) / FILENAME
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else {}, "step": step,
+    state = {"model": model if isinstance(model, dict) else model.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else {}, "step": step,
              "config": config, "torch_rng": torch.get_rng_state(), **(extra or {})}
     write_atomic(path, lambda tmp: torch.save(state, tmp))
     return path

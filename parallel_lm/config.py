@@ -13,6 +13,7 @@ DP_MODES = ("bucketed", "naive")
 DEVICES = ("cpu", "cuda")
 OPTIMIZERS = ("adamw", "sgd")
 SYNCS = ("allreduce", "ps")
+SCHEDULES = ("1f1b", "gpipe")
 
 
 @dataclass
@@ -21,6 +22,8 @@ class TrainConfig:
     steps: int = 200
     global_batch_size: int = 32
     micro_batch_size: int | None = None  # None: the whole per-rank share at once
+    micro_batches: int | None = None  # --micro-batches m: the per-rank share in m micro-batches (pipelines)
+    schedule: str = "1f1b"  # pipeline schedule: gpipe or 1f1b
     seed: int = 1337
     data: str = "stdlib"
     data_max_mb: float = 8.0
@@ -95,6 +98,13 @@ class TrainConfig:
             raise ValueError(f"--global-batch-size {self.global_batch_size} is not divisible by {world} data-parallel "
                              f"ranks: use a multiple of {world}")
         rows = self.global_batch_size // world
+        if self.micro_batches:
+            if self.micro_batch_size:
+                raise ValueError("give --micro-batches or --micro-batch-size, not both")
+            if rows % self.micro_batches:
+                raise ValueError(f"each data-parallel rank's {rows} sequences do not split into --micro-batches "
+                                 f"{self.micro_batches}: use a divisor of {rows}")
+            return rows, rows // self.micro_batches, self.micro_batches
         micro = self.micro_batch_size or rows
         if rows % micro:
             raise ValueError(f"--global-batch-size {self.global_batch_size} is not divisible by {world} data-parallel "
@@ -125,6 +135,7 @@ class TrainConfig:
                                        "and FACTOR >= 1, e.g. --straggler 1:3"),
             (self.engine == "explicit" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --engine explicit"),
             (self.dp_sync == "bucketed" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --dp-sync bucketed"),
+            (self.schedule in SCHEDULES, f"unknown --schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"),
             (self.zero in (0, 1, 2), f"--zero {self.zero}: use 0 (off), 1 (optimizer state) or 2 (and gradients)"),
             (not self.zero or (self.engine == "explicit" and self.sync == "allreduce" and self.precision != "fp16"
                                and self.comm_dtype == "fp32" and self.device == "cpu"),
@@ -135,8 +146,13 @@ class TrainConfig:
                 raise ValueError(message)
         grid = self.grid(world)
         grid.check_model(self.model.n_layer, self.model.n_head, self.model.n_embd, self.model.vocab_size)
-        if (grid.tp > 1 or grid.pp > 1) and (self.sync != "allreduce" or self.engine != "explicit"):
-            raise ValueError("--tp and --pp run with --sync allreduce and --engine explicit")
+        if (grid.tp > 1 or grid.pp > 1) and (self.sync != "allreduce" or self.engine != "explicit"
+                                             or self.precision == "fp16" or self.device != "cpu"):
+            raise ValueError("--tp and --pp run with --sync allreduce, --engine explicit, --precision fp32 or bf16 "
+                             "and --device cpu")
+        if grid.pp > 1 and self.zero == 2:
+            raise ValueError("--zero 2 with --pp > 1 is not supported (the tied embedding's gradient lives on two "
+                             "stages and must be summed before it is sharded): use --zero 1")
         self.per_rank(self.data_ranks(world) if self.sync == "ps" else grid.dp)
         if self.device == "cuda":
             import torch

@@ -31,6 +31,7 @@ from .config import (
     ENGINES,
     OPTIMIZERS,
     PRECISIONS,
+    SCHEDULES,
     SYNCS,
     TrainConfig,
 )
@@ -41,7 +42,7 @@ from .runtime import agree, main_guard, print0, threads_per_rank, world
 from .trainer import Trainer
 
 MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
-TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "seed", "data", "data_max_mb", "lr", "min_lr",
+TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "micro_batches", "schedule", "seed", "data", "data_max_mb", "lr", "min_lr",
                 "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp_sync", "bucket_mb",
                 "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every", "device",
                 "optimizer", "sync", "servers", "staleness", "straggler")
@@ -109,6 +110,8 @@ def _make_out_dir(out: Path) -> None:
 @click.option("--steps", default=200, type=click.IntRange(min=0), help="Optimizer step to reach.")
 @click.option("--global-batch-size", default=32, type=click.IntRange(min=1), help="Sequences per step, summed over ranks.")
 @click.option("--micro-batch-size", type=click.IntRange(min=1), help="Sequences per forward/backward (gradient accumulation below the per-rank share).")
+@click.option("--micro-batches", type=click.IntRange(min=1), help="Split each data-parallel rank's share into m micro-batches (what a pipeline fills itself with).")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="1f1b", help="Pipeline schedule (--pp > 1): gpipe (all forwards, then all backwards) or 1f1b.")
 @click.option("--seed", default=1337, type=int)
 @click.option("--data", default="stdlib", help="'stdlib' (the Python standard library's source), 'synthetic', or a file/folder.")
 @click.option("--data-max-mb", default=8.0, type=click.FloatRange(min=0.001), help="Read at most this much of the corpus.")
@@ -178,7 +181,11 @@ def main(ctx, **params):
         run_ps(cfg, comm, batches, out)
         return
     timeline = Timeline() if params["trace"] else None
-    trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank))
+    if cfg.tp > 1 or cfg.pp > 1:
+        from .trainer_mp import ModelParallelTrainer
+        trainer = ModelParallelTrainer(cfg, comm, batches, state, timeline)
+    else:
+        trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank))
     run(cfg, comm, trainer, params, state, out, timeline)
     trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
 
@@ -221,7 +228,8 @@ def run_ps(cfg, comm, batches, out):
 def run(cfg, comm, trainer, params, state, out, timeline):
     rank, p = comm.Get_rank(), comm.Get_size()
     batches = trainer.batches
-    rows, micro, n_micro = cfg.per_rank(p)
+    grid = cfg.grid(p)
+    rows, micro, n_micro = cfg.per_rank(grid.dp)
     m = trainer.model
     print0(f"parallel_lm.train: {p} rank(s) x {torch.get_num_threads()} thread(s), engine {cfg.engine}"
            + (f", {cfg.dp_sync} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
@@ -231,7 +239,10 @@ def run(cfg, comm, trainer, params, state, out, timeline):
            + (f", ZeRO stage {cfg.zero}" if cfg.zero else ""))
     print0(f"model: {m.num_params() / 1e6:.2f}M parameters, {m.flops_per_token() / 1e6:.2f} MFLOP/token, {cfg.model}")
     print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {cfg.global_batch_size}"
-           f" = {p} rank(s) x {n_micro} micro-batch(es) x {micro} sequences of {cfg.model.block_size} bytes")
+           f" = {grid.dp} data-parallel rank(s) x {n_micro} micro-batch(es) x {micro} sequences of {cfg.model.block_size} bytes")
+    if grid.tp > 1 or grid.pp > 1:
+        print0(f"layout: {grid.describe()}" + (f", {cfg.schedule} schedule, bubble formula (p-1)/(m+p-1) = "
+                                               f"{(grid.pp - 1) / (n_micro + grid.pp - 1):.3f}" if grid.pp > 1 else ""))
     if trainer.start_step:
         print0(f"resumed from {params['resume']} at step {trainer.start_step}")
 
@@ -255,7 +266,8 @@ def run(cfg, comm, trainer, params, state, out, timeline):
             val = rec["val_loss"] = trainer.evaluate()
         metrics.write(rec)
         exposed = f", exposed comm {100 * rec['exposed_comm_s'] / rec['step_s']:.0f}%" if rec["exposed_comm_s"] is not None else ""
-        progress = f"loss {rec['loss']:.3f}, {rec['tokens_per_s']:,.0f} tok/s{exposed}"
+        bubble = f", bubble {100 * rec['bubble']:.0f}%" if rec.get("bubble") is not None else ""
+        progress = f"loss {rec['loss']:.3f}, {rec['tokens_per_s']:,.0f} tok/s{exposed}{bubble}"
         bar.set_postfix_str(progress, refresh=False)
         bar.update()
         say = (lambda line: bar.write(line, file=sys.stdout)) if interactive else print0
@@ -263,9 +275,13 @@ def run(cfg, comm, trainer, params, state, out, timeline):
             say(f"step {done}: train loss {rec['loss']:.4f}, val loss {rec['val_loss']:.4f}")
         elif log_every and done % log_every == 0:
             say(f"step {done}/{cfg.steps}: {progress}")
-        if out is not None and rank == 0 and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps):
-            checkpoint.save(out, trainer.model, trainer.optimizer, done, cfg.to_dict(),
-                            {"loss_scale": trainer.scaler.scale} if trainer.scaler else None)
+        if out is not None and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps):
+            full = trainer.full_state_dict()  # collective under model parallelism: every rank sends its part
+            # a stage's (or ZeRO shard's) optimizer state is not single-process AdamW's: resuming starts it afresh
+            optimizer = trainer.optimizer if cfg.tp == cfg.pp == 1 else None
+            if rank == 0:
+                checkpoint.save(out, full, optimizer, done, cfg.to_dict(),
+                                {"loss_scale": trainer.scaler.scale} if trainer.scaler else None)
     bar.close()
     metrics.close()
     if timeline:

@@ -39,3 +39,22 @@ def test_zero_prints_memory_per_rank_beside_the_formula():
 def test_invalid_layouts_stop_every_rank_with_the_fix(args, message):
     proc = train(4, *args)
     assert proc.returncode == 2 and message in proc.stderr, describe(proc)
+
+
+def test_pipelines_train_like_one_process_under_both_schedules():
+    run_cases(2, "pp2-gpipe", "pp2-1f1b")
+
+
+def test_four_stages_and_a_pipeline_with_zero_and_data_parallel():
+    run_cases(4, "pp4-1f1b", "dp2-pp2-zero1")
+
+
+def test_a_pipeline_run_checkpoints_the_full_model(tmp_path):
+    import torch
+    proc = train(2, "--pp", "2", "--micro-batches", "2", "--out", str(tmp_path))
+    assert proc.returncode == 0, describe(proc)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    from parallel_lm.model import GPT, PRESETS
+    assert list(state["model"]) == list(GPT(PRESETS["tiny"]).state_dict())
+    resumed = train(1, "--resume", str(tmp_path), "--steps", "3")  # another layout evaluates and resumes it
+    assert resumed.returncode == 0, describe(resumed)

@@ -172,12 +172,24 @@ class Zero:
             self.timeline.add("reduce-scatter", time.perf_counter() - self.comm_s, self.comm_s)
         return self.comm_s
 
-    def step(self, lr: float, grad_clip: float) -> float:
-        """Average, clip by the global norm, update this rank's shard, all-gather. Returns comm seconds."""
+    def step(self, lr: float, grad_clip: float, norm_comms=(), skip_in_norm=None) -> float:
+        """Average, clip by the global norm, update this rank's shard, all-gather. Returns comm seconds.
+
+        With model parallelism the norm also sums over ``norm_comms`` (the
+        other stages and tensor ranks); ``skip_in_norm`` is a parameter whose
+        gradient another rank already counts (a tied embedding's copy).
+        """
         self.grad_shard /= self.dp
         if grad_clip > 0:
-            sq = np.array([float(torch.sum(self.grad_shard.double() ** 2))])
+            counted = self.grad_shard
+            if skip_in_norm is not None:
+                a = self.offsets[skip_in_norm]
+                keep = (self.owned < a) | (self.owned >= a + skip_in_norm.numel())
+                counted = self.grad_shard[keep]
+            sq = np.array([float(torch.sum(counted.double() ** 2))])
             self.comm.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
+            for c in norm_comms:
+                c.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
             coef = grad_clip / (math.sqrt(sq[0]) + 1e-6)
             if coef < 1:
                 self.grad_shard *= coef

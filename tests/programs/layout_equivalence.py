@@ -19,6 +19,7 @@ from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.parallel.zero import memory_formula
 from parallel_lm.runtime import install_abort_hook
 from parallel_lm.trainer import Trainer
+from parallel_lm.trainer_mp import ModelParallelTrainer
 
 install_abort_hook()
 torch.set_num_threads(1)
@@ -31,14 +32,23 @@ batches = Batches.from_bytes(load_corpus("synthetic"), base.model.block_size, ba
 CASES = {
     "zero1": dict(zero=1), "zero2": dict(zero=2), "zero2-accum": dict(zero=2, micro_batch_size=2),
     "zero1-sgd": dict(zero=1, optimizer="sgd", lr=0.1),
+    "pp2-gpipe": dict(pp=2, micro_batches=4, schedule="gpipe"), "pp2-1f1b": dict(pp=2, micro_batches=4),
+    "pp4-1f1b": dict(pp=4, micro_batches=3), "dp2-pp2-zero1": dict(pp=2, micro_batches=2, zero=1),
+    "tp2": dict(tp=2), "tp4": dict(tp=4), "dp2-tp2": dict(tp=2),
+    "dp2-tp2-pp2-zero1": dict(dp=2, tp=2, pp=2, zero=1, micro_batches=2),
 }
 
 
 def train(cfg, on):
-    trainer = Trainer(cfg, on, batches)
+    """(full state_dict on this communicator's rank 0, else None; memory of this rank)."""
+    if cfg.tp > 1 or cfg.pp > 1:
+        trainer = ModelParallelTrainer(cfg, on, batches)
+    else:
+        trainer = Trainer(cfg, on, batches)
     for s in range(cfg.steps):
         trainer.train_step(s)
-    state = {k: v.detach().clone() for k, v in trainer.full_state_dict().items()}
+    full = trainer.full_state_dict()
+    state = {k: v.detach().clone() for k, v in full.items()} if full is not None and on.Get_rank() == 0 else None
     memory = trainer.memory()
     trainer.close()
     return state, memory
@@ -50,10 +60,11 @@ for name in sys.argv[1:]:
     ref_cfg = TrainConfig(**{**cfg.to_dict(), "model": cfg.model, "zero": 0, "tp": 1, "pp": 1, "dp": None})
     reference = comm.bcast(train(ref_cfg, MPI.COMM_SELF)[0] if rank == 0 else None, root=0)
     state, memory = train(cfg, comm)
-    diff = max(float((state[k] - reference[k]).abs().max()) for k in reference)
-    ok = set(state) == set(reference) and diff <= TOL
+    diff = comm.bcast(max(float((state[k] - reference[k]).abs().max()) for k in reference)
+                      if rank == 0 and set(state) == set(reference) else float("inf") if rank == 0 else None, root=0)
+    ok = diff <= TOL
     line = f"{'ok  ' if ok else 'FAIL'} {name:14s} max|param - 1-rank param| = {diff:.2e} (tol {TOL:.0e})"
-    if cfg.zero:
+    if cfg.zero and cfg.tp == 1 and cfg.pp == 1:
         n = GPT(cfg.model).num_params()  # the tied embedding once (state_dict lists it twice)
         want = memory_formula(n, cfg.zero, p, cfg.optimizer)
         worst = comm.allreduce(max(abs(memory[k] / want[k] - 1) for k in want if want[k]), op=MPI.MAX)

@@ -162,7 +162,7 @@ class ModelParallelTrainer:
     def memory(self) -> dict:
         if self.zero:
             return self.zero.memory()
-        size = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+        size = lambda ts: sum(t.numel() * t.element_size() for t in ts)
         state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
         return {"params": size(self.params), "grads": size(p.grad for p in self.params if p.grad is not None),
                 "optimizer": size(state)}

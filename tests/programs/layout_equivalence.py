@@ -9,7 +9,6 @@ check it. Prints one line per case; exits 1 if any check fails.
 """
 import sys
 
-import numpy as np
 import torch
 from mpi4py import MPI
 

@@ -12,6 +12,7 @@ memory, close.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 
@@ -23,6 +24,7 @@ from .comm import allreduce_mean
 from .comm.buffers import as_array
 from .config import TrainConfig
 from .model import GPT
+from .model.tensor_parallel import gather_state_dict, shard_model
 from .parallel.pipeline import Pipeline, Stage, bubble_formula
 from .trainer import _maybe_fail, lr_at, make_optimizer
 
@@ -35,13 +37,16 @@ class ModelParallelTrainer:
         self.world_comm = comm
         self.rows, self.micro, self.n_micro = cfg.per_rank(self.grid.dp)
         torch.manual_seed(cfg.seed)
-        self.model = GPT(cfg.model)  # the full model: counted and described; only the stage below trains
+        self.model = GPT(cfg.model)  # the full model, as one process would build it: counted and described
         self.start_step = 0
         if state is not None:
             self.model.load_state_dict(state["model"])
             torch.set_rng_state(state["torch_rng"])
             self.start_step = int(state["step"])
-        self.stage = Stage(self.model, self.grid.pp_rank, self.grid.pp)
+        # this rank's copy, its layers split over the tensor-parallel group (the same object when tp = 1)
+        self.local = shard_model(copy.deepcopy(self.model), self.tp_comm, cfg.allreduce) if self.grid.tp > 1 \
+            else self.model
+        self.stage = Stage(self.local, self.grid.pp_rank, self.grid.pp)
         self.pipeline = Pipeline(self.stage, self.pp_comm, cfg.schedule, timeline)
         self.params = [p for p in self.stage.parameters() if p.requires_grad]
         self.scaler = self.dp = self.ddp = None
@@ -79,11 +84,20 @@ class ModelParallelTrainer:
             offset += p.numel()
         return time.perf_counter() - t0
 
+    def _not_counted(self) -> list:
+        """Parameters whose gradient another rank counts in the global norm: the tied weight's copy on the
+        last stage, and replicated (not tensor-sharded) parameters on all but tensor-parallel rank 0."""
+        skip = [self.stage.tied] if self.stage.tied is not None and not self.stage.first else []
+        if self.grid.tp_rank > 0:
+            skip += [p for p in self.params if not getattr(p, "tp_sharded", False)]
+        return skip
+
     def _clip(self) -> None:
-        """Clip by the norm of the whole model's gradient (the tied weight counted once, on the first stage)."""
-        counted = [p for p in self.params if not (p is self.stage.tied and not self.stage.first)]
-        sq = np.array([sum(float(torch.sum(p.grad.double() ** 2)) for p in counted)])
+        """Clip by the norm of the whole model's gradient, every element counted once."""
+        skip = {id(p) for p in self._not_counted()}
+        sq = np.array([sum(float(torch.sum(p.grad.double() ** 2)) for p in self.params if id(p) not in skip)])
         self.pp_comm.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
+        self.tp_comm.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
         coef = self.cfg.grad_clip / (math.sqrt(sq[0]) + 1e-6)
         if coef < 1:
             for p in self.params:
@@ -107,8 +121,8 @@ class ModelParallelTrainer:
         if self.zero:
             comm_s = self.zero.reduce_gradients()
             t_opt = time.perf_counter()
-            skip = self.stage.tied if (self.stage.tied is not None and not self.stage.first) else None
-            comm_s += self.zero.step(lr_at(cfg, step), cfg.grad_clip, norm_comms=(self.pp_comm,), skip_in_norm=skip)
+            comm_s += self.zero.step(lr_at(cfg, step), cfg.grad_clip, norm_comms=(self.pp_comm, self.tp_comm),
+                                     skip_in_norm=self._not_counted())
         else:
             comm_s = self._average_over_dp()
             t_opt = time.perf_counter()
@@ -150,13 +164,15 @@ class ModelParallelTrainer:
         Collective: every rank must call it. Stages of the first data-parallel
         replica send their parts along the pipeline group to rank 0.
         """
-        mine = {k: v.detach().clone() for k, v in self.model.state_dict().items() if self.stage.owns(k)}
+        mine = {k: v for k, v in self.local.state_dict().items() if self.stage.owns(k)}
+        if self.grid.tp > 1:
+            mine = gather_state_dict(mine, self.tp_comm)  # whole layers on tensor-parallel rank 0
         parts = self.pp_comm.gather(mine if self.grid.dp_rank == 0 and self.grid.tp_rank == 0 else None, root=0)
         if self.world_comm.Get_rank() != 0:
             return None
         full = {}
         for part in parts:
-            full.update(part)
+            full.update({k: v.detach().clone() for k, v in part.items()})
         return {k: full[k] for k in self.model.state_dict()}
 
     def memory(self) -> dict:

@@ -58,3 +58,29 @@ def test_a_pipeline_run_checkpoints_the_full_model(tmp_path):
     assert list(state["model"]) == list(GPT(PRESETS["tiny"]).state_dict())
     resumed = train(1, "--resume", str(tmp_path), "--steps", "3")  # another layout evaluates and resumes it
     assert resumed.returncode == 0, describe(resumed)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_tensor_parallel_layers_match_plain_layers_forward_and_backward(k):
+    proc = mpirun(k, [str(PROGRAMS / "tp_layers.py")], timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    assert "match the plain layers" in proc.stdout
+
+
+def test_tensor_parallel_training_matches_one_process():
+    run_cases(2, "tp2")
+
+
+def test_tp4_and_dp2_tp2():
+    run_cases(4, "tp4", "dp2-tp2")
+
+
+def test_dp2_tp2_pp2_with_zero1_matches_one_process():
+    run_cases(8, "dp2-tp2-pp2-zero1")
+
+
+def test_the_full_grid_from_the_command_line(tmp_path):
+    proc = train(8, "--dp", "2", "--tp", "2", "--pp", "2", "--zero", "1", "--preset", "small", "--global-batch-size",
+                 "16", "--micro-batches", "2", "--out", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    assert "layout: dp 2 x tp 2 x pp 2" in proc.stdout and (tmp_path / "checkpoint.pt").is_file()

@@ -66,6 +66,7 @@ class Stage(nn.Module):
         if self.last:
             self.ln_f, self.head = model.ln_f, model.head
         self.tied = model.tok_emb.weight if (self.first or self.last) else None
+        self.tp_comm = getattr(model, "tp_comm", None)  # set by model.tensor_parallel.shard_model
         self.prefixes = [f"blocks.{self.lo + i}." for i in range(per)] + \
             (["tok_emb.", "pos_emb."] if self.first else []) + (["ln_f.", "head."] if self.last else [])
 
@@ -77,6 +78,13 @@ class Stage(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x)) if self.last else x
+
+    def loss(self, logits, targets):
+        """Mean cross-entropy; over vocabulary slices when the head is tensor-parallel."""
+        if self.tp_comm is not None:
+            from ..model.tensor_parallel import vocab_parallel_ce
+            return vocab_parallel_ce(logits, targets, self.head)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
     def owns(self, key: str) -> bool:
         return any(key.startswith(p) for p in self.prefixes)
@@ -116,7 +124,7 @@ class Pipeline:
                 with self._span(f"forward {i}"), autocast():
                     out = self.stage(inp)
                     if self.stage.last:
-                        out = F.cross_entropy(out.float().view(-1, out.size(-1)), y.reshape(-1)) / m
+                        out = self.stage.loss(out, y) / m
                 compute += time.perf_counter() - t0
                 if self.stage.last:
                     losses.append(float(out.detach()) * m)
@@ -163,7 +171,7 @@ class Pipeline:
             out = self.stage(inp)
         loss = 0.0
         if self.stage.last:
-            loss = float(F.cross_entropy(out.float().view(-1, out.size(-1)), y.reshape(-1)))
+            loss = float(self.stage.loss(out, y))
         else:
             self.comm.Send(out.float().contiguous().numpy(), dest=self.rank + 1, tag=TAG_ACTIVATION)
         return self.comm.bcast(loss, root=self.size - 1)

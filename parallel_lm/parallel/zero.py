@@ -172,20 +172,21 @@ class Zero:
             self.timeline.add("reduce-scatter", time.perf_counter() - self.comm_s, self.comm_s)
         return self.comm_s
 
-    def step(self, lr: float, grad_clip: float, norm_comms=(), skip_in_norm=None) -> float:
+    def step(self, lr: float, grad_clip: float, norm_comms=(), skip_in_norm=()) -> float:
         """Average, clip by the global norm, update this rank's shard, all-gather. Returns comm seconds.
 
         With model parallelism the norm also sums over ``norm_comms`` (the
-        other stages and tensor ranks); ``skip_in_norm`` is a parameter whose
-        gradient another rank already counts (a tied embedding's copy).
+        other stages and tensor ranks); ``skip_in_norm`` lists parameters whose
+        gradient another rank already counts (a tied embedding's second copy,
+        a replicated LayerNorm on all but one tensor-parallel rank).
         """
         self.grad_shard /= self.dp
         if grad_clip > 0:
-            counted = self.grad_shard
-            if skip_in_norm is not None:
-                a = self.offsets[skip_in_norm]
-                keep = (self.owned < a) | (self.owned >= a + skip_in_norm.numel())
-                counted = self.grad_shard[keep]
+            keep = torch.ones(len(self.owned), dtype=torch.bool)
+            for p in skip_in_norm:
+                a = self.offsets[p]
+                keep &= (self.owned < a) | (self.owned >= a + p.numel())
+            counted = self.grad_shard[keep]
             sq = np.array([float(torch.sum(counted.double() ** 2))])
             self.comm.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
             for c in norm_comms:

@@ -18,7 +18,7 @@ import time
 import click
 
 from .costmodel.formulas import COSTS
-from .costmodel.predict import DEFAULT_MFU, DEVICES, predict_step
+from .costmodel.predict import DEFAULT_MFU, DEVICES, predict_layout, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .metrics import write_atomic
 from .sim import KINDS, collective_time_s
@@ -82,6 +82,40 @@ def _ranks(text: str) -> list[int]:
     return values
 
 
+def layout_table(preset, prof, rank_counts, tp, pp, m, zero, global_batch, algorithm, n_params, flops_per_token,
+                 flops, mfu, devices, device_text) -> list[dict]:
+    """Print and return predict_layout's terms for each rank count (dp = ranks / (tp pp))."""
+    from .model.gpt import PRESETS
+    cfg = PRESETS[preset]
+    inner, outer = prof.network(), prof.slowest()  # tensor groups inside a node; data and pipeline across
+
+    def allreduce_s(n, ranks, level):
+        return COSTS["allreduce"][algorithm](n, ranks).time_s(inner if level == "tp" else outer)
+
+    print(f"# {preset}: {n_params / 1e6:.2f}M parameters; {global_batch} x {cfg.block_size} tokens per step; "
+          f"tp {tp}, pp {pp}, {m} micro-batch(es), ZeRO {zero}")
+    print(f"# device: {device_text}; MFU {mfu:.3f}; network {prof.name}: tensor-parallel all-reduces on its first "
+          f"level, data-parallel and pipeline traffic on its slowest")
+    print(f"{'ranks':>6} {'dp':>4} {'compute_ms':>11} {'bubble_ms':>10} {'tp_comm_ms':>11} {'pp_comm_ms':>11} "
+          f"{'dp_comm_ms':>11} {'step_ms':>9} {'tokens/s':>12} {'GiB/rank':>9}")
+    rows = []
+    for p in rank_counts:
+        if p % (tp * pp) or global_batch % (p // (tp * pp) * m) or cfg.n_layer % pp or cfg.n_head % tp:
+            raise click.UsageError(f"{p} ranks do not fit tp {tp} x pp {pp} with batch {global_batch}, {m} "
+                                   f"micro-batches and {cfg.n_layer} layers / {cfg.n_head} heads: adjust the flags")
+        dp = p // (tp * pp)
+        pred = predict_layout(n_params=n_params, flops_per_token=flops_per_token, n_layer=cfg.n_layer,
+                              block_size=cfg.block_size, n_embd=cfg.n_embd, global_batch=global_batch, dp=dp, tp=tp,
+                              pp=pp, micro_batches=m, zero=zero, flops_per_s=flops, mfu=mfu, devices=devices,
+                              allreduce_s=allreduce_s, p2p_s=lambda n: outer.alpha_s + n * outer.beta_s_per_byte)
+        print(f"{p:>6} {dp:>4} {pred.compute_s * 1e3:>11.3f} {pred.bubble_s * 1e3:>10.3f} {pred.tp_comm_s * 1e3:>11.3f} "
+              f"{pred.pp_comm_s * 1e3:>11.3f} {pred.dp_comm_s * 1e3:>11.3f} {pred.step_s * 1e3:>9.3f} "
+              f"{pred.tokens_per_s:>12.0f} {sum(pred.memory_bytes.values()) / 2**30:>9.2f}")
+        rows.append({"preset": preset, "profile": prof.name, "ranks": p, **pred.to_dict()})
+    print("# memory per rank: this rank's parameters, gradients and AdamW state in fp32 under the ZeRO stage")
+    return rows
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--preset", type=click.Choice(["tiny", "small", "medium", "gpt2"]), default="gpt2")
 @click.option("--ranks", "-r", default="1,8,64,512", help="Rank counts, comma-separated.")
@@ -100,9 +134,13 @@ def _ranks(text: str) -> list[int]:
 @click.option("--comm-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", help="Gradient dtype on the wire.")
 @click.option("--devices", type=click.IntRange(min=1), default=None,
               help="Devices the ranks share (default: one per rank); e.g. 1 with --device measure on one machine.")
+@click.option("--tp", type=click.IntRange(min=1), default=1, help="Tensor-parallel degree (model split inside layers).")
+@click.option("--pp", type=click.IntRange(min=1), default=1, help="Pipeline stages.")
+@click.option("--micro-batches", type=click.IntRange(min=1), default=1, help="Micro-batches per step (pipelines).")
+@click.option("--zero", type=click.IntRange(0, 2), default=0, help="ZeRO stage for the memory estimate.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the predictions here.")
 def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_batch_size, device, mfu,
-         bucket_mb, overlap, comm_dtype, devices, json_path):
+         bucket_mb, overlap, comm_dtype, devices, tp, pp, micro_batches, zero, json_path):
     """Predict step time, tokens/s, scaling efficiency and memory per rank for a model and layout."""
     try:
         prof = load_profile(profile)
@@ -113,6 +151,13 @@ def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_
     n_params, flops_per_token, block = model_numbers(preset)
     flops, device_mfu, device_text = device_flops(device, preset)
     mfu = device_mfu or mfu
+    if tp > 1 or pp > 1 or zero:
+        rows = layout_table(preset, prof, _ranks(ranks), tp, pp, micro_batches, zero, global_batch_size, algorithm,
+                            n_params, flops_per_token, flops, mfu, devices, device_text)
+        if json_path:
+            write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps({"predictions": rows}, indent=1) + "\n"))
+            print(f"# wrote {json_path}")
+        return
     tokens = global_batch_size * block
     grad_bytes = 4 if comm_dtype == "fp32" else 2
     print(f"# {preset}: {n_params / 1e6:.2f}M parameters, {flops_per_token / 1e6:.1f} MFLOP/token, "

@@ -70,9 +70,10 @@ def _report_memory(trainer, cfg, comm) -> None:
     """ZeRO: bytes per rank measured after the first step, beside the formula (parallel/zero.py)."""
     from .parallel.zero import memory_formula
     have = trainer.memory()
-    want = memory_formula(trainer.model.num_params(), cfg.zero, trainer.zero.dp, cfg.optimizer)
+    n = sum(p.numel() for p in trainer.params)  # this rank's parameters (its stage / tensor slice)
+    want = memory_formula(n, cfg.zero, trainer.zero.dp, cfg.optimizer)
     parts = ", ".join(f"{k} {have[k] / 2**20:.2f} MiB (formula {want[k] / 2**20:.2f})" for k in want)
-    plain = memory_formula(trainer.model.num_params(), 0, trainer.zero.dp, cfg.optimizer)
+    plain = memory_formula(n, 0, trainer.zero.dp, cfg.optimizer)
     print0(f"ZeRO-{cfg.zero} memory per rank: {parts}; total {sum(have[k] for k in want) / 2**20:.2f} MiB vs "
            f"{sum(plain.values()) / 2**20:.2f} MiB without ZeRO" +
            (f"; one bucket in flight {have['bucket_in_flight'] / 2**20:.2f} MiB" if cfg.zero == 2 else ""))

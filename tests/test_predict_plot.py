@@ -148,3 +148,25 @@ def test_ranks_sharing_devices_compute_slower():
               allreduce_s=RING)
     own, shared = predict_step(**kw), predict_step(**kw, devices=2)
     assert shared.compute_s == pytest.approx(4 * own.compute_s)
+
+
+def test_layout_terms_follow_their_formulas():
+    from parallel_lm.costmodel.predict import predict_layout
+    ar = lambda n, p, level: n * (p - 1) / p * (1.0 if level == "tp" else 10.0)
+    pred = predict_layout(n_params=1000, flops_per_token=10.0, n_layer=4, block_size=2, n_embd=3, global_batch=16,
+                          dp=2, tp=2, pp=2, micro_batches=4, zero=1, flops_per_s=1.0, mfu=1.0, allreduce_s=ar,
+                          p2p_s=lambda n: n)
+    assert pred.compute_s == pytest.approx(10 * 8 * 2 / 4)  # batch/dp sequences x T tokens, split tp x pp
+    assert pred.bubble_s == pytest.approx(pred.compute_s * 1 / 4)
+    act = 2 * 2 * 3 * 4  # micro 2 x T 2 x C 3 x 4 bytes
+    assert pred.tp_comm_s == pytest.approx(4 * (4 * 2 + 2) * act / 2)
+    assert pred.pp_comm_s == pytest.approx(2 * 4 * act)
+    assert pred.dp_comm_s == pytest.approx(10 * 4 * 250 / 2)
+    assert pred.memory_bytes == {"params": 1000, "grads": 1000, "optimizer": 12 * 250 / 2}
+
+
+def test_predict_prints_layout_terms():
+    proc = cli("parallel_lm.predict", "--preset", "small", "--ranks", "8", "--tp", "2", "--pp", "2",
+               "--micro-batches", "4", "--zero", "1", "--global-batch-size", "32", "--profile", "eth-10g")
+    assert proc.returncode == 0, proc.stderr
+    assert "bubble_ms" in proc.stdout and "tp_comm_ms" in proc.stdout

@@ -131,3 +131,66 @@ def async_ps_updates_per_s(grad_bytes: float, workers: int, servers: int, comput
     server_s = parameter_server_sync(grad_bytes, 1, servers).time_s(net)
     by_workers, by_servers = workers / worker_s, 1 / server_s
     return (by_workers, "workers") if by_workers <= by_servers else (by_servers, "server links")
+
+
+@dataclass(frozen=True)
+class LayoutPrediction:
+    dp: int
+    tp: int
+    pp: int
+    micro_batches: int
+    zero: int
+    compute_s: float  # this rank's forward + backward FLOPs, no waiting
+    bubble_s: float  # pipeline fill and drain: (p-1)/m of the compute
+    tp_comm_s: float  # activation all-reduces inside layers (not overlapped)
+    pp_comm_s: float  # activations and their gradients between stages
+    dp_comm_s: float  # gradient all-reduce (or ZeRO's reduce-scatter + all-gather) over data-parallel replicas
+    step_s: float
+    tokens_per_s: float
+    memory_bytes: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def predict_layout(*, n_params: int, flops_per_token: float, n_layer: int, block_size: int, n_embd: int,
+                   global_batch: int, dp: int, tp: int = 1, pp: int = 1, micro_batches: int = 1, zero: int = 0,
+                   flops_per_s: float, mfu: float = DEFAULT_MFU, devices: int | None = None,
+                   allreduce_s: Callable[[float, int, str], float], p2p_s: Callable[[float], float],
+                   activation_bytes: int = 4) -> LayoutPrediction:
+    """One step of a dp x tp x pp layout (parallel/grid.py), term by term.
+
+    ``allreduce_s(n_bytes, ranks, level)``: an all-reduce among ``ranks``
+    ranks, ``level`` "tp" (inside a node) or "dp" (across); ``p2p_s(n_bytes)``:
+    one message between stages. Terms, per rank, with micro = batch/(dp m):
+    - compute: FLOPs of batch/dp sequences / (tp pp) on one device;
+    - bubble: compute x (pp-1)/m (each of m+pp-1 slots costs compute/m);
+    - tensor parallel: per micro-batch 4 all-reduces per layer (f and g in
+      attention and MLP, forward and backward) + 2 for the vocabulary-split
+      embedding and head, of micro x T x C activations (Megatron, section 3);
+    - pipeline: per micro-batch the activations forward and their gradient
+      back across this stage's boundary: 2m messages, not overlapped;
+    - data parallel: the stage's gradient slice, n/(tp pp) x 4 bytes,
+      all-reduced over dp ranks (ZeRO: reduce-scatter + all-gather, the same
+      volume), not overlapped in these layouts;
+    - memory: ``parallel/zero.memory``'s formula for the n/(tp pp) parameters
+      this rank holds (fp32, AdamW), activations not counted.
+    """
+    sequences = global_batch / dp
+    micro = sequences / micro_batches
+    compute = compute_s(flops_per_token, sequences * block_size, flops_per_s, mfu) / (tp * pp)
+    if devices:
+        compute *= max(1.0, dp * tp * pp / devices)
+    bubble = compute * (pp - 1) / micro_batches
+    act = micro * block_size * n_embd * activation_bytes
+    layers = n_layer // pp
+    tp_comm = micro_batches * (4 * layers + 2) * allreduce_s(act, tp, "tp") if tp > 1 else 0.0
+    pp_comm = 2 * micro_batches * p2p_s(act) if pp > 1 else 0.0
+    local = n_params / (tp * pp)
+    dp_comm = allreduce_s(4 * local, dp, "dp") if dp > 1 else 0.0
+    step = compute + bubble + tp_comm + pp_comm + dp_comm
+    moments = 8
+    memory = {"params": 4 * local, "grads": 4 * local if zero < 2 else 4 * local / dp,
+              "optimizer": moments * local if zero == 0 else (4 + moments) * local / dp}
+    return LayoutPrediction(dp, tp, pp, micro_batches, zero, compute, bubble, tp_comm, pp_comm, dp_comm, step,
+                            global_batch * block_size / step, memory)

@@ -24,6 +24,7 @@ from .comm import allreduce_mean
 from .comm.buffers import as_array
 from .config import TrainConfig
 from .model import GPT
+from .model import tensor_parallel
 from .model.tensor_parallel import gather_state_dict, shard_model
 from .parallel.pipeline import Pipeline, Stage, bubble_formula
 from .trainer import _maybe_fail, lr_at, make_optimizer
@@ -111,7 +112,9 @@ class ModelParallelTrainer:
         else:
             for p in self.params:
                 p.grad = None
+        tp_before = tensor_parallel.SECONDS[0]
         loss, compute_s = self.pipeline.run(self._micro_batches(step), self.shape, self.autocast)
+        tp_comm_s = tensor_parallel.SECONDS[0] - tp_before  # inside forward and backward, part of compute_s
         pipe_s = time.perf_counter() - t_step
         for p in self.params:  # a stage may not touch a parameter in a step (it always does here, but be safe)
             if p.grad is None and not self.zero:
@@ -143,7 +146,7 @@ class ModelParallelTrainer:
             self.timeline.add("optimizer", t_opt, time.perf_counter() - t_opt)
         return {"step": step + 1, "loss": float(losses[0]) / (self.grid.dp * self.grid.tp), "lr": lr_at(cfg, step),
                 "tokens": tokens, "step_s": step_s, "compute_s": compute_s, "comm_s": comm_s, "exposed_comm_s": comm_s,
-                "tokens_per_s": tokens / step_s, "bubble": float(np.mean(bubbles)),
+                "tokens_per_s": tokens / step_s, "bubble": float(np.mean(bubbles)), "tp_comm_s": tp_comm_s,
                 "bubble_formula": bubble_formula(self.grid.pp, self.n_micro)}
 
     def evaluate(self) -> float:

@@ -32,6 +32,8 @@ with single-process keys.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,9 +43,14 @@ from ..comm import allreduce
 from ..comm.buffers import as_array
 
 
+SECONDS = [0.0]  # time spent in f and g's all-reduces, summed (the trainer reports it per step)
+
+
 def _allreduce(t: torch.Tensor, comm, algorithm: str) -> torch.Tensor:
+    t0 = time.perf_counter()
     out = t.detach().float().contiguous().clone()
     allreduce(as_array(out.view(-1)), comm, algorithm)
+    SECONDS[0] += time.perf_counter() - t0
     return out.to(t.dtype)
 
 

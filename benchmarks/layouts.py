@@ -1,6 +1,6 @@
 """Model parallelism on this machine: tokens/s per layout at 8 ranks, and the pipeline bubble vs its formula.
 
-    python benchmarks/layouts.py                     # about 5 minutes on a 2-core machine
+    python benchmarks/layouts.py                     # about 8 minutes on a 2-core machine
     python benchmarks/layouts.py --part bubble       # only the bubble table
 
 Every point is one `python -m parallel_lm.train` run (benchmarks/train_bench.py's

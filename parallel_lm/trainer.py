@@ -50,6 +50,16 @@ def make_optimizer(model, cfg: TrainConfig):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), foreach=False)
 
 
+def held_bytes(params, optimizer, zero=None) -> dict:
+    """Bytes of ``params``, their gradients and ``optimizer``'s state tensors (ZeRO counts its own)."""
+    if zero is not None:
+        return zero.memory()
+    size = lambda ts: sum(t.numel() * t.element_size() for t in ts)
+    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
+    return {"params": size(params), "grads": size(p.grad for p in params if p.grad is not None),
+            "optimizer": size(state)}
+
+
 class LossScaler:
     """Dynamic loss scaling for fp16 (Micikevicius et al. 2018): halve on overflow, double after a run of good steps."""
 
@@ -225,12 +235,7 @@ class Trainer:
 
     def memory(self) -> dict:
         """Bytes of parameters, gradients and optimizer state this rank holds (after a step)."""
-        if self.zero:
-            return self.zero.memory()
-        size = lambda ts: sum(t.numel() * t.element_size() for t in ts)
-        state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
-        return {"params": size(self.params), "grads": size(p.grad for p in self.params if p.grad is not None),
-                "optimizer": size(state)}
+        return held_bytes(self.params, self.optimizer, self.zero)
 
     def evaluate(self) -> float:
         """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches, sharded over the ranks."""

@@ -23,11 +23,10 @@ from mpi4py import MPI
 from .comm import allreduce_mean
 from .comm.buffers import as_array
 from .config import TrainConfig
-from .model import GPT
-from .model import tensor_parallel
+from .model import GPT, tensor_parallel
 from .model.tensor_parallel import gather_state_dict, shard_model
 from .parallel.pipeline import Pipeline, Stage, bubble_formula
-from .trainer import _maybe_fail, lr_at, make_optimizer
+from .trainer import _maybe_fail, held_bytes, lr_at, make_optimizer
 
 
 class ModelParallelTrainer:
@@ -179,12 +178,8 @@ class ModelParallelTrainer:
         return {k: full[k] for k in self.model.state_dict()}
 
     def memory(self) -> dict:
-        if self.zero:
-            return self.zero.memory()
-        size = lambda ts: sum(t.numel() * t.element_size() for t in ts)
-        state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
-        return {"params": size(self.params), "grads": size(p.grad for p in self.params if p.grad is not None),
-                "optimizer": size(state)}
+        """Bytes of this rank's parameters (its stage, its tensor slice), gradients and optimizer state."""
+        return held_bytes(self.params, self.optimizer, self.zero)
 
     def close(self) -> None:
         pass

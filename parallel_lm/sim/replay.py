@@ -131,6 +131,20 @@ def events(groups, size: int, topo) -> np.ndarray:
             pc[r] += 1
             heapq.heappush(heap, (t[r], r))
 
+    def meet(key, others, mine, now, size_here, sender, receiver, sending):
+        """Post one half of a message; if its other half is waiting, the transfer happens now."""
+        waiting = others.get(key)
+        if not waiting:
+            mine.setdefault(key, deque()).append((now, size_here))
+            return
+        posted, size_there = waiting.popleft()
+        nbytes, capacity = (size_here, size_there) if sending else (size_there, size_here)
+        if nbytes > capacity:
+            raise ValueError(f"rank {sender} sends {nbytes} B to rank {receiver}, whose receive buffer holds {capacity} B")
+        end = transfer(sender, receiver, nbytes, max(now, posted))
+        finish_half(receiver, end)
+        finish_half(sender, end)
+
     while heap:
         _, r = heapq.heappop(heap)
         if pc[r] == len(ops[r]):
@@ -145,29 +159,9 @@ def events(groups, size: int, topo) -> np.ndarray:
         op_end[r] = t[r]
         open_halves[r] = (dest != NONE) + (src != NONE)
         if dest != NONE:
-            key = (r, dest, stag)
-            waiting = recvs.get(key)
-            if waiting:
-                posted, capacity = waiting.popleft()
-                if sbytes > capacity:
-                    raise ValueError(f"rank {r} sends {sbytes} B to rank {dest}, whose receive buffer holds {capacity} B")
-                end = transfer(r, dest, sbytes, max(t[r], posted))
-                finish_half(dest, end)
-                finish_half(r, end)
-            else:
-                sends.setdefault(key, deque()).append((t[r], sbytes))
+            meet((r, dest, stag), recvs, sends, t[r], sbytes, r, dest, sending=True)
         if src != NONE:
-            key = (src, r, rtag)
-            waiting = sends.get(key)
-            if waiting:
-                posted, nbytes = waiting.popleft()
-                if nbytes > rbytes:
-                    raise ValueError(f"rank {src} sends {nbytes} B to rank {r}, whose receive buffer holds {rbytes} B")
-                end = transfer(src, r, nbytes, max(t[r], posted))
-                finish_half(src, end)
-                finish_half(r, end)
-            else:
-                recvs.setdefault(key, deque()).append((t[r], rbytes))
+            meet((src, r, rtag), sends, recvs, t[r], rbytes, src, r, sending=False)
     stuck = [r for r in range(size) if pc[r] < len(ops[r])]
     if stuck:
         r = stuck[0]

@@ -71,8 +71,8 @@ def test_tensor_parallel_training_matches_one_process():
     run_cases(2, "tp2")
 
 
-def test_tp4_and_dp2_tp2():
-    run_cases(4, "tp4", "dp2-tp2")
+def test_tp4_and_dp2_tp2_with_and_without_zero2():
+    run_cases(4, "tp4", "dp2-tp2", "dp2-tp2-zero2")
 
 
 def test_dp2_tp2_pp2_with_zero1_matches_one_process():

@@ -33,7 +33,7 @@ CASES = {
     "zero1-sgd": dict(zero=1, optimizer="sgd", lr=0.1),
     "pp2-gpipe": dict(pp=2, micro_batches=4, schedule="gpipe"), "pp2-1f1b": dict(pp=2, micro_batches=4),
     "pp4-1f1b": dict(pp=4, micro_batches=3), "dp2-pp2-zero1": dict(pp=2, micro_batches=2, zero=1),
-    "tp2": dict(tp=2), "tp4": dict(tp=4), "dp2-tp2": dict(tp=2),
+    "tp2": dict(tp=2), "tp4": dict(tp=4), "dp2-tp2": dict(tp=2), "dp2-tp2-zero2": dict(tp=2, zero=2),
     "dp2-tp2-pp2-zero1": dict(dp=2, tp=2, pp=2, zero=1, micro_batches=2),
 }
 

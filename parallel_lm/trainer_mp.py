@@ -120,20 +120,20 @@ class ModelParallelTrainer:
                 p.grad = torch.zeros_like(p)
         t_comm = time.perf_counter()
         self.pipeline.tie_gradients()
+        comm_s = time.perf_counter() - t_comm
         if self.zero:
-            comm_s = self.zero.reduce_gradients()
+            comm_s += self.zero.reduce_gradients()
             t_opt = time.perf_counter()
             comm_s += self.zero.step(lr_at(cfg, step), cfg.grad_clip, norm_comms=(self.pp_comm, self.tp_comm),
                                      skip_in_norm=self._not_counted())
         else:
-            comm_s = self._average_over_dp()
+            comm_s += self._average_over_dp()
             t_opt = time.perf_counter()
             if cfg.grad_clip > 0:
                 self._clip()
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
             self.optimizer.step()
-        comm_s += t_opt - t_comm - (0 if self.zero else comm_s)
         # the bubble: time in the pipeline not spent computing, on this stage
         self.last_bubble = max(0.0, 1 - compute_s / pipe_s)
         bubbles = self.world_comm.allgather(self.last_bubble)
@@ -145,8 +145,9 @@ class ModelParallelTrainer:
             self.timeline.add("optimizer", t_opt, time.perf_counter() - t_opt)
         return {"step": step + 1, "loss": float(losses[0]) / (self.grid.dp * self.grid.tp), "lr": lr_at(cfg, step),
                 "tokens": tokens, "step_s": step_s, "compute_s": compute_s, "comm_s": comm_s, "exposed_comm_s": comm_s,
-                "tokens_per_s": tokens / step_s, "bubble": float(np.mean(bubbles)), "tp_comm_s": tp_comm_s,
-                "bubble_formula": bubble_formula(self.grid.pp, self.n_micro)}
+                "tokens_per_s": tokens / step_s, "tp_comm_s": tp_comm_s,
+                "bubble": float(np.mean(bubbles)) if self.grid.pp > 1 else None,
+                "bubble_formula": bubble_formula(self.grid.pp, self.n_micro) if self.grid.pp > 1 else None}
 
     def evaluate(self) -> float:
         total = 0.0

@@ -169,7 +169,7 @@ def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_
     print(f"{'ranks':>6} {'compute_ms':>11} {'comm_ms':>10} {'exposed_ms':>11} {'step_ms':>10} {'tokens/s':>12} "
           f"{'efficiency':>10} {'GiB/rank':>9}")
     rows = []
-    for p in ranks and _ranks(ranks):
+    for p in _ranks(ranks):
         if strategy == "parameter_server" and p <= servers:
             raise click.UsageError(f"--ranks {p} leaves no workers with --servers {servers}: use more ranks")
         if strategy == "data_parallel" and global_batch_size % p:

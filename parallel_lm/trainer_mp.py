@@ -59,7 +59,6 @@ class ModelParallelTrainer:
         else:
             self.optimizer = make_optimizer(self.stage, cfg)
         self.shape = (self.micro, cfg.model.block_size, cfg.model.n_embd)
-        self.last_bubble = None
 
     def autocast(self):
         if self.cfg.precision == "fp32":
@@ -135,8 +134,7 @@ class ModelParallelTrainer:
                 group["lr"] = lr_at(cfg, step)
             self.optimizer.step()
         # the bubble: time in the pipeline not spent computing, on this stage
-        self.last_bubble = max(0.0, 1 - compute_s / pipe_s)
-        bubbles = self.world_comm.allgather(self.last_bubble)
+        bubbles = self.world_comm.allgather(max(0.0, 1 - compute_s / pipe_s))
         losses = np.array([loss if self.stage.last else 0.0])
         self.world_comm.Allreduce(MPI.IN_PLACE, losses, op=MPI.SUM)
         step_s = time.perf_counter() - t_step

@@ -42,7 +42,6 @@ from mpi4py import MPI
 from ..comm import allreduce
 from ..comm.buffers import as_array
 
-
 SECONDS = [0.0]  # time spent in f and g's all-reduces, summed (the trainer reports it per step)
 
 

@@ -25,6 +25,9 @@ summed between them (``tie_gradients``), as Megatron-LM does.
 """
 from __future__ import annotations
 
+import contextlib
+import time
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -98,7 +101,6 @@ class Pipeline:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
 
     def _span(self, name):
-        import contextlib
         return self.timeline.span(name) if self.timeline else contextlib.nullcontext()
 
     def run(self, micro_batches, shape, autocast) -> tuple[float, float]:
@@ -107,7 +109,6 @@ class Pipeline:
         ``shape``: (micro, T, C) of the activations between stages. Returns
         (mean loss on the last stage, else 0.0; seconds spent computing).
         """
-        import time
         m = len(micro_batches)
         inputs, outputs, losses, sends = {}, {}, [], []
         compute = 0.0

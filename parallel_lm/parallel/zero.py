@@ -105,6 +105,7 @@ class Zero:
                           else torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), foreach=False))
         self.grad_shard = torch.zeros(len(self.owned))  # this rank's summed gradient, in owned order
         self.peak_bucket_bytes = 0
+        self.comm_s = 0.0  # communication time of the current step
         if stage == 1:
             self.flat_grad = torch.zeros(n)
             for p in self.params:

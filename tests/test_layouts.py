@@ -84,3 +84,12 @@ def test_the_full_grid_from_the_command_line(tmp_path):
                  "16", "--micro-batches", "2", "--out", str(tmp_path), timeout=300)
     assert proc.returncode == 0, describe(proc)
     assert "layout: dp 2 x tp 2 x pp 2" in proc.stdout and (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_a_failing_stage_ends_the_whole_pipeline_job():
+    import time
+    t0 = time.monotonic()
+    proc = mpirun(4, ["-m", "parallel_lm.train", "--steps", "5", "--eval-every", "0", "--quiet", "--pp", "2",
+                      "--tp", "2", "--micro-batches", "2"], timeout=120, env={"PARALLEL_LM_FAIL_AT": "3:1"})
+    assert proc.returncode != 0 and "failing on purpose" in proc.stderr, describe(proc)
+    assert time.monotonic() - t0 < 60

@@ -1,6 +1,6 @@
 """Lesson 12: simulating 1,024 ranks on a laptop.
 
-    python lessons/12_simulating_1024_ranks.py        (no MPI needed; mpiexec -n 1 works too)
+    python lessons/12_simulating_1024_ranks.py        (one process; under mpiexec -n K rank 0 runs it alone)
 
 ``parallel_lm.sim`` runs the very functions in comm/collectives/ on P
 virtual ranks in one process and advances a clock per rank from a
@@ -21,9 +21,11 @@ import time
 from parallel_lm.bench.metrics import format_size
 from parallel_lm.costmodel.formulas import COSTS
 from parallel_lm.costmodel.profiles import load_profile
-from parallel_lm.runtime import check
+from parallel_lm.runtime import check, rank
 from parallel_lm.sim import OPS, Topology, simulate, topology_from_profile
 
+if rank() > 0:  # the simulated cluster lives in one process: other MPI ranks have nothing to do
+    raise SystemExit(0)
 P = 1024
 ib = load_profile("ib-ndr")
 flat = Topology.flat(ib.network())

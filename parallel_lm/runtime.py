@@ -121,3 +121,22 @@ def threads_per_rank(comm, requested: int | None = None) -> int:
     n_local = local.Get_size()
     local.Free()
     return max(1, (os.cpu_count() or 1) // n_local)
+
+
+def set_netem(spec: str | None):
+    """Turn network emulation (comm/netem.py) on for this process from a --netem spec; its Network, or None.
+
+    Resolves names and files through ``costmodel.profiles``; a two-level
+    profile emulates its inter-node level (every message as if between
+    nodes). A bad spec raises ValueError naming the flag.
+    """
+    if not spec:
+        return None
+    from .comm.netem import ENV
+    from .costmodel.profiles import load_profile
+    try:
+        net = load_profile(spec).slowest()
+    except ValueError as e:
+        raise ValueError(f"--netem: {e}") from None
+    os.environ[ENV] = f"alpha={net.alpha_s!r},beta={net.beta_s_per_byte!r}"
+    return net

@@ -23,7 +23,6 @@ from click.core import ParameterSource
 
 from . import checkpoint
 from .comm import ALGORITHMS
-from .comm.netem import set_netem
 from .config import (
     COMM_DTYPES,
     DEVICES,
@@ -38,7 +37,7 @@ from .config import (
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, write_chrome_trace
 from .model import PRESETS
-from .runtime import agree, main_guard, print0, threads_per_rank, world
+from .runtime import agree, main_guard, print0, set_netem, threads_per_rank, world
 from .trainer import Trainer
 
 MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}

@@ -88,6 +88,8 @@ def test_bench_under_netem_takes_the_emulated_time(tmp_path):
 def test_train_refuses_netem_where_it_cannot_act():
     proc = mpirun(2, ["-m", "parallel_lm.train", "--steps", "1", "--netem", "eth-10g", "--sync", "ps"], timeout=120)
     assert proc.returncode == 2 and "--netem delays the explicit collectives" in proc.stderr
+    proc = mpirun(2, ["-m", "parallel_lm.train", "--steps", "1", "--netem", "infiniband"], timeout=120)
+    assert proc.returncode == 2 and "--netem: no profile 'infiniband'" in proc.stderr and "ib-ndr" in proc.stderr
 
 
 def test_predict_prints_every_rank_count_and_writes_json(tmp_path):

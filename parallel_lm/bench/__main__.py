@@ -19,8 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..comm.buffers import SUPPORTED_DTYPES
-from ..comm.netem import set_netem
-from ..runtime import main_guard, print0, world
+from ..runtime import main_guard, print0, set_netem, world
 from .metrics import OPS, algbw_GBps, busbw_GBps, format_size, parse_size, sweep
 from .pingpong import half_round_trip_s
 from .runners import REGISTRIES, TORCH_GLOO, count_errors, make_input, runner

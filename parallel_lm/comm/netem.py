@@ -89,23 +89,3 @@ class NetemComm(ObservedComm):
         return self._timed(max(sendbuf.nbytes, recvbuf.nbytes), self._comm.Sendrecv, sendbuf, dest=dest,
                            sendtag=sendtag, recvbuf=recvbuf, source=source, recvtag=recvtag, status=status)
 
-
-def set_netem(spec: str | None):
-    """Turn emulation on for this process from a profile spec (CLI flag); returns its Network, or None.
-
-    A bad spec raises ValueError naming the flag.
-
-    Resolves names and files through ``costmodel.profiles``; a two-level
-    profile emulates its inter-node level (every message as if between nodes).
-    """
-    if not spec:
-        return None
-    import click
-
-    from ..costmodel.profiles import load_profile
-    try:
-        net = load_profile(spec).slowest()
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--netem") from None
-    os.environ[ENV] = f"alpha={net.alpha_s!r},beta={net.beta_s_per_byte!r}"
-    return net

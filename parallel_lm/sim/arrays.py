@@ -100,12 +100,17 @@ class DataArray:
         return DataNamespace
 
 
-class TimingNamespace:
+class _Namespace:
+    """The part of NumPy's module ``workspace.scratch`` and ``local.add_into`` ask for."""
+
+    uint8 = np.uint8
+    dtype = staticmethod(np.dtype)
+
+
+class TimingNamespace(_Namespace):
     """What ``array_module`` returns for a VirtualArray: allocation is free, addition only counts."""
 
     __name__ = "parallel_lm.sim.timing"
-    uint8 = np.uint8
-    dtype = staticmethod(np.dtype)
 
     @staticmethod
     def empty(count, dtype):
@@ -116,12 +121,10 @@ class TimingNamespace:
         _charge(acc.nbytes)
 
 
-class DataNamespace:
+class DataNamespace(_Namespace):
     """What ``array_module`` returns for a DataArray: real NumPy, and the bytes are counted."""
 
     __name__ = "parallel_lm.sim.data"
-    uint8 = np.uint8
-    dtype = staticmethod(np.dtype)
 
     @staticmethod
     def empty(count, dtype):

@@ -26,22 +26,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .bench.metrics import format_size, parse_size, sweep
+from .bench.metrics import format_size, sweep
 from .bench.pingpong import exchange_s, half_round_trip_s, reduce_s
 from .bench.timing import time_collective
 from .comm import allreduce
 from .costmodel.calibration import fit_gamma, fit_piecewise
 from .metrics import write_atomic
-from .runtime import main_guard, print0, world
+from .runtime import main_guard, print0, size_option, world
 
 GAMMA_MIN_BYTES = 64 << 10  # below this the add is a fixed Python call cost, not bytes
-
-
-def _size(ctx, param, text):
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 def _fit_summary(name: str, fit) -> str:
@@ -73,8 +66,8 @@ def software_overhead_s(comm, ex_fit, warmup: int, iters: int) -> tuple[float, f
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, writable=True),
               help="Profile JSON to write (use it with --profile in simulate, predict, plot).")
 @click.option("--name", default="", help="Profile name (default: HOST-pN).")
-@click.option("--min-bytes", "-b", default="8", callback=_size, help="Smallest message.")
-@click.option("--max-bytes", "-e", default="64M", callback=_size, help="Largest message.")
+@click.option("--min-bytes", "-b", default="8", callback=size_option, help="Smallest message.")
+@click.option("--max-bytes", "-e", default="64M", callback=size_option, help="Largest message.")
 @click.option("--factor", "-f", default=4.0, type=float, help="Size multiplier between points.")
 @click.option("--iters", "-n", default=20, type=click.IntRange(min=3), help="Timed repetitions per point (median).")
 @click.option("--warmup", "-w", default=3, type=click.IntRange(min=0), help="Untimed repetitions first.")

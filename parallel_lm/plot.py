@@ -28,12 +28,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from .bench.metrics import format_size, parse_size
+from .bench.metrics import format_size
 from .costmodel.compare import compare, error_table, format_table
 from .costmodel.formulas import COSTS, Network
 from .costmodel.predict import DEFAULT_MFU, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .metrics import write_atomic
+from .runtime import size_option
 
 SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -74,13 +75,12 @@ def _profiles_by_ranks(specs):
               help="Bench JSON (python -m parallel_lm.bench --json); repeat for several rank counts.")
 @click.option("--profile", "profiles", multiple=True, required=True,
               help="Profile(s) to predict with; several are matched to bench files by rank count.")
-@click.option("--min-bytes", default="64K", help="Smallest size counted in the error table.")
+@click.option("--min-bytes", default="64K", callback=size_option, help="Smallest size counted in the error table.")
 @click.option("--out", default="plots", type=click.Path(file_okay=False), help="Folder for figures and the table.")
 @click.option("--name", default="comm", help="File name prefix.")
 def comm(bench_files, profiles, min_bytes, out, name):
     """Predicted vs measured collective time per algorithm, and the error table."""
     pick = _profiles_by_ranks(profiles)
-    min_bytes = parse_size(min_bytes)
     points = []
     for path in bench_files:
         data = json.loads(Path(path).read_text())

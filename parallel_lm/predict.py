@@ -21,6 +21,7 @@ from .costmodel.formulas import COSTS
 from .costmodel.predict import DEFAULT_MFU, DEVICES, predict_layout, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .metrics import write_atomic
+from .runtime import comma_list, rank_count
 from .sim import KINDS, collective_time_s
 from .sim.network import topology_from_profile
 
@@ -70,16 +71,6 @@ def device_flops(device: str, preset: str) -> tuple[float, float | None, str]:
     except ValueError:
         raise click.BadParameter(f"{device!r}: use one of {', '.join(DEVICES)}, 'measure', or a number of FLOP/s",
                                  param_hint="--device") from None
-
-
-def _ranks(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give rank counts like 1,8,64", param_hint="--ranks") from None
-    if not values or min(values) < 1:
-        raise click.BadParameter("rank counts must be >= 1", param_hint="--ranks")
-    return values
 
 
 def layout_table(preset, prof, rank_counts, tp, pp, m, zero, global_batch, algorithm, n_params, flops_per_token,
@@ -152,7 +143,7 @@ def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_
     flops, device_mfu, device_text = device_flops(device, preset)
     mfu = device_mfu or mfu
     if tp > 1 or pp > 1 or zero:
-        rows = layout_table(preset, prof, _ranks(ranks), tp, pp, micro_batches, zero, global_batch_size, algorithm,
+        rows = layout_table(preset, prof, comma_list(ranks, rank_count, "--ranks"), tp, pp, micro_batches, zero, global_batch_size, algorithm,
                             n_params, flops_per_token, flops, mfu, devices, device_text)
         if json_path:
             write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps({"predictions": rows}, indent=1) + "\n"))
@@ -169,7 +160,7 @@ def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_
     print(f"{'ranks':>6} {'compute_ms':>11} {'comm_ms':>10} {'exposed_ms':>11} {'step_ms':>10} {'tokens/s':>12} "
           f"{'efficiency':>10} {'GiB/rank':>9}")
     rows = []
-    for p in _ranks(ranks):
+    for p in comma_list(ranks, rank_count, "--ranks"):
         if strategy == "parameter_server" and p <= servers:
             raise click.UsageError(f"--ranks {p} leaves no workers with --servers {servers}: use more ranks")
         if strategy == "data_parallel" and global_batch_size % p:

@@ -140,3 +140,31 @@ def set_netem(spec: str | None):
         raise ValueError(f"--netem: {e}") from None
     os.environ[ENV] = f"alpha={net.alpha_s!r},beta={net.beta_s_per_byte!r}"
     return net
+
+
+def size_option(ctx, param, text) -> int:
+    """click callback: a byte count with K/M/G suffixes (bench.metrics.parse_size), or a usage error."""
+    from .bench.metrics import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def comma_list(text: str, parse, what: str) -> list:
+    """``parse`` applied to each comma-separated item; a usage error naming ``what`` when one fails or none is given."""
+    try:
+        values = [parse(t.strip()) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"{what}: {e}") from None
+    if not values:
+        raise click.BadParameter(f"give at least one {what}")
+    return values
+
+
+def rank_count(text: str) -> int:
+    """A number of ranks, at least 1 (ValueError otherwise)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{value} ranks: need at least 1")
+    return value

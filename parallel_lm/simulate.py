@@ -20,24 +20,8 @@ import click
 from .bench.metrics import format_size, parse_size
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .metrics import write_atomic
+from .runtime import comma_list, rank_count
 from .sim import KINDS, OPS, simulate, topology_from_profile
-
-
-def _list(text: str, parse, what: str) -> list:
-    try:
-        values = [parse(t.strip()) for t in text.split(",") if t.strip()]
-    except ValueError as e:
-        raise click.BadParameter(f"{what}: {e}") from None
-    if not values:
-        raise click.BadParameter(f"give at least one {what}")
-    return values
-
-
-def _ranks(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"{value} ranks: need at least 1")
-    return value
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -59,13 +43,13 @@ def main(op, algorithm, ranks, sizes, profile, topology, ranks_per_node, dtype, 
         prof = load_profile(profile)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--profile") from None
-    names = list(OPS[op]) if algorithm.strip() == "all" else _list(algorithm, str, "algorithm")
+    names = list(OPS[op]) if algorithm.strip() == "all" else comma_list(algorithm, str, "algorithm")
     bad = [n for n in names if n not in OPS[op]]
     if bad:
         raise click.BadParameter(f"unknown {op} algorithm {', '.join(bad)}; valid: {', '.join(OPS[op])} or 'all'",
                                  param_hint="--algorithm")
-    rank_list = _list(ranks, _ranks, "ranks")
-    size_list = _list(sizes, parse_size, "bytes")
+    rank_list = comma_list(ranks, rank_count, "ranks")
+    size_list = comma_list(sizes, parse_size, "bytes")
     records = []
     print(f"# {op} on profile {prof.name} ({prof.description or 'no description'}), mode {'data' if data else 'timing-only'}")
     print(f"{'algorithm':>18} {'ranks':>6} {'bytes':>8} {'topology':>40} {'sim_us':>12} {'formula_us':>12} "

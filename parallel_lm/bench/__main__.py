@@ -19,8 +19,8 @@ import numpy as np
 from mpi4py import MPI
 
 from ..comm.buffers import SUPPORTED_DTYPES
-from ..runtime import main_guard, print0, set_netem, world
-from .metrics import OPS, algbw_GBps, busbw_GBps, format_size, parse_size, sweep
+from ..runtime import main_guard, print0, set_netem, size_option, world
+from .metrics import OPS, algbw_GBps, busbw_GBps, format_size, sweep
 from .pingpong import half_round_trip_s
 from .runners import REGISTRIES, TORCH_GLOO, count_errors, make_input, runner
 from .timing import time_interleaved
@@ -31,13 +31,6 @@ HEADER = f"{'size':>8} {'count':>10} {'type':>8} {'algorithm':>18} {'time_us':>1
 def _library() -> str:
     """'MPICH Version: 5.0.2', say: the first line of MPI_Get_library_version, spaces squeezed."""
     return " ".join(MPI.Get_library_version().splitlines()[0].split())
-
-
-def _size(ctx, param, text):
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 def _names(text: str, valid: list[str], what: str) -> list[str]:
@@ -102,8 +95,8 @@ def _pingpong_point(comm, size, warmup, iters) -> list[dict]:
               help="Comma-separated algorithm names for --op, or 'all'. allreduce also takes torch_gloo "
                    "(torch.distributed gloo), which 'all' leaves out because it imports torch.")
 @click.option("--dtypes", "-d", default="float32", help=f"Comma-separated: {', '.join(str(d) for d in SUPPORTED_DTYPES)}.")
-@click.option("--min-bytes", "-b", default="4K", callback=_size, help="Smallest buffer (bytes; K, M, G suffixes).")
-@click.option("--max-bytes", "-e", default="64M", callback=_size, help="Largest buffer.")
+@click.option("--min-bytes", "-b", default="4K", callback=size_option, help="Smallest buffer (bytes; K, M, G suffixes).")
+@click.option("--max-bytes", "-e", default="64M", callback=size_option, help="Largest buffer.")
 @click.option("--factor", "-f", default=4.0, type=float, help="Size multiplier between sweep points.")
 @click.option("--iters", "-n", default=20, type=click.IntRange(min=1), help="Timed repetitions per point (median reported).")
 @click.option("--warmup", "-w", default=5, type=click.IntRange(min=0), help="Untimed repetitions first.")

@@ -9,7 +9,9 @@ A profile is a JSON file: ``alpha_s``, ``beta_s_per_byte``,
   speed change where MPI switches protocol and where data stops fitting
   in cache);
 - ``ranks_per_node`` and ``inter_node`` (its own alpha, beta, sources):
-  a two-level cluster, fast inside a node and slow between nodes.
+  a two-level cluster, fast inside a node and slow between nodes;
+- ``rails``: network ports (NICs) per node, each at inter_node's speed;
+  a DGX has one per GPU, and NCCL runs one ring per rail (default 1).
 
 ``load_profile`` takes a shipped name (``PROFILE_NAMES``), a path, or an
 inline ``alpha=2e-6,beta=1e-10[,gamma=1e-11]`` (seconds and seconds per
@@ -41,6 +43,7 @@ class Profile:
     pieces: tuple[Piece, ...] = ()
     gamma_pieces: tuple[Piece, ...] = ()  # from calibration: reduction speed by buffer size (cache vs memory)
     ranks_per_node: int = 0
+    rails: int = 1  # NICs per node, each carrying its own inter-node ring
     inter_node: Network | None = None
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -101,7 +104,15 @@ def from_dict(d: dict, where: str = "profile") -> Profile:
         gamma_s_per_byte=_number(d, "gamma_s_per_byte", where) if "gamma_s_per_byte" in d else 0.0,
         overhead_s=_number(d, "overhead_s", where) if "overhead_s" in d else 0.0,
         sources=dict(d.get("sources", {})), pieces=pieces, gamma_pieces=gamma_pieces,
-        ranks_per_node=int(d.get("ranks_per_node", 0)) if inter else 0, inter_node=inter, raw=d)
+        ranks_per_node=int(d.get("ranks_per_node", 0)) if inter else 0, inter_node=inter,
+        rails=_rails(d, where), raw=d)
+
+
+def _rails(d: dict, where: str) -> int:
+    rails = d.get("rails", 1)
+    if not isinstance(rails, int) or rails < 1:
+        raise ValueError(f"{where}: 'rails' (NICs per node) must be a positive integer, got {rails!r}")
+    return rails
 
 
 def parse_inline(spec: str) -> Profile:

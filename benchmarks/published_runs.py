@@ -1,0 +1,141 @@
+"""Predict published training runs of real systems and print predicted vs published, with the error.
+
+    python benchmarks/published_runs.py            # tables + plots into plots/
+    python benchmarks/published_runs.py --fit      # refit the device's fitted efficiencies (prints them)
+
+Tables (inputs per row from the papers, one set of device and network constants for all rows):
+- Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU Clusters Using
+  Megatron-LM" (SC21, arXiv 2104.04473), Table 1: per-GPU TFLOP/s, 1.7B to 1T parameters on 32 to
+  3,072 A100s. Micro-batch size, interleaving and DDP implementation per row from the paper's
+  reproduction script (Megatron-LM, examples/sc21/run_table_1.sh); full recomputation on every row.
+- Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models"
+  (arXiv 2205.05198), Table 5: iteration time with full recomputation, and with sequence parallelism
+  + selective recomputation (configurations from its Table 3), and Figure 1: memory per GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from parallel_lm.costmodel.devices import DEVICES, GIB  # noqa: E402
+from parallel_lm.costmodel.layout import Cluster, Layout, memory_per_gpu, predict_run  # noqa: E402
+from parallel_lm.costmodel.profiles import load_profile  # noqa: E402
+from parallel_lm.costmodel.transformer import ModelShape, megatron_flops  # noqa: E402
+
+SEQ, VOCAB = 2048, 51200
+# (name, heads, hidden, layers, tp, pp, gpus, batch, micro-batch, virtual stages, torch DDP (overlapped), TFLOP/s)
+TABLE_1 = [
+    ("1.7B", 24, 2304, 24, 1, 1, 32, 512, 16, 1, True, 137),
+    ("3.6B", 32, 3072, 30, 2, 1, 64, 512, 16, 1, True, 138),
+    ("7.5B", 32, 4096, 36, 4, 1, 128, 512, 16, 1, True, 142),
+    ("18.4B", 48, 6144, 40, 8, 1, 256, 1024, 8, 1, True, 135),
+    ("39.1B", 64, 8192, 48, 8, 2, 512, 1536, 4, 1, False, 138),
+    ("76.1B", 80, 10240, 60, 8, 4, 1024, 1792, 2, 3, False, 140),
+    ("145.6B", 96, 12288, 80, 8, 8, 1536, 2304, 2, 2, False, 148),
+    ("310.1B", 128, 16384, 96, 8, 16, 1920, 2160, 1, 2, False, 155),
+    ("529.6B", 128, 20480, 105, 8, 35, 2520, 2520, 1, 3, False, 163),
+    ("1008.0B", 160, 25600, 128, 8, 64, 3072, 3072, 1, 1, False, 163),
+]
+# (name, heads, hidden, layers, tp, pp, gpus, batch, micro-batch, virtual stages,
+#  seconds full recompute, seconds seq-parallel + selective, GiB params+optimizer, GiB act none, GiB act seq+sel)
+TABLE_5 = [
+    ("22B", 64, 6144, 48, 8, 1, 8, 4, 4, 1, 1.42, 1.10, 45.56, 59.25, 9.56),
+    ("175B", 96, 12288, 96, 8, 8, 64, 64, 1, 3, 18.13, 13.75, 45.56, 66.84, 12.35),
+    ("530B", 128, 20480, 105, 8, 35, 280, 280, 1, 3, 49.05, 37.83, 31.64, 114.02, 23.08),
+    ("1T", 160, 25600, 128, 8, 64, 512, 512, 1, 1, 94.42, 71.49, 32.96, 131.25, 26.56),
+]
+
+
+def cluster(device=None):
+    return Cluster.from_profile(device or DEVICES["a100-80gb"], load_profile("dgx-a100-hdr"))
+
+
+def table_1(cl):
+    rows = []
+    for name, a, h, l, t, p, gpus, batch, mb, v, ddp_overlap, published in TABLE_1:
+        shape = ModelShape(l, h, a, SEQ, VOCAB)
+        lay = Layout(batch, mb, gpus // (t * p), t, p, v, recompute="full", precision="fp16", dp_overlap=ddp_overlap)
+        pred = predict_run(shape, lay, cl)
+        # Megatron's eq. 3 over the predicted step, the paper's own way of turning time into TFLOP/s
+        tflops = megatron_flops(shape, batch) / pred.step_s / gpus / 1e12
+        rows.append({"model": name, "published": published, "predicted": tflops, "step_s": pred.step_s,
+                     "terms_s": pred.terms_s})
+    return rows
+
+
+def table_5(cl):
+    rows = []
+    for name, a, h, l, t, p, gpus, batch, mb, v, full_s, sel_s, *_ in TABLE_5:
+        shape = ModelShape(l, h, a, SEQ, VOCAB)
+        d = gpus // (t * p)
+        full = predict_run(shape, Layout(batch, mb, d, t, p, v, recompute="full", precision="fp16"), cl)
+        sel = predict_run(shape, Layout(batch, mb, d, t, p, v, recompute="selective", sequence_parallel=True,
+                                        precision="fp16"), cl)
+        rows.append({"model": name, "column": "full recompute", "published": full_s, "predicted": full.step_s,
+                     "terms_s": full.terms_s})
+        rows.append({"model": name, "column": "seq-par + selective", "published": sel_s, "predicted": sel.step_s,
+                     "terms_s": sel.terms_s})
+    return rows
+
+
+def memory_rows():
+    rows = []
+    for name, a, h, l, t, p, gpus, batch, mb, v, _, _, state_gib, none_gib, sel_gib in TABLE_5:
+        shape = ModelShape(l, h, a, SEQ, VOCAB)
+        d = gpus // (t * p)
+        none = memory_per_gpu(shape, Layout(batch, mb, d, t, p, v, precision="fp16"))
+        sel = memory_per_gpu(shape, Layout(batch, mb, d, t, p, v, recompute="selective", sequence_parallel=True,
+                                           precision="fp16"))
+        state = (none["weights"] + none["gradients"] + none["optimizer"]) / GIB
+        rows += [{"model": name, "column": "params + optimizer", "published": state_gib, "predicted": state},
+                 {"model": name, "column": "activations, none", "published": none_gib,
+                  "predicted": none["activations"] / GIB},
+                 {"model": name, "column": "activations, seq + sel", "published": sel_gib,
+                  "predicted": sel["activations"] / GIB}]
+    return rows
+
+
+def errors(rows):
+    for r in rows:
+        r["error_pct"] = (r["predicted"] / r["published"] - 1) * 100
+    errs = [abs(r["error_pct"]) for r in rows]
+    return sum(errs) / len(errs), max(errs)
+
+
+def show(title, unit, rows):
+    mean, worst = errors(rows)
+    print(f"## {title}")
+    print(f"{'model':>8} {'column':>22} {'published':>10} {'predicted':>10} {'error':>8}")
+    for r in rows:
+        print(f"{r['model']:>8} {r.get('column', unit):>22} {r['published']:>10.2f} {r['predicted']:>10.2f} "
+              f"{r['error_pct']:>+7.1f}%")
+    print(f"# mean |error| {mean:.1f}%, max {worst:.1f}%\n")
+    return mean, worst
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", help="write every row here")
+    ap.add_argument("--plots", default=str(ROOT / "plots"), help="folder for the figures ('' for none)")
+    ap.add_argument("--terms", action="store_true", help="print each row's step-time terms")
+    args = ap.parse_args()
+    cl = cluster()
+    t1, t5, mem = table_1(cl), table_5(cl), memory_rows()
+    show("Megatron-LM Table 1: TFLOP/s per GPU (eq. 3)", "TFLOP/s", t1)
+    show("Korthikanti et al. Table 5: iteration time (s)", "s", t5)
+    show("Korthikanti et al. Figure 1: memory per GPU (GiB)", "GiB", mem)
+    if args.terms:
+        for r in t1 + t5:
+            print(r["model"], r.get("column", ""), {k: round(v, 4) for k, v in r["terms_s"].items()})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"table_1": t1, "table_5": t5, "memory": mem}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

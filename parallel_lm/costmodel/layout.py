@@ -1,0 +1,329 @@
+"""One training step of a dp x tp x pp layout on a GPU cluster, term by term, and its memory.
+
+The step of one pipeline (the slowest stage paces it):
+
+    step = m·t_stage_max + (pp - 1)/v·t_stage_mean      micro-batches + interleaved bubble
+         + exposed data-parallel gradient sync            (see ``overlap``)
+         + optimizer step                                 (element-wise, HBM bound)
+
+A stage's time per micro-batch is its layers' forward, backward and
+recomputed forward, each the sum of
+- the GEMMs (``Device.gemm_s``: roofline with a sustained efficiency and a
+  fixed cost per GEMM), tensor-parallel shards of them on this GPU;
+- the element-wise kernels (``elementwise_bytes``) at HBM speed;
+- the tensor-parallel all-reduces, which sit between GEMMs that need their
+  result and so are never overlapped: 2 in each forward, 2 in backward,
+  2 more in a fully recomputed forward (Narayanan et al. 2021, section
+  3.3); with sequence parallelism each is a reduce-scatter + all-gather
+  pair with the same bytes (Korthikanti et al. 2022, section 4.2.2);
+- the messages between stages, 2·v per micro-batch on the critical path;
+  with scatter/gather (Narayanan et al. 2021, section 4.1) each tensor rank
+  sends 1/t of the activation on its own NIC and the next stage all-gathers
+  it over NVLink;
+plus the embedding on the first stage and the logits and loss on the last.
+
+Overlap, the same rule on every path (``overlap``): tensor-parallel and
+pipeline messages are exposed; the data-parallel gradient sync (all-reduce,
+or ZeRO's reduce-scatter) hides behind the backward of the last
+micro-batch when overlap is on, and is never shorter than its last bucket;
+ZeRO-3's per-layer parameter all-gathers are prefetched one layer ahead and
+hide behind that layer's compute.
+
+Memory per GPU: weights, gradients and optimizer state by precision and
+ZeRO stage (``STATE_BYTES``), plus the first stage's activations
+(``ModelShape.layer_activation_bytes`` x layers per stage x micro-batches in
+flight).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .devices import GIB, Device
+from .formulas import Network
+from .transformer import RECOMPUTE, ModelShape
+
+# Bytes per parameter: (weights, gradients, optimizer state).
+# Mixed precision (Micikevicius et al. 2018, as Megatron-LM runs it): 16-bit weights (2), fp32 gradient
+# accumulation buffer (4), fp32 master weights + Adam's two moments (4 + 4 + 4) = 18 bytes per parameter,
+# the figure behind Korthikanti et al. 2022's Figure 1. Pure fp32: 4 + 4 + (4 + 4) = 16 (Rajbhandari et al. 2020).
+STATE_BYTES = {"mixed": (2, 4, 12), "fp32": (4, 4, 8)}
+# Adam step, bytes read + written per parameter: mixed: grad, master, m, v read (16), master, m, v written (12),
+# 16-bit weights written (2), plus the grad-norm read (4) and zeroing the gradient (4); fp32: 16 + 12 + 4 + 4.
+OPTIMIZER_TRAFFIC = {"mixed": 38, "fp32": 36}
+
+
+def mixed(precision: str) -> bool:
+    return precision in ("fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Layout:
+    global_batch: int
+    micro_batch: int = 1
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    virtual_stages: int = 1
+    zero: int = 0
+    recompute: str = "none"
+    sequence_parallel: bool = False
+    precision: str = "bf16"
+    dp_overlap: bool = True  # gradient sync behind the last micro-batch's backward
+    scatter_gather: bool = True  # pipeline messages split over the tensor ranks' NICs
+
+    @property
+    def gpus(self) -> int:
+        return self.dp * self.tp * self.pp
+
+    @property
+    def micro_batches(self) -> int:
+        return self.global_batch // (self.dp * self.micro_batch)
+
+    def problems(self, shape: ModelShape, gpus: int | None = None) -> list[str]:
+        """Every reason this layout cannot run, each with what to change."""
+        out = []
+        if gpus is not None and self.gpus != gpus:
+            out.append(f"--dp {self.dp} x --tp {self.tp} x --pp {self.pp} = {self.gpus} GPUs, but --gpus is {gpus}: "
+                       f"make the product equal the GPU count")
+        if shape.n_head % self.tp:
+            out.append(f"--tp {self.tp} must divide --n-head {shape.n_head}: use a divisor of {shape.n_head}")
+        elif shape.kv_heads % self.tp:
+            out.append(f"--tp {self.tp} must divide --n-kv-head {shape.kv_heads}")
+        if shape.n_layer % (self.pp * self.virtual_stages):
+            out.append(f"--n-layer {shape.n_layer} is not divisible by --pp {self.pp} x --virtual-stages "
+                       f"{self.virtual_stages}: each rank holds the same number of layers per chunk")
+        if self.global_batch % (self.dp * self.micro_batch):
+            out.append(f"--global-batch-size {self.global_batch} does not split into --dp {self.dp} x "
+                       f"--micro-batch-size {self.micro_batch}: use a multiple of {self.dp * self.micro_batch}")
+        elif self.virtual_stages > 1 and self.micro_batches % self.pp:
+            out.append(f"interleaving needs the micro-batches per pipeline ({self.micro_batches}) to be a multiple "
+                       f"of --pp {self.pp}: change --global-batch-size or --micro-batch-size")
+        if self.virtual_stages > 1 and self.pp == 1:
+            out.append("--virtual-stages needs a pipeline: use --pp 2 or more")
+        if self.sequence_parallel and self.tp == 1:
+            out.append("--sequence-parallel splits along the tensor-parallel ranks: use --tp 2 or more")
+        if self.zero == 3 and self.pp > 1:
+            out.append("--zero 3 with --pp > 1 is not modelled (no published system runs it): use --zero 1 or 2")
+        if self.recompute not in RECOMPUTE:
+            out.append(f"--recompute {self.recompute!r}: valid: {', '.join(RECOMPUTE)}")
+        return out
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A device and the network between devices: NVLink-like inside a node, NIC rails between nodes."""
+
+    device: Device
+    intra: Network
+    inter: Network
+    ranks_per_node: int
+    rails: int = 1  # NICs per node; each carries its own inter-node ring
+
+    @classmethod
+    def from_profile(cls, device: Device, profile) -> Cluster:
+        inner = profile.network()
+        outer = profile.slowest()
+        # GPU collectives reduce inside the transfer kernels (NCCL): no separate gamma term
+        return cls(device, Network(inner.alpha_s, inner.beta_s_per_byte), Network(outer.alpha_s, outer.beta_s_per_byte),
+                   profile.ranks_per_node or 1, profile.rails)
+
+    def allreduce_s(self, n_bytes: float, local: int, nodes: int) -> float:
+        """``hierarchical_allreduce_s`` on this cluster."""
+        return hierarchical_allreduce_s(n_bytes, local, nodes, self.intra, self.inter, self.rails)
+
+    def group(self, size: int, stride: int) -> tuple[int, int]:
+        """(ranks per node, nodes) of a group of ``size`` ranks ``stride`` apart (rank = node x ranks_per_node + local)."""
+        local = max(1, min(size, self.ranks_per_node // stride)) if stride < self.ranks_per_node else 1
+        return local, math.ceil(size / local)
+
+
+def ring_s(n_bytes: float, p: int, net: Network, phases: int = 2) -> float:
+    """Ring all-reduce (phases 2) or reduce-scatter / all-gather (phases 1): (p-1) steps of n/p bytes each phase."""
+    if p <= 1 or n_bytes <= 0:
+        return 0.0
+    return phases * (p - 1) * (net.alpha_s + n_bytes / p * net.beta_s_per_byte)
+
+
+def hierarchical_allreduce_s(n_bytes: float, local: int, nodes: int, intra: Network, inter: Network,
+                             rails: int = 1) -> float:
+    """Reduce-scatter inside the node, one ring per local rank across nodes, all-gather inside the node.
+
+    Each of the ``local`` ranks of a node owns n/local bytes after the
+    reduce-scatter and all-reduces them with its peers in the other nodes
+    through its own NIC; with fewer rails than local ranks the rings share
+    the NICs (their bytes take local/rails times longer). Cost:
+    2 (local-1)(alpha + n/local.beta_intra) + 2 (nodes-1)(alpha + n/(local.nodes).beta_inter.share).
+    """
+    share = max(1.0, local / max(1, rails)) if nodes > 1 else 1.0
+    slow = Network(inter.alpha_s, inter.beta_s_per_byte * share)
+    return ring_s(n_bytes, local, intra, 1) + ring_s(n_bytes / local, nodes, slow) + ring_s(n_bytes, local, intra, 1)
+
+
+def overlap(comm_s: float, hidden_behind_s: float, last_s: float, enabled: bool = True) -> float:
+    """Exposed time of communication that may run behind ``hidden_behind_s`` of compute.
+
+    The one overlap rule of the predictor: what does not fit behind the
+    compute is exposed, and never less than ``last_s`` (the part that can
+    only start when that compute ends, e.g. the last gradient bucket).
+    """
+    if not enabled or comm_s <= 0:
+        return comm_s
+    return min(comm_s, max(comm_s - hidden_behind_s, last_s))
+
+
+@dataclass(frozen=True)
+class RunPrediction:
+    gpus: int
+    micro_batches: int
+    step_s: float
+    tflops_per_gpu: float  # hardware FLOPs (recompute counted) per GPU per second, Megatron's convention
+    mfu: float  # model FLOPs only, over the device peak
+    hfu: float  # hardware FLOPs over the device peak
+    tokens_per_s: float
+    terms_s: dict  # where the step goes
+    memory_bytes: dict  # weights, gradients, optimizer, activations (the fullest stage)
+    memory_gib_per_gpu: float
+    device_memory_gib: float
+    fits: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _gemm(dev: Device, prec: str, m: float, n: float, k: float, batch: float = 1.0, w: int = 2) -> float:
+    """One (batched) GEMM of (m x k) by (k x n)."""
+    return dev.gemm_s(2 * m * n * k * batch, w * batch * (m * k + k * n + m * n), prec)
+
+
+def layer_times(shape: ModelShape, lay: Layout, dev: Device) -> dict:
+    """Forward GEMM time, attention-core GEMM time and element-wise bytes of one block, one micro-batch, one GPU."""
+    t, w, prec = lay.tp, 2 if mixed(lay.precision) else 4, lay.precision
+    b, s, h, f, kv = lay.micro_batch, shape.seq_len, shape.n_embd, shape.ffn, shape.kv_width
+    tokens, heads, hd = b * s, shape.n_head / t, shape.head_dim
+    weights = (_gemm(dev, prec, tokens, (h + 2 * kv) / t, h, w=w) + _gemm(dev, prec, tokens, h, h / t, w=w)
+               + _gemm(dev, prec, tokens, f / t, h, w=w) + _gemm(dev, prec, tokens, h, f / t, w=w))
+    core = _gemm(dev, prec, s, s, hd, b * heads, w) + _gemm(dev, prec, s, hd, s, b * heads, w)
+    return {"weights_s": weights, "core_s": core, **elementwise_bytes(shape, lay, w)}
+
+
+def elementwise_bytes(shape: ModelShape, lay: Layout, w: int) -> dict:
+    """Bytes the element-wise kernels of one block's forward read and write (fused as in Megatron-LM).
+
+    LayerNorm x2 (read, write), bias-dropout-add x2 (branch and residual
+    in, sum out, mask out), bias-GeLU (in, out), and in the attention core
+    the fused scale-mask-softmax (in, out) and its dropout (in, out, mask).
+    Hidden-size tensors are split over tensor ranks only with sequence
+    parallelism. Backward moves twice the forward's bytes (saved input and
+    output gradient in, input gradient out).
+    """
+    b, s, h, t = lay.micro_batch, shape.seq_len, shape.n_embd, lay.tp
+    mask = 1 if shape.dropout else 0
+    hidden = b * s * h / (t if lay.sequence_parallel else 1)
+    scores = b * shape.n_head / t * s * s
+    rest = 2 * (2 * w * hidden) + 2 * ((3 * w + mask) * hidden) + 2 * w * b * s * shape.ffn / t
+    core = 2 * w * scores + ((2 * w + mask) * scores if shape.dropout else 0)
+    return {"rest_bytes": rest, "core_bytes": core}
+
+
+def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPrediction:
+    """The step time, FLOP rates and memory of ``lay`` on ``cluster``; see the module docstring."""
+    problems = lay.problems(shape)
+    if problems:
+        raise ValueError("; ".join(problems))
+    dev, prec, t, pp, v = cluster.device, lay.precision, lay.tp, lay.pp, lay.virtual_stages
+    w = 2 if mixed(prec) else 4
+    b, s, h = lay.micro_batch, shape.seq_len, shape.n_embd
+    m = lay.micro_batches
+    tokens = b * s
+    lt = layer_times(shape, lay, dev)
+
+    # tensor-parallel collectives: ranks consecutive, so inside a node while t <= ranks per node
+    tp_local, tp_nodes = cluster.group(t, 1)
+    act = tokens * h * w
+    tp_ar = cluster.allreduce_s(act, tp_local, tp_nodes) if t > 1 else 0.0
+    fwd = lt["weights_s"] + lt["core_s"] + dev.memory_s(lt["rest_bytes"] + lt["core_bytes"]) + 2 * tp_ar
+    bwd = 2 * (lt["weights_s"] + lt["core_s"]) + dev.memory_s(2 * (lt["rest_bytes"] + lt["core_bytes"])) + 2 * tp_ar
+    recompute = {"none": 0.0, "full": fwd, "selective": lt["core_s"] + dev.memory_s(lt["core_bytes"])}[lay.recompute]
+
+    # ZeRO-3: each layer's parameters all-gathered before its forward, again before backward (and recompute)
+    dp_local, dp_nodes = cluster.group(lay.dp, t)
+    layer_param_bytes = shape.layer_params() / t * w
+    zero3_exposed = 0.0
+    if lay.zero == 3 and lay.dp > 1:
+        gather = ring_s(layer_param_bytes, lay.dp, cluster.inter if dp_nodes > 1 else cluster.intra, 1)
+        gathers = 2 + (lay.recompute == "full")
+        zero3_exposed = gathers * overlap(gather, fwd, 0.0)  # prefetched behind the previous layer
+
+    layers = shape.n_layer // pp
+    layer = fwd + bwd + recompute + zero3_exposed
+    embed = dev.memory_s(3 * tokens * h * (2 * w + 1))  # lookup, dropout; its backward scatter-add
+    logit_flops = 2 * tokens * h * shape.vocab_size / t
+    logit_bytes = w * (tokens * h + h * shape.vocab_size / t + tokens * shape.vocab_size / t)
+    # cross-entropy over fp32 logits: cast, max, exp-sum, softmax-gradient passes (forward) and twice that back
+    ce_bytes = 3 * tokens * shape.vocab_size / t * (w + 4 * 4)
+    ce_comm = 3 * ring_s(tokens * 4, tp_local, cluster.intra) if t > 1 else 0.0  # max, sum, target logit
+    head = 3 * dev.gemm_s(logit_flops, logit_bytes, prec) + dev.memory_s(ce_bytes + 3 * 2 * w * tokens * h / t) + ce_comm
+    first, last = layers * layer + embed, layers * layer + head
+    if pp == 1:
+        stage_max = stage_mean = first + head
+    else:
+        stage_max, stage_mean = max(first, last), (first + last + (pp - 2) * layers * layer) / pp
+    # messages between stages: forward activation and backward gradient per chunk boundary
+    p2p = 0.0
+    if pp > 1:
+        piece = act / t if lay.scatter_gather else act
+        crossing = cluster.inter if t * lay.dp >= cluster.ranks_per_node else cluster.intra
+        p2p = crossing.alpha_s + piece * crossing.beta_s_per_byte
+        if lay.scatter_gather and t > 1:
+            p2p += ring_s(act, tp_local, cluster.intra, 1)
+        p2p *= 2 * v
+    pipeline = m * (stage_max + p2p) + (pp - 1) / v * stage_mean
+
+    # data-parallel gradient sync of this rank's share of the stage (gradients in the training precision)
+    stage_params = shape.n_layer // pp * shape.layer_params() + shape.embedding_params() * (1 if pp == 1 else 0.5)
+    grad_bytes = stage_params / t * w
+    dp_comm = 0.0
+    if lay.dp > 1:
+        dp_comm = cluster.allreduce_s(grad_bytes, dp_local, dp_nodes)  # ZeRO's reduce-scatter + all-gather: same bytes
+        bucket = min(grad_bytes, 25 * 2 ** 20 * w / 4)
+        last_bucket = cluster.allreduce_s(bucket, dp_local, dp_nodes)
+        dp_comm = overlap(dp_comm, layers * (bwd + recompute), last_bucket, lay.dp_overlap)
+    kind = "mixed" if mixed(prec) else "fp32"
+    owned = stage_params / t / (lay.dp if lay.zero >= 1 else 1)
+    optimizer = dev.memory_s(OPTIMIZER_TRAFFIC[kind] * owned)
+    step = pipeline + dp_comm + optimizer
+
+    gpus = lay.gpus
+    model_flops = shape.model_flops(lay.global_batch * s)
+    hw_flops = shape.hardware_flops(lay.global_batch * s, lay.recompute)
+    peak = dev.flops(prec)
+    memory = memory_per_gpu(shape, lay)
+    total = sum(memory.values())
+    tp_comm = m * layers * (4 + 2 * (lay.recompute == "full")) * tp_ar
+    bubble = (pp - 1) / v * stage_mean
+    zero3 = m * layers * zero3_exposed
+    terms = {"compute_s": pipeline - tp_comm - m * p2p - bubble - zero3, "tp_comm_s": tp_comm, "pp_comm_s": m * p2p,
+             "bubble_s": bubble, "dp_comm_exposed_s": dp_comm, "zero3_gather_exposed_s": zero3,
+             "optimizer_s": optimizer}
+    return RunPrediction(gpus, m, step, hw_flops / step / gpus / 1e12, model_flops / step / gpus / peak,
+                         hw_flops / step / gpus / peak, lay.global_batch * s / step, terms, memory, total / GIB,
+                         dev.memory_bytes / GIB, total <= dev.memory_bytes)
+
+
+def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
+    """Bytes on the first pipeline stage's GPU (the fullest: embedding and the most micro-batches in flight)."""
+    kind = "mixed" if mixed(lay.precision) else "fp32"
+    weights_b, grads_b, opt_b = STATE_BYTES[kind]
+    params = (shape.n_layer // lay.pp * shape.layer_params() + shape.embedding_params()) / lay.tp
+    dp = lay.dp
+    act_w = 2 if mixed(lay.precision) else 4
+    per_layer = shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, lay.recompute, act_w)
+    held = shape.stored_micro_batches(lay.pp, lay.micro_batches, lay.virtual_stages)
+    activations = shape.n_layer // lay.pp * per_layer * held
+    if lay.recompute == "full":  # one block's full activations live while it is recomputed
+        activations += shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, "none", act_w)
+    return {"weights": weights_b * params / (dp if lay.zero >= 3 else 1),
+            "gradients": grads_b * params / (dp if lay.zero >= 2 else 1),
+            "optimizer": opt_b * params / (dp if lay.zero >= 1 else 1),
+            "activations": activations}

@@ -28,9 +28,9 @@ import math
 
 import click
 
+from parallel_lm.costmodel.devices import DEVICES
 from parallel_lm.costmodel.formulas import COSTS
 from parallel_lm.costmodel.predict import (
-    DEVICES,
     async_ps_updates_per_s,
     compute_s,
     predict_step,
@@ -77,7 +77,7 @@ def model_split(cfg, n_params, flops_per_token, sequences, nodes, group, flops, 
 @click.option("--sequences", default=1000, show_default=True, help="Sequences per step (global batch).")
 def main(nodes, group, servers, sequences):
     cfg, n_params, flops_per_token = model_numbers()
-    flops = DEVICES["h100"][0]  # peak; compute_s and predict_step apply the MFU
+    flops = DEVICES["h100-sxm"].flops("bf16")  # peak; compute_s and predict_step apply the MFU
     tokens = sequences * cfg.block_size
     print(f"model: {n_params / 1e9:.2f}B parameters ({4 * n_params / 1e9:.1f} GB of fp32 gradients), "
           f"{flops_per_token / 1e9:.1f} GFLOP per token; {nodes} nodes x 1 H100, {sequences} x {cfg.block_size} "

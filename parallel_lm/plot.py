@@ -137,7 +137,7 @@ def _measured(path):
 @main.command(context_settings=SETTINGS)
 @click.option("--preset", type=click.Choice(["tiny", "small", "medium", "gpt2"]), default="gpt2")
 @click.option("--profile", default="dgx-h100-ndr", help=f"{', '.join(PROFILE_NAMES)}, a JSON file, or alpha=..,beta=..")
-@click.option("--device", default="h100", help="h100, a100, v100, 'measure' (this CPU) or FLOP/s.")
+@click.option("--device", default="h100-sxm", help="a100-40gb, a100-80gb, h100-sxm (bf16 peak), 'measure' (this CPU) or FLOP/s.")
 @click.option("--mfu", type=float, default=DEFAULT_MFU, help="Fraction of device peak (ignored with --device measure).")
 @click.option("--max-ranks", type=click.IntRange(min=2), default=1024, help="Largest rank count (powers of two up to it).")
 @click.option("--global-batch-size", type=click.IntRange(min=1), default=1024, help="Strong scaling: sequences per step.")

@@ -1,13 +1,18 @@
 """python -m parallel_lm.predict: step time, throughput and memory of a training layout, before running it.
 
-    python -m parallel_lm.predict --preset gpt2 --ranks 8,64,512 --profile dgx-h100-ndr
-    python -m parallel_lm.predict --preset small --ranks 1,2 --profile runs/profile-p2.json --device measure
+A real run, stated in full (Megatron-LM's 175B row of Narayanan et al. 2021, Table 1):
 
-For each rank count: compute (FLOPs / device throughput x MFU), the
-gradient all-reduce in buckets (closed-form formula on one-level profiles,
-the simulator on two-level ones), what of it is exposed after overlapping
-with backward, tokens/s, scaling efficiency, and memory per rank
-(``costmodel/predict.py`` has the model and its sources).
+    python -m parallel_lm.predict --n-layer 80 --n-embd 12288 --n-head 96 --seq-len 2048 --vocab-size 51200 \
+        --ranks 1536 --tp 8 --pp 8 --virtual-stages 2 --global-batch-size 2304 --micro-batch-size 2 \
+        --recompute full --precision fp16 --device a100-80gb --profile dgx-a100-hdr
+
+On a GPU ``--device`` (a100-40gb, a100-80gb, h100-sxm, or a JSON file) the
+model is ``costmodel/layout.py``: GEMMs and element-wise kernels on the
+device's roofline, tensor-parallel all-reduces, pipeline messages, bubble,
+data-parallel sync behind backward, optimizer, memory by precision, ZeRO
+stage and recomputation. With ``--device measure`` (this CPU) or a number
+of FLOP/s, and for the parameter server, the simpler per-token model of
+``costmodel/predict.py`` answers (compute = FLOPs / throughput x MFU).
 """
 from __future__ import annotations
 
@@ -17,9 +22,12 @@ import time
 
 import click
 
+from .costmodel.devices import DEVICE_NAMES, PRECISIONS, load_device
 from .costmodel.formulas import COSTS
-from .costmodel.predict import DEFAULT_MFU, DEVICES, predict_layout, predict_step
+from .costmodel.layout import Cluster, Layout, predict_run
+from .costmodel.predict import DEFAULT_MFU, predict_layout, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
+from .costmodel.transformer import RECOMPUTE, ModelShape
 from .metrics import write_atomic
 from .runtime import comma_list, rank_count
 from .sim import KINDS, collective_time_s
@@ -59,18 +67,18 @@ def measured_flops_per_s(preset: str, batch: int = 32, steps: int = 5) -> float:
 
 
 def device_flops(device: str, preset: str) -> tuple[float, float | None, str]:
-    """(FLOP/s, MFU to apply or None for the flag's, description)."""
-    if device in DEVICES:
-        flops, source = DEVICES[device]
-        return flops, None, source
+    """(FLOP/s, MFU to apply or None for the flag's, description) for the per-token model."""
+    if device in DEVICE_NAMES:
+        dev = load_device(device)
+        return dev.flops("bf16"), None, f"{device} bf16 peak ({dev.sources['peak_flops']})"
     if device == "measure":
         flops = measured_flops_per_s(preset)
         return flops, 1.0, f"measured here: {flops / 1e9:.2f} GFLOP/s achieved training {preset} on one CPU process"
     try:
         return float(device), None, f"given: {float(device):.3g} FLOP/s"
     except ValueError:
-        raise click.BadParameter(f"{device!r}: use one of {', '.join(DEVICES)}, 'measure', or a number of FLOP/s",
-                                 param_hint="--device") from None
+        raise click.BadParameter(f"{device!r}: use one of {', '.join(DEVICE_NAMES)}, a device JSON file, "
+                                 "'measure', or a number of FLOP/s", param_hint="--device") from None
 
 
 def layout_table(preset, prof, rank_counts, tp, pp, m, zero, global_batch, algorithm, n_params, flops_per_token,
@@ -107,47 +115,153 @@ def layout_table(preset, prof, rank_counts, tp, pp, m, zero, global_batch, algor
     return rows
 
 
+def model_shape(preset: str, dims: dict, dropout: bool) -> ModelShape:
+    """The preset's shape with every dimension given on the command line put over it."""
+    from .model.gpt import PRESETS
+    cfg = PRESETS[preset]
+    base = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "seq_len": cfg.block_size,
+            "vocab_size": cfg.vocab_size}
+    try:
+        return ModelShape(**{**base, **{k: v for k, v in dims.items() if v is not None}}, dropout=dropout)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layout: dict, dp: int | None,
+              profile_name: str) -> list[dict]:
+    """Print and return ``predict_run`` for each GPU count (dp = GPUs / (tp pp) unless --dp is given)."""
+    tp, pp = layout["tp"], layout["pp"]
+    dev = cluster.device
+    if dp is None:
+        uneven = [g for g in rank_counts if g % (tp * pp)]
+        if uneven:
+            raise click.UsageError(f"--ranks {uneven[0]} is not divisible by --tp {tp} x --pp {pp}: "
+                                   f"use a multiple of {tp * pp}")
+    layouts = [Layout(dp=dp or max(1, gpus // (tp * pp)), **layout) for gpus in rank_counts]
+    errors = [f"--ranks {gpus}: " + "; ".join(lay.problems(shape, gpus))
+              for gpus, lay in zip(rank_counts, layouts) if lay.problems(shape, gpus)]
+    if errors:
+        raise click.UsageError("\n".join(errors))
+    print(f"# model: {shape.n_layer} layers, hidden {shape.n_embd}, {shape.n_head} heads"
+          + (f" ({shape.kv_heads} kv)" if shape.kv_heads != shape.n_head else "")
+          + f", ffn {shape.ffn}, seq {shape.seq_len}, vocab {shape.vocab_size}: {shape.params() / 1e9:.3f}B parameters")
+    print(f"# device: {dev.name}, {dev.flops(layout['precision']) / 1e12:.0f} TFLOP/s {layout['precision']} peak, "
+          f"{dev.memory_bytes / 2**30:.0f} GiB; GEMMs at {dev.gemm_efficiency:.2f} of peak + "
+          f"{dev.gemm_overhead_s * 1e6:.0f} us each, element-wise at {dev.memory_efficiency:.2f} of "
+          f"{dev.hbm_bytes_per_s / 1e12:.2f} TB/s")
+    print(f"# layout: tp {tp}, pp {pp}, virtual stages {layout['virtual_stages']}, micro-batch {layout['micro_batch']}, "
+          f"global batch {layout['global_batch']}, ZeRO {layout['zero']}, recompute {layout['recompute']}"
+          + (", sequence parallel" if layout["sequence_parallel"] else "")
+          + f", data-parallel sync {'behind backward' if layout['dp_overlap'] else 'after backward'}")
+    print(f"{'gpus':>6} {'dp':>5} {'step_s':>9} {'TFLOP/s':>8} {'MFU':>6} {'tokens/s':>11} {'compute':>8} {'tp':>7} "
+          f"{'pp':>7} {'bubble':>7} {'dp':>7} {'GiB/GPU':>8} fits")
+    rows = []
+    for gpus, lay in zip(rank_counts, layouts):
+        pred = predict_run(shape, lay, cluster)
+        t = pred.terms_s
+        print(f"{gpus:>6} {lay.dp:>5} {pred.step_s:>9.4g} {pred.tflops_per_gpu:>8.1f} {pred.mfu:>6.3f} "
+              f"{pred.tokens_per_s:>11.4g} {t['compute_s']:>8.4g} {t['tp_comm_s']:>7.3g} {t['pp_comm_s']:>7.3g} "
+              f"{t['bubble_s']:>7.3g} {t['dp_comm_exposed_s']:>7.3g} {pred.memory_gib_per_gpu:>8.2f} "
+              f"{'yes' if pred.fits else 'NO'}")
+        mem = {k: v / 2**30 for k, v in pred.memory_bytes.items()}
+        rows.append({"ranks": gpus, "dp": lay.dp, "model_params": shape.params(), "device": dev.name,
+                     "profile": profile_name, **pred.to_dict(), "memory_gib_parts": mem})
+    last = rows[-1]
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in last["memory_gib_parts"].items())
+    print(f"# memory per GPU at {last['ranks']} GPUs (GiB, first pipeline stage): {parts}")
+    print("# TFLOP/s counts the recomputed forward (Megatron-LM's convention, eq. 3 of Narayanan et al. 2021); "
+          "MFU counts model FLOPs only; terms in seconds per step")
+    return rows
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--preset", type=click.Choice(["tiny", "small", "medium", "gpt2"]), default="gpt2")
-@click.option("--ranks", "-r", default="1,8,64,512", help="Rank counts, comma-separated.")
+@click.option("--preset", type=click.Choice(["tiny", "small", "medium", "gpt2"]), default="gpt2",
+              help="Model shape to start from; any dimension flag below replaces the preset's value.")
+@click.option("--n-layer", type=click.IntRange(min=1), default=None, help="Transformer blocks.")
+@click.option("--n-embd", type=click.IntRange(min=1), default=None, help="Hidden size h.")
+@click.option("--n-head", type=click.IntRange(min=1), default=None, help="Attention heads.")
+@click.option("--n-kv-head", type=click.IntRange(min=1), default=None, help="Key/value heads (grouped-query attention).")
+@click.option("--ffn-hidden", type=click.IntRange(min=1), default=None, help="MLP width (default 4 x --n-embd).")
+@click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Tokens per sequence.")
+@click.option("--vocab-size", type=click.IntRange(min=1), default=None, help="Vocabulary (the presets use 256 bytes).")
+@click.option("--dropout/--no-dropout", default=True, help="Dropout masks kept for backward (activation memory).")
+@click.option("--ranks", "-r", default="1,8,64,512", help="GPU (rank) counts, comma-separated.")
 @click.option("--profile", "-p", default="dgx-h100-ndr",
               help=f"Network profile: {', '.join(PROFILE_NAMES)}, a JSON file, or alpha=S,beta=S_PER_B[,gamma=..].")
-@click.option("--topology", "-t", type=click.Choice(KINDS), default=None, help="Default: the profile's (hierarchical if two-level).")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="data_parallel")
-@click.option("--algorithm", "-a", type=click.Choice(list(COSTS["allreduce"])), default="ring", help="Data-parallel all-reduce.")
-@click.option("--servers", type=click.IntRange(min=1), default=1, help="Parameter-server shards (--strategy parameter_server).")
+@click.option("--device", default="h100-sxm",
+              help=f"A GPU ({', '.join(DEVICE_NAMES)}) or a device JSON file: the layout model. "
+                   "'measure' (this CPU) or a number of FLOP/s: the per-token model with --mfu.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="bf16",
+              help="Math and activation precision; fp16/bf16 mean mixed precision (18 bytes of state per parameter).")
 @click.option("--global-batch-size", type=click.IntRange(min=1), default=512, help="Sequences per optimizer step.")
-@click.option("--device", default="h100", help=f"Compute throughput: {', '.join(DEVICES)}, 'measure' (this CPU), or FLOP/s.")
-@click.option("--mfu", type=click.FloatRange(min=0, max=1, min_open=True), default=DEFAULT_MFU,
-              help="Fraction of the device peak reached (ignored with --device measure).")
-@click.option("--bucket-mb", type=click.FloatRange(min=0, min_open=True), default=25.0, help="Gradient bucket size (MiB).")
-@click.option("--overlap/--no-overlap", default=True, help="Overlap bucket all-reduces with backward.")
-@click.option("--comm-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", help="Gradient dtype on the wire.")
-@click.option("--devices", type=click.IntRange(min=1), default=None,
-              help="Devices the ranks share (default: one per rank); e.g. 1 with --device measure on one machine.")
+@click.option("--micro-batch-size", type=click.IntRange(min=1), default=1, help="Sequences per micro-batch (GPU model).")
+@click.option("--dp", type=click.IntRange(min=1), default=None, help="Data-parallel degree (default: ranks / (tp x pp)).")
 @click.option("--tp", type=click.IntRange(min=1), default=1, help="Tensor-parallel degree (model split inside layers).")
 @click.option("--pp", type=click.IntRange(min=1), default=1, help="Pipeline stages.")
-@click.option("--micro-batches", type=click.IntRange(min=1), default=1, help="Micro-batches per step (pipelines).")
-@click.option("--zero", type=click.IntRange(0, 2), default=0, help="ZeRO stage for the memory estimate.")
+@click.option("--virtual-stages", type=click.IntRange(min=1), default=1,
+              help="Chunks of layers per pipeline rank (interleaved 1F1B): the bubble shrinks by this factor.")
+@click.option("--zero", type=click.IntRange(0, 3), default=0, help="ZeRO stage: 1 shards optimizer state, 2 + gradients, 3 + weights.")
+@click.option("--recompute", type=click.Choice(RECOMPUTE), default="none",
+              help="Activation recomputation: full (every block's forward again) or selective (attention core only).")
+@click.option("--sequence-parallel", is_flag=True, help="Split LayerNorm/dropout activations over tensor ranks too.")
+@click.option("--dp-overlap/--no-dp-overlap", default=True, help="Data-parallel sync behind the last micro-batch's backward.")
+@click.option("--micro-batches", type=click.IntRange(min=1), default=1,
+              help="Micro-batches per step (per-token model; the GPU model derives them from the batch sizes).")
+@click.option("--topology", "-t", type=click.Choice(KINDS), default=None,
+              help="Per-token model: the simulator's topology (default: the profile's).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="data_parallel")
+@click.option("--algorithm", "-a", type=click.Choice(list(COSTS["allreduce"])), default="ring",
+              help="Per-token model: data-parallel all-reduce.")
+@click.option("--servers", type=click.IntRange(min=1), default=1, help="Parameter-server shards (--strategy parameter_server).")
+@click.option("--mfu", type=click.FloatRange(min=0, max=1, min_open=True), default=DEFAULT_MFU,
+              help="Per-token model: fraction of the FLOP/s reached (ignored with --device measure).")
+@click.option("--bucket-mb", type=click.FloatRange(min=0, min_open=True), default=25.0, help="Gradient bucket size (MiB).")
+@click.option("--comm-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", help="Per-token model: gradient dtype on the wire.")
+@click.option("--devices", type=click.IntRange(min=1), default=None,
+              help="Per-token model: devices the ranks share (default: one per rank); e.g. 1 with --device measure.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the predictions here.")
-def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_batch_size, device, mfu,
-         bucket_mb, overlap, comm_dtype, devices, tp, pp, micro_batches, zero, json_path):
-    """Predict step time, tokens/s, scaling efficiency and memory per rank for a model and layout."""
+def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_size, dropout, ranks, profile, device,
+         precision, global_batch_size, micro_batch_size, dp, tp, pp, virtual_stages, zero, recompute,
+         sequence_parallel, dp_overlap, micro_batches, topology, strategy, algorithm, servers, mfu, bucket_mb,
+         comm_dtype, devices, json_path):
+    """Predict step time, TFLOP/s, MFU, memory per GPU and whether it fits, for a model and a layout.
+
+    TFLOP/s per GPU counts every FLOP the GPU executes, the recomputed
+    forward included (Megatron-LM's convention); MFU counts the model's
+    FLOPs only (forward + backward), over the device's peak.
+    """
     try:
         prof = load_profile(profile)
         if topology:
             topology_from_profile(prof, topology)  # fail now on a one-level profile with nodes
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--profile/--topology") from None
+    rank_counts = comma_list(ranks, rank_count, "--ranks")
+    if strategy == "data_parallel" and device not in ("measure",) and not _is_number(device):
+        try:
+            dev = load_device(device)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--device") from None
+        shape = model_shape(preset, {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_kv_head": n_kv_head,
+                                     "ffn_hidden": ffn_hidden, "seq_len": seq_len, "vocab_size": vocab_size}, dropout)
+        layout = {"global_batch": global_batch_size, "micro_batch": micro_batch_size, "tp": tp, "pp": pp,
+                  "virtual_stages": virtual_stages, "zero": zero, "recompute": recompute,
+                  "sequence_parallel": sequence_parallel, "precision": precision, "dp_overlap": dp_overlap}
+        try:
+            dev.flops(precision)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--precision") from None
+        cluster = Cluster.from_profile(dev, prof)
+        rows = gpu_table(shape, cluster, rank_counts, layout, dp, prof.name)
+        _write(json_path, rows)
+        return
     n_params, flops_per_token, block = model_numbers(preset)
     flops, device_mfu, device_text = device_flops(device, preset)
     mfu = device_mfu or mfu
     if tp > 1 or pp > 1 or zero:
-        rows = layout_table(preset, prof, comma_list(ranks, rank_count, "--ranks"), tp, pp, micro_batches, zero, global_batch_size, algorithm,
+        rows = layout_table(preset, prof, rank_counts, tp, pp, micro_batches, zero, global_batch_size, algorithm,
                             n_params, flops_per_token, flops, mfu, devices, device_text)
-        if json_path:
-            write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps({"predictions": rows}, indent=1) + "\n"))
-            print(f"# wrote {json_path}")
+        _write(json_path, rows)
         return
     tokens = global_batch_size * block
     grad_bytes = 4 if comm_dtype == "fp32" else 2
@@ -155,12 +269,12 @@ def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_
           f"{global_batch_size} x {block} = {tokens} tokens per step")
     print(f"# device: {device_text}; MFU {mfu:.3f}" + (f"; {devices} device(s) shared by the ranks" if devices else ""))
     print(f"# network: {prof.name} ({prof.description or 'no description'}); "
-          + (f"{strategy}, {algorithm} all-reduce in {bucket_mb:g} MiB buckets, overlap {'on' if overlap else 'off'}, "
+          + (f"{strategy}, {algorithm} all-reduce in {bucket_mb:g} MiB buckets, overlap {'on' if dp_overlap else 'off'}, "
              f"{comm_dtype} gradients" if strategy == "data_parallel" else f"sync parameter server, {servers} server(s)"))
     print(f"{'ranks':>6} {'compute_ms':>11} {'comm_ms':>10} {'exposed_ms':>11} {'step_ms':>10} {'tokens/s':>12} "
           f"{'efficiency':>10} {'GiB/rank':>9}")
     rows = []
-    for p in comma_list(ranks, rank_count, "--ranks"):
+    for p in rank_counts:
         if strategy == "parameter_server" and p <= servers:
             raise click.UsageError(f"--ranks {p} leaves no workers with --servers {servers}: use more ranks")
         if strategy == "data_parallel" and global_batch_size % p:
@@ -170,7 +284,7 @@ def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_
             lambda n, p=p: collective_time_s("allreduce", algorithm, n, p, prof, topology or ""))
         pred = predict_step(n_params=n_params, flops_per_token=flops_per_token, tokens_per_step=tokens, ranks=p,
                             flops_per_s=flops, mfu=mfu, strategy=strategy, allreduce_s=cost,
-                            bucket_bytes=bucket_mb * 2**20, grad_bytes_per_param=grad_bytes, overlap=overlap,
+                            bucket_bytes=bucket_mb * 2**20, grad_bytes_per_param=grad_bytes, overlap=dp_overlap,
                             servers=servers, ps_network=prof.slowest(), devices=devices)
         mem = sum(pred.memory_bytes.values())
         print(f"{p:>6} {pred.compute_s * 1e3:>11.3f} {pred.comm_s * 1e3:>10.3f} {pred.exposed_comm_s * 1e3:>11.3f} "
@@ -178,6 +292,18 @@ def main(preset, ranks, profile, topology, strategy, algorithm, servers, global_
         rows.append({"preset": preset, "profile": prof.name, **pred.to_dict()})
     print("# memory per rank = parameters + gradients + AdamW moments in fp32 (4 + 4 + 8 bytes per parameter), "
           "activations not counted")
+    _write(json_path, rows)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _write(json_path, rows) -> None:
     if json_path:
         write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps({"predictions": rows}, indent=1) + "\n"))
         print(f"# wrote {json_path}")

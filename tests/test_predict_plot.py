@@ -95,7 +95,7 @@ def test_train_refuses_netem_where_it_cannot_act():
 def test_predict_prints_every_rank_count_and_writes_json(tmp_path):
     out = tmp_path / "p.json"
     proc = cli("parallel_lm.predict", "--preset", "small", "--ranks", "1,8,64", "--profile", "eth-10g",
-               "--global-batch-size", "64", "--json", str(out))
+               "--device", "1e12", "--global-batch-size", "64", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())["predictions"]
     assert [r["ranks"] for r in rows] == [1, 8, 64] and rows[0]["efficiency"] == 1.0
@@ -168,7 +168,7 @@ def test_layout_terms_follow_their_formulas():
 
 
 def test_predict_prints_layout_terms():
-    proc = cli("parallel_lm.predict", "--preset", "small", "--ranks", "8", "--tp", "2", "--pp", "2",
+    proc = cli("parallel_lm.predict", "--preset", "small", "--ranks", "8", "--tp", "2", "--pp", "2", "--device", "1e12",
                "--micro-batches", "4", "--zero", "1", "--global-batch-size", "32", "--profile", "eth-10g")
     assert proc.returncode == 0, proc.stderr
     assert "bubble_ms" in proc.stdout and "tp_comm_ms" in proc.stdout

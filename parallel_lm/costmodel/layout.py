@@ -84,7 +84,7 @@ class Layout:
         """Every reason this layout cannot run, each with what to change."""
         out = []
         if gpus is not None and self.gpus != gpus:
-            out.append(f"--dp {self.dp} x --tp {self.tp} x --pp {self.pp} = {self.gpus} GPUs, but --gpus is {gpus}: "
+            out.append(f"--dp {self.dp} x --tp {self.tp} x --pp {self.pp} needs {self.gpus} GPUs, but --ranks is {gpus}: "
                        f"make the product equal the GPU count")
         if shape.n_head % self.tp:
             out.append(f"--tp {self.tp} must divide --n-head {shape.n_head}: use a divisor of {shape.n_head}")

@@ -19,7 +19,7 @@ formula, or the simulator on a two-level cluster). The parts:
   (4 + 4 + 8 bytes per parameter), the ZeRO paper's accounting
   (Rajbhandari et al. 2020, section 3) without activations.
 
-Device peaks (``DEVICES``) carry their source; MFU defaults to PaLM's
+Device peaks come from ``devices.py`` (each with its source); MFU defaults to PaLM's
 measured 46.2% (Chowdhery et al. 2022, table 3) and is a flag.
 """
 from __future__ import annotations
@@ -29,12 +29,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .formulas import Network, parameter_server_sync
+from .layout import overlap as hidden_behind
 
-DEVICES = {
-    "h100": (989e12, "H100 SXM dense BF16 tensor-core peak, 989 TFLOP/s (NVIDIA H100 datasheet)"),
-    "a100": (312e12, "A100 dense BF16 tensor-core peak, 312 TFLOP/s (NVIDIA A100 datasheet)"),
-    "v100": (125e12, "V100 SXM2 FP16 tensor-core peak, 125 TFLOP/s (NVIDIA V100 datasheet)"),
-}
 DEFAULT_MFU = 0.462
 BYTES_PER_PARAM = {"params": 4, "grads": 4, "optimizer": 8}  # fp32 weights, fp32 grads, AdamW m and v
 
@@ -104,7 +100,7 @@ def predict_step(*, n_params: int, flops_per_token: float, tokens_per_step: int,
             comm = last = 0.0
         else:
             comm, last = data_parallel_comm_s(grad_bytes, bucket_bytes, allreduce_s)
-        exposed = max(comm - 2 / 3 * compute, last) if overlap and comm else comm
+        exposed = hidden_behind(comm, 2 / 3 * compute, last, overlap)
     else:
         comm = exposed = parameter_server_sync(grad_bytes, workers, servers).time_s(ps_network)
     step = compute + exposed

@@ -1,0 +1,175 @@
+"""The GPU layout model: counts against the papers' closed forms, the published tables, and the predict CLI."""
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from parallel_lm.costmodel.devices import DEVICES, GIB, load_device
+from parallel_lm.costmodel.formulas import Network
+from parallel_lm.costmodel.layout import Cluster, Layout, hierarchical_allreduce_s, memory_per_gpu, overlap, predict_run, ring_s
+from parallel_lm.costmodel.profiles import load_profile
+from parallel_lm.costmodel.transformer import ModelShape, megatron_flops
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import published_runs  # noqa: E402
+
+GPT3 = ModelShape(96, 12288, 96, 2048, 51200)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "parallel_lm.predict", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_parameters_and_flops_follow_megatron_closed_forms():
+    l, h, s, v = GPT3.n_layer, GPT3.n_embd, GPT3.seq_len, GPT3.vocab_size
+    # the paper's 12lh²(1 + 13/12h + (V+s)/12lh), plus the final LayerNorm's 2h
+    assert GPT3.params() == pytest.approx(12 * l * h * h * (1 + 13 / (12 * h) + (v + s) / (12 * l * h)) + 2 * h, rel=1e-14)
+    # eq. 3 of Narayanan et al. counts the recomputed forward: our hardware FLOPs with full recompute equal it
+    assert GPT3.hardware_flops(1536 * s, "full") == pytest.approx(megatron_flops(GPT3, 1536), rel=1e-12)
+    assert GPT3.model_flops(s) * 4 / 3 == pytest.approx(GPT3.hardware_flops(s, "full") - GPT3.logits_flops(s) / 3)
+    assert GPT3.hardware_flops(s, "selective") - GPT3.model_flops(s) == pytest.approx(l * 4 * s * s * h)
+
+
+def test_parameters_match_parallel_lm_gpt():
+    torch = pytest.importorskip("torch")
+    from parallel_lm.model.gpt import GPT, PRESETS
+    for cfg in PRESETS.values():
+        with torch.device("meta"):
+            n = GPT(cfg).num_params()
+        assert ModelShape(cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size, cfg.vocab_size).params() == n
+
+
+@pytest.mark.parametrize("t", [1, 2, 8])
+def test_activation_bytes_are_korthikanti_closed_forms(t):
+    s, h, a, b = GPT3.seq_len, GPT3.n_embd, GPT3.n_head, 2
+    sbh = s * b * h
+    act = lambda **kw: GPT3.layer_activation_bytes(b, t, **kw)
+    assert act() == pytest.approx(sbh * (10 + 24 / t + 5 * a * s / (h * t)))
+    assert act(sequence_parallel=True) == pytest.approx(sbh / t * (34 + 5 * a * s / h))
+    assert act(recompute="selective") == pytest.approx(sbh * (10 + 24 / t))
+    assert act(sequence_parallel=True, recompute="selective") == pytest.approx(34 * sbh / t)
+    assert act(recompute="full") == pytest.approx(2 * sbh)
+    no_dropout = replace(GPT3, dropout=False).layer_activation_bytes(b, t)
+    assert no_dropout == pytest.approx(act() - sbh * (2 + a * s / (h * t) * 3))  # two masks, and the core's mask + output
+
+
+def test_state_bytes_per_parameter_by_precision_and_zero():
+    lay = Layout(64, 1, dp=8, tp=8, pp=8, precision="bf16")
+    mem = memory_per_gpu(GPT3, lay)
+    params = (GPT3.n_layer // 8 * GPT3.layer_params() + GPT3.embedding_params()) / 8
+    assert (mem["weights"], mem["gradients"], mem["optimizer"]) == pytest.approx((2 * params, 4 * params, 12 * params))
+    fp32 = memory_per_gpu(GPT3, replace(lay, precision="fp32"))
+    assert fp32["weights"] + fp32["gradients"] + fp32["optimizer"] == pytest.approx(16 * params)
+    z = {k: memory_per_gpu(GPT3, replace(lay, pp=1, zero=k)) for k in (1, 2, 3)}
+    full = memory_per_gpu(GPT3, replace(lay, pp=1))
+    assert z[1]["optimizer"] == pytest.approx(full["optimizer"] / 8) and z[1]["gradients"] == full["gradients"]
+    assert z[2]["gradients"] == pytest.approx(full["gradients"] / 8) and z[2]["weights"] == full["weights"]
+    assert z[3]["weights"] == pytest.approx(full["weights"] / 8)
+
+
+def test_interleaving_holds_more_activations_and_shrinks_the_bubble():
+    cl = published_runs.cluster()
+    base = Layout(64, 1, dp=1, tp=8, pp=8, recompute="full", precision="fp16")
+    one, three = predict_run(GPT3, base, cl), predict_run(GPT3, replace(base, virtual_stages=3), cl)
+    assert three.terms_s["bubble_s"] == pytest.approx(one.terms_s["bubble_s"] / 3, rel=0.05)
+    assert three.memory_bytes["activations"] > one.memory_bytes["activations"]
+
+
+def test_hierarchical_allreduce_reduces_to_the_flat_ring():
+    intra, inter = Network(1e-6, 1e-11), Network(5e-6, 4e-11)
+    n = 1e9
+    assert hierarchical_allreduce_s(n, 8, 1, intra, inter) == pytest.approx(ring_s(n, 8, intra))
+    assert hierarchical_allreduce_s(n, 1, 16, intra, inter) == pytest.approx(ring_s(n, 16, inter))
+    # 8 ranks per node on 8 rails: each ring carries n/8 across nodes; on one shared NIC, 8 times the bytes
+    eight = hierarchical_allreduce_s(n, 8, 4, intra, inter, rails=8)
+    one = hierarchical_allreduce_s(n, 8, 4, intra, inter, rails=1)
+    assert eight == pytest.approx(2 * ring_s(n, 8, intra, 1) + ring_s(n / 8, 4, inter))
+    assert one - eight == pytest.approx(ring_s(n / 8, 4, Network(0, 7 * 4e-11)) , rel=1e-9)
+
+
+def test_one_overlap_rule():
+    assert overlap(10.0, 4.0, 1.0) == 6.0  # what does not fit behind compute
+    assert overlap(10.0, 40.0, 1.0) == 1.0  # never less than the last bucket
+    assert overlap(10.0, 40.0, 1.0, enabled=False) == 10.0
+
+
+def test_layout_problems_name_the_fix():
+    probs = " | ".join(Layout(7, 1, dp=4, tp=5, pp=5, virtual_stages=2).problems(GPT3, gpus=64))
+    assert "needs 100 GPUs, but --ranks is 64" in probs
+    assert "--tp 5 must divide --n-head 96" in probs
+    assert "--n-layer 96 is not divisible by --pp 5 x --virtual-stages 2" in probs
+    assert "--global-batch-size 7 does not split" in probs
+
+
+def test_published_tables_within_the_goals():
+    """Megatron-LM Table 1 and Korthikanti Table 5 / Figure 1 with one set of constants (docs/costmodel.md)."""
+    cl = published_runs.cluster()
+    t1, t5, mem = published_runs.table_1(cl), published_runs.table_5(cl), published_runs.memory_rows()
+    for rows, mean_goal, max_goal in ((t1, 5, 10), (t5, 5, 10), (mem, 10, 10)):
+        mean, worst = published_runs.errors(rows)
+        assert mean <= mean_goal and worst <= max_goal, (mean, worst, rows)
+    predicted = [r["predicted"] for r in t1]
+    assert predicted[-1] > predicted[0] * 1.15  # rising with model size, as published (137 -> 163)
+
+
+def test_device_file_replaces_constants(tmp_path):
+    f = tmp_path / "dev.json"
+    f.write_text(json.dumps({"base": "a100-80gb", "name": "mine", "gemm_efficiency": 0.5}))
+    dev = load_device(str(f))
+    assert dev.name == "mine" and dev.gemm_efficiency == 0.5 and dev.hbm_bytes_per_s == DEVICES["a100-80gb"].hbm_bytes_per_s
+    f.write_text(json.dumps({"gemm_speed": 1}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_device(str(f))
+    for dev in DEVICES.values():
+        assert {"peak_flops", "hbm_bytes_per_s", "memory_bytes", "gemm_efficiency"} <= set(dev.sources)
+
+
+def test_every_profile_constant_has_a_source():
+    for name in ("dgx-a100-hdr", "dgx-h100-ndr"):
+        raw = load_profile(name).raw
+        assert set(raw["sources"]) >= {"alpha_s", "beta_s_per_byte"} and raw["rails"] == 8
+        assert set(raw["inter_node"]["sources"]) >= {"alpha_s", "beta_s_per_byte"}
+
+
+def test_predict_states_a_published_run(tmp_path):
+    out = tmp_path / "p.json"
+    proc = cli("--n-layer", "80", "--n-embd", "12288", "--n-head", "96", "--seq-len", "2048", "--vocab-size", "51200",
+               "--ranks", "1536", "--tp", "8", "--pp", "8", "--virtual-stages", "2", "--global-batch-size", "2304",
+               "--micro-batch-size", "2", "--recompute", "full", "--precision", "fp16", "--device", "a100-80gb",
+               "--profile", "dgx-a100-hdr", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())["predictions"][0]
+    for key in ("step_s", "tflops_per_gpu", "mfu", "memory_gib_per_gpu", "fits"):
+        assert key in row
+    assert set(row["memory_gib_parts"]) == {"weights", "gradients", "optimizer", "activations"}
+    assert 148 * 0.9 < row["tflops_per_gpu"] < 148 * 1.1 and row["fits"]  # published: 148 TFLOP/s per GPU
+    assert row["mfu"] < row["tflops_per_gpu"] * 1e12 / 312e12  # MFU leaves the recomputed forward out
+    assert "TFLOP/s counts the recomputed forward" in proc.stdout
+
+
+def test_predict_says_when_a_run_does_not_fit():
+    proc = cli("--n-layer", "96", "--n-embd", "12288", "--n-head", "96", "--seq-len", "2048", "--vocab-size", "51200",
+               "--ranks", "8", "--tp", "8", "--global-batch-size", "8", "--device", "a100-80gb")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[4].rstrip().endswith("NO")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n-head", "12", "--tp", "5", "--ranks", "10"], "--tp 5 must divide --n-head 12"),
+    (["--n-layer", "12", "--pp", "4", "--virtual-stages", "2", "--ranks", "8"], "is not divisible by --pp 4 x --virtual-stages 2"),
+    (["--global-batch-size", "30", "--ranks", "8"], "--global-batch-size 30 does not split"),
+    (["--dp", "4", "--tp", "4", "--ranks", "8"], "needs 16 GPUs, but --ranks is 8"),
+    (["--ranks", "8", "--tp", "3", "--n-head", "12"], "--ranks 8 is not divisible by --tp 3"),
+    (["--n-embd", "100", "--n-head", "12"], "--n-embd 100 is not divisible by --n-head 12"),
+    (["--device", "tpu"], "a100-80gb"),
+    (["--precision", "fp8"], "fp8"),
+])
+def test_predict_refuses_bad_layouts_with_the_fix(args, message):
+    proc = cli(*args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

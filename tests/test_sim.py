@@ -5,6 +5,7 @@ import pytest
 from parallel_lm.costmodel.formulas import COSTS, Network
 from parallel_lm.sim import OPS, Deadlock, Topology, replay, simulate
 from parallel_lm.sim.run import _record_groups
+from conftest import describe, mpirun
 
 NET = Network(alpha_s=3e-6, beta_s_per_byte=2e-10, gamma_s_per_byte=5e-11)
 INTER = Network(alpha_s=2e-5, beta_s_per_byte=1e-9, gamma_s_per_byte=5e-11)
@@ -24,7 +25,7 @@ def test_flat_network_time_equals_the_formula(op, name, p):
     segmented = even_bytes(p, (5 << 20) // (8 * pof2) + 1)  # ring chunks of 2.5 MiB: three segments
     for n in (even_bytes(p), segmented):
         res = simulate(op, name, p, n, Topology.flat(NET))
-        want = COSTS[op][name](n, p).time_s(NET)
+        want = res.formula_s(Topology.flat(NET))  # COSTS, or the two-level formula for hierarchical
         assert res.time_s == pytest.approx(want, rel=1e-12, abs=1e-15), (res.engine, res.groups)
 
 
@@ -100,3 +101,41 @@ def test_bad_requests_name_the_fix():
         simulate("allreduce", "ring", 4096, 4096 * 4, Topology.flat(NET), data=True)
     with pytest.raises(ValueError, match="inter-node network and ranks_per_node"):
         Topology(NET, ranks_per_node=4)
+
+
+# -- the hierarchical, multi-rail all-reduce -------------------------------------------------------------
+
+@pytest.mark.parametrize("ranks, per_node, rails", [(8, 8, 8), (16, 4, 4), (24, 8, 8), (12, 3, 1)])
+def test_hierarchical_allreduce_simulated_equals_its_two_level_formula(ranks, per_node, rails):
+    from parallel_lm.costmodel.formulas import allreduce_hierarchical_s
+    intra, inter = Network(1e-6, 1 / 200e9, 1e-12), Network(5e-6, 1 / 25e9)
+    topo = Topology(intra, inter, per_node, shared_port=True, rails=rails)
+    n = 4 * 3_000_000  # whole elements in every chunk at every level
+    res = simulate("allreduce", "hierarchical", ranks, n, topo)
+    want = allreduce_hierarchical_s(n, per_node, ranks // per_node, intra, inter, rails)
+    if rails >= per_node or ranks == per_node:  # no two rings share a NIC: the formula is exact
+        assert res.time_s == pytest.approx(want, rel=1e-9)
+    else:  # rings sharing a NIC queue for it; the formula's local/rails slowdown is the steady state
+        assert res.time_s == pytest.approx(want, rel=0.1)
+    assert res.formula_s(topo) == pytest.approx(want, rel=1e-12)
+
+
+def test_hierarchical_allreduce_sums_exactly_in_data_mode():
+    topo = Topology(Network(1e-6, 1e-10), Network(5e-6, 1e-9), 4)
+    res = simulate("allreduce", "hierarchical", 12, 4 * 1001, topo, data=True)
+    assert res.max_abs_error == 0.0
+
+
+def test_rails_divide_the_inter_node_time():
+    intra, inter = Network(1e-6, 1 / 200e9), Network(5e-6, 1 / 25e9)
+    one, eight = (simulate("allreduce", "hierarchical", 32, 1 << 26, Topology(intra, inter, 8, True, rails))
+                  for rails in (1, 8))
+    assert one.time_s > 3 * eight.time_s
+
+
+@pytest.mark.parametrize("k", [1, 4, 6])
+def test_hierarchical_allreduce_equals_mpi_under_mpiexec(k):
+    proc = mpirun(k, ["tests/programs/check_hierarchical.py"])
+    assert proc.returncode == 0, describe(proc)
+    divisors = sum(1 for d in range(1, k + 1) if k % d == 0)
+    assert f"CHECKED {divisors * 5 * 2}" in proc.stdout

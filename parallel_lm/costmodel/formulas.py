@@ -174,6 +174,22 @@ def allreduce_rabenseifner(n: float, p: int) -> Cost:
     return _fold_in(n, p) + Cost(2 * lg, 2 * (q - 1) / q * n, (q - 1) / q * n) + _fold_out(n, p)
 
 
+def allreduce_hierarchical_s(n: float, local: int, nodes: int, intra: Network, inter: Network, rails: int = 1,
+                             segment_bytes: float = RING_SEGMENT_BYTES) -> float:
+    """Seconds of ``comm/collectives/hierarchical.py`` on a two-level network.
+
+    Ring reduce-scatter and all-gather among the ``local`` ranks of a node
+    on ``intra``, and a ring all-reduce of each rank's n/local chunk across
+    ``nodes`` nodes on ``inter``; with fewer ``rails`` (NICs per node) than
+    local ranks, the rings share the NICs and each byte takes local/rails
+    times longer. Gamma is the intra level's (reductions happen in memory).
+    """
+    share = max(1.0, local / rails) if nodes > 1 else 1.0
+    slow = Network(inter.alpha_s, inter.beta_s_per_byte * share, intra.gamma_s_per_byte)
+    inside = reduce_scatter_ring(n, local, segment_bytes) + all_gather_ring(n, local)
+    return inside.time_s(intra) + allreduce_ring(n / local, nodes, segment_bytes).time_s(slow)
+
+
 def parameter_server_sync(n: float, workers: int, servers: int = 1) -> Cost:
     """One synchronous step: every worker pushes its gradient and pulls the parameters.
 

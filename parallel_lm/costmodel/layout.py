@@ -40,7 +40,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from .devices import GIB, Device
-from .formulas import Network
+from .formulas import Network, allreduce_hierarchical_s
 from .transformer import RECOMPUTE, ModelShape
 
 # Bytes per parameter: (weights, gradients, optimizer state).
@@ -147,17 +147,13 @@ def ring_s(n_bytes: float, p: int, net: Network, phases: int = 2) -> float:
 
 def hierarchical_allreduce_s(n_bytes: float, local: int, nodes: int, intra: Network, inter: Network,
                              rails: int = 1) -> float:
-    """Reduce-scatter inside the node, one ring per local rank across nodes, all-gather inside the node.
+    """``formulas.allreduce_hierarchical_s`` as NCCL runs it: whole chunks per step (no segments).
 
-    Each of the ``local`` ranks of a node owns n/local bytes after the
-    reduce-scatter and all-reduces them with its peers in the other nodes
-    through its own NIC; with fewer rails than local ranks the rings share
-    the NICs (their bytes take local/rails times longer). Cost:
-    2 (local-1)(alpha + n/local.beta_intra) + 2 (nodes-1)(alpha + n/(local.nodes).beta_inter.share).
+    Reduce-scatter inside the node, one ring per local rank across nodes
+    (each on its own NIC while there are as many rails as local ranks),
+    all-gather inside the node.
     """
-    share = max(1.0, local / max(1, rails)) if nodes > 1 else 1.0
-    slow = Network(inter.alpha_s, inter.beta_s_per_byte * share)
-    return ring_s(n_bytes, local, intra, 1) + ring_s(n_bytes / local, nodes, slow) + ring_s(n_bytes, local, intra, 1)
+    return allreduce_hierarchical_s(n_bytes, local, nodes, intra, inter, rails, segment_bytes=math.inf)
 
 
 def overlap(comm_s: float, hidden_behind_s: float, last_s: float, enabled: bool = True) -> float:

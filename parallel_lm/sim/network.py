@@ -4,10 +4,12 @@
   formulas' world; the simulator must reproduce them exactly there);
 - hierarchical: ranks are grouped into nodes of ``ranks_per_node``;
   messages inside a node use the fast level, between nodes the slow one;
-- switch: hierarchical, and each node reaches the switch through one
-  port, so messages leaving (or entering) a node at the same time queue
-  for it: k of them take k times as long. The formulas assume every
-  message has a link to itself; this is where they go wrong.
+- switch: hierarchical, and each node reaches the switch through
+  ``rails`` ports (one by default; a DGX has one NIC per GPU), local rank
+  i using port i mod rails, so messages leaving (or entering) a node
+  through the same port at the same time queue for it: k of them take k
+  times as long. The formulas assume every message has a link to itself;
+  this is where they go wrong.
 """
 from __future__ import annotations
 
@@ -26,12 +28,15 @@ class Topology:
     inter: Network | None = None
     ranks_per_node: int = 0
     shared_port: bool = False
+    rails: int = 1  # ports per node with a shared switch port; local rank i uses port i mod rails
 
     def __post_init__(self):
         if (self.inter is None) != (self.ranks_per_node == 0):
             raise ValueError("a hierarchical topology needs both an inter-node network and ranks_per_node")
         if self.ranks_per_node < 0:
             raise ValueError(f"ranks_per_node must be positive, got {self.ranks_per_node}")
+        if self.rails < 1:
+            raise ValueError(f"rails must be positive, got {self.rails}")
         if self.shared_port and self.inter is None:
             raise ValueError("a shared switch port needs nodes: give ranks_per_node and an inter-node network")
 
@@ -50,6 +55,10 @@ class Topology:
     def node(self, rank):
         return rank // self.ranks_per_node
 
+    def port(self, rank):
+        """(node, rail) a rank's inter-node messages go through."""
+        return rank // self.ranks_per_node, rank % self.ranks_per_node % self.rails
+
     def link(self, src, dst):
         """(alpha_s, beta_s_per_byte) for messages src -> dst; scalars or arrays."""
         if self.inter is None:
@@ -65,7 +74,7 @@ class Topology:
         if self.inter is None:
             return f"flat, {ranks} ranks"
         nodes = -(-ranks // self.ranks_per_node)
-        port = ", one shared port per node" if self.shared_port else ""
+        port = (f", {self.rails} shared port(s) per node" if self.shared_port else "")
         return f"{nodes} nodes x {self.ranks_per_node} ranks{port}"
 
 
@@ -86,4 +95,4 @@ def topology_from_profile(profile, kind: str = "", ranks_per_node: int | None = 
     if profile.inter_node is None or not rpn:
         raise ValueError(f"topology {kind!r} needs a two-level profile (with inter_node and ranks_per_node), "
                          f"and {profile.name!r} has one level: use --topology flat or a profile such as dgx-h100-ndr")
-    return Topology(intra, profile.inter_node, rpn, shared_port=kind == "switch")
+    return Topology(intra, profile.inter_node, rpn, shared_port=kind == "switch", rails=profile.rails)

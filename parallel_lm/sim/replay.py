@@ -17,8 +17,9 @@ Two engines give the same answer:
 - ``events``: everything else (trees, folds, the naive root, shared
   switch ports): a discrete-event loop over ranks in clock order,
   matching sends to receives by (source, destination, tag) in order, as
-  MPI does. Ports are reserved first come, first served, so k messages
-  through one port take k times as long.
+  MPI does. Ports (``Topology.port``: a node's NIC rail) are reserved
+  first come, first served, so k messages through one port take k times
+  as long.
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ def events(groups, size: int, topo) -> np.ndarray:
     def transfer(src, dst, nbytes, start):
         alpha, beta = topo.link(src, dst)
         if topo.shared_port and topo.node(src) != topo.node(dst):
-            out_port, in_port = ("out", topo.node(src)), ("in", topo.node(dst))
+            out_port, in_port = ("out", *topo.port(src)), ("in", *topo.port(dst))
             start = max(start, port_free.get(out_port, 0.0), port_free.get(in_port, 0.0))
             port_free[out_port] = port_free[in_port] = start + nbytes * beta
         return start + alpha + nbytes * beta

@@ -9,6 +9,7 @@ against NumPy's sum.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -20,18 +21,20 @@ from ..comm.collectives import (
     BROADCAST_ALGORITHMS,
     REDUCE_SCATTER_ALGORITHMS,
 )
+from ..comm.collectives.hierarchical import allreduce_hierarchical
 from ..comm.topology import chunk_offsets
 from ..comm.workspace import release
-from ..costmodel.formulas import COSTS
+from ..costmodel.formulas import COSTS, allreduce_hierarchical_s
 from . import replay
 from .arrays import DataArray, VirtualArray, set_recorder
 from .comm import NONE, DataComm, Exchange, GroupComm, Recorder, SimAbort
 from .network import Topology
 from .ranks import Diverge, RankVector
 
-# The library's own collective ("mpi") has no code to run here.
+# The library's own collective ("mpi") has no code to run here. The hierarchical all-reduce takes
+# its node size from the topology (``simulate``).
 OPS = {
-    "allreduce": {k: v for k, v in ALGORITHMS.items() if k != "mpi"},
+    "allreduce": {**{k: v for k, v in ALGORITHMS.items() if k != "mpi"}, "hierarchical": allreduce_hierarchical},
     "reduce_scatter": {k: v for k, v in REDUCE_SCATTER_ALGORITHMS.items() if k != "mpi"},
     "all_gather": {k: v for k, v in ALL_GATHER_ALGORITHMS.items() if k != "mpi"},
     "broadcast": {k: v for k, v in BROADCAST_ALGORITHMS.items() if k != "mpi"},
@@ -56,8 +59,15 @@ class SimResult:
         """The closed-form time with every link at the topology's slowest level.
 
         Exact on a flat network; with nodes it is what the formula says if
-        one pretends every message crosses the inter-node network.
+        one pretends every message crosses the inter-node network. The
+        hierarchical all-reduce has a two-level formula: exact with nodes too,
+        as long as no two messages share a port.
         """
+        if self.algorithm == "hierarchical":
+            local = min(topo.ranks_per_node or self.ranks, self.ranks)
+            rails = topo.rails if topo.shared_port else local
+            return allreduce_hierarchical_s(self.n_bytes, local, self.ranks // local, topo.intra, topo.inter or topo.intra,
+                                            rails)
         return COSTS[self.op][self.algorithm](self.n_bytes, self.ranks).time_s(topo.inter or topo.intra)
 
 
@@ -161,6 +171,9 @@ def simulate(op: str, algorithm: str, ranks: int, n_bytes: int, topology: Topolo
              dtype="float32", data: bool = False, seed: int = 0) -> SimResult:
     """Simulate one collective; see the module docstring."""
     fn = lookup(op, algorithm)
+    if fn is allreduce_hierarchical:
+        # fewer ranks than a node holds: they share one node
+        fn = functools.partial(fn, ranks_per_node=min(topology.ranks_per_node or ranks, ranks))
     dtype = np.dtype(dtype)
     if ranks < 1:
         raise ValueError(f"ranks must be >= 1, got {ranks}")

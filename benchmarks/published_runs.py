@@ -119,6 +119,34 @@ def show(title, unit, rows):
     return mean, worst
 
 
+def plot(folder: Path, t1, t5, mem):
+    """One figure per table: published and predicted side by side, the error under each pair."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figures = (("published_megatron_table1", "Megatron-LM Table 1 (A100, DGX A100 + 8x HDR)", "TFLOP/s per GPU", t1),
+               ("published_korthikanti_table5", "Korthikanti et al. Table 5: iteration time", "seconds", t5),
+               ("published_korthikanti_memory", "Korthikanti et al. Figure 1: memory per GPU", "GiB", mem))
+    for name, title, unit, rows in figures:
+        fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 3.6))
+        x = range(len(rows))
+        labels = [r["model"] + ("\n" + r["column"] if "column" in r else "") for r in rows]
+        ax.bar([i - 0.2 for i in x], [r["published"] for r in rows], 0.4, label="published")
+        ax.bar([i + 0.2 for i in x], [r["predicted"] for r in rows], 0.4, label="predicted")
+        for i, r in zip(x, rows):
+            ax.annotate(f"{r['error_pct']:+.1f}%", (i, max(r["published"], r["predicted"])), ha="center",
+                        va="bottom", fontsize=7)
+        ax.set_xticks(list(x), labels, fontsize=6 if "column" in rows[0] else 8)
+        ax.set_ylabel(unit)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        for ext in ("png", "svg"):
+            fig.savefig(folder / f"{name}.{ext}", dpi=110)
+        plt.close(fig)
+        print(f"# wrote {folder / name}.png")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write every row here")
@@ -133,6 +161,8 @@ def main():
     if args.terms:
         for r in t1 + t5:
             print(r["model"], r.get("column", ""), {k: round(v, 4) for k, v in r["terms_s"].items()})
+    if args.plots:
+        plot(Path(args.plots), t1, t5, mem)
     if args.json:
         Path(args.json).write_text(json.dumps({"table_1": t1, "table_5": t5, "memory": mem}, indent=1) + "\n")
 

@@ -1,6 +1,6 @@
 """python -m parallel_lm.predict: step time, throughput and memory of a training layout, before running it.
 
-A real run, stated in full (Megatron-LM's 175B row of Narayanan et al. 2021, Table 1):
+A real run, stated in full (the 145.6B row of Narayanan et al. 2021, Table 1, on 1,536 A100s):
 
     python -m parallel_lm.predict --n-layer 80 --n-embd 12288 --n-head 96 --seq-len 2048 --vocab-size 51200 \
         --ranks 1536 --tp 8 --pp 8 --virtual-stages 2 --global-batch-size 2304 --micro-batch-size 2 \

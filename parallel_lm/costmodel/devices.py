@@ -15,10 +15,11 @@ Patterson, "Roofline", CACM 2009):
   bytes and do almost no math: they run at ``memory_efficiency`` of the
   HBM bandwidth.
 
-Every number carries its source in ``sources``. Those marked "fitted" were
+Every number carries its source in ``sources``. The two efficiencies were
 fitted once, for all rows together, to published training runs (see
-docs/costmodel.md, "Published runs"); ``--device-file`` takes a JSON file
-with the same keys to replace them for another machine or software stack.
+docs/costmodel.md, "Published runs"); ``--device FILE.json`` takes a JSON
+file with the same keys (and ``base``, the device it starts from) to
+replace them for another machine or software stack.
 """
 from __future__ import annotations
 
@@ -58,8 +59,8 @@ class Device:
         return n_bytes / (self.hbm_bytes_per_s * self.memory_efficiency)
 
 
-_FITTED = ("fitted: one value for every row of Megatron-LM's Table 1 and Korthikanti et al.'s Table 5 "
-           "together (benchmarks/published_runs.py --fit); see docs/costmodel.md")
+_FITTED = ("fitted: one value for every row of Megatron-LM's Table 1 (Narayanan et al. 2021) and Korthikanti "
+           "et al. 2022's Table 5 together (benchmarks/published_runs.py --fit); see docs/costmodel.md")
 
 DEVICES = {
     "a100-80gb": Device(
@@ -70,7 +71,9 @@ DEVICES = {
                           "156 TF32, 19.5 FP32",
             "hbm_bytes_per_s": "NVIDIA A100 datasheet: A100 80GB SXM, 2,039 GB/s HBM2e",
             "memory_bytes": "NVIDIA A100 datasheet: 80 GB HBM2e (81,920 MiB as nvidia-smi reports it)",
-            "gemm_efficiency": _FITTED, "gemm_overhead_s": _FITTED, "memory_efficiency": _FITTED}),
+            "gemm_efficiency": _FITTED, "memory_efficiency": _FITTED,
+            "gemm_overhead_s": "assumption, not fitted: about the launch latency of one CUDA kernel (a few "
+                               "microseconds); it only matters for GEMMs of a few GFLOP or less"}),
 }
 DEVICES["a100-40gb"] = replace(
     DEVICES["a100-80gb"], name="a100-40gb", hbm_bytes_per_s=1.555e12, memory_bytes=40 * GIB,
@@ -86,7 +89,7 @@ DEVICES["h100-sxm"] = replace(
              "hbm_bytes_per_s": "NVIDIA H100 datasheet, H100 SXM: 3.35 TB/s HBM3",
              "memory_bytes": "NVIDIA H100 datasheet, H100 SXM: 80 GB",
              "gemm_efficiency": "assumption: the A100's fitted value; no published H100 run was fitted",
-             "gemm_overhead_s": "assumption: the A100's fitted value",
+             "gemm_overhead_s": "assumption: the A100's value",
              "memory_efficiency": "assumption: the A100's fitted value"})
 DEVICE_NAMES = sorted(DEVICES)
 

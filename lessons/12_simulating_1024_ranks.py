@@ -17,6 +17,7 @@ nodes with fast links inside and slow links between them, and a switch
 port shared by all ranks of a node.
 """
 import time
+from dataclasses import replace
 
 from parallel_lm.bench.metrics import format_size
 from parallel_lm.costmodel.formulas import COSTS
@@ -41,7 +42,7 @@ print(f"1. ring all-reduce of 64 MiB on {P} ranks of InfiniBand NDR: simulated {
 check(abs(ring.time_s / formula - 1) < 1e-9, "on a flat network the simulator must equal the formula")
 
 # 2. which algorithm wins at which size
-names = list(OPS["allreduce"])
+names = list(COSTS["allreduce"])  # the one-level algorithms (hierarchical needs nodes: exercise 3)
 sizes = [4 << 10, 256 << 10, 16 << 20, 256 << 20]
 print(f"\n2. all-reduce time on {P} ranks (ms); the winner changes with size")
 print(f"{'size':>8} " + "".join(f"{n:>19}" for n in names) + "   fastest")
@@ -64,7 +65,7 @@ check(abs(res.time_s / timing_only - 1) < 1e-9, "data and timing-only modes must
 # 4. nodes: 8 GPUs on NVLink per node, InfiniBand between nodes
 dgx = load_profile("dgx-h100-ndr")
 nodes = topology_from_profile(dgx)                      # hierarchical
-shared = topology_from_profile(dgx, "switch")           # plus one network port per node
+shared = replace(topology_from_profile(dgx, "switch"), rails=1)  # plus one network port per node (a DGX has 8)
 n = 64 << 20
 print(f"\n4. 64 MiB on {P} ranks = {P // 8} DGX nodes; the flat formula sees only NVLink or only InfiniBand")
 print(f"{'algorithm':>19} {'formula NVLink':>15} {'formula IB':>11} {'nodes':>9} {'shared port':>12}")
@@ -86,5 +87,7 @@ print("\nlesson 12 OK")
 #    "tree" split into only ~12 groups of ranks while Rabenseifner needs one per rank?
 # 2. Find the size at which the ring overtakes recursive doubling on 1,024 ranks of
 #    eth-10g, and compare with the crossover the formulas predict (set the two equal).
-# 3. Write a hierarchical all-reduce (reduce inside each node, all-reduce across nodes,
-#    broadcast inside) as plain Send/Recv code and simulate it on the shared-port topology.
+# 3. Read comm/collectives/hierarchical.py (reduce-scatter inside each node, one ring per local
+#    rank across nodes, all-gather inside) and simulate it on the shared-port topology with
+#    `replace(shared, rails=1)` and `rails=8`: why do the rails matter to it, when
+#    they did not matter to the flat ring above?

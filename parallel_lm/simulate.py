@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 
 import click
 
@@ -32,12 +33,14 @@ from .sim import KINDS, OPS, simulate, topology_from_profile
 @click.option("--profile", "-p", default="ib-ndr",
               help=f"Network profile: {', '.join(PROFILE_NAMES)}, a JSON file, or alpha=S,beta=S_PER_B[,gamma=..].")
 @click.option("--topology", "-t", type=click.Choice(KINDS), default=None,
-              help="flat, hierarchical (nodes) or switch (nodes sharing one port each); default: the profile's.")
+              help="flat, hierarchical (nodes) or switch (nodes sharing their ports); default: the profile's.")
 @click.option("--ranks-per-node", type=click.IntRange(min=1), default=None, help="Override the profile's node size.")
+@click.option("--rails", type=click.IntRange(min=1), default=None,
+              help="Switch ports (NICs) per node with --topology switch; default: the profile's (8 on the DGX profiles).")
 @click.option("--dtype", default="float32", type=click.Choice(["float16", "float32", "float64", "int32", "int64"]))
 @click.option("--data", is_flag=True, help="Move and add real data (one thread per rank, up to 512) and check the sums.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write one record per run.")
-def main(op, algorithm, ranks, sizes, profile, topology, ranks_per_node, dtype, data, json_path):
+def main(op, algorithm, ranks, sizes, profile, topology, ranks_per_node, rails, dtype, data, json_path):
     """Simulate a collective on P virtual ranks and compare with the closed-form formula."""
     try:
         prof = load_profile(profile)
@@ -58,6 +61,8 @@ def main(op, algorithm, ranks, sizes, profile, topology, ranks_per_node, dtype, 
         for n in size_list:
             try:
                 topo = topology_from_profile(prof, topology or "", ranks_per_node, message_bytes=n)
+                if rails:
+                    topo = replace(topo, rails=rails)
             except ValueError as e:
                 raise click.UsageError(str(e)) from None
             for name in names:

@@ -103,3 +103,15 @@ def test_simulate_rejects_bad_input_with_the_fix():
     assert proc.returncode == 2 and "valid: naive, tree, ring" in proc.stderr
     proc = run_cli("--profile", "ib-ndr", "--topology", "switch")
     assert proc.returncode == 2 and "two-level profile" in proc.stderr
+
+
+def test_simulate_rails_set_the_ports_per_node(tmp_path):
+    times = {}
+    for rails in ("1", "8"):
+        out = tmp_path / f"r{rails}.json"
+        proc = run_cli("-a", "recursive_doubling", "-r", "64", "-s", "4M", "--profile", "dgx-h100-ndr", "--topology",
+                       "switch", "--rails", rails, "--json", str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert f"{rails} shared port(s) per node" in proc.stdout
+        times[rails] = json.loads(out.read_text())["records"][0]["sim_s"]
+    assert times["1"] > 3 * times["8"]  # all 8 ranks of a node cross at once: one port queues them

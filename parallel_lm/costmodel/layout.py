@@ -276,8 +276,9 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
         p2p *= 2 * v
     pipeline = m * (stage_max + p2p) + (pp - 1) / v * stage_mean
 
-    # data-parallel gradient sync of this rank's share of the stage (gradients in the training precision)
-    stage_params = shape.n_layer // pp * shape.layer_params() + shape.embedding_params() * (1 if pp == 1 else 0.5)
+    # data-parallel gradient sync of this rank's share of the fullest stage (the first holds the embedding, the
+    # last its tied copy for the head), gradients in the training precision
+    stage_params = shape.n_layer // pp * shape.layer_params() + shape.embedding_params()
     grad_bytes = stage_params / t * w
     dp_comm = 0.0
     if lay.dp > 1:

@@ -1,16 +1,17 @@
 """The GPU layout model: counts against the papers' closed forms, the published tables, and the predict CLI."""
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
 
-from parallel_lm.costmodel.devices import DEVICES, GIB, load_device
+from parallel_lm.costmodel.devices import DEVICES, load_device
 from parallel_lm.costmodel.formulas import Network
-from parallel_lm.costmodel.layout import Cluster, Layout, hierarchical_allreduce_s, memory_per_gpu, overlap, predict_run, ring_s
+from parallel_lm.costmodel.formulas import all_gather_ring, allreduce_ring
+from parallel_lm.costmodel.layout import Layout, hierarchical_allreduce_s, memory_per_gpu, overlap, predict_run
 from parallel_lm.costmodel.profiles import load_profile
 from parallel_lm.costmodel.transformer import ModelShape, megatron_flops
 
@@ -83,13 +84,15 @@ def test_interleaving_holds_more_activations_and_shrinks_the_bubble():
 def test_hierarchical_allreduce_reduces_to_the_flat_ring():
     intra, inter = Network(1e-6, 1e-11), Network(5e-6, 4e-11)
     n = 1e9
-    assert hierarchical_allreduce_s(n, 8, 1, intra, inter) == pytest.approx(ring_s(n, 8, intra))
-    assert hierarchical_allreduce_s(n, 1, 16, intra, inter) == pytest.approx(ring_s(n, 16, inter))
+    ring = lambda n, p, net: allreduce_ring(n, p, math.inf).time_s(net)
+    gather = lambda n, p, net: all_gather_ring(n, p).time_s(net)  # a ring reduce-scatter costs the same here (no gamma)
+    assert hierarchical_allreduce_s(n, 8, 1, intra, inter) == pytest.approx(ring(n, 8, intra))
+    assert hierarchical_allreduce_s(n, 1, 16, intra, inter) == pytest.approx(ring(n, 16, inter))
     # 8 ranks per node on 8 rails: each ring carries n/8 across nodes; on one shared NIC, 8 times the bytes
     eight = hierarchical_allreduce_s(n, 8, 4, intra, inter, rails=8)
     one = hierarchical_allreduce_s(n, 8, 4, intra, inter, rails=1)
-    assert eight == pytest.approx(2 * ring_s(n, 8, intra, 1) + ring_s(n / 8, 4, inter))
-    assert one - eight == pytest.approx(ring_s(n / 8, 4, Network(0, 7 * 4e-11)) , rel=1e-9)
+    assert eight == pytest.approx(2 * gather(n, 8, intra) + ring(n / 8, 4, inter))
+    assert one - eight == pytest.approx(ring(n / 8, 4, Network(0, 7 * 4e-11)), rel=1e-9)
 
 
 def test_one_overlap_rule():

@@ -40,7 +40,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from .devices import GIB, Device
-from .formulas import Network, allreduce_hierarchical_s
+from .formulas import Network, all_gather_ring, allreduce_hierarchical_s, allreduce_ring
 from .transformer import RECOMPUTE, ModelShape
 
 # Bytes per parameter: (weights, gradients, optimizer state).
@@ -55,6 +55,22 @@ OPTIMIZER_TRAFFIC = {"mixed": 38, "fp32": 36}
 
 def mixed(precision: str) -> bool:
     return precision in ("fp16", "bf16")
+
+
+def state_kind(precision: str) -> str:
+    """The row of STATE_BYTES and OPTIMIZER_TRAFFIC a precision trains with."""
+    return "mixed" if mixed(precision) else "fp32"
+
+
+def value_bytes(precision: str) -> int:
+    """Bytes of one activation or gradient value: 2 in mixed precision, 4 in fp32."""
+    return 2 if mixed(precision) else 4
+
+
+def stage_params(shape: ModelShape, pp: int) -> int:
+    """Parameters of the fullest pipeline stage: its blocks and the embedding (the first stage holds it,
+    the last its tied copy for the head)."""
+    return shape.n_layer // pp * shape.layer_params() + shape.embedding_params()
 
 
 @dataclass(frozen=True)
@@ -138,13 +154,6 @@ class Cluster:
         return local, math.ceil(size / local)
 
 
-def ring_s(n_bytes: float, p: int, net: Network, phases: int = 2) -> float:
-    """Ring all-reduce (phases 2) or reduce-scatter / all-gather (phases 1): (p-1) steps of n/p bytes each phase."""
-    if p <= 1 or n_bytes <= 0:
-        return 0.0
-    return phases * (p - 1) * (net.alpha_s + n_bytes / p * net.beta_s_per_byte)
-
-
 def hierarchical_allreduce_s(n_bytes: float, local: int, nodes: int, intra: Network, inter: Network,
                              rails: int = 1) -> float:
     """``formulas.allreduce_hierarchical_s`` as NCCL runs it: whole chunks per step (no segments).
@@ -194,7 +203,7 @@ def _gemm(dev: Device, prec: str, m: float, n: float, k: float, batch: float = 1
 
 def layer_times(shape: ModelShape, lay: Layout, dev: Device) -> dict:
     """Forward GEMM time, attention-core GEMM time and element-wise bytes of one block, one micro-batch, one GPU."""
-    t, w, prec = lay.tp, 2 if mixed(lay.precision) else 4, lay.precision
+    t, w, prec = lay.tp, value_bytes(lay.precision), lay.precision
     b, s, h, f, kv = lay.micro_batch, shape.seq_len, shape.n_embd, shape.ffn, shape.kv_width
     tokens, heads, hd = b * s, shape.n_head / t, shape.head_dim
     weights = (_gemm(dev, prec, tokens, (h + 2 * kv) / t, h, w=w) + _gemm(dev, prec, tokens, h, h / t, w=w)
@@ -228,7 +237,7 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
     if problems:
         raise ValueError("; ".join(problems))
     dev, prec, t, pp, v = cluster.device, lay.precision, lay.tp, lay.pp, lay.virtual_stages
-    w = 2 if mixed(prec) else 4
+    w = value_bytes(prec)
     b, s, h = lay.micro_batch, shape.seq_len, shape.n_embd
     m = lay.micro_batches
     tokens = b * s
@@ -247,7 +256,7 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
     layer_param_bytes = shape.layer_params() / t * w
     zero3_exposed = 0.0
     if lay.zero == 3 and lay.dp > 1:
-        gather = ring_s(layer_param_bytes, lay.dp, cluster.inter if dp_nodes > 1 else cluster.intra, 1)
+        gather = all_gather_ring(layer_param_bytes, lay.dp).time_s(cluster.inter if dp_nodes > 1 else cluster.intra)
         gathers = 2 + (lay.recompute == "full")
         zero3_exposed = gathers * overlap(gather, fwd, 0.0)  # prefetched behind the previous layer
 
@@ -258,7 +267,8 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
     logit_bytes = w * (tokens * h + h * shape.vocab_size / t + tokens * shape.vocab_size / t)
     # cross-entropy over fp32 logits: cast, max, exp-sum, softmax-gradient passes (forward) and twice that back
     ce_bytes = 3 * tokens * shape.vocab_size / t * (w + 4 * 4)
-    ce_comm = 3 * ring_s(tokens * 4, tp_local, cluster.intra) if t > 1 else 0.0  # max, sum, target logit
+    # max, sum and target logit: three tiny all-reduces over the tensor ranks
+    ce_comm = 3 * allreduce_ring(tokens * 4, tp_local, math.inf).time_s(cluster.intra) if t > 1 else 0.0
     head = 3 * dev.gemm_s(logit_flops, logit_bytes, prec) + dev.memory_s(ce_bytes + 3 * 2 * w * tokens * h / t) + ce_comm
     first, last = layers * layer + embed, layers * layer + head
     if pp == 1:
@@ -272,23 +282,21 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
         crossing = cluster.inter if t * lay.dp >= cluster.ranks_per_node else cluster.intra
         p2p = crossing.alpha_s + piece * crossing.beta_s_per_byte
         if lay.scatter_gather and t > 1:
-            p2p += ring_s(act, tp_local, cluster.intra, 1)
+            p2p += all_gather_ring(act, tp_local).time_s(cluster.intra)
         p2p *= 2 * v
     pipeline = m * (stage_max + p2p) + (pp - 1) / v * stage_mean
 
-    # data-parallel gradient sync of this rank's share of the fullest stage (the first holds the embedding, the
-    # last its tied copy for the head), gradients in the training precision
-    stage_params = shape.n_layer // pp * shape.layer_params() + shape.embedding_params()
-    grad_bytes = stage_params / t * w
+    # data-parallel gradient sync of this rank's share of the fullest stage, gradients in the training precision
+    params = stage_params(shape, pp)
+    grad_bytes = params / t * w
     dp_comm = 0.0
     if lay.dp > 1:
         dp_comm = cluster.allreduce_s(grad_bytes, dp_local, dp_nodes)  # ZeRO's reduce-scatter + all-gather: same bytes
         bucket = min(grad_bytes, 25 * 2 ** 20 * w / 4)
         last_bucket = cluster.allreduce_s(bucket, dp_local, dp_nodes)
         dp_comm = overlap(dp_comm, layers * (bwd + recompute), last_bucket, lay.dp_overlap)
-    kind = "mixed" if mixed(prec) else "fp32"
-    owned = stage_params / t / (lay.dp if lay.zero >= 1 else 1)
-    optimizer = dev.memory_s(OPTIMIZER_TRAFFIC[kind] * owned)
+    owned = params / t / (lay.dp if lay.zero >= 1 else 1)
+    optimizer = dev.memory_s(OPTIMIZER_TRAFFIC[state_kind(prec)] * owned)
     step = pipeline + dp_comm + optimizer
 
     gpus = lay.gpus
@@ -310,11 +318,10 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
 
 def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
     """Bytes on the first pipeline stage's GPU (the fullest: embedding and the most micro-batches in flight)."""
-    kind = "mixed" if mixed(lay.precision) else "fp32"
-    weights_b, grads_b, opt_b = STATE_BYTES[kind]
-    params = (shape.n_layer // lay.pp * shape.layer_params() + shape.embedding_params()) / lay.tp
+    weights_b, grads_b, opt_b = STATE_BYTES[state_kind(lay.precision)]
+    params = stage_params(shape, lay.pp) / lay.tp
     dp = lay.dp
-    act_w = 2 if mixed(lay.precision) else 4
+    act_w = value_bytes(lay.precision)
     per_layer = shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, lay.recompute, act_w)
     held = shape.stored_micro_batches(lay.pp, lay.micro_batches, lay.virtual_stages)
     activations = shape.n_layer // lay.pp * per_layer * held

@@ -29,10 +29,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .formulas import Network, parameter_server_sync
+from .layout import STATE_BYTES
 from .layout import overlap as hidden_behind
 
 DEFAULT_MFU = 0.462
-BYTES_PER_PARAM = {"params": 4, "grads": 4, "optimizer": 8}  # fp32 weights, fp32 grads, AdamW m and v
+# fp32 weights, fp32 grads, AdamW m and v: the fp32 row of layout.STATE_BYTES
+BYTES_PER_PARAM = dict(zip(("params", "grads", "optimizer"), STATE_BYTES["fp32"]))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from parallel_lm.bench.metrics import format_size
 from parallel_lm.costmodel.formulas import COSTS
 from parallel_lm.costmodel.profiles import load_profile
 from parallel_lm.runtime import check, rank
-from parallel_lm.sim import OPS, Topology, simulate, topology_from_profile
+from parallel_lm.sim import Topology, simulate, topology_from_profile
 
 if rank() > 0:  # the simulated cluster lives in one process: other MPI ranks have nothing to do
     raise SystemExit(0)

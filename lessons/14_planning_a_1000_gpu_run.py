@@ -65,7 +65,7 @@ print(f"   e.g. tp {smallest_split[1].tp} x pp {smallest_split[1].pp} needs "
 # 3. the published layout, term by term
 published = Layout(BATCH, 2, dp=24, tp=8, pp=8, virtual_stages=2, recompute="full", precision="fp16", dp_overlap=False)
 pred = predict_run(model, published, cluster)
-print(f"\n3. the published layout (tp 8, pp 8, dp 24, 2 virtual stages, micro-batch 2, full recompute):")
+print("\n3. the published layout (tp 8, pp 8, dp 24, 2 virtual stages, micro-batch 2, full recompute):")
 print(f"   step {pred.step_s:.2f} s, {pred.tflops_per_gpu:.1f} TFLOP/s per GPU predicted; published 148 "
       f"({(pred.tflops_per_gpu / 148 - 1) * 100:+.1f}%); MFU {pred.mfu:.3f}; {pred.memory_gib_per_gpu:.1f} GiB per GPU")
 for term, seconds in sorted(pred.terms_s.items(), key=lambda kv: -kv[1]):

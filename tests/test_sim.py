@@ -1,11 +1,11 @@
 """The simulated cluster: same code as real MPI, same time as the formulas on a flat network."""
 import numpy as np
 import pytest
+from conftest import describe, mpirun
 
-from parallel_lm.costmodel.formulas import COSTS, Network
+from parallel_lm.costmodel.formulas import Network
 from parallel_lm.sim import OPS, Deadlock, Topology, replay, simulate
 from parallel_lm.sim.run import _record_groups
-from conftest import describe, mpirun
 
 NET = Network(alpha_s=3e-6, beta_s_per_byte=2e-10, gamma_s_per_byte=5e-11)
 INTER = Network(alpha_s=2e-5, beta_s_per_byte=1e-9, gamma_s_per_byte=5e-11)

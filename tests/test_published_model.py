@@ -73,6 +73,14 @@ def test_state_bytes_per_parameter_by_precision_and_zero():
     assert z[3]["weights"] == pytest.approx(full["weights"] / 8)
 
 
+def test_zero3_gathers_each_stage_block_and_shards_the_weights():
+    cl = published_runs.cluster()
+    base = Layout(256, 1, dp=8, tp=8, pp=2, recompute="full", precision="bf16")
+    z1, z3 = predict_run(GPT3, replace(base, zero=1), cl), predict_run(GPT3, replace(base, zero=3), cl)
+    assert z3.memory_bytes["weights"] == pytest.approx(z1.memory_bytes["weights"] / 8)
+    assert z3.terms_s["zero3_gather_exposed_s"] >= 0 and z3.step_s >= z1.step_s
+
+
 def test_interleaving_holds_more_activations_and_shrinks_the_bubble():
     cl = published_runs.cluster()
     base = Layout(64, 1, dp=1, tp=8, pp=8, recompute="full", precision="fp16")

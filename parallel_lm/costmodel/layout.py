@@ -119,8 +119,6 @@ class Layout:
             out.append("--virtual-stages needs a pipeline: use --pp 2 or more")
         if self.sequence_parallel and self.tp == 1:
             out.append("--sequence-parallel splits along the tensor-parallel ranks: use --tp 2 or more")
-        if self.zero == 3 and self.pp > 1:
-            out.append("--zero 3 with --pp > 1 is not modelled (no published system runs it): use --zero 1 or 2")
         if self.recompute not in RECOMPUTE:
             out.append(f"--recompute {self.recompute!r}: valid: {', '.join(RECOMPUTE)}")
         return out

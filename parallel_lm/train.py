@@ -21,8 +21,9 @@ import click
 import torch
 from click.core import ParameterSource
 
-from . import checkpoint
+from . import checkpoint, run_prediction
 from .comm import ALGORITHMS
+from .costmodel.profiles import load_profile
 from .config import (
     COMM_DTYPES,
     DEVICES,
@@ -147,6 +148,10 @@ def _make_out_dir(out: Path) -> None:
 @click.option("--trace", is_flag=True, help="Write a Chrome trace (one track per rank) to OUT/trace.json.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads per rank (default: cores / ranks on the node).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--predict", "predict_profile", metavar="PROFILE",
+              help="At the end, print the cost model's step and communication times for this run beside the "
+              "measured ones (PROFILE: this machine calibrated with python -m parallel_lm.calibrate, best with the "
+              "same rank count; also a shipped name or alpha=S,beta=S_PER_B); with --out, also OUT/prediction.json.")
 @click.option("--netem", metavar="PROFILE", help="Delay every gradient message like this network (a profile name or file, "
               "or alpha=S,beta=S_PER_B): one machine behaves like a cluster. Explicit engine, --sync allreduce only.")
 @click.pass_context
@@ -161,6 +166,10 @@ def main(ctx, **params):
     if netem and (cfg.sync != "allreduce" or cfg.engine != "explicit" or cfg.allreduce == "mpi"):
         raise click.UsageError("--netem delays the explicit collectives' messages: use it with --sync allreduce, "
                                "--engine explicit and an --allreduce other than mpi")
+    profile = agree(comm, lambda: load_profile(params["predict_profile"])) if params["predict_profile"] else None
+    if profile and cfg.sync == "ps":
+        raise click.UsageError("--predict covers --sync allreduce runs; for the parameter server use "
+                               "python -m parallel_lm.predict --strategy parameter_server")
     out = Path(params["out"] or params["resume"]) if (params["out"] or params["resume"]) else None
     if params["trace"] and out is None:
         raise click.UsageError("--trace needs --out DIR to write trace.json into")
@@ -186,7 +195,7 @@ def main(ctx, **params):
         trainer = ModelParallelTrainer(cfg, comm, batches, state, timeline)
     else:
         trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank))
-    run(cfg, comm, trainer, params, state, out, timeline)
+    run(cfg, comm, trainer, params, state, out, timeline, profile)
     trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
 
 
@@ -225,7 +234,34 @@ def run_ps(cfg, comm, batches, out):
     comm.Barrier()
 
 
-def run(cfg, comm, trainer, params, state, out, timeline):
+def _probe_compute(cfg, comm, micro):
+    """Rank 0 alone times the whole model (the others sleep, leaving it the cores); every rank gets the result."""
+    from .bench.timing import quiet_barrier
+    probe = run_prediction.measure_compute(cfg, micro, torch.get_num_threads()) if comm.Get_rank() == 0 else None
+    quiet_barrier(comm)
+    return comm.bcast(probe, root=0)
+
+
+def _report_prediction(cfg, comm, grid, n_micro, probe, profile, model, records, out):
+    """Rank 0 prints the predicted step beside the measured medians (and writes OUT/prediction.json)."""
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_ranks = local.Get_size()
+    local.Free()
+    if comm.Get_rank() != 0:
+        return
+    cores = run_prediction.cores_here()
+    pred = run_prediction.predict(cfg, grid, n_micro, probe, profile, model.num_params(), model.flops_per_token(),
+                                  local_ranks, cores)
+    meas = run_prediction.measured(records)
+    print(run_prediction.report(pred, meas, probe, profile, local_ranks, cores, comm.Get_size()), flush=True)
+    if out is not None:
+        run_prediction.write_json(out / "prediction.json", pred, meas, probe, profile,
+                                  {"dp": grid.dp, "tp": grid.tp, "pp": grid.pp, "zero": cfg.zero,
+                                   "micro_batches": n_micro, "ranks": comm.Get_size()})
+
+
+def run(cfg, comm, trainer, params, state, out, timeline, profile=None):
     rank, p = comm.Get_rank(), comm.Get_size()
     batches = trainer.batches
     grid = cfg.grid(p)
@@ -246,6 +282,8 @@ def run(cfg, comm, trainer, params, state, out, timeline):
     if trainer.start_step:
         print0(f"resumed from {params['resume']} at step {trainer.start_step}")
 
+    probe = _probe_compute(cfg, comm, micro) if profile else None
+    records = []
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None)
     comm.Barrier()
     if timeline:
@@ -265,6 +303,7 @@ def run(cfg, comm, trainer, params, state, out, timeline):
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             val = rec["val_loss"] = trainer.evaluate()
         metrics.write(rec)
+        records.append(rec)
         exposed = f", exposed comm {100 * rec['exposed_comm_s'] / rec['step_s']:.0f}%" if rec["exposed_comm_s"] is not None else ""
         bubble = f", bubble {100 * rec['bubble']:.0f}%" if rec.get("bubble") is not None else ""
         progress = f"loss {rec['loss']:.3f}, {rec['tokens_per_s']:,.0f} tok/s{exposed}{bubble}"
@@ -293,8 +332,11 @@ def run(cfg, comm, trainer, params, state, out, timeline):
         print0(f"already at step {trainer.start_step} >= --steps {cfg.steps}: nothing to train")
     if val is not None:
         _report_validation(val)
+    if probe and records:
+        _report_prediction(cfg, comm, grid, n_micro, probe, profile, m, records, out)
     if out is not None:
-        files = ["metrics.jsonl", "checkpoint.pt"] + (["trace.json"] if timeline else [])
+        files = ["metrics.jsonl", "checkpoint.pt"] + (["prediction.json"] if probe and records else []) \
+            + (["trace.json"] if timeline else [])
         print0(f"wrote {', '.join(str(out / f) for f in files)}" + (" (open trace.json in ui.perfetto.dev)" if timeline else ""))
 
 

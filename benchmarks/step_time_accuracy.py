@@ -36,6 +36,20 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
+def pair(pred: dict, meas: dict, key: str) -> str:
+    """'predicted / measured' in ms, or '-' where the layout has no such term."""
+    if not pred[key] and not meas.get(key):
+        return "-"
+    shown = f"{meas[key] * 1e3:.2f}" if meas.get(key) is not None else "n/a"
+    return f"{pred[key] * 1e3:.2f} / {shown}"
+
+
+def row(r: dict) -> str:
+    pred, meas = r["predicted"], r["measured"]
+    return (f"| {r['ranks']} | {r['name']} | {pred['step_s'] * 1e3:.1f} | {meas['step_s'] * 1e3:.1f} | "
+            f"{100 * r['error']:+.0f}% | {pair(pred, meas, 'comm_s')} | {pair(pred, meas, 'tp_comm_s')} |")
+
+
 @click.command()
 @click.option("--ranks", default="2,4,8", show_default=True)
 @click.option("--preset", default="small", show_default=True)
@@ -51,8 +65,8 @@ def main(ranks, preset, steps, out, mpiexec):
         raise click.BadParameter(f"no layouts for {unknown}; choose from {sorted(LAYOUTS)}", param_hint="--ranks")
     rows = []
     print(f"| ranks | layout ({preset}, batch 32) | predicted step ms | measured step ms | error | "
-          "predicted / measured gradient sync ms |")
-    print("|---|---|---|---|---|---|")
+          "gradient sync ms, predicted / measured | tensor-parallel all-reduces ms, predicted / measured |")
+    print("|---|---|---|---|---|---|---|")
     for p in counts:
         mpi = [mpiexec, "-n", str(p), sys.executable, "-m"]
         profile = out / f"profile-p{p}.json"
@@ -64,11 +78,8 @@ def main(ranks, preset, steps, out, mpiexec):
                      "--predict", str(profile), "--out", tmp, *extra])
                 doc = json.loads((Path(tmp) / "prediction.json").read_text())
             pred, meas = doc["predicted"], doc["measured"]
-            err = pred["step_s"] / meas["step_s"] - 1
-            sync = f"{pred['comm_s'] * 1e3:.2f} / {meas['comm_s'] * 1e3:.2f}" if meas["comm_s"] is not None else "-"
-            print(f"| {p} | {name} | {pred['step_s'] * 1e3:.1f} | {meas['step_s'] * 1e3:.1f} | {100 * err:+.0f}% | "
-                  f"{sync} |", flush=True)
-            rows.append({"ranks": p, "layout": name, "error": err, **doc})
+            rows.append({"ranks": p, "name": name, "error": pred["step_s"] / meas["step_s"] - 1, **doc})
+            print(row(rows[-1]), flush=True)
     print()
     for p in counts + [None]:
         errs = [abs(r["error"]) * 100 for r in rows if p is None or r["ranks"] == p]

@@ -20,7 +20,6 @@ Nothing the prediction uses comes from the run's own timings:
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -79,14 +78,6 @@ def measure_compute(cfg, micro: int, threads: int, reps: int = 3) -> ComputeProb
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def cores_here() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def predict(cfg, grid, n_micro: int, probe: ComputeProbe, profile: Profile, n_params: int,

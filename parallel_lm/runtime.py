@@ -108,6 +108,23 @@ def agree(comm, fn, errors=(ValueError, OSError)):
     return result
 
 
+def cores_here() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def local_ranks(comm) -> int:
+    """Ranks of ``comm`` on this node (they share its cores)."""
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    n = local.Get_size()
+    local.Free()
+    return n
+
+
 def threads_per_rank(comm, requested: int | None = None) -> int:
     """Cores / ranks on this node (at least 1), unless ``requested``.
 
@@ -116,11 +133,7 @@ def threads_per_rank(comm, requested: int | None = None) -> int:
     """
     if requested:
         return requested
-    from mpi4py import MPI
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    n_local = local.Get_size()
-    local.Free()
-    return max(1, (os.cpu_count() or 1) // n_local)
+    return max(1, (os.cpu_count() or 1) // local_ranks(comm))
 
 
 def set_netem(spec: str | None):

@@ -38,7 +38,7 @@ from .config import (
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, write_chrome_trace
 from .model import PRESETS
-from .runtime import agree, main_guard, print0, set_netem, threads_per_rank, world
+from .runtime import agree, cores_here, local_ranks, main_guard, print0, set_netem, threads_per_rank, world
 from .trainer import Trainer
 
 MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
@@ -244,17 +244,14 @@ def _probe_compute(cfg, comm, micro):
 
 def _report_prediction(cfg, comm, grid, n_micro, probe, profile, model, records, out):
     """Rank 0 prints the predicted step beside the measured medians (and writes OUT/prediction.json)."""
-    from mpi4py import MPI
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_ranks = local.Get_size()
-    local.Free()
+    on_node = local_ranks(comm)
     if comm.Get_rank() != 0:
         return
-    cores = run_prediction.cores_here()
+    cores = cores_here()
     pred = run_prediction.predict(cfg, grid, n_micro, probe, profile, model.num_params(), model.flops_per_token(),
-                                  local_ranks, cores)
+                                  on_node, cores)
     meas = run_prediction.measured(records)
-    print(run_prediction.report(pred, meas, probe, profile, local_ranks, cores, comm.Get_size()), flush=True)
+    print(run_prediction.report(pred, meas, probe, profile, on_node, cores, comm.Get_size()), flush=True)
     if out is not None:
         run_prediction.write_json(out / "prediction.json", pred, meas, probe, profile,
                                   {"dp": grid.dp, "tp": grid.tp, "pp": grid.pp, "zero": cfg.zero,

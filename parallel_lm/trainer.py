@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .metrics import Timeline
 from .model import GPT
 from .parallel.data_parallel import BucketedDataParallel, NaiveDataParallel
+from .parallel.optim import build_optimizer, decay_groups
 
 
 def _maybe_fail(step: int) -> None:
@@ -41,13 +42,8 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def make_optimizer(model, cfg: TrainConfig):
-    """AdamW (betas 0.9, 0.95) or plain SGD; weight decay on matrices and embeddings only (as nanoGPT)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, foreach=False)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), foreach=False)
+    """The run's optimizer over ``model``'s parameters, with ``parallel/optim.py``'s decay groups."""
+    return build_optimizer(decay_groups(model.parameters(), cfg.weight_decay), cfg.optimizer, cfg.lr)
 
 
 def held_bytes(params, optimizer, zero=None) -> dict:

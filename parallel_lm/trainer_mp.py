@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 
 import numpy as np
@@ -25,6 +24,7 @@ from .comm.buffers import as_array
 from .config import TrainConfig
 from .model import GPT, tensor_parallel
 from .model.tensor_parallel import gather_state_dict, shard_model
+from .parallel.optim import clip_coefficient
 from .parallel.pipeline import Pipeline, Stage, bubble_formula
 from .trainer import _maybe_fail, held_bytes, lr_at, make_optimizer
 
@@ -94,10 +94,8 @@ class ModelParallelTrainer:
     def _clip(self) -> None:
         """Clip by the norm of the whole model's gradient, every element counted once."""
         skip = {id(p) for p in self._not_counted()}
-        sq = np.array([sum(float(torch.sum(p.grad.double() ** 2)) for p in self.params if id(p) not in skip)])
-        self.pp_comm.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
-        self.tp_comm.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
-        coef = self.cfg.grad_clip / (math.sqrt(sq[0]) + 1e-6)
+        sq = sum(float(torch.sum(p.grad.double() ** 2)) for p in self.params if id(p) not in skip)
+        coef = clip_coefficient(sq, self.cfg.grad_clip, (self.pp_comm, self.tp_comm))
         if coef < 1:
             for p in self.params:
                 p.grad.mul_(coef)

@@ -59,6 +59,21 @@ class NaiveDataParallel:
         return spent, spent
 
 
+def bucket_groups(params_in_backward_order, bucket_bytes: int) -> list[list]:
+    """Consecutive parameters, in the order backward finishes them, grouped until each group holds
+    at least ``bucket_bytes`` of fp32 gradient (the last group takes what is left)."""
+    groups, current, size = [], [], 0
+    for p in params_in_backward_order:
+        current.append(p)
+        size += p.numel() * 4
+        if size >= bucket_bytes:
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
 class Bucket:
     def __init__(self, index: int, params: list, dtype=torch.float32):
         self.index, self.params = index, params
@@ -96,16 +111,7 @@ class BucketedDataParallel:
     @staticmethod
     def _make_buckets(params_in_backward_order, bucket_bytes: int) -> list[Bucket]:
         """Group parameters, in the order backward finishes them, into buckets of ~bucket_bytes."""
-        groups, current, size = [], [], 0
-        for p in params_in_backward_order:
-            current.append(p)
-            size += p.numel() * 4
-            if size >= bucket_bytes:
-                groups.append(current)
-                current, size = [], 0
-        if current:
-            groups.append(current)
-        buckets = [Bucket(i, g) for i, g in enumerate(groups)]
+        buckets = [Bucket(i, g) for i, g in enumerate(bucket_groups(params_in_backward_order, bucket_bytes))]
         for b in buckets:
             offset = 0
             for p in b.params:

@@ -40,6 +40,7 @@ import torch
 from mpi4py import MPI
 
 from ..comm.topology import chunk_offsets
+from .optim import clip_coefficient, decay_mask
 
 TAG_PUSH, TAG_PULL = 31, 32
 
@@ -71,11 +72,6 @@ def load_flat(model, flat: torch.Tensor) -> None:
         for p in model.parameters():
             p.copy_(flat[offset: offset + p.numel()].view_as(p))
             offset += p.numel()
-
-
-def decay_mask(model) -> torch.Tensor:
-    """1 where weight decay applies (matrices and embeddings, as ``trainer.make_optimizer``), else 0."""
-    return torch.cat([torch.full((p.numel(),), 1.0 if p.dim() >= 2 else 0.0) for p in model.parameters()])
 
 
 class ShardOptimizer:
@@ -110,7 +106,7 @@ class Server:
         n = sum(p.numel() for p in model.parameters())
         self.lo, self.hi = layout.shard(n, self.rank)
         self.params = flat_params(model)[self.lo:self.hi].clone()  # (shard,) fp32 master copy
-        self.opt = ShardOptimizer(self.params, decay_mask(model)[self.lo:self.hi], cfg.optimizer, cfg.weight_decay)
+        self.opt = ShardOptimizer(self.params, decay_mask(model.parameters())[self.lo:self.hi].float(), cfg.optimizer, cfg.weight_decay)
         self.servers = servers_comm
         self.version = 0  # optimizer steps taken on this shard
         self.received = 0  # gradient pushes taken into an update (each exactly once)
@@ -136,10 +132,7 @@ class Server:
     def _clip_sync(self, grad: torch.Tensor) -> None:
         if self.cfg.grad_clip <= 0:
             return
-        sq = np.array([float(grad.double().pow(2).sum())])
-        self.servers.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
-        norm = float(np.sqrt(sq[0]))
-        coef = self.cfg.grad_clip / (norm + 1e-6)  # torch.nn.utils.clip_grad_norm_'s rule
+        coef = clip_coefficient(float(grad.double().pow(2).sum()), self.cfg.grad_clip, (self.servers,))
         if coef < 1:
             grad.mul_(coef)
 
@@ -222,8 +215,7 @@ class Worker:
             loss = self.trainer.local_gradient(t)
             grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
             if self.cfg.staleness != 0 and self.cfg.grad_clip > 0:  # async: each gradient clipped on its own
-                norm = float(grad.norm())
-                grad.mul_(min(1.0, self.cfg.grad_clip / (norm + 1e-6)))
+                grad.mul_(clip_coefficient(float(grad.double().pow(2).sum()), self.cfg.grad_clip))
             for s, (lo, hi) in enumerate(self.shards):
                 out = self.push_bufs[s]
                 out[:-2] = grad[lo:hi].numpy()

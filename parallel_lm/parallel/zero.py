@@ -33,16 +33,15 @@ gradient clipping needs the global norm: one all-reduce of a scalar.
 """
 from __future__ import annotations
 
-import math
 import time
 
-import numpy as np
 import torch
-from mpi4py import MPI
 
 from ..comm import all_gather, reduce_scatter
 from ..comm.buffers import as_array
 from ..comm.topology import chunk_offsets
+from .data_parallel import bucket_groups
+from .optim import build_optimizer, clip_coefficient, decay_mask
 
 # reduce-scatter and all-gather algorithms matching an --allreduce name (Rabenseifner = halving + doubling)
 PHASES = {"ring": ("ring", "ring"), "rabenseifner": ("recursive_halving", "recursive_doubling"),
@@ -86,11 +85,7 @@ class Zero:
         owned = [torch.arange(a + c[self.rank], a + c[self.rank + 1]) for a, b, c in
                  ((a, b, chunk_offsets(b - a, self.dp)) for a, b, _ in self.buckets)]
         self.owned = torch.cat(owned) if owned else torch.zeros(0, dtype=torch.long)
-        decay = torch.zeros(n, dtype=torch.bool)
-        for p in self.params:
-            if p.dim() >= 2:  # weight decay on matrices and embeddings only, as make_optimizer does
-                decay[offsets[p]: offsets[p] + p.numel()] = True
-        mask = decay[self.owned]
+        mask = decay_mask(self.params)[self.owned]  # self.flat lays the parameters end to end in this order
         self.idx = (self.owned[mask], self.owned[~mask])  # flat positions of the decayed / other owned parameters
         self.where = (mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1))  # the same, in grad_shard
         self.slices, start = [], 0  # where each bucket's owned chunk sits in grad_shard
@@ -101,8 +96,7 @@ class Zero:
         self.shards = [torch.nn.Parameter(self.flat[i].clone()) for i in self.idx]
         groups = [{"params": [self.shards[0]], "weight_decay": weight_decay},
                   {"params": [self.shards[1]], "weight_decay": 0.0}]
-        self.optimizer = (torch.optim.SGD(groups, lr=lr, foreach=False) if optimizer == "sgd"
-                          else torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), foreach=False))
+        self.optimizer = build_optimizer(groups, optimizer, lr)
         self.grad_shard = torch.zeros(len(self.owned))  # this rank's summed gradient, in owned order
         self.peak_bucket_bytes = 0
         self.comm_s = 0.0  # communication time of the current step
@@ -119,17 +113,8 @@ class Zero:
 
     def _buckets(self, bucket_bytes: int) -> list[tuple[int, int, list]]:
         """Contiguous ranges of the flat vector, grouped in the order backward finishes parameters."""
-        groups, current, size = [], [], 0
-        for p in reversed(self.params):
-            current.append(p)
-            size += 4 * p.numel()
-            if size >= bucket_bytes:
-                groups.append(current)
-                current, size = [], 0
-        if current:
-            groups.append(current)
         out = []
-        for g in groups:
+        for g in bucket_groups(reversed(self.params), bucket_bytes):
             lo = min(self.offsets[p] for p in g)
             hi = max(self.offsets[p] + p.numel() for p in g)
             out.append((lo, hi, g))
@@ -188,11 +173,7 @@ class Zero:
                 a = self.offsets[p]
                 keep &= (self.owned < a) | (self.owned >= a + p.numel())
             counted = self.grad_shard[keep]
-            sq = np.array([float(torch.sum(counted.double() ** 2))])
-            self.comm.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
-            for c in norm_comms:
-                c.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
-            coef = grad_clip / (math.sqrt(sq[0]) + 1e-6)
+            coef = clip_coefficient(float(torch.sum(counted.double() ** 2)), grad_clip, (self.comm, *norm_comms))
             if coef < 1:
                 self.grad_shard *= coef
         for shard, where in zip(self.shards, self.where):

@@ -1,0 +1,41 @@
+"""parallel/optim.py: the decay rule, the optimizer and the global-norm clip every layout shares."""
+import pytest
+import torch
+from mpi4py import MPI
+
+from parallel_lm.model import GPT, PRESETS
+from parallel_lm.parallel.optim import BETAS, build_optimizer, clip_coefficient, decay_groups, decay_mask
+
+
+def test_matrices_and_embeddings_decay_biases_and_gains_do_not():
+    model = GPT(PRESETS["tiny"])
+    decayed, rest = decay_groups(model.parameters(), 0.1)
+    assert decayed["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in rest["params"])
+    assert len(decayed["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    mask = decay_mask(list(model.parameters()))
+    assert mask.dtype == torch.bool and int(mask.sum()) == sum(p.numel() for p in decayed["params"])
+    assert len(mask) == model.num_params()
+
+
+def test_the_optimizer_is_adamw_with_gpt_betas_or_sgd():
+    p = torch.nn.Parameter(torch.ones(3, 3))
+    adam = build_optimizer(decay_groups([p], 0.1), "adamw", 1e-3)
+    assert isinstance(adam, torch.optim.AdamW) and adam.param_groups[0]["betas"] == BETAS
+    assert isinstance(build_optimizer(decay_groups([p], 0.1), "sgd", 1e-3), torch.optim.SGD)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 50.0])
+def test_clip_coefficient_is_torchs_rule(scale):
+    torch.manual_seed(0)
+    grads = [torch.randn(7, 5) * scale, torch.randn(11) * scale]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    coef = clip_coefficient(sum(float((g.double() ** 2).sum()) for g in grads), 1.0)
+    assert coef <= 1.0
+    for p, g in zip(params, grads):
+        assert torch.allclose(p.grad, g * coef, rtol=1e-6, atol=0)
+    # summed over a group of one: the same coefficient
+    assert clip_coefficient(sum(float((g.double() ** 2).sum()) for g in grads), 1.0, (MPI.COMM_SELF,)) == coef

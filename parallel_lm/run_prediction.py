@@ -31,6 +31,7 @@ from .costmodel.formulas import COSTS
 from .costmodel.predict import predict_layout, predict_step
 from .costmodel.profiles import Profile
 from .metrics import write_atomic
+from .trainer import make_optimizer
 
 WARMUP_STEPS = 2  # the first steps pay allocation and the first messages' setup; medians leave them out
 
@@ -51,8 +52,7 @@ def measure_compute(cfg, micro: int, threads: int, reps: int = 3) -> ComputeProb
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     model = GPT(cfg.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr) if cfg.optimizer == "adamw" else \
-        torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    opt = make_optimizer(model, cfg)  # the run's own: its decay groups, betas and per-tensor loops
     x = torch.randint(0, cfg.model.vocab_size, (micro, cfg.model.block_size), device=device)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -32,7 +32,7 @@ from .bench.timing import time_collective
 from .comm import allreduce
 from .costmodel.calibration import fit_gamma, fit_piecewise
 from .metrics import write_atomic
-from .runtime import cores_here, local_ranks, main_guard, print0, size_option, world
+from .runtime import main_guard, node_share, print0, size_option, world
 
 GAMMA_MIN_BYTES = 64 << 10  # below this the add is a fixed Python call cost, not bytes
 
@@ -83,7 +83,7 @@ def main(out_path, name, min_bytes, max_bytes, factor, iters, warmup):
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     host = socket.gethostname()
-    cores, on_node = cores_here(), local_ranks(comm)
+    on_node, cores = node_share(comm)
     print0(f"# parallel_lm.calibrate: {p} ranks on {host}, {len(sizes)} sizes, median of {iters}; {on_node} ranks on "
            f"{cores} cores here ({on_node / cores:.2g} per core: the profile holds for this many ranks per core)")
     print0(f"# {'bytes':>10} {'pingpong_us':>12} {'exchange_us':>12} {'reduce_us':>10}")

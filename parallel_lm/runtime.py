@@ -108,21 +108,31 @@ def agree(comm, fn, errors=(ValueError, OSError)):
     return result
 
 
-def cores_here() -> int:
+def _affinity() -> set[int]:
     """Cores this process may run on (its affinity mask where the OS has one)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
 
 
 def local_ranks(comm) -> int:
     """Ranks of ``comm`` on this node (they share its cores)."""
+    return node_share(comm)[0]
+
+
+def node_share(comm) -> tuple[int, int]:
+    """(ranks of ``comm`` on this node, cores their affinity masks cover together). Collective.
+
+    The union, not this rank's own mask: a launcher that binds each rank to
+    a core (Open MPI does by default) leaves one core per rank, while
+    unbound ranks all see every core.
+    """
     from mpi4py import MPI
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    n = local.Get_size()
+    masks = local.allgather(_affinity())
     local.Free()
-    return n
+    return len(masks), len(set().union(*masks))
 
 
 def threads_per_rank(comm, requested: int | None = None) -> int:

@@ -38,7 +38,7 @@ from .config import (
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, write_chrome_trace
 from .model import PRESETS
-from .runtime import agree, cores_here, local_ranks, main_guard, print0, set_netem, threads_per_rank, world
+from .runtime import agree, main_guard, node_share, print0, set_netem, threads_per_rank, world
 from .trainer import Trainer
 
 MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
@@ -244,10 +244,9 @@ def _probe_compute(cfg, comm, micro):
 
 def _report_prediction(cfg, comm, grid, n_micro, probe, profile, model, records, out):
     """Rank 0 prints the predicted step beside the measured medians (and writes OUT/prediction.json)."""
-    on_node = local_ranks(comm)
+    on_node, cores = node_share(comm)
     if comm.Get_rank() != 0:
         return
-    cores = cores_here()
     pred = run_prediction.predict(cfg, grid, n_micro, probe, profile, model.num_params(), model.flops_per_token(),
                                   on_node, cores)
     meas = run_prediction.measured(records)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 
 import click
 
@@ -47,23 +46,19 @@ def model_numbers(preset: str) -> tuple[int, float, int]:
 
 
 def measured_flops_per_s(preset: str, batch: int = 32, steps: int = 5) -> float:
-    """FLOP/s this machine's CPU reaches training the preset (forward + backward + AdamW), one process."""
+    """FLOP/s this machine's CPU reaches training the preset (forward + backward + AdamW), one process.
+
+    The same probe as ``train --predict`` (``run_prediction.measure_compute``), with train's defaults.
+    """
     import torch
 
-    from .model.gpt import GPT, PRESETS
-    cfg = PRESETS[preset]
-    model = GPT(cfg)
-    opt = torch.optim.AdamW(model.parameters())
-    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size))
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        _, loss = model(x, x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - t0)
-    return model.flops_per_token() * batch * cfg.block_size / sorted(times[1:])[len(times[1:]) // 2]
+    from .config import TrainConfig
+    from .model.gpt import PRESETS
+    from .run_prediction import measure_compute
+    cfg = TrainConfig(model=PRESETS[preset])
+    probe = measure_compute(cfg, batch, torch.get_num_threads(), reps=steps)
+    flops_per_token = model_numbers(preset)[1]
+    return flops_per_token * batch * cfg.model.block_size / (probe.micro_batch_s + probe.optimizer_s)
 
 
 def device_flops(device: str, preset: str) -> tuple[float, float | None, str]:

@@ -116,11 +116,6 @@ def _affinity() -> set[int]:
         return set(range(os.cpu_count() or 1))
 
 
-def local_ranks(comm) -> int:
-    """Ranks of ``comm`` on this node (they share its cores)."""
-    return node_share(comm)[0]
-
-
 def node_share(comm) -> tuple[int, int]:
     """(ranks of ``comm`` on this node, cores their affinity masks cover together). Collective.
 
@@ -143,7 +138,8 @@ def threads_per_rank(comm, requested: int | None = None) -> int:
     """
     if requested:
         return requested
-    return max(1, (os.cpu_count() or 1) // local_ranks(comm))
+    ranks, cores = node_share(comm)
+    return max(1, cores // ranks)
 
 
 def set_netem(spec: str | None):

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from parallel_lm.bench.metrics import format_size  # noqa: E402
+from parallel_lm.sizes import format_size  # noqa: E402
 
 
 @click.command()

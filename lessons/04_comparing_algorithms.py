@@ -24,7 +24,8 @@ small and noisy; the ranking by size is the lesson. For the full sweep:
 import numpy as np
 from mpi4py import MPI
 
-from parallel_lm.bench.metrics import busbw_GBps, format_size
+from parallel_lm.bench.metrics import busbw_GBps
+from parallel_lm.sizes import format_size
 from parallel_lm.bench.timing import time_collective
 from parallel_lm.comm import ALGORITHMS, allreduce
 from parallel_lm.runtime import check, install_abort_hook, print0

@@ -25,17 +25,16 @@ real cluster, and the model's error shrinks.
 On a 2-core laptop with 4 ranks, two ranks share each core: expect errors
 of tens of percent on bare shared memory, a few percent under emulation.
 """
-import os
 
 import numpy as np
 from mpi4py import MPI
 
-from parallel_lm.bench.metrics import format_size
+from parallel_lm.sizes import format_size
 from parallel_lm.bench.pingpong import exchange_s, reduce_s
 from parallel_lm.bench.timing import time_collective
 from parallel_lm.calibrate import software_overhead_s
 from parallel_lm.comm import ALGORITHMS, allreduce
-from parallel_lm.comm.netem import ENV
+from parallel_lm.comm.netem import NetemComm
 from parallel_lm.costmodel.calibration import fit_line, fit_piecewise
 from parallel_lm.costmodel.formulas import COSTS, Network
 from parallel_lm.costmodel.profiles import load_profile
@@ -70,14 +69,14 @@ print0(f"3. one step of a tiny ring all-reduce: {step * 1e6:.1f} us = MPI's {ste
 net = Network(large.alpha_s + overhead, large.beta_s_per_byte, gamma)
 
 
-def measure_and_predict(net: Network, names, sizes) -> list[float]:
+def measure_and_predict(net: Network, names, sizes, on=comm) -> list[float]:
     errors = []
     print0(f"   {'size':>6} {'algorithm':>18} {'measured':>10} {'predicted':>10} {'error':>7}")
     for n in sizes:
         src = np.ones(n // 4, dtype=np.float32)
         buf = src.copy()
         for name in names:
-            measured, _ = time_collective(comm, lambda: allreduce(buf, comm, algorithm=name),
+            measured, _ = time_collective(comm, lambda: allreduce(buf, on, algorithm=name),
                                           lambda: np.copyto(buf, src), warmup=1, iters=5)
             predicted = COSTS["allreduce"][name](n, p).time_s(net)
             errors.append(predicted / measured - 1)
@@ -93,11 +92,10 @@ print0(f"   median |error| {100 * np.median(np.abs(bare)):.0f}%")
 
 # 5. the same under network emulation: every message takes 10 GbE's alpha + n.beta
 eth = load_profile("eth-10g").network()
-os.environ[ENV] = f"alpha={eth.alpha_s!r},beta={eth.beta_s_per_byte!r}"
 emulated = Network(eth.alpha_s + overhead, eth.beta_s_per_byte, gamma)
 print0("5. the same with every message delayed to 10 Gb Ethernet (20 us, 1.25 GB/s)")
-under_netem = measure_and_predict(emulated, ["ring", "rabenseifner"], [1 << 20, 4 << 20])
-del os.environ[ENV]
+under_netem = measure_and_predict(emulated, ["ring", "rabenseifner"], [1 << 20, 4 << 20],
+                                  NetemComm(comm, eth.alpha_s, eth.beta_s_per_byte))
 median = float(np.median(np.abs(under_netem)))
 print0(f"   median |error| {100 * median:.0f}%")
 check(median < 0.35, f"under emulation the model should be close (median error {100 * median:.0f}%)")

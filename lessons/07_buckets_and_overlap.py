@@ -58,16 +58,16 @@ for bucket_mb, overlap in [(25, False), (25, True), (1, True), (0.25, True), (0.
     timeline = Timeline()
     trainer = Trainer(cfg, comm, batches, timeline=timeline)
     records = [trainer.train_step(s) for s in range(STEPS)]
-    n_buckets = len(trainer.dp.buckets)
+    n_buckets = len(trainer.sync.buckets)
     trainer.close()
-    med = {k: 1e3 * float(np.median([r[k] for r in records[2:]])) for k in ("step_s", "comm_s", "exposed_comm_s")}
+    med = {k: 1e3 * float(np.median([getattr(r, k) for r in records[2:]])) for k in ("step_s", "comm_s", "exposed_comm_s")}
     print0(f"{bucket_mb:>9} {n_buckets:>7} {'on' if overlap else 'off':>7} {med['step_s']:>8.1f} "
            f"{med['comm_s']:>12.1f} {med['exposed_comm_s']:>10.1f}")
     finals.append(torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()]))
     if overlap and n_buckets > 1:
         # Did some bucket's all-reduce start while backward was still running? (Any step
         # counts: on oversubscribed cores the thread is sometimes scheduled only later.)
-        backwards = [(e[1], e[1] + e[2]) for e in timeline.events if e[0] == "backward"]
+        backwards = [(e[1], e[1] + e[2]) for e in timeline.events if e[0].startswith("backward")]
         starts = [e[1] for e in timeline.events if e[0].startswith("allreduce bucket") and e[3] == "comm"]
         overlapped = sum(any(lo <= t < hi for t in starts) for lo, hi in backwards)
         check(overlapped > 0, f"bucket_mb {bucket_mb}: no all-reduce began before its backward ended")

@@ -74,7 +74,7 @@ for name, staleness in (("sync", 0), ("staleness 2", 2), ("async", None)):
     hist = {}
     t0 = time.perf_counter()
     run.train(cfg.steps, on_record=lambda rec: hist.update(
-        {k: hist.get(k, 0) + v for k, v in rec["staleness"].items()}) or hist.__setitem__("loss", rec["loss"]))
+        {k: hist.get(k, 0) + v for k, v in rec.staleness.items()}) or hist.__setitem__("loss", rec.loss))
     wall = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
     loss = comm.bcast(hist.pop("loss", None), root=0)
     hist = comm.bcast(hist, root=0)

@@ -11,7 +11,7 @@ all-reduce forward (the operator g) and, because X fed every rank's A_r,
 one all-reduce of X's gradient backward (the operator f). Attention splits
 the same way by heads.
 
-1. We build one MLP, split it over the ranks (model/tensor_parallel.py),
+1. We build one MLP, split it over the ranks (parallel/tensor_parallel.py),
    and check output and gradients against the unsplit layer, counting the
    messages f and g send.
 2. We train a small GPT for 5 steps with every layer split (--tp K) and
@@ -24,10 +24,9 @@ from parallel_lm.comm.trace import CountingComm
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model.gpt import MLP, GPTConfig
-from parallel_lm.model.tensor_parallel import ParallelMLP, join
+from parallel_lm.parallel.tensor_parallel import ParallelMLP, TensorParallel, join
 from parallel_lm.runtime import check, install_abort_hook, print0
 from parallel_lm.trainer import Trainer
-from parallel_lm.trainer_mp import ModelParallelTrainer
 
 install_abort_hook()
 torch.set_num_threads(1)
@@ -40,7 +39,7 @@ check(cfg.n_head % t == 0, f"run with a divisor of {cfg.n_head} ranks, e.g. mpie
 torch.manual_seed(0)
 full = MLP(cfg)
 counting = CountingComm(comm)
-part = ParallelMLP(full, counting, "ring")
+part = ParallelMLP(full, TensorParallel(counting, "ring"))
 print0(f"1. MLP C={cfg.n_embd} -> 4C={4 * cfg.n_embd} -> C; rank {rank} holds fc {tuple(part.fc.weight.shape)} "
        f"and proj {tuple(part.proj.weight.shape)} of {tuple(full.fc.weight.shape)} and {tuple(full.proj.weight.shape)}")
 x = torch.randn(4, cfg.block_size, cfg.n_embd)
@@ -69,13 +68,13 @@ if rank == 0:
     for s in range(5):
         alone.train_step(s)
     reference = alone.full_state_dict()
-split = ModelParallelTrainer(TrainConfig(**{**base.to_dict(), "model": cfg, "tp": t}), comm, batches)
+split = Trainer(TrainConfig(**{**base.to_dict(), "model": cfg, "tp": t}), comm, batches)
 print0(f"2. training with --tp {t}: rank 0 holds {sum(p.numel() for p in split.params):,} of "
-       f"{split.model.num_params():,} parameters")
+       f"{split.n_params:,} parameters")
 for s in range(5):
     rec = split.train_step(s)
-    print0(f"   step {s + 1}: loss {rec['loss']:.6f}, time in f and g's all-reduces {rec['tp_comm_s'] * 1e3:.1f} ms "
-           f"of {rec['step_s'] * 1e3:.1f} ms")
+    print0(f"   step {s + 1}: loss {rec.loss:.6f}, time in f and g's all-reduces {rec.tp_comm_s * 1e3:.1f} ms "
+           f"of {rec.step_s * 1e3:.1f} ms")
 full_state = split.full_state_dict()
 if rank == 0:
     diff = max(float((full_state[k] - reference[k]).abs().max()) for k in reference)

@@ -27,7 +27,6 @@ from parallel_lm.model.gpt import GPTConfig
 from parallel_lm.parallel.pipeline import bubble_formula, schedule
 from parallel_lm.runtime import check, install_abort_hook, print0
 from parallel_lm.trainer import Trainer
-from parallel_lm.trainer_mp import ModelParallelTrainer
 
 install_abort_hook()
 torch.set_num_threads(1)
@@ -79,14 +78,14 @@ print0(f"   {'m':>3} {'measured bubble':>16} {'formula':>8}")
 measured = {}
 for m in (1, 2, 4, 8):
     run = TrainConfig(model=cfg, global_batch_size=2 * m, micro_batches=m, data="synthetic", steps=6, pp=p)
-    trainer = ModelParallelTrainer(run, comm, batches)
-    bubbles = [trainer.train_step(s)["bubble"] for s in range(run.steps)][2:]
+    trainer = Trainer(run, comm, batches)
+    bubbles = [trainer.train_step(s).bubble for s in range(run.steps)][2:]
     measured[m] = sorted(bubbles)[len(bubbles) // 2]
     print0(f"   {m:>3} {measured[m]:>16.3f} {bubble_formula(p, m):>8.3f}")
 check(measured[8] < measured[1], "more micro-batches must shrink the bubble")
 
 run = TrainConfig(model=cfg, global_batch_size=8, micro_batches=4, data="synthetic", steps=5, pp=p, warmup_steps=2)
-split = ModelParallelTrainer(run, comm, batches)
+split = Trainer(run, comm, batches)
 for s in range(run.steps):
     split.train_step(s)
 state = split.full_state_dict()

@@ -19,7 +19,7 @@ port shared by all ranks of a node.
 import time
 from dataclasses import replace
 
-from parallel_lm.bench.metrics import format_size
+from parallel_lm.sizes import format_size
 from parallel_lm.costmodel.formulas import COSTS
 from parallel_lm.costmodel.profiles import load_profile
 from parallel_lm.runtime import check, rank

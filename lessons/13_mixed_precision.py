@@ -14,7 +14,7 @@ float32 (Micikevicius et al., "Mixed Precision Training", ICLR 2018):
   before backward, so gradients are S times larger and survive, then divide
   them by S before the optimizer step. *Dynamic* scaling halves S and skips
   the step when a gradient overflows to inf, and doubles it after a run of
-  good steps (``trainer.LossScaler``, ``--precision fp16``).
+  good steps (``parallel/optim.py``'s ``LossScaler``, ``--precision fp16``).
 - separately, gradients can be *sent* as float16 (``--comm-dtype fp16``):
   half the bytes on the wire, at the cost of rounding each bucket to 10
   mantissa bits before the sum.
@@ -65,10 +65,10 @@ for name, overrides in settings.items():
     trainer = Trainer(cfg, comm, batches)
     recs = [trainer.train_step(s) for s in range(STEPS)]
     trainer.close()
-    curves[name] = [r["loss"] for r in recs]
+    curves[name] = [r.loss for r in recs]
     if trainer.scaler:
-        scales = [r["loss_scale"] for r in recs]
-        skipped = sum(r["skipped"] for r in recs)
+        scales = [r.loss_scale for r in recs]
+        skipped = sum(r.skipped for r in recs)
 print0(f"part 2: {K} ranks, tiny preset, {STEPS} steps; training loss at steps:")
 marks = [0, 9, 19, 39, STEPS - 1]
 print0(f"{'setting':>20} " + "".join(f"{m + 1:>9}" for m in marks))
@@ -82,7 +82,7 @@ print0("All settings stay finite and end within 0.1 nats of fp32.")
 print0("lesson 13 OK")
 
 # Exercises
-# 1. Set LossScaler's initial scale to 2**30 (trainer.py). How many steps are skipped
+# 1. Set LossScaler's initial scale to 2**30 (parallel/optim.py). How many steps are skipped
 #    before the scale settles? Where would you see that in metrics.jsonl?
 # 2. Turn loss scaling off for fp16 (scale 1). Does this tiny model notice? Which of
 #    part 1's gradient sizes do its gradients have (print a few)?

@@ -26,7 +26,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .bench.metrics import format_size, sweep
+from .bench.metrics import sweep
+from .sizes import format_size
 from .bench.pingpong import exchange_s, half_round_trip_s, reduce_s
 from .bench.timing import time_collective
 from .comm import allreduce

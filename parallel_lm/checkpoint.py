@@ -1,9 +1,18 @@
 """checkpoint.pt: written atomically by rank 0, loaded with ``weights_only=True``.
 
-Holds the model ``state_dict`` under "model" (the same keys as a plain
-single-process GPT, whatever the parallel layout), the optimizer state,
-the step reached, the configuration and the torch RNG state: everything
-needed to continue a run exactly, on any number of ranks.
+Whatever the layout, it holds what one process training the same model
+would hold, under the same names:
+
+- "model": the ``state_dict`` of a plain single-process GPT;
+- "optimizer": {"by_name": {parameter name: {"step", "exp_avg", "exp_avg_sq"}}},
+  every tensor unsharded (AdamW; empty for plain SGD), so that a run saved
+  under one layout reloads under any other;
+- "step", "config", "torch_rng", and "loss_scaler" ({"scale", "good_steps"})
+  under fp16.
+
+``gather`` assembles the full tensors from the pieces a layout holds
+(tensor-parallel slices joined, pipeline stages merged); ``piece`` in
+parallel/tensor_parallel.py cuts them back out on load.
 """
 from __future__ import annotations
 
@@ -12,14 +21,17 @@ from pathlib import Path
 import torch
 
 from .metrics import write_atomic
+from .parallel.optim import decays
+from .parallel.tensor_parallel import join
 
 FILENAME = "checkpoint.pt"
 
 
-def save(out_dir: Path, model, optimizer, step: int, config: dict, extra: dict | None = None) -> Path:
-    """Write checkpoint.pt atomically; ``model`` is a module or a full state_dict (model parallelism gathers one)."""
+def save(out_dir: Path, model_state: dict, optimizer_by_name: dict, step: int, config: dict,
+         extra: dict | None = None) -> Path:
+    """Write checkpoint.pt atomically from full (single-process) model and optimizer states."""
     path = Path(out_dir) / FILENAME
-    state = {"model": model if isinstance(model, dict) else model.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else {}, "step": step,
+    state = {"model": model_state, "optimizer": {"by_name": optimizer_by_name}, "step": step,
              "config": config, "torch_rng": torch.get_rng_state(), **(extra or {})}
     write_atomic(path, lambda tmp: torch.save(state, tmp))
     return path
@@ -32,3 +44,34 @@ def load(path_or_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: pass the --out folder of an earlier run")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def optimizer_by_name(saved: dict, full_model) -> dict:
+    """The checkpoint's optimizer state as {parameter name: state}; converts torch's index-keyed form
+    (checkpoints written before states were saved by name: one process's AdamW over the decay groups)."""
+    if not saved:
+        return {}
+    if "by_name" in saved:
+        return saved["by_name"]
+    named = list(full_model.named_parameters())
+    order = [n for n, p in named if decays(p)] + [n for n, p in named if not decays(p)]
+    return {order[i]: state for i, state in saved.get("state", {}).items()}
+
+
+def gather(local: dict, grid, tp_comm, pp_comm) -> dict | None:
+    """The full tensors on world rank 0 (None elsewhere) from every rank's ``local`` pieces, by name.
+
+    Collective over the whole grid. Tensor-parallel pieces are joined on
+    tp rank 0; the first data-parallel replica's stages send their parts
+    along the pipeline to world rank 0. Keys may carry a prefix ("exp_avg:")
+    before the parameter name; ``join`` looks at the name's end.
+    """
+    mine = {k: v.detach().cpu().clone() for k, v in local.items()}
+    if grid.tp > 1:
+        parts = tp_comm.gather(mine, root=0)
+        mine = {k: join(k, [p[k] for p in parts]) for k in mine} if grid.tp_rank == 0 else None
+    if grid.pp > 1:
+        parts = pp_comm.gather(mine if grid.dp_rank == 0 and grid.tp_rank == 0 else None, root=0)
+        if grid.pp_rank == 0 and parts[0] is not None:
+            mine = {k: v for part in parts for k, v in part.items()}
+    return mine if grid.rank == 0 else None

@@ -129,33 +129,40 @@ class TrainConfig:
             (self.sync != "ps" or 1 <= self.servers < world,
              f"--servers {self.servers} on {world} ranks leaves no worker: use 1..{world - 1} servers, or more ranks"),
             (self.staleness is None or self.staleness >= 0, f"--staleness {self.staleness} must be >= 0 (or inf)"),
-            (self.sync != "ps" or (self.engine == "explicit" and self.precision != "fp16" and self.device == "cpu"),
-             "--sync ps runs with --engine explicit, --precision fp32 or bf16, --device cpu"),
             (self.straggler_ok(world), f"--straggler {self.straggler!r}: write RANK:FACTOR with 0 <= RANK < {world} "
                                        "and FACTOR >= 1, e.g. --straggler 1:3"),
-            (self.engine == "explicit" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --engine explicit"),
-            (self.dp_sync == "bucketed" or self.comm_dtype == "fp32", "--comm-dtype fp16 needs --dp-sync bucketed"),
             (self.schedule in SCHEDULES, f"unknown --schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"),
             (self.zero in (0, 1, 2), f"--zero {self.zero}: use 0 (off), 1 (optimizer state) or 2 (and gradients)"),
-            (not self.zero or (self.engine == "explicit" and self.sync == "allreduce" and self.precision != "fp16"
-                               and self.comm_dtype == "fp32" and self.device == "cpu"),
-             "--zero runs with --engine explicit, --sync allreduce, --precision fp32 or bf16, --comm-dtype fp32, --device cpu"),
-        ]
+        ] + self._combinations()
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        grid = self.grid(world)
-        grid.check_model(self.model.n_layer, self.model.n_head, self.model.n_embd, self.model.vocab_size)
-        if (grid.tp > 1 or grid.pp > 1) and (self.sync != "allreduce" or self.engine != "explicit"
-                                             or self.precision == "fp16" or self.device != "cpu"):
-            raise ValueError("--tp and --pp run with --sync allreduce, --engine explicit, --precision fp32 or bf16 "
-                             "and --device cpu")
-        if grid.pp > 1 and self.zero == 2:
-            raise ValueError("--zero 2 with --pp > 1 is not supported (the tied embedding's gradient lives on two "
-                             "stages and must be summed before it is sharded): use --zero 1")
-        self.per_rank(self.data_ranks(world) if self.sync == "ps" else grid.dp)
+        if self.sync == "ps":
+            self.per_rank(self.data_ranks(world))
+        else:
+            grid = self.grid(world)
+            grid.check_model(self.model.n_layer, self.model.n_head, self.model.n_embd, self.model.vocab_size)
+            self.per_rank(grid.dp)
         if self.device == "cuda":
             import torch
             if not torch.cuda.is_available():
                 raise ValueError("--device cuda but torch sees no CUDA device: install a CUDA build of torch "
                                  "and pip install 'parallel_lm[gpu]' (CuPy) on a GPU machine, or use --device cpu")
+
+    def _combinations(self) -> list[tuple[bool, str]]:
+        """The flag combinations that cannot work, each with its reason (README, "Which flags combine")."""
+        ps = self.sync == "ps"
+        return [
+            (not ps or (self.tp == self.pp == 1 and not self.zero and self.engine == "explicit"),
+             "--sync ps shards the whole model over the server ranks and updates it there: it runs without "
+             "--tp, --pp, --zero and --engine torch-ddp"),
+            (not ps or (self.precision != "fp16" and self.device == "cpu"),
+             "--sync ps runs with --precision fp32 or bf16 and --device cpu"),
+            (self.engine == "explicit" or self.pp == 1,
+             "--engine torch-ddp with --pp > 1: DDP all-reduces in the backward that follows a synchronizing "
+             "forward, and a pipeline schedule runs other micro-batches' backwards in between; use --engine explicit"),
+            (self.engine == "explicit" or not self.zero,
+             "--zero reduce-scatters gradients into shards itself, while torch DDP all-reduces them whole: "
+             "use --engine explicit"),
+            (self.dp_sync == "bucketed" or not self.zero, "--zero reduce-scatters its own buckets: drop --dp-sync naive"),
+        ]

@@ -5,7 +5,37 @@ import json
 import os
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+ALWAYS = ("step", "loss", "lr", "tokens", "step_s", "compute_s", "comm_s", "exposed_comm_s", "tokens_per_s")
+
+
+@dataclass
+class StepRecord:
+    """One optimizer step of any layout, as metrics.jsonl records it (seconds; loss in nats per byte)."""
+    step: int  # steps done after this one
+    loss: float  # mean training loss over the global batch
+    lr: float
+    tokens: int  # tokens in the global batch
+    step_s: float
+    compute_s: float | None  # forward + backward on this rank (rank 0's)
+    comm_s: float | None  # gradient synchronization (None: inside torch DDP's hooks)
+    exposed_comm_s: float | None  # the part of comm_s not hidden behind backward
+    tokens_per_s: float
+    tp_comm_s: float | None = None  # tensor-parallel all-reduces, inside compute_s
+    bubble: float | None = None  # pipeline: measured idle fraction, mean over ranks
+    bubble_formula: float | None = None  # (p-1)/(m+p-1)
+    loss_scale: float | None = None  # fp16 loss scaling
+    skipped: bool | None = None  # fp16: the step was skipped on an overflow
+    val_loss: float | None = None
+    server_busy_s: float | None = None  # parameter server: server 0's busy time this step
+    staleness: dict | None = None  # parameter server: applied gradients by staleness (updates)
+    updates: int | None = None  # parameter server: optimizer updates applied so far
+
+    def to_json(self) -> dict:
+        """The contract's keys always; the others only where they apply."""
+        return {k: v for k, v in asdict(self).items() if k in ALWAYS or v is not None}
 
 
 def write_atomic(path: Path, write) -> None:
@@ -22,9 +52,9 @@ class MetricsWriter:
     def __init__(self, path: Path | None, resume: bool = False):
         self.file = open(path, "a" if resume else "w") if path else None
 
-    def write(self, record: dict) -> None:
+    def write(self, record: StepRecord) -> None:
         if self.file:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json.dumps(record.to_json()) + "\n")
             self.file.flush()
 
     def close(self) -> None:

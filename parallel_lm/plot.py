@@ -28,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from .bench.metrics import format_size
+from .sizes import format_size
 from .costmodel.compare import compare, error_table, format_table
 from .costmodel.formulas import COSTS, Network
 from .costmodel.predict import DEFAULT_MFU, predict_step

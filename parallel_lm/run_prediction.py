@@ -31,7 +31,7 @@ from .costmodel.formulas import COSTS
 from .costmodel.predict import predict_layout, predict_step
 from .costmodel.profiles import Profile
 from .metrics import write_atomic
-from .trainer import make_optimizer
+from .parallel.optim import build_optimizer, decay_groups
 
 WARMUP_STEPS = 2  # the first steps pay allocation and the first messages' setup; medians leave them out
 
@@ -52,7 +52,7 @@ def measure_compute(cfg, micro: int, threads: int, reps: int = 3) -> ComputeProb
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     model = GPT(cfg.model).to(device)
-    opt = make_optimizer(model, cfg)  # the run's own: its decay groups, betas and per-tensor loops
+    opt = build_optimizer(decay_groups(model.parameters(), cfg.weight_decay), cfg.optimizer, cfg.lr)  # the run's own: its decay groups, betas and per-tensor loops
     x = torch.randint(0, cfg.model.vocab_size, (micro, cfg.model.block_size), device=device)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -120,12 +120,12 @@ def predict(cfg, grid, n_micro: int, probe: ComputeProbe, profile: Profile, n_pa
             "pp_comm_s": pred.pp_comm_s, "bubble_s": pred.bubble_s, "sharing": sharing, "algorithm": algorithm}
 
 
-def measured(records: list[dict]) -> dict:
+def measured(records: list) -> dict:
     """Medians of the run's records after the warm-up steps (every step when there are few)."""
     keep = records[WARMUP_STEPS:] or records[-1:]
     out = {}
     for key in ("step_s", "compute_s", "comm_s", "exposed_comm_s", "tp_comm_s", "bubble"):
-        values = [r[key] for r in keep if r.get(key) is not None]
+        values = [getattr(r, key) for r in keep if getattr(r, key) is not None]
         out[key] = statistics.median(values) if values else None
     out["steps"] = len(keep)
     return out

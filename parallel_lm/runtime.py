@@ -40,6 +40,16 @@ def print0(*parts, file=None) -> None:
     out.flush()
 
 
+def quiet_barrier(comm, poll_s: float = 1e-4) -> None:
+    """A barrier that sleeps while it waits, so idle ranks leave the cores to busy ones.
+
+    Oversubscribed MPICH ranks spin in a blocking barrier (MPI-NOTES.md).
+    """
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(poll_s)
+
+
 def abort(code: int = 1) -> None:
     """End the whole job now: every rank, even those waiting in a collective."""
     sys.stdout.flush()
@@ -142,8 +152,8 @@ def threads_per_rank(comm, requested: int | None = None) -> int:
     return max(1, cores // ranks)
 
 
-def set_netem(spec: str | None):
-    """Turn network emulation (comm/netem.py) on for this process from a --netem spec; its Network, or None.
+def netem_network(spec: str | None):
+    """The Network a --netem spec names (for comm/netem.py's ``NetemComm``), or None without one.
 
     Resolves names and files through ``costmodel.profiles``; a two-level
     profile emulates its inter-node level (every message as if between
@@ -151,19 +161,24 @@ def set_netem(spec: str | None):
     """
     if not spec:
         return None
-    from .comm.netem import ENV
     from .costmodel.profiles import load_profile
     try:
-        net = load_profile(spec).slowest()
+        return load_profile(spec).slowest()
     except ValueError as e:
         raise ValueError(f"--netem: {e}") from None
-    os.environ[ENV] = f"alpha={net.alpha_s!r},beta={net.beta_s_per_byte!r}"
-    return net
+
+
+def emulated(comm, network):
+    """``comm`` whose point-to-point messages take as long as on ``network`` (None: ``comm`` itself)."""
+    if network is None:
+        return comm
+    from .comm.netem import NetemComm
+    return NetemComm(comm, network.alpha_s, network.beta_s_per_byte)
 
 
 def size_option(ctx, param, text) -> int:
-    """click callback: a byte count with K/M/G suffixes (bench.metrics.parse_size), or a usage error."""
-    from .bench.metrics import parse_size
+    """click callback: a byte count with K/M/G suffixes (sizes.parse_size), or a usage error."""
+    from .sizes import parse_size
     try:
         return parse_size(text)
     except ValueError as e:

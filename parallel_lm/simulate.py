@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import click
 
-from .bench.metrics import format_size, parse_size
+from .sizes import format_size, parse_size
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .metrics import write_atomic
 from .runtime import comma_list, rank_count

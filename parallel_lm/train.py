@@ -38,7 +38,7 @@ from .config import (
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, write_chrome_trace
 from .model import PRESETS
-from .runtime import agree, main_guard, node_share, print0, set_netem, threads_per_rank, world
+from .runtime import agree, main_guard, netem_network, node_share, print0, quiet_barrier, threads_per_rank, world
 from .trainer import Trainer
 
 MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
@@ -66,14 +66,14 @@ def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
     return replace(cfg, **{k: params[k] for k in TRAIN_FIELDS if k in given}, **{k: params[k] for k in LAYOUT_FIELDS})
 
 
-def _report_memory(trainer, cfg, comm) -> None:
+def _report_memory(trainer, cfg) -> None:
     """ZeRO: bytes per rank measured after the first step, beside the formula (parallel/zero.py)."""
     from .parallel.zero import memory_formula
     have = trainer.memory()
     n = sum(p.numel() for p in trainer.params)  # this rank's parameters (its stage / tensor slice)
-    want = memory_formula(n, cfg.zero, trainer.zero.dp, cfg.optimizer)
+    want = memory_formula(n, cfg.zero, trainer.grid.dp, cfg.optimizer)
     parts = ", ".join(f"{k} {have[k] / 2**20:.2f} MiB (formula {want[k] / 2**20:.2f})" for k in want)
-    plain = memory_formula(n, 0, trainer.zero.dp, cfg.optimizer)
+    plain = memory_formula(n, 0, trainer.grid.dp, cfg.optimizer)
     print0(f"ZeRO-{cfg.zero} memory per rank: {parts}; total {sum(have[k] for k in want) / 2**20:.2f} MiB vs "
            f"{sum(plain.values()) / 2**20:.2f} MiB without ZeRO" +
            (f"; one bucket in flight {have['bucket_in_flight'] / 2**20:.2f} MiB" if cfg.zero == 2 else ""))
@@ -162,7 +162,7 @@ def main(ctx, **params):
     state = agree(comm, lambda: checkpoint.load(params["resume"])) if params["resume"] else None
     cfg = agree(comm, lambda: resolve_config(ctx, params, state["config"] if state else None))
     agree(comm, lambda: cfg.validate(p))
-    netem = agree(comm, lambda: set_netem(params["netem"]))
+    netem = agree(comm, lambda: netem_network(params["netem"]))
     if netem and (cfg.sync != "allreduce" or cfg.engine != "explicit" or cfg.allreduce == "mpi"):
         raise click.UsageError("--netem delays the explicit collectives' messages: use it with --sync allreduce, "
                                "--engine explicit and an --allreduce other than mpi")
@@ -190,11 +190,7 @@ def main(ctx, **params):
         run_ps(cfg, comm, batches, out)
         return
     timeline = Timeline() if params["trace"] else None
-    if cfg.tp > 1 or cfg.pp > 1:
-        from .trainer_mp import ModelParallelTrainer
-        trainer = ModelParallelTrainer(cfg, comm, batches, state, timeline)
-    else:
-        trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank))
+    trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank), netem=netem)
     run(cfg, comm, trainer, params, state, out, timeline, profile)
     trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
 
@@ -217,9 +213,9 @@ def run_ps(cfg, comm, batches, out):
 
     def on_record(rec):
         metrics.write(rec)
-        if rec["step"] % log_every == 0 or rec["step"] == cfg.steps:
-            print0(f"step {rec['step']}/{cfg.steps}: loss {rec['loss']:.3f}, {rec['tokens_per_s']:,.0f} tok/s, "
-                   f"server busy {100 * rec['server_busy_s'] / rec['step_s']:.0f}%, staleness {rec['staleness']}")
+        if rec.step % log_every == 0 or rec.step == cfg.steps:
+            print0(f"step {rec.step}/{cfg.steps}: loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s, "
+                   f"server busy {100 * rec.server_busy_s / rec.step_s:.0f}%, staleness {rec.staleness}")
     ps.train(cfg.steps, on_record if rank == 0 else None)
     metrics.close()
     print0(f"gradient shards pushed {ps.pushes}, applied {ps.applied}; max staleness {ps.max_staleness} updates; "
@@ -229,25 +225,24 @@ def run_ps(cfg, comm, batches, out):
         val = validation_loss(ps.model, batches, cfg, 0, cfg.global_batch_size)
         _report_validation(val)
         if out is not None:
-            checkpoint.save(out, ps.model, None, cfg.steps, cfg.to_dict())
+            checkpoint.save(out, ps.model.state_dict(), {}, cfg.steps, cfg.to_dict())
             print0(f"wrote {out / 'metrics.jsonl'}, {out / 'checkpoint.pt'}")
     comm.Barrier()
 
 
 def _probe_compute(cfg, comm, micro):
     """Rank 0 alone times the whole model (the others sleep, leaving it the cores); every rank gets the result."""
-    from .bench.timing import quiet_barrier
     probe = run_prediction.measure_compute(cfg, micro, torch.get_num_threads()) if comm.Get_rank() == 0 else None
     quiet_barrier(comm)
     return comm.bcast(probe, root=0)
 
 
-def _report_prediction(cfg, comm, grid, n_micro, probe, profile, model, records, out):
+def _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out):
     """Rank 0 prints the predicted step beside the measured medians (and writes OUT/prediction.json)."""
     on_node, cores = node_share(comm)
     if comm.Get_rank() != 0:
         return
-    pred = run_prediction.predict(cfg, grid, n_micro, probe, profile, model.num_params(), model.flops_per_token(),
+    pred = run_prediction.predict(cfg, grid, n_micro, probe, profile, trainer.n_params, trainer.flops_per_token,
                                   on_node, cores)
     meas = run_prediction.measured(records)
     print(run_prediction.report(pred, meas, probe, profile, on_node, cores, comm.Get_size()), flush=True)
@@ -262,14 +257,13 @@ def run(cfg, comm, trainer, params, state, out, timeline, profile=None):
     batches = trainer.batches
     grid = cfg.grid(p)
     rows, micro, n_micro = cfg.per_rank(grid.dp)
-    m = trainer.model
     print0(f"parallel_lm.train: {p} rank(s) x {torch.get_num_threads()} thread(s), engine {cfg.engine}"
            + (f", {cfg.dp_sync} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
               if cfg.engine == "explicit" else "")
            + f", precision {cfg.precision}, comm {cfg.comm_dtype}, device {cfg.device}"
            + (f", netem {params['netem']}" if params.get("netem") else "")
            + (f", ZeRO stage {cfg.zero}" if cfg.zero else ""))
-    print0(f"model: {m.num_params() / 1e6:.2f}M parameters, {m.flops_per_token() / 1e6:.2f} MFLOP/token, {cfg.model}")
+    print0(f"model: {trainer.n_params / 1e6:.2f}M parameters, {trainer.flops_per_token / 1e6:.2f} MFLOP/token, {cfg.model}")
     print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {cfg.global_batch_size}"
            f" = {grid.dp} data-parallel rank(s) x {n_micro} micro-batch(es) x {micro} sequences of {cfg.model.block_size} bytes")
     if grid.tp > 1 or grid.pp > 1:
@@ -294,29 +288,24 @@ def run(cfg, comm, trainer, params, state, out, timeline, profile=None):
     for step in range(trainer.start_step, cfg.steps):
         rec = trainer.train_step(step)
         done = step + 1
-        if step == trainer.start_step and trainer.zero:
-            _report_memory(trainer, cfg, comm)
+        if step == trainer.start_step and cfg.zero:
+            _report_memory(trainer, cfg)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-            val = rec["val_loss"] = trainer.evaluate()
+            val = rec.val_loss = trainer.evaluate()
         metrics.write(rec)
         records.append(rec)
-        exposed = f", exposed comm {100 * rec['exposed_comm_s'] / rec['step_s']:.0f}%" if rec["exposed_comm_s"] is not None else ""
-        bubble = f", bubble {100 * rec['bubble']:.0f}%" if rec.get("bubble") is not None else ""
-        progress = f"loss {rec['loss']:.3f}, {rec['tokens_per_s']:,.0f} tok/s{exposed}{bubble}"
+        exposed = f", exposed comm {100 * rec.exposed_comm_s / rec.step_s:.0f}%" if rec.exposed_comm_s is not None else ""
+        bubble = f", bubble {100 * rec.bubble:.0f}%" if rec.bubble is not None else ""
+        progress = f"loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s{exposed}{bubble}"
         bar.set_postfix_str(progress, refresh=False)
         bar.update()
         say = (lambda line: bar.write(line, file=sys.stdout)) if interactive else print0
-        if "val_loss" in rec:
-            say(f"step {done}: train loss {rec['loss']:.4f}, val loss {rec['val_loss']:.4f}")
+        if rec.val_loss is not None:
+            say(f"step {done}: train loss {rec.loss:.4f}, val loss {rec.val_loss:.4f}")
         elif log_every and done % log_every == 0:
             say(f"step {done}/{cfg.steps}: {progress}")
         if out is not None and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps):
-            full = trainer.full_state_dict()  # collective under model parallelism: every rank sends its part
-            # a stage's (or ZeRO shard's) optimizer state is not single-process AdamW's: resuming starts it afresh
-            optimizer = trainer.optimizer if cfg.tp == cfg.pp == 1 else None
-            if rank == 0:
-                checkpoint.save(out, full, optimizer, done, cfg.to_dict(),
-                                {"loss_scale": trainer.scaler.scale} if trainer.scaler else None)
+            trainer.save(out, done)  # collective: every rank sends its part, unsharded, by single-process name
     bar.close()
     metrics.close()
     if timeline:
@@ -329,7 +318,7 @@ def run(cfg, comm, trainer, params, state, out, timeline, profile=None):
     if val is not None:
         _report_validation(val)
     if probe and records:
-        _report_prediction(cfg, comm, grid, n_micro, probe, profile, m, records, out)
+        _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out)
     if out is not None:
         files = ["metrics.jsonl", "checkpoint.pt"] + (["prediction.json"] if probe and records else []) \
             + (["trace.json"] if timeline else [])

@@ -1,10 +1,18 @@
-"""The training loop: one optimizer step = forward/backward on this rank's micro-batches,
-gradient averaging (explicit buckets, naive per-parameter, or torch DDP), clipping, AdamW.
+"""The training loop, one for every layout: tensor slices -> pipeline stage -> gradient sync -> optimizer.
 
-``Trainer(cfg, comm, batches)`` builds everything; ``train_step(step)`` runs
-one step and returns its metrics; ``evaluate()`` gives the validation loss.
-The same seed and global batch give the same training whatever the rank
-count, up to floating-point summation order (tests/test_train_equivalence.py).
+    model = shard_model(GPT(cfg), tp)              # parallel/tensor_parallel.py; no-op at tp = 1
+    stage = Stage(model, pp_rank, pp)              # parallel/pipeline.py; pp = 1 is one stage
+    sync  = make_grad_sync(cfg, dp_comm, stage)    # parallel/grad_sync.py: naive | bucketed | torch-ddp | ZeRO
+    step:   sync.zero_grad(); pipeline.run(micro_batches); sync.finish(tie)
+            unscale (fp16); clip by the global norm over every model-parallel rank; optimizer step
+
+Each wrapper receives its process group explicitly (``Grid.split``).
+``Trainer(cfg, comm, batches)`` builds everything; ``train_step(step)``
+runs one step and returns its ``StepRecord``; ``evaluate()`` gives the
+validation loss; ``save(out, step)`` writes the full model and optimizer
+state (checkpoint.py) from rank 0. The same seed and global batch give the same training
+whatever the layout, up to floating-point summation order
+(tests/test_train_equivalence.py, tests/test_layouts.py).
 """
 from __future__ import annotations
 
@@ -17,11 +25,16 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from . import checkpoint
 from .config import TrainConfig
-from .metrics import Timeline
+from .metrics import StepRecord, Timeline
 from .model import GPT
-from .parallel.data_parallel import BucketedDataParallel, NaiveDataParallel
-from .parallel.optim import build_optimizer, decay_groups
+from .parallel.grad_sync import LocalGradients, make_grad_sync
+from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
+from .parallel.pipeline import Pipeline, Stage, bubble_formula
+from .parallel.tensor_parallel import TensorParallel, is_sharded, piece, shard_model
+from .parallel.torch_ddp import TorchDDP
+from .runtime import emulated
 
 
 def _maybe_fail(step: int) -> None:
@@ -41,208 +54,192 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def make_optimizer(model, cfg: TrainConfig):
-    """The run's optimizer over ``model``'s parameters, with ``parallel/optim.py``'s decay groups."""
-    return build_optimizer(decay_groups(model.parameters(), cfg.weight_decay), cfg.optimizer, cfg.lr)
-
-
-def held_bytes(params, optimizer, zero=None) -> dict:
-    """Bytes of ``params``, their gradients and ``optimizer``'s state tensors (ZeRO counts its own)."""
-    if zero is not None:
-        return zero.memory()
-    size = lambda ts: sum(t.numel() * t.element_size() for t in ts)
-    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
-    return {"params": size(params), "grads": size(p.grad for p in params if p.grad is not None),
-            "optimizer": size(state)}
-
-
-class LossScaler:
-    """Dynamic loss scaling for fp16 (Micikevicius et al. 2018): halve on overflow, double after a run of good steps."""
-
-    def __init__(self, scale: float = 2.0**16, growth_interval: int = 1000):
-        self.scale, self.growth_interval, self.good_steps = scale, growth_interval, 0
-
-    def unscale_or_skip(self, params) -> bool:
-        """Divide gradients by the scale; False (skip the step) if any is inf/nan.
-
-        Gradients are identical on every rank after the all-reduce, so every
-        rank takes the same decision without communicating.
-        """
-        grads = [p.grad for p in params if p.grad is not None]
-        if not all(torch.isfinite(g).all() for g in grads):
-            self.scale /= 2
-            self.good_steps = 0
-            return False
-        for g in grads:
-            g.div_(self.scale)
-        self.good_steps += 1
-        if self.good_steps % self.growth_interval == 0:
-            self.scale *= 2
-        return True
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, comm, batches, state: dict | None = None, timeline: Timeline | None = None,
-                 sync_grads: bool = True, slow_factor: float = 1.0):
-        """``comm``: the data-parallel ranks (this rank's share of each global batch is its rank's rows).
-        ``sync_grads=False``: no gradient averaging here (a parameter-server worker).
-        ``slow_factor``: --straggler, compute takes this many times longer on this rank."""
-        self.cfg, self.comm, self.batches, self.slow_factor = cfg, comm, batches, slow_factor
-        self.world, self.rank = comm.Get_size(), comm.Get_rank()
-        self.rows, self.micro, self.n_micro = cfg.per_rank(self.world)
-        self.timeline = timeline
-        torch.manual_seed(cfg.seed)  # same seed on every rank: identical initial weights
+                 sync_grads: bool = True, slow_factor: float = 1.0, netem=None):
+        """``comm``: the ranks of this layout (cut into the dp x tp x pp grid of ``cfg``).
+        ``sync_grads=False``: no gradient averaging here (a parameter-server worker, dp x 1 x 1).
+        ``slow_factor``: --straggler, compute takes this many times longer on this rank.
+        ``netem``: a Network (--netem) whose speed every gradient message takes (comm/netem.py)."""
+        self.cfg, self.comm, self.batches, self.timeline, self.slow_factor = cfg, comm, batches, timeline, slow_factor
+        grid = self.grid = cfg.grid(comm.Get_size(), comm.Get_rank())
+        if grid.tp == grid.pp == 1:
+            self.tp_comm, self.dp_comm, self.pp_comm = MPI.COMM_SELF, comm, MPI.COMM_SELF
+        else:
+            self.tp_comm, self.dp_comm, self.pp_comm = grid.split(comm)
+        self.rows, self.micro, self.n_micro = cfg.per_rank(grid.dp)
         self.device = torch.device(cfg.device)
-        self.model = GPT(cfg.model).to(self.device)
-        # under ZeRO each rank builds an optimizer for its shard only (parallel/zero.py)
-        self.optimizer = make_optimizer(self.model, cfg) if not cfg.zero else None
-        self.scaler = LossScaler() if cfg.precision == "fp16" else None
+        torch.manual_seed(cfg.seed)  # same seed on every rank: identical initial weights
+        full = GPT(cfg.model)
+        self.n_params, self.flops_per_token = full.num_params(), full.flops_per_token()
         self.start_step = 0
         if state is not None:
-            self.model.load_state_dict(state["model"])
-            if state["optimizer"] and self.optimizer:  # empty after a parameter server or ZeRO: start AdamW afresh
-                self.optimizer.load_state_dict(state["optimizer"])
+            full.load_state_dict(state["model"])
             torch.set_rng_state(state["torch_rng"])
             self.start_step = int(state["step"])
-            if self.scaler and "loss_scale" in state:
+        saved_optimizer = checkpoint.optimizer_by_name(state["optimizer"], full) if state is not None else {}
+        self.tp = TensorParallel(self.tp_comm, cfg.allreduce)
+        self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
+        self.names = {id(p): name for name, p in self.model.named_parameters()}  # single-process names
+        self.stage = Stage(self.model, grid.pp_rank, grid.pp, sharded=grid.tp > 1)
+        self.params = [p for p in self.stage.parameters() if p.requires_grad]
+        if sync_grads:
+            self.sync = make_grad_sync(cfg, emulated(self.dp_comm, netem), self.stage, self.params, timeline, world=comm,
+                                       ddp_groups=grid.all_dp_groups(), ddp_mine=grid.pp_rank * grid.tp + grid.tp_rank)
+        else:
+            self.sync = LocalGradients(self.params)
+        self.update = self.sync if cfg.zero and sync_grads else \
+            ReplicatedOptimizer(self.params, cfg.optimizer, cfg.lr, cfg.weight_decay)
+        self.norm_comms = ((self.dp_comm,) if self.update is self.sync else ()) + (self.pp_comm, self.tp_comm)
+        ddp = self.sync.module if isinstance(self.sync, TorchDDP) else None  # calls the stage through DDP
+        self.pipeline = Pipeline(self.stage, self.pp_comm, cfg.schedule, timeline, forward=ddp, device=self.device)
+        self.scaler = LossScaler() if cfg.precision == "fp16" else None
+        if saved_optimizer:
+            self.update.load_by_param({p: {k: piece(name, v, grid.tp_rank, grid.tp) for k, v in saved.items()}
+                                       for p, name, saved in self._saved_states(saved_optimizer)})
+        if self.scaler and state is not None:
+            if "loss_scaler" in state:
+                self.scaler.load_state_dict(state["loss_scaler"])
+            elif "loss_scale" in state:  # checkpoints from before the scaler saved its run of good steps
                 self.scaler.scale = float(state["loss_scale"])
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.ddp = self.dp = self.zero = None  # none when a parameter server does the averaging (sync_grads=False)
-        if sync_grads and cfg.zero:
-            from .parallel.zero import Zero
-            self.zero = Zero(self.model, comm, cfg.zero, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.bucket_mb,
-                             cfg.allreduce, timeline)
-        elif sync_grads and cfg.engine == "torch-ddp":
-            from torch.nn.parallel import DistributedDataParallel
 
-            from .parallel.torch_ddp import init_process_group
-            init_process_group(comm, "nccl" if cfg.device == "cuda" else "gloo")
-            self.ddp = DistributedDataParallel(self.model, bucket_cap_mb=cfg.bucket_mb)
-        elif sync_grads and cfg.dp_sync == "naive":
-            self.dp = NaiveDataParallel(self.params, comm, cfg.allreduce, timeline)
-        elif sync_grads:
-            self.dp = BucketedDataParallel(self.params, comm, cfg.allreduce, cfg.bucket_mb, cfg.overlap,
-                                           cfg.comm_dtype, timeline)
+    def _saved_states(self, saved: dict):
+        for p in self.params:
+            name = self.names[id(p)]
+            if name in saved:
+                yield p, name, saved[name]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(micro, T, C): the activations passed between pipeline stages."""
+        return self.micro, self.cfg.model.block_size, self.cfg.model.n_embd
 
     def autocast(self):
         if self.cfg.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16)
 
-    def _span(self, name):
-        return self.timeline.span(name) if self.timeline else contextlib.nullcontext()
+    def _micro_batches(self, step: int):
+        lo = self.grid.dp_rank * self.rows
+        return [self.batches.rows(step, "train", self.cfg.global_batch_size, lo + i * self.micro, lo + (i + 1) * self.micro)
+                for i in range(self.n_micro)]
 
-    def _mean_over_ranks(self, values) -> np.ndarray:
-        buf = np.asarray(values, dtype=np.float64)
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        return buf / self.world
+    def _counted_elsewhere(self) -> list:
+        """Parameters whose gradient another rank counts in the global norm: the tied weight's copy on the
+        last stage, and replicated (not tensor-sharded) parameters on all but tensor-parallel rank 0."""
+        skip = [self.stage.tied] if self.stage.tied is not None and not self.stage.first else []
+        if self.grid.tp_rank > 0:
+            skip += [p for p in self.params if not is_sharded(self.names[id(p)])]
+        return skip
 
-    def _forward_backward(self, step: int, model, scale: float) -> tuple[float, float]:
-        """Forward and backward over this rank's micro-batches of step's global batch.
-
-        Returns (mean loss, compute seconds). Gradients accumulate in .grad; with
-        a DP object attached, only the last micro-batch's backward communicates.
-        """
-        cfg, loss_sum, compute_s = self.cfg, 0.0, 0.0
+    def _forward_backward(self, step: int, scale: float) -> tuple[float, float, float]:
+        """This rank's micro-batches through the pipeline: (loss on the last stage, compute_s, pipeline_s)."""
         _maybe_fail(step)
-        lo = self.rank * self.rows
-        for m in range(self.n_micro):
-            x, y = (t.to(self.device) for t in
-                    self.batches.rows(step, "train", cfg.global_batch_size, lo + m * self.micro, lo + (m + 1) * self.micro))
-            last = m == self.n_micro - 1
-            t0 = time.perf_counter()
-            if self.dp is not None:
-                self.dp.begin_backward(sync=last)
-            sync_ctx = self.ddp.no_sync() if (self.ddp and not last) else contextlib.nullcontext()
-            with sync_ctx:
-                with self._span("forward"), self.autocast():
-                    _, loss = model(x, y)
-                loss_sum += loss.item()
-                with self._span("backward"):
-                    (loss * (scale / self.n_micro)).backward()
-            compute_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        loss, compute_s = self.pipeline.run(self._micro_batches(step), self.shape, self.autocast, scale, self.sync)
         if self.slow_factor > 1:  # --straggler: this rank is slow_factor times slower at computing
             time.sleep((self.slow_factor - 1) * compute_s)
             compute_s *= self.slow_factor
-        return loss_sum / self.n_micro, compute_s
+        return loss, compute_s, time.perf_counter() - t0
 
     def local_gradient(self, step: int) -> float:
         """Gradients of this rank's share of step's batch in .grad, no communication; returns its mean loss."""
-        self.model.zero_grad(set_to_none=True)
-        return self._forward_backward(step, self.model, 1.0)[0]
+        self.sync.zero_grad()
+        return self._forward_backward(step, 1.0)[0]
 
-    def _zero_step(self, step: int) -> tuple[float, float, float, float]:
-        """(loss, compute_s, comm_s, optimizer start time) of a ZeRO step: reduce-scatter, shard update, all-gather."""
-        self.zero.zero_grad()
-        loss, compute_s = self._forward_backward(step, self.model, 1.0)
-        comm_s = self.zero.reduce_gradients()
-        t_opt = time.perf_counter()
-        comm_s += self.zero.step(lr_at(self.cfg, step), self.cfg.grad_clip)
-        return loss, compute_s, comm_s, t_opt
+    def _tie(self):
+        t0 = time.perf_counter()
+        self.pipeline.tie_gradients()
+        self.tie_s = time.perf_counter() - t0
 
-    def train_step(self, step: int) -> dict:
+    def train_step(self, step: int) -> StepRecord:
         cfg, t_step = self.cfg, time.perf_counter()
-        model = self.ddp or self.model
-        if self.zero:
-            loss, compute_s, comm_s, t_opt = self._zero_step(step)
-            return self._record(step, t_step, t_opt, loss, compute_s, comm_s, comm_s, True)
-        if self.ddp:
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.dp.zero_grad()
-        loss, compute_s = self._forward_backward(step, model, self.scaler.scale if self.scaler else 1.0)
-        if self.ddp:
-            comm_s = exposed_s = None  # inside DDP's backward hooks: not separable here
-        else:
-            with self._span("wait for gradients"):
-                comm_s, exposed_s = self.dp.finish()
+        self.sync.zero_grad()
+        self.tp.seconds, self.tie_s = 0.0, 0.0
+        loss, compute_s, pipe_s = self._forward_backward(step, self.scaler.scale if self.scaler else 1.0)
+        comm_s, exposed_s = self.sync.finish(self._tie if self.grid.pp > 1 else None)
         t_opt = time.perf_counter()
-        applied = self.scaler.unscale_or_skip(self.params) if self.scaler else True
+        applied = self.scaler.unscale_or_skip(self.update.grads(), self.comm) if self.scaler else True
         if applied:
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-            lr = lr_at(cfg, step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
-        return self._record(step, t_step, t_opt, loss, compute_s, comm_s, exposed_s, applied)
-
-    def _record(self, step, t_step, t_opt, loss, compute_s, comm_s, exposed_s, applied) -> dict:
-        cfg = self.cfg
+            coef = clip_coefficient(self.update.squares(self._counted_elsewhere()), cfg.grad_clip, self.norm_comms) \
+                if cfg.grad_clip > 0 else 1.0
+            gather_s = self.update.step(lr_at(cfg, step), coef)  # ZeRO: the all-gather of the updated shards
+            if comm_s is not None:
+                comm_s, exposed_s = comm_s + gather_s + self.tie_s, exposed_s + gather_s + self.tie_s
         if self.timeline:
             self.timeline.add("optimizer", t_opt, time.perf_counter() - t_opt)
-        loss_mean = float(self._mean_over_ranks([loss])[0])
+        return self._record(step, t_step, loss, compute_s, pipe_s, comm_s, exposed_s, applied)
+
+    def _record(self, step, t_step, loss, compute_s, pipe_s, comm_s, exposed_s, applied) -> StepRecord:
+        cfg, grid = self.cfg, self.grid
+        counted = self.stage.last and grid.tp_rank == 0  # each data-parallel replica's loss once
+        total = np.array([loss if counted else 0.0])
+        self.comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+        bubble = None
+        if grid.pp > 1:  # the time in the pipeline not spent computing, mean over the ranks
+            bubble = float(np.mean(self.comm.allgather(max(0.0, 1 - compute_s / pipe_s))))
         step_s = time.perf_counter() - t_step
         tokens = cfg.global_batch_size * cfg.model.block_size
-        record = {"step": step + 1, "loss": loss_mean, "lr": lr_at(cfg, step), "tokens": tokens,
-                  "step_s": step_s, "compute_s": compute_s, "comm_s": comm_s, "exposed_comm_s": exposed_s,
-                  "tokens_per_s": tokens / step_s}
-        if self.scaler:
-            record.update(loss_scale=self.scaler.scale, skipped=not applied)
-        return record
+        return StepRecord(step=step + 1, loss=float(total[0]) / grid.dp, lr=lr_at(cfg, step), tokens=tokens,
+                          step_s=step_s, compute_s=compute_s, comm_s=comm_s, exposed_comm_s=exposed_s,
+                          tokens_per_s=tokens / step_s,
+                          tp_comm_s=self.tp.seconds if grid.tp > 1 else None, bubble=bubble,
+                          bubble_formula=bubble_formula(grid.pp, self.n_micro) if grid.pp > 1 else None,
+                          loss_scale=self.scaler.scale if self.scaler else None,
+                          skipped=(not applied) if self.scaler else None)
 
-    def close(self):
-        if self.dp is not None:
-            self.dp.close()
+    def evaluate(self) -> float:
+        """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches, sharded over dp ranks."""
+        total = 0.0
+        lo, hi = self.grid.dp_rank * self.rows, (self.grid.dp_rank + 1) * self.rows
+        self.stage.eval()
+        for i in range(self.cfg.eval_batches):
+            x, y = self.batches.rows(i, "val", self.cfg.global_batch_size, lo, hi)
+            total += self.pipeline.forward_only(x, y, (self.rows,) + self.shape[1:], self.autocast)
+        self.stage.train()
+        mean = np.array([total / self.cfg.eval_batches])
+        self.dp_comm.Allreduce(MPI.IN_PLACE, mean, op=MPI.SUM)
+        return float(mean[0]) / self.grid.dp
 
-    def full_state_dict(self) -> dict:
-        """The whole model's state_dict, keys as single-process training (every rank holds it here)."""
-        return self.model.state_dict()
+    def full_state_dict(self) -> dict | None:
+        """The whole model's state_dict on rank 0 (single-process keys); None elsewhere. Collective."""
+        mine = {k: v for k, v in self.model.state_dict().items() if self.stage.owns(k)}
+        full = checkpoint.gather(mine, self.grid, self.tp_comm, self.pp_comm)
+        return None if full is None else {k: full[k] for k in GPT(self.cfg.model).state_dict()}
+
+    def optimizer_state(self) -> dict | None:
+        """Every parameter's optimizer state, unsharded, by single-process name, on rank 0. Collective."""
+        states = self.update.state_by_param()
+        skip = {id(p) for p in self._counted_elsewhere() if p is self.stage.tied}  # the tied copy: once
+        mine = {f"{kind}:{self.names[id(p)]}": v for p, s in states.items() if id(p) not in skip
+                for kind, v in s.items()}
+        full = checkpoint.gather(mine, self.grid, self.tp_comm, self.pp_comm)
+        if full is None:
+            return None
+        by_name = {}
+        for key, value in full.items():
+            kind, name = key.split(":", 1)
+            by_name.setdefault(name, {})[kind] = value
+        return by_name
+
+    def save(self, out, step: int) -> None:
+        """Write OUT/checkpoint.pt at ``step`` (collective: every rank sends its part; rank 0 writes)."""
+        model_state, optimizer_state = self.full_state_dict(), self.optimizer_state()
+        if self.comm.Get_rank() == 0:
+            checkpoint.save(out, model_state, optimizer_state, step, self.cfg.to_dict(),
+                            {"loss_scaler": self.scaler.state_dict()} if self.scaler else None)
 
     def memory(self) -> dict:
         """Bytes of parameters, gradients and optimizer state this rank holds (after a step)."""
-        return held_bytes(self.params, self.optimizer, self.zero)
+        return self.update.memory()
 
-    def evaluate(self) -> float:
-        """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches, sharded over the ranks."""
-        local = validation_loss(self.model, self.batches, self.cfg, self.rank * self.rows, (self.rank + 1) * self.rows,
-                                self.autocast)
-        return float(self._mean_over_ranks([local])[0])
+    def close(self):
+        self.sync.close()
 
 
 @torch.no_grad()
 def validation_loss(model, batches, cfg: TrainConfig, lo: int, hi: int, autocast=contextlib.nullcontext) -> float:
-    """Mean loss over rows lo..hi of the ``eval_batches`` fixed validation batches."""
+    """Mean loss over rows lo..hi of the ``eval_batches`` fixed validation batches (a plain GPT)."""
     device = next(model.parameters()).device
     total = 0.0
     model.eval()

@@ -12,6 +12,7 @@ from collections import Counter
 
 import torch
 
+from .metrics import StepRecord
 from .model import GPT
 from .parallel.parameter_server import PSLayout, Server, Worker, share_final_params
 from .trainer import Trainer, lr_at
@@ -35,7 +36,7 @@ class PSRun:
             self.model = self.trainer.model
 
     def train(self, steps: int, on_record=None) -> None:
-        """Run ``steps`` worker steps; ``on_record(dict)`` receives server 0's metrics records."""
+        """Run ``steps`` worker steps; ``on_record(StepRecord)`` receives server 0's metrics records."""
         cfg = self.cfg
         self.comm.Barrier()  # every worker has built its model: the clock starts now for all
         if self.is_server:
@@ -76,8 +77,8 @@ class _Recorder:
         busy = busy_s - self.last_busy
         tokens = cfg.global_batch_size * cfg.model.block_size
         self.step += 1
-        self.sink({"step": self.step, "loss": sum(losses) / len(losses), "lr": lr_at(cfg, self.step - 1),
-                   "tokens": tokens, "step_s": step_s, "compute_s": None, "comm_s": step_s - busy,
-                   "exposed_comm_s": None, "tokens_per_s": tokens / step_s, "server_busy_s": busy,
-                   "staleness": {str(k): v for k, v in sorted(window.items())}, "updates": version})
+        self.sink(StepRecord(step=self.step, loss=sum(losses) / len(losses), lr=lr_at(cfg, self.step - 1),
+                             tokens=tokens, step_s=step_s, compute_s=None, comm_s=step_s - busy, exposed_comm_s=None,
+                             tokens_per_s=tokens / step_s, server_busy_s=busy,
+                             staleness={str(k): v for k, v in sorted(window.items())}, updates=version))
         self.last_t, self.last_busy, self.last_hist = now, busy_s, Counter(staleness)

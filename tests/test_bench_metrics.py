@@ -1,7 +1,8 @@
 """Bandwidth arithmetic as nccl-tests defines it, and size parsing."""
 import pytest
 
-from parallel_lm.bench.metrics import algbw_GBps, bus_factor, busbw_GBps, format_size, parse_size, sweep
+from parallel_lm.bench.metrics import algbw_GBps, bus_factor, busbw_GBps, sweep
+from parallel_lm.sizes import format_size, parse_size
 
 
 def test_bus_factors_match_nccl_tests():

@@ -34,7 +34,9 @@ def test_zero_prints_memory_per_rank_beside_the_formula():
     (["--dp", "3", "--tp", "2"], "= 6, but the job has 4 ranks"),
     (["--tp", "4", "--n-head", "2", "--n-embd", "64"], "divide the 2 attention heads"),
     (["--pp", "4", "--n-layer", "2"], "divide the 2 layers"),
-    (["--zero", "1", "--sync", "ps"], "--zero runs with"),
+    (["--zero", "1", "--sync", "ps"], "--sync ps shards the whole model"),
+    (["--pp", "2", "--engine", "torch-ddp"], "--engine torch-ddp with --pp > 1"),
+    (["--zero", "2", "--engine", "torch-ddp"], "use --engine explicit"),
 ])
 def test_invalid_layouts_stop_every_rank_with_the_fix(args, message):
     proc = train(4, *args)
@@ -76,7 +78,19 @@ def test_tp4_and_dp2_tp2_with_and_without_zero2():
 
 
 def test_dp2_tp2_pp2_with_zero1_matches_one_process():
-    run_cases(8, "dp2-tp2-pp2-zero1")
+    run_cases(8, "dp2-tp2-pp2-zero1", "dp2-tp2-pp2-zero2-bf16-comm16")
+
+
+def test_the_combination_matrix_with_pipelines_matches_one_process():
+    """ZeRO-2 under a pipeline (the tied embedding summed before sharding), fp16 gradients, bf16, fp16 with loss
+    scaling, overlap off: each pair of these options meets in some case."""
+    run_cases(4, "dp2-pp2-zero2", "dp2-pp2-comm16", "dp2-pp2-bf16-zero1", "dp2-pp2-fp16-no-overlap",
+              "tp2-pp2-fp16-zero2")
+
+
+def test_the_combination_matrix_with_tensor_parallelism_matches_one_process():
+    run_cases(4, "dp2-tp2-naive-accum", "dp2-tp2-fp16", "dp2-tp2-zero1-comm16-accum", "dp2-tp2-ddp",
+              "ddp-fp16-comm16-accum")
 
 
 def test_the_full_grid_from_the_command_line(tmp_path):

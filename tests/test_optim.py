@@ -39,3 +39,22 @@ def test_clip_coefficient_is_torchs_rule(scale):
         assert torch.allclose(p.grad, g * coef, rtol=1e-6, atol=0)
     # summed over a group of one: the same coefficient
     assert clip_coefficient(sum(float((g.double() ** 2).sum()) for g in grads), 1.0, (MPI.COMM_SELF,)) == coef
+
+
+def test_a_checkpoint_with_torch_index_keyed_optimizer_state_loads_by_name():
+    """Checkpoints from before states were saved by name hold one process's AdamW state_dict, keyed by index."""
+    import torch
+
+    from parallel_lm.checkpoint import optimizer_by_name
+    from parallel_lm.model import GPT, GPTConfig
+    from parallel_lm.parallel.optim import build_optimizer, decay_groups
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8))
+    opt = build_optimizer(decay_groups(model.parameters(), 0.1), "adamw", 1e-3)
+    _, loss = model(torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8)))
+    loss.backward()
+    opt.step()
+    by_name = optimizer_by_name(opt.state_dict(), model)
+    assert set(by_name) == {n for n, _ in model.named_parameters()}
+    for name, p in model.named_parameters():
+        assert torch.equal(by_name[name]["exp_avg"], opt.state[p]["exp_avg"]), name

@@ -55,7 +55,9 @@ def test_layouts_split_compute_and_add_their_terms():
 
 
 def test_measured_medians_leave_out_the_warm_up_steps():
-    recs = [{"step_s": s, "compute_s": 1.0, "comm_s": None} for s in (9.0, 8.0, 1.0, 2.0, 3.0)]
+    from parallel_lm.metrics import StepRecord
+    recs = [StepRecord(step=i, loss=1.0, lr=0.1, tokens=8, step_s=s, compute_s=1.0, comm_s=None, exposed_comm_s=None,
+                       tokens_per_s=8 / s) for i, s in enumerate((9.0, 8.0, 1.0, 2.0, 3.0))]
     got = measured(recs)
     assert got["step_s"] == 2.0 and got["comm_s"] is None and got["steps"] == 3
 

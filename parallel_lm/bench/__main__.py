@@ -19,8 +19,9 @@ import numpy as np
 from mpi4py import MPI
 
 from ..comm.buffers import SUPPORTED_DTYPES
-from ..runtime import main_guard, print0, set_netem, size_option, world
-from .metrics import OPS, algbw_GBps, busbw_GBps, format_size, sweep
+from ..runtime import emulated, main_guard, netem_network, print0, size_option, world
+from ..sizes import format_size
+from .metrics import OPS, algbw_GBps, busbw_GBps, sweep
 from .pingpong import half_round_trip_s
 from .runners import REGISTRIES, TORCH_GLOO, count_errors, make_input, runner
 from .timing import time_interleaved
@@ -107,7 +108,7 @@ def _pingpong_point(comm, size, warmup, iters) -> list[dict]:
 def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, json_path, netem):
     """Time collective algorithms side by side with the MPI library (run under mpiexec)."""
     try:
-        netem_net = set_netem(netem)
+        netem_net = netem_network(netem)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     comm = world()
@@ -134,7 +135,7 @@ def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, js
     with _progress(len(points), comm) as bar:
         for size, dtype in points:
             for rec in (_pingpong_point(comm, size, warmup, iters) if op == "pingpong"
-                        else _collective_point(comm, op, names, size, dtype, warmup, iters)):
+                        else _collective_point(emulated(comm, netem_net), op, names, size, dtype, warmup, iters)):
                 records.append(rec)
                 if rank == 0:
                     bar.write(_row(rec), file=sys.stdout)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from .timing import quiet_barrier
+from ..runtime import quiet_barrier
 
 TAG = 21
 

@@ -1,20 +1,8 @@
 """Timing loops in the OSU/nccl-tests habit: warm-up, barrier, MPI.Wtime, median of repetitions."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from mpi4py import MPI
-
-
-def quiet_barrier(comm, poll_s: float = 1e-4) -> None:
-    """A barrier that sleeps while it waits, so idle ranks leave the cores to busy ones.
-
-    Oversubscribed MPICH ranks spin in a blocking barrier (MPI-NOTES.md).
-    """
-    req = comm.Ibarrier()
-    while not req.Test():
-        time.sleep(poll_s)
 
 
 def time_interleaved(comm, runs: dict, reset, warmup: int, iters: int) -> dict[str, tuple[float, float]]:

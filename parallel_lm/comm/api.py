@@ -19,8 +19,6 @@ import numpy as np
 from .buffers import SUPPORTED_DTYPES, StreamSyncComm, cuda_aware_mpi, is_device_array
 from .collectives import ALGORITHMS, ALL_GATHER_ALGORITHMS, BROADCAST_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS
 from .collectives.mpi import has_mpi_datatype
-from .netem import NetemComm
-from .netem import configured as netem_configured
 from .topology import chunk_offsets
 from .trace import TraceComm, tracing_enabled
 
@@ -93,9 +91,6 @@ def _run(kind: str, buf, comm, algorithm: str, **kwargs):
     if os.environ.get("PARALLEL_LM_CHECK", "") not in ("", "0"):
         check_consistent(buf, comm, kind, algorithm, kwargs.get("root", 0))
     run_on = TraceComm(comm) if tracing_enabled() else comm
-    netem = netem_configured()
-    if netem is not None and algorithm != "mpi":
-        run_on = NetemComm(run_on, *netem)
     if not is_device_array(buf):
         fn(buf, run_on, **kwargs)
     elif cuda_aware_mpi():

@@ -1,10 +1,9 @@
 """Network emulation: make every message cost what it would on a slower interconnect.
 
-``PARALLEL_LM_NETEM="alpha=2e-05,beta=8e-10"`` (seconds, seconds per
-byte; the ``--netem`` flag of train and bench sets it from a profile)
-wraps the communicator of every explicit collective in ``NetemComm``:
-a Send, Recv or Sendrecv of b bytes returns no sooner than alpha + b.beta
-after it was called. The real transfer happens inside that time, so as
+``NetemComm(comm, alpha_s, beta_s_per_byte)`` wraps a communicator (the
+``--netem`` flag of train and bench wraps the one their collectives run
+on): a Send, Recv or Sendrecv of b bytes returns no sooner than
+alpha + b.beta after it was called. The real transfer happens inside that time, so as
 long as the emulated network is slower than this machine's shared
 memory, each message takes the emulated time, and a 2-core laptop
 behaves like ranks on separate nodes of that network. Local reductions
@@ -12,18 +11,16 @@ run at this machine's real speed, so predictions under emulation use
 the emulated alpha and beta with this machine's gamma.
 
 Not emulated: the MPI library's own collectives (``mpi``: no messages
-pass through Python) and the parameter server's point-to-point traffic.
+pass through Python, the wrapper hands them to the library untouched).
 """
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import time
 
 from .trace import ObservedComm
 
-ENV = "PARALLEL_LM_NETEM"
 SPIN_S = 30e-6  # sleep until this close to the deadline, then spin: sleep alone overshoots
 
 
@@ -38,13 +35,8 @@ def parse(spec: str) -> tuple[float, float]:
         except ValueError:
             values[key.strip()] = None
     if set(values) != {"alpha", "beta"} or None in values.values() or min(values.values()) < 0:
-        raise ValueError(f"{ENV}={spec!r}: write alpha=SECONDS,beta=SECONDS_PER_BYTE, e.g. alpha=2e-05,beta=8e-10")
+        raise ValueError(f"{spec!r}: write alpha=SECONDS,beta=SECONDS_PER_BYTE, e.g. alpha=2e-05,beta=8e-10")
     return values["alpha"], values["beta"]
-
-
-def configured() -> tuple[float, float] | None:
-    spec = os.environ.get(ENV, "").strip()
-    return parse(spec) if spec else None
 
 
 @functools.cache
@@ -72,6 +64,10 @@ class NetemComm(ObservedComm):
         super().__init__(comm)
         self.alpha_s, self.beta_s_per_byte = alpha_s, beta_s_per_byte
         _fine_timer_slack()
+
+    def Dup(self):
+        """A duplicate (e.g. for a communication thread), emulating the same network."""
+        return NetemComm(self._comm.Dup(), self.alpha_s, self.beta_s_per_byte)
 
     def _timed(self, nbytes: int, call, *args, **kwargs):
         deadline = time.perf_counter() + self.alpha_s + nbytes * self.beta_s_per_byte

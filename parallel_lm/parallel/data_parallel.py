@@ -12,15 +12,17 @@ Two versions side by side, as picotron does:
   This is PyTorch DDP's design (Li et al., VLDB 2020), with our own
   collectives: ``--allreduce NAME`` takes any registry name.
 
-Gradient accumulation: call ``begin_backward(sync=False)`` for every
-micro-batch but the last, so nothing is communicated until the gradients of
+Both follow the gradient-sync interface of ``grad_sync.py``. Gradient
+accumulation: ``begin_backward(last=False)`` before every micro-batch's
+backward but the last, so nothing is communicated until the gradients of
 all micro-batches have summed up in the buckets.
 
-``--comm-dtype fp16`` sends each bucket as float16 (half the bytes), after
+``--comm-dtype fp16`` sends each gradient as float16 (half the bytes), after
 dividing by the world size so the sum cannot overflow, and widens it back.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -31,31 +33,52 @@ from ..comm import allreduce, allreduce_mean
 from ..comm.buffers import as_array
 
 
+def average(flat: torch.Tensor, comm, algorithm: str, half: torch.Tensor | None = None) -> None:
+    """``flat`` (fp32, contiguous) becomes its mean over ``comm``; through the fp16 buffer ``half`` if given.
+
+    fp16: divide in float32 first, so a sum of K gradients cannot overflow float16's 65504.
+    """
+    if half is None:
+        allreduce_mean(as_array(flat), comm, algorithm)
+        return
+    half.copy_(flat.div_(comm.Get_size()))
+    allreduce(as_array(half), comm, algorithm)
+    flat.copy_(half)
+
+
 class NaiveDataParallel:
     """One all-reduce per parameter gradient, after backward."""
 
+    def __init__(self, params, comm, algorithm: str, comm_dtype: str = "fp32", timeline=None):
+        self.params = [p for p in params if p.requires_grad]
+        self.comm, self.algorithm, self.comm_dtype, self.timeline = comm, algorithm, comm_dtype, timeline
+
     def close(self):
         pass
-
-    def __init__(self, params, comm, algorithm: str, timeline=None):
-        self.params = [p for p in params if p.requires_grad]
-        self.comm, self.algorithm, self.timeline = comm, algorithm, timeline
 
     def zero_grad(self):
         for p in self.params:
             p.grad = None
 
-    def begin_backward(self, sync: bool):
+    def forward_context(self, last: bool):
+        return contextlib.nullcontext()
+
+    def begin_backward(self, last: bool):
         pass
 
-    def finish(self) -> tuple[float, float]:
-        """Average every gradient over the ranks; returns (comm_s, exposed_comm_s)."""
+    def finish(self, tie=None) -> tuple[float, float]:
+        """Average every gradient over the ranks, then ``tie()``; returns (comm_s, exposed_comm_s)."""
         t0 = time.perf_counter()
         for p in self.params:
-            allreduce_mean(as_array(p.grad.view(-1)), self.comm, self.algorithm)
+            if p.grad is None:  # a parameter this step did not reach: its gradient is zero
+                p.grad = torch.zeros_like(p)
+            half = torch.empty_like(p.grad, dtype=torch.float16).view(-1) if self.comm_dtype == "fp16" else None
+            average(p.grad.view(-1), self.comm, self.algorithm, half)
         spent = time.perf_counter() - t0
         if self.timeline:
             self.timeline.add("allreduce (per parameter)", t0, spent)
+        if tie:
+            tie()
         return spent, spent
 
 
@@ -123,9 +146,12 @@ class BucketedDataParallel:
         for b in self.buckets:
             b.flat.zero_()  # keep the views; set_to_none would detach .grad from the bucket
 
-    def begin_backward(self, sync: bool):
-        """Call before each micro-batch's backward; sync=False accumulates without communicating."""
-        self.sync = sync
+    def forward_context(self, last: bool):
+        return contextlib.nullcontext()
+
+    def begin_backward(self, last: bool):
+        """Call before each micro-batch's backward; last=False accumulates without communicating."""
+        self.sync = last
         for b in self.buckets:
             b.pending = len(b.params)
 
@@ -147,14 +173,7 @@ class BucketedDataParallel:
                 torch.cuda.current_stream(bucket.flat.device).synchronize()
             else:
                 bucket.ready.synchronize()
-        if self.comm_dtype == "fp16":
-            # Divide in float32 first, so a sum of K gradients cannot overflow float16's 65504.
-            half = self.half[bucket.index]
-            half.copy_(bucket.flat.div_(self.world))
-            allreduce(as_array(half), comm, self.algorithm)
-            bucket.flat.copy_(half)
-        else:
-            allreduce_mean(as_array(bucket.flat), comm, self.algorithm)
+        average(bucket.flat, comm, self.algorithm, self.half.get(bucket.index))
         spent = time.perf_counter() - t0
         self.comm_s += spent
         if self.timeline:
@@ -183,11 +202,13 @@ class BucketedDataParallel:
             finally:
                 self.jobs.task_done()
 
-    def finish(self) -> tuple[float, float]:
-        """After the last micro-batch's backward: wait until every bucket is averaged.
+    def finish(self, tie=None) -> tuple[float, float]:
+        """After the last micro-batch's backward: wait until every bucket is averaged, then ``tie()``.
 
         Returns (comm_s, exposed_comm_s): time spent all-reducing this step, and
         the part of it the main thread sat waiting for (not hidden behind backward).
+        ``tie`` (pipelines) sums the tied embedding's gradient between the first
+        and last stage; averaging first is the same, the sum being linear.
         """
         t0 = time.perf_counter()
         if self.overlap:
@@ -203,4 +224,6 @@ class BucketedDataParallel:
                 self._reduce(bucket, self.comm)
         exposed = time.perf_counter() - t0
         spent, self.comm_s = self.comm_s, 0.0
+        if tie:
+            tie()
         return spent, exposed

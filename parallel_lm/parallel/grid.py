@@ -66,6 +66,10 @@ class Grid:
     def dp_group(self) -> list[int]:
         return [self.world_rank(d, self.tp_rank, self.pp_rank) for d in range(self.dp)]
 
+    def all_dp_groups(self) -> list[list[int]]:
+        """Every data-parallel group's world ranks, in the order of their (pp, tp) coordinates."""
+        return [[self.world_rank(d, t, s) for d in range(self.dp)] for s in range(self.pp) for t in range(self.tp)]
+
     def pp_group(self) -> list[int]:
         return [self.world_rank(self.dp_rank, self.tp_rank, s) for s in range(self.pp)]
 

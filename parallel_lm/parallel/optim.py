@@ -51,3 +51,75 @@ def clip_coefficient(sum_of_squares: float, max_norm: float, comms=()) -> float:
     for comm in comms:
         comm.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
     return min(1.0, max_norm / (math.sqrt(sq[0]) + EPS_NORM))
+
+
+class ReplicatedOptimizer:
+    """The optimizer of every parameter this rank holds, whole (no ZeRO): the same update on every replica."""
+
+    def __init__(self, params, kind: str, lr: float, weight_decay: float):
+        self.params = list(params)
+        self.optimizer = build_optimizer(decay_groups(self.params, weight_decay), kind, lr)
+
+    def grads(self) -> list[torch.Tensor]:
+        return [p.grad for p in self.params if p.grad is not None]
+
+    def squares(self, skip=()) -> float:
+        """Sum of squares of the gradients, leaving out the parameters in ``skip`` (counted elsewhere)."""
+        left_out = {id(p) for p in skip}
+        return sum(float(torch.sum(p.grad.double() ** 2)) for p in self.params
+                   if p.grad is not None and id(p) not in left_out)
+
+    def step(self, lr: float, coef: float = 1.0) -> float:
+        """Scale the gradients by ``coef`` (the clip) and update; returns 0.0 seconds of communication."""
+        if coef < 1:
+            for g in self.grads():
+                g.mul_(coef)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return 0.0
+
+    def state_by_param(self) -> dict:
+        return {p: dict(self.optimizer.state[p]) for p in self.params if p in self.optimizer.state}
+
+    def load_by_param(self, states: dict) -> None:
+        for p, state in states.items():  # AdamW keeps its step count on the host, the moments beside p
+            self.optimizer.state[p] = {k: v.clone() if v.dim() == 0 else v.to(p.device, copy=True)
+                                       for k, v in state.items()}
+
+    def memory(self) -> dict:
+        size = lambda ts: sum(t.numel() * t.element_size() for t in ts)
+        state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
+        return {"params": size(self.params), "grads": size(self.grads()), "optimizer": size(state)}
+
+
+class LossScaler:
+    """Dynamic loss scaling for fp16 (Micikevicius et al. 2018): halve on overflow, double after a run of good steps."""
+
+    def __init__(self, scale: float = 2.0**16, growth_interval: int = 1000):
+        self.scale, self.growth_interval, self.good_steps = scale, growth_interval, 0
+
+    def unscale_or_skip(self, grads, comm) -> bool:
+        """Divide the gradients by the scale; False (skip the step) if any rank of ``comm`` holds an inf/nan.
+
+        Under tensor or pipeline parallelism or ZeRO each rank holds other
+        gradients, so the ranks agree (one MAX of a flag) and all skip together.
+        """
+        bad = np.array([0 if all(bool(torch.isfinite(g).all()) for g in grads) else 1], dtype=np.int64)
+        comm.Allreduce(MPI.IN_PLACE, bad, op=MPI.MAX)
+        if bad[0]:
+            self.scale /= 2
+            self.good_steps = 0
+            return False
+        for g in grads:
+            g.div_(self.scale)
+        self.good_steps += 1
+        if self.good_steps % self.growth_interval == 0:
+            self.scale *= 2
+        return True
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "good_steps": self.good_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.good_steps = float(state["scale"]), int(state.get("good_steps", 0))

@@ -56,12 +56,16 @@ def bubble_formula(stages: int, m: int) -> float:
 
 
 class Stage(nn.Module):
-    """This stage's layers of a full ``GPT`` (the same module objects, so names and values match it)."""
+    """This stage's layers of a full ``GPT`` (the same module objects, so names and values match it).
 
-    def __init__(self, model, stage: int, stages: int):
+    ``sharded``: the model's layers are tensor-parallel (``tensor_parallel.shard_model``),
+    so the loss is computed over vocabulary slices. pp = 1 is one stage holding everything.
+    """
+
+    def __init__(self, model, stage: int, stages: int, sharded: bool = False):
         super().__init__()
         per = model.cfg.n_layer // stages
-        self.first, self.last = stage == 0, stage == stages - 1
+        self.first, self.last, self.sharded = stage == 0, stage == stages - 1, sharded
         self.lo = stage * per
         self.blocks = nn.ModuleList(model.blocks[self.lo: self.lo + per])
         if self.first:
@@ -69,7 +73,6 @@ class Stage(nn.Module):
         if self.last:
             self.ln_f, self.head = model.ln_f, model.head
         self.tied = model.tok_emb.weight if (self.first or self.last) else None
-        self.tp_comm = getattr(model, "tp_comm", None)  # set by model.tensor_parallel.shard_model
         self.prefixes = [f"blocks.{self.lo + i}." for i in range(per)] + \
             (["tok_emb.", "pos_emb."] if self.first else []) + (["ln_f.", "head."] if self.last else [])
 
@@ -84,8 +87,8 @@ class Stage(nn.Module):
 
     def loss(self, logits, targets):
         """Mean cross-entropy; over vocabulary slices when the head is tensor-parallel."""
-        if self.tp_comm is not None:
-            from ..model.tensor_parallel import vocab_parallel_ce
+        if self.sharded:
+            from .tensor_parallel import vocab_parallel_ce
             return vocab_parallel_ce(logits, targets, self.head)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
@@ -93,59 +96,75 @@ class Stage(nn.Module):
         return any(key.startswith(p) for p in self.prefixes)
 
 
-class Pipeline:
-    """Runs one step's micro-batches through this rank's stage over ``comm`` (the pipeline group)."""
+def _to_host(t: torch.Tensor) -> np.ndarray:
+    """fp32, contiguous, in host memory: what travels between stages."""
+    return t.detach().float().contiguous().cpu().numpy()
 
-    def __init__(self, stage: Stage, comm, kind: str, timeline=None):
+
+class Pipeline:
+    """Runs one step's micro-batches through this rank's stage over ``comm`` (the pipeline group).
+
+    ``forward``: the module to call for the stage (the stage itself, or a
+    wrapper around it such as torch DDP); ``device``: where the stage lives.
+    """
+
+    def __init__(self, stage: Stage, comm, kind: str, timeline=None, forward=None, device=None):
         self.stage, self.comm, self.kind, self.timeline = stage, comm, kind, timeline
+        self.forward = forward or stage
+        self.device = device or torch.device("cpu")
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
 
     def _span(self, name):
         return self.timeline.span(name) if self.timeline else contextlib.nullcontext()
 
-    def run(self, micro_batches, shape, autocast) -> tuple[float, float]:
+    def _recv(self, shape, source, tag) -> torch.Tensor:
+        buf = np.empty(shape, dtype=np.float32)
+        self.comm.Recv(buf, source=source, tag=tag)
+        return torch.from_numpy(buf).to(self.device)
+
+    def run(self, micro_batches, shape, autocast, scale: float = 1.0, sync=None) -> tuple[float, float]:
         """Forward and backward every micro-batch ((x, y) pairs) per the schedule; gradients accumulate.
 
-        ``shape``: (micro, T, C) of the activations between stages. Returns
-        (mean loss on the last stage, else 0.0; seconds spent computing).
+        ``shape``: (micro, T, C) of the activations between stages. ``scale``:
+        the loss is multiplied by it before backward (fp16 loss scaling).
+        ``sync``: the gradient synchronization (``grad_sync``), told which
+        micro-batch is the last, so it communicates only after that one.
+        Returns (mean loss on the last stage, else 0.0; seconds spent computing).
         """
         m = len(micro_batches)
         inputs, outputs, losses, sends = {}, {}, [], []
         compute = 0.0
         for op, i in schedule(self.kind, m, self.rank, self.size):
             x, y = micro_batches[i]
+            last = i == m - 1
             if op == "F":
-                if self.stage.first:
-                    inp = x
-                else:
-                    buf = np.empty(shape, dtype=np.float32)
-                    self.comm.Recv(buf, source=self.rank - 1, tag=TAG_ACTIVATION)
-                    inp = torch.from_numpy(buf).requires_grad_()
+                inp = x.to(self.device) if self.stage.first else \
+                    self._recv(shape, self.rank - 1, TAG_ACTIVATION).requires_grad_()
                 t0 = time.perf_counter()
-                with self._span(f"forward {i}"), autocast():
-                    out = self.stage(inp)
+                with self._span(f"forward {i}"), autocast(), (sync.forward_context(last) if sync else
+                                                               contextlib.nullcontext()):
+                    out = self.forward(inp)
                     if self.stage.last:
-                        out = self.stage.loss(out, y) / m
+                        out = self.stage.loss(out, y.to(self.device))
                 compute += time.perf_counter() - t0
                 if self.stage.last:
-                    losses.append(float(out.detach()) * m)
+                    losses.append(float(out.detach()))
+                    out = out * (scale / m)
                 else:
-                    act = out.detach().float().contiguous().numpy()
+                    act = _to_host(out)
                     sends.append((self.comm.Isend(act, dest=self.rank + 1, tag=TAG_ACTIVATION), act))
                 inputs[i], outputs[i] = inp, out
             else:
                 inp, out = inputs.pop(i), outputs.pop(i)
-                grad = None
-                if not self.stage.last:
-                    buf = np.empty(shape, dtype=np.float32)
-                    self.comm.Recv(buf, source=self.rank + 1, tag=TAG_GRADIENT)
-                    grad = torch.from_numpy(buf)
+                grad = None if self.stage.last else self._recv(shape, self.rank + 1, TAG_GRADIENT)
+                if sync:
+                    sync.begin_backward(last)
                 t0 = time.perf_counter()
                 with self._span(f"backward {i}"):
                     out.backward(grad)
                 compute += time.perf_counter() - t0
                 if not self.stage.first:
-                    g = inp.grad.contiguous().numpy()
+                    g = _to_host(inp.grad)
                     sends.append((self.comm.Isend(g, dest=self.rank - 1, tag=TAG_GRADIENT), g))
         MPI.Request.Waitall([r for r, _ in sends])
         return (sum(losses) / m if losses else 0.0), compute
@@ -155,24 +174,21 @@ class Pipeline:
         if self.size == 1 or self.stage.tied is None:
             return
         partner = self.size - 1 if self.stage.first else 0
-        mine = self.stage.tied.grad.contiguous().view(-1).numpy()
+        grad = self.stage.tied.grad
+        mine = _to_host(grad)
         theirs = np.empty_like(mine)
         self.comm.Sendrecv(mine.copy(), dest=partner, sendtag=TAG_TIE, recvbuf=theirs, source=partner, recvtag=TAG_TIE)
-        mine += theirs
+        grad += torch.from_numpy(theirs).to(grad.device).view_as(grad)
 
     @torch.no_grad()
     def forward_only(self, x, y, shape, autocast) -> float:
         """Validation loss of one batch through the pipeline; every stage returns the last stage's value."""
-        if self.stage.first:
-            inp = x
-        else:
-            inp = torch.from_numpy(np.empty(shape, dtype=np.float32))
-            self.comm.Recv(inp.numpy(), source=self.rank - 1, tag=TAG_ACTIVATION)
+        inp = x.to(self.device) if self.stage.first else self._recv(shape, self.rank - 1, TAG_ACTIVATION)
         with autocast():
             out = self.stage(inp)
         loss = 0.0
         if self.stage.last:
-            loss = float(self.stage.loss(out, y))
+            loss = float(self.stage.loss(out, y.to(self.device)))
         else:
-            self.comm.Send(out.float().contiguous().numpy(), dest=self.rank + 1, tag=TAG_ACTIVATION)
-        return self.comm.bcast(loss, root=self.size - 1)
+            self.comm.Send(_to_host(out), dest=self.rank + 1, tag=TAG_ACTIVATION)
+        return self.comm.bcast(loss, root=self.size - 1) if self.size > 1 else loss

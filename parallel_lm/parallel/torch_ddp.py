@@ -21,3 +21,45 @@ def init_process_group(comm, backend: str = "gloo") -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(comm.bcast(port, root=0))
     dist.init_process_group(backend, rank=comm.Get_rank(), world_size=comm.Get_size())
+
+
+class TorchDDP:
+    """torch's DistributedDataParallel behind the gradient-sync interface of ``grad_sync.py``.
+
+    ``groups``: the world ranks of every data-parallel group (all ranks must
+    create all of them, in the same order); ``mine``: this rank's. DDP
+    all-reduces in its own backward hooks, so its communication time is not
+    separable here (``finish`` returns None for both).
+    """
+
+    def __init__(self, module, comm, groups: list[list[int]], mine: int, bucket_mb: float, comm_dtype: str = "fp32"):
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+        device = next(module.parameters()).device
+        init_process_group(comm, "nccl" if device.type == "cuda" else "gloo")
+        handles = [dist.new_group(ranks) for ranks in groups] if len(groups) > 1 else [None]
+        self.module = DistributedDataParallel(module, bucket_cap_mb=bucket_mb, process_group=handles[mine])
+        if comm_dtype == "fp16":
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+            self.module.register_comm_hook(handles[mine], default_hooks.fp16_compress_hook)
+        self.params = [p for p in module.parameters() if p.requires_grad]
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def forward_context(self, last: bool):
+        """DDP decides at forward time whether the coming backward all-reduces: only the last micro-batch's."""
+        import contextlib
+        return contextlib.nullcontext() if last else self.module.no_sync()
+
+    def begin_backward(self, last: bool):
+        pass
+
+    def finish(self, tie=None) -> tuple[None, None]:
+        if tie:
+            tie()
+        return None, None
+
+    def close(self):
+        pass

@@ -30,18 +30,27 @@ per parameter plus one bucket in flight. Per rank (Psi parameters, fp32):
 (the paper's mixed-precision version is 2 + 2 + K with K = 12). AdamW is
 element-wise, so updating shards gives exactly what one process computes;
 gradient clipping needs the global norm: one all-reduce of a scalar.
+
+``Zero`` is both a gradient synchronization (the interface of
+``grad_sync.py``) and the optimizer of the sharded state (``squares``,
+``step``, ``state_by_param``). A pipeline's tied embedding is a
+``deferred`` parameter: it sits in a bucket of its own, reduce-scattered
+only after its gradient has been summed between the first and the last
+stage, since the shards of two stages do not line up.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
+from mpi4py import MPI
 
 from ..comm import all_gather, reduce_scatter
 from ..comm.buffers import as_array
 from ..comm.topology import chunk_offsets
 from .data_parallel import bucket_groups
-from .optim import build_optimizer, clip_coefficient, decay_mask
+from .optim import build_optimizer, decay_mask
 
 # reduce-scatter and all-gather algorithms matching an --allreduce name (Rabenseifner = halving + doubling)
 PHASES = {"ring": ("ring", "ring"), "rabenseifner": ("recursive_halving", "recursive_doubling"),
@@ -61,18 +70,22 @@ def memory_formula(n_params: int, stage: int, dp: int, optimizer: str = "adamw")
 
 
 class Zero:
-    """Sharded gradients/optimizer for ``model`` over the data-parallel communicator ``comm``."""
+    """Sharded gradients/optimizer for ``params`` over the data-parallel communicator ``comm``."""
 
-    def __init__(self, model, comm, stage: int, optimizer: str, lr: float, weight_decay: float,
-                 bucket_mb: float, algorithm: str = "ring", timeline=None):
+    def __init__(self, params, comm, stage: int, optimizer: str, lr: float, weight_decay: float,
+                 bucket_mb: float, algorithm: str = "ring", comm_dtype: str = "fp32", timeline=None, deferred=()):
         if stage not in (1, 2):
             raise ValueError(f"--zero {stage}: use 1 (optimizer state) or 2 (and gradients)")
-        self.comm, self.stage, self.timeline = comm, stage, timeline
+        self.comm, self.stage, self.timeline, self.comm_dtype = comm, stage, timeline, comm_dtype
         self.dp, self.rank = comm.Get_size(), comm.Get_rank()
         self.rs_alg, self.ag_alg = PHASES.get(algorithm, ("ring", "ring"))
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for p in params if p.requires_grad]
+        self.deferred = [p for p in params if any(p is d for d in deferred)]
+        # deferred parameters last in the flat vector, so every other bucket stays one contiguous range
+        self.params = [p for p in params if not any(p is d for d in deferred)] + self.deferred
+        device = self.params[0].device
         n = sum(p.numel() for p in self.params)
-        self.flat = torch.empty(n)
+        self.flat = torch.empty(n, device=device)
         offsets, offset = {}, 0
         with torch.no_grad():
             for p in self.params:
@@ -84,8 +97,8 @@ class Zero:
         self.buckets = self._buckets(int(bucket_mb * 2**20))
         owned = [torch.arange(a + c[self.rank], a + c[self.rank + 1]) for a, b, c in
                  ((a, b, chunk_offsets(b - a, self.dp)) for a, b, _ in self.buckets)]
-        self.owned = torch.cat(owned) if owned else torch.zeros(0, dtype=torch.long)
-        mask = decay_mask(self.params)[self.owned]  # self.flat lays the parameters end to end in this order
+        self.owned = (torch.cat(owned) if owned else torch.zeros(0, dtype=torch.long)).to(device)
+        mask = decay_mask(self.params).to(device)[self.owned]  # self.flat lays the parameters end to end in this order
         self.idx = (self.owned[mask], self.owned[~mask])  # flat positions of the decayed / other owned parameters
         self.where = (mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1))  # the same, in grad_shard
         self.slices, start = [], 0  # where each bucket's owned chunk sits in grad_shard
@@ -97,35 +110,59 @@ class Zero:
         groups = [{"params": [self.shards[0]], "weight_decay": weight_decay},
                   {"params": [self.shards[1]], "weight_decay": 0.0}]
         self.optimizer = build_optimizer(groups, optimizer, lr)
-        self.grad_shard = torch.zeros(len(self.owned))  # this rank's summed gradient, in owned order
+        self.grad_shard = torch.zeros(len(self.owned), device=device)  # this rank's summed gradient, in owned order
         self.peak_bucket_bytes = 0
         self.comm_s = 0.0  # communication time of the current step
+        self._pending, self._buffers = {}, {}
         if stage == 1:
-            self.flat_grad = torch.zeros(n)
+            self.flat_grad = torch.zeros(n, device=device)
             for p in self.params:
                 p.grad = self.flat_grad[offsets[p]: offsets[p] + p.numel()].view_as(p)
         else:
             self.flat_grad = None
-            self._pending, self._buffers = {}, {}
             for i, (_, _, members) in enumerate(self.buckets):
                 for p in members:
-                    p.register_post_accumulate_grad_hook(lambda p, i=i: self._grad_ready(i, p))
+                    if not any(p is d for d in self.deferred):
+                        p.register_post_accumulate_grad_hook(lambda p, i=i: self._grad_ready(i, p))
 
     def _buckets(self, bucket_bytes: int) -> list[tuple[int, int, list]]:
-        """Contiguous ranges of the flat vector, grouped in the order backward finishes parameters."""
+        """Contiguous ranges of the flat vector, grouped in the order backward finishes parameters;
+        each deferred parameter alone in a bucket."""
         out = []
-        for g in bucket_groups(reversed(self.params), bucket_bytes):
+        rest = self.params[:len(self.params) - len(self.deferred)]
+        for g in bucket_groups(reversed(rest), bucket_bytes) + [[p] for p in self.deferred]:
             lo = min(self.offsets[p] for p in g)
-            hi = max(self.offsets[p] + p.numel() for p in g)
-            out.append((lo, hi, g))
+            out.append((lo, max(self.offsets[p] + p.numel() for p in g), g))
         return out
 
-    # -- stage 2: gradients never held in full -------------------------------------------------
+    # -- the gradient-sync interface -------------------------------------------------------------
+    def forward_context(self, last: bool):
+        return contextlib.nullcontext()
+
+    def begin_backward(self, last: bool):
+        pass  # stage 2 reduce-scatters each micro-batch's buckets as they complete; stage 1 after the last
+
+    def close(self):
+        pass
+
+    def _reduce_scatter(self, i: int, grads: torch.Tensor) -> None:
+        """Add this rank's chunk of the sum over ranks of bucket i's ``grads`` to grad_shard."""
+        t0 = time.perf_counter()
+        if self.comm_dtype == "fp16":  # scaled by 1/dp first, so the fp16 sum cannot overflow
+            half = (grads / self.dp).half()
+            mine = reduce_scatter(as_array(half), self.comm, self.rs_alg)
+            self.grad_shard[self.slices[i]] += torch.as_tensor(mine, device=grads.device).float() * self.dp
+        else:
+            mine = reduce_scatter(as_array(grads), self.comm, self.rs_alg)
+            self.grad_shard[self.slices[i]] += torch.as_tensor(mine, device=grads.device)
+        self.comm_s += time.perf_counter() - t0
+
     def _grad_ready(self, i: int, p) -> None:
+        """Stage 2: copy p's gradient into its bucket; the bucket's last one sends it off."""
         a, b, members = self.buckets[i]
         buf = self._buffers.get(i)
         if buf is None:
-            buf = self._buffers[i] = torch.zeros(b - a)
+            buf = self._buffers[i] = torch.zeros(b - a, device=self.flat.device)
             self._pending[i] = len(members)
             self.peak_bucket_bytes = max(self.peak_bucket_bytes, 4 * sum(x.numel() for x in self._buffers.values()))
         off = self.offsets[p] - a
@@ -133,49 +170,51 @@ class Zero:
         p.grad = None  # the full-size gradient is gone as soon as it is copied
         self._pending[i] -= 1
         if self._pending[i] == 0:
-            t0 = time.perf_counter()
-            mine = reduce_scatter(as_array(buf), self.comm, self.rs_alg)
-            self.grad_shard[self.slices[i]] += torch.from_numpy(mine)
+            self._reduce_scatter(i, buf)
             del self._buffers[i]
-            self.comm_s += time.perf_counter() - t0
 
-    # -- a step ----------------------------------------------------------------------------------
     def zero_grad(self) -> None:
         self.grad_shard.zero_()
         self.comm_s = 0.0
         if self.flat_grad is not None:
             self.flat_grad.zero_()
+        else:
+            for p in self.deferred:
+                p.grad = None
 
-    def reduce_gradients(self) -> float:
-        """Stage 1: reduce-scatter every bucket now (stage 2 did it during backward). Returns comm seconds."""
-        if self.stage == 1:
-            t0 = time.perf_counter()
-            for i, (a, b, _) in enumerate(self.buckets):
-                mine = reduce_scatter(as_array(self.flat_grad[a:b]), self.comm, self.rs_alg)
-                self.grad_shard[self.slices[i]] = torch.from_numpy(mine)
-            self.comm_s += time.perf_counter() - t0
+    def finish(self, tie=None) -> tuple[float, float]:
+        """After backward: ``tie()``, reduce-scatter what is left, average. Returns (comm_s, exposed_comm_s)."""
+        t0 = time.perf_counter()
+        if tie:
+            tie()
+        for i, (a, b, members) in enumerate(self.buckets):
+            if self.stage == 1:
+                self._reduce_scatter(i, self.flat_grad[a:b])
+            elif any(p is d for d in self.deferred for p in members):
+                self._grad_ready(i, members[0])
+        self.grad_shard /= self.dp
         if self.timeline and self.comm_s:
             self.timeline.add("reduce-scatter", time.perf_counter() - self.comm_s, self.comm_s)
-        return self.comm_s
+        return self.comm_s, time.perf_counter() - t0
 
-    def step(self, lr: float, grad_clip: float, norm_comms=(), skip_in_norm=()) -> float:
-        """Average, clip by the global norm, update this rank's shard, all-gather. Returns comm seconds.
+    # -- the optimizer interface -----------------------------------------------------------------
+    def grads(self) -> list[torch.Tensor]:
+        """The gradients this rank updates with (its shard): what loss scaling checks and unscales."""
+        return [self.grad_shard]
 
-        With model parallelism the norm also sums over ``norm_comms`` (the
-        other stages and tensor ranks); ``skip_in_norm`` lists parameters whose
-        gradient another rank already counts (a tied embedding's second copy,
-        a replicated LayerNorm on all but one tensor-parallel rank).
-        """
-        self.grad_shard /= self.dp
-        if grad_clip > 0:
-            keep = torch.ones(len(self.owned), dtype=torch.bool)
-            for p in skip_in_norm:
-                a = self.offsets[p]
+    def squares(self, skip=()) -> float:
+        """Sum of squares of this rank's gradient shard, leaving out the parameters in ``skip``."""
+        keep = torch.ones(len(self.owned), dtype=torch.bool, device=self.owned.device)
+        for p in skip:
+            a = self.offsets.get(p)
+            if a is not None:
                 keep &= (self.owned < a) | (self.owned >= a + p.numel())
-            counted = self.grad_shard[keep]
-            coef = clip_coefficient(float(torch.sum(counted.double() ** 2)), grad_clip, (self.comm, *norm_comms))
-            if coef < 1:
-                self.grad_shard *= coef
+        return float(torch.sum(self.grad_shard[keep].double() ** 2))
+
+    def step(self, lr: float, coef: float = 1.0) -> float:
+        """Scale the shard's gradient by ``coef`` (the clip), update the shard, all-gather. Returns comm seconds."""
+        if coef < 1:
+            self.grad_shard *= coef
         for shard, where in zip(self.shards, self.where):
             shard.grad = self.grad_shard[where]
         for group in self.optimizer.param_groups:
@@ -191,6 +230,40 @@ class Zero:
         if self.timeline:
             self.timeline.add("all-gather", t0, spent)
         return spent
+
+    def state_by_param(self) -> dict:
+        """Collective over the data-parallel ranks: every parameter's unsharded optimizer state on every rank."""
+        full = {}
+        for shard, i in zip(self.shards, self.idx):
+            for kind, value in self.optimizer.state.get(shard, {}).items():
+                if value.dim() == 0:
+                    full.setdefault(kind, value.clone())
+                    continue
+                flat = full.setdefault(kind, torch.zeros_like(self.flat))
+                flat.index_copy_(0, i, value)
+        for kind, value in full.items():
+            if value.dim() > 0:  # each element is owned by exactly one rank: the sum assembles it, exactly
+                host = value.cpu()
+                self.comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=MPI.SUM)
+                full[kind] = host.to(value.device)
+        return {p: {kind: (v[self.offsets[p]: self.offsets[p] + p.numel()].view_as(p).clone() if v.dim() else v)
+                    for kind, v in full.items()} for p in self.params}
+
+    def load_by_param(self, states: dict) -> None:
+        """Take this rank's shard of every parameter's unsharded optimizer state (``state_by_param``'s form)."""
+        kinds = {kind: v for s in states.values() for kind, v in s.items()}
+        for shard, i in zip(self.shards, self.idx):
+            state = {}
+            for kind, sample in kinds.items():
+                if sample.dim() == 0:
+                    state[kind] = sample.clone()
+                    continue
+                flat = torch.zeros_like(self.flat)
+                for p, s in states.items():
+                    flat[self.offsets[p]: self.offsets[p] + p.numel()] = s[kind].reshape(-1).to(flat.device)
+                state[kind] = flat[i].clone()
+            if state:
+                self.optimizer.state[shard] = state
 
     def memory(self) -> dict:
         """Bytes this rank holds now: parameters, gradients (with the largest bucket in flight), optimizer state."""

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 from parallel_lm.model.gpt import MLP, CausalSelfAttention, GPTConfig
-from parallel_lm.model.tensor_parallel import (
+from parallel_lm.parallel.tensor_parallel import (
     ParallelAttention,
     ParallelMLP,
+    TensorParallel,
     VocabParallelEmbedding,
     VocabParallelHead,
     join,
@@ -24,6 +25,7 @@ from parallel_lm.runtime import install_abort_hook
 install_abort_hook()
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
+tp = TensorParallel(comm, "ring")
 TOL = 1e-5
 cfg = GPTConfig(n_layer=1, n_head=4, n_embd=32, block_size=8)
 failures = []
@@ -44,9 +46,9 @@ def gathered(key, piece):
 torch.manual_seed(0)
 x = torch.randn(2, cfg.block_size, cfg.n_embd)
 for name, make, parallel, keys in (
-        ("attention", CausalSelfAttention, lambda m: ParallelAttention(m, cfg.n_head, comm, "ring"),
+        ("attention", CausalSelfAttention, lambda m: ParallelAttention(m, cfg.n_head, tp),
          ["attn.qkv.weight", "attn.proj.weight"]),
-        ("mlp", MLP, lambda m: ParallelMLP(m, comm, "ring"), ["mlp.fc.weight", "mlp.proj.weight"])):
+        ("mlp", MLP, lambda m: ParallelMLP(m, tp), ["mlp.fc.weight", "mlp.proj.weight"])):
     torch.manual_seed(1)
     full = make(cfg)
     part = parallel(full)
@@ -66,7 +68,7 @@ torch.manual_seed(2)
 emb = torch.nn.Embedding(cfg.vocab_size, cfg.n_embd)
 idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
 targets = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
-pemb = VocabParallelEmbedding(emb, comm, "ring")
+pemb = VocabParallelEmbedding(emb, tp)
 head = VocabParallelHead(pemb)
 h_full = emb(idx)
 loss_full = F.cross_entropy((h_full @ emb.weight.t()).view(-1, cfg.vocab_size), targets.view(-1))

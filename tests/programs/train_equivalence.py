@@ -44,7 +44,7 @@ def train(cfg, on):
     trainer = Trainer(cfg, on, batches)
     losses, grads = [], None
     for s in range(cfg.steps):
-        losses.append(trainer.train_step(s)["loss"])
+        losses.append(trainer.train_step(s).loss)
         if s == 0:
             grads = flat(q.grad for q in trainer.model.parameters())
     params = flat(trainer.model.parameters())

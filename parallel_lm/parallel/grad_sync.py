@@ -1,0 +1,73 @@
+"""Gradient synchronization over the data-parallel group: one interface, five implementations.
+
+Every layout's training step calls, on the object ``make_grad_sync`` returns:
+
+    sync.zero_grad()                   # before the step
+    sync.forward_context(last)         # around each micro-batch's forward (torch DDP's no_sync)
+    sync.begin_backward(last)          # before each micro-batch's backward; last: the step's final one
+    comm_s, exposed_s = sync.finish(tie)  # after backward: gradients averaged (or reduce-scattered)
+    sync.close()                       # at the end (stops a communication thread)
+
+``tie`` (pipelines) sums the tied embedding's gradient between the first
+and the last stage; each implementation calls it where it is correct: after
+an all-reduce (the sum is linear), before ZeRO shards the gradient.
+
+- ``naive``: one all-reduce per parameter after backward (data_parallel.py);
+- ``bucketed``: flat buckets all-reduced during backward (data_parallel.py);
+- ``torch-ddp``: torch's DistributedDataParallel (torch_ddp.py);
+- ``zero``: ZeRO-1/2 reduce-scatter into shards (zero.py), which is also
+  the optimizer of the shards;
+- none: a parameter-server worker, whose gradients leave by push and pull
+  (parameter_server.py), gets ``LocalGradients``.
+"""
+from __future__ import annotations
+
+import contextlib
+
+
+class LocalGradients:
+    """No synchronization: gradients stay this rank's own (a parameter-server worker pushes them itself)."""
+
+    def __init__(self, params):
+        self.params = list(params)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def forward_context(self, last: bool):
+        return contextlib.nullcontext()
+
+    def begin_backward(self, last: bool):
+        pass
+
+    def finish(self, tie=None):
+        if tie:
+            tie()
+        return 0.0, 0.0
+
+    def close(self):
+        pass
+
+
+def make_grad_sync(cfg, dp_comm, stage, params, timeline=None, world=None, ddp_groups=None, ddp_mine=0):
+    """The gradient synchronization ``cfg`` asks for, over ``dp_comm``, of ``stage``'s ``params``.
+
+    torch DDP starts torch.distributed on ``world`` and builds its own process
+    groups: ``ddp_groups`` lists every data-parallel group's world ranks,
+    ``ddp_mine`` is this rank's index among them.
+    """
+    if cfg.zero:
+        from .zero import Zero
+        deferred = [stage.tied] if stage.tied is not None and not (stage.first and stage.last) else []
+        return Zero(params, dp_comm, cfg.zero, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.bucket_mb,
+                    cfg.allreduce, cfg.comm_dtype, timeline, deferred=deferred)
+    if cfg.engine == "torch-ddp":
+        from .torch_ddp import TorchDDP
+        world = world or dp_comm
+        return TorchDDP(stage, world, ddp_groups or [list(range(world.Get_size()))], ddp_mine, cfg.bucket_mb,
+                        cfg.comm_dtype)
+    from .data_parallel import BucketedDataParallel, NaiveDataParallel
+    if cfg.dp_sync == "naive":
+        return NaiveDataParallel(params, dp_comm, cfg.allreduce, cfg.comm_dtype, timeline)
+    return BucketedDataParallel(params, dp_comm, cfg.allreduce, cfg.bucket_mb, cfg.overlap, cfg.comm_dtype, timeline)

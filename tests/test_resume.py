@@ -1,0 +1,16 @@
+"""Checkpoints of every layout resume exactly: bitwise under the same layout, within fp32 noise under another."""
+import pytest
+
+from conftest import PROGRAMS, describe, mpirun
+
+
+@pytest.mark.parametrize("k,pairs", [
+    (2, ["dp:one", "naive", "tp2:dp", "fp16", "pp2-fp16"]),
+    (3, ["zero2:one"]),
+    (4, ["zero2:tp2-pp2", "dp2-pp2-zero2:dp2-tp2-zero1", "ddp", "zero1"]),
+    (8, ["dp2-tp2-pp2-zero1:zero2"]),
+])
+def test_every_layout_resumes_exactly(k, pairs):
+    proc = mpirun(k, [str(PROGRAMS / "resume_layouts.py"), *pairs], timeout=400)
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.count("ok  ") == len(pairs), describe(proc)

@@ -1,13 +1,14 @@
 """Tensor- and pipeline-parallel tokens/s before and after the one training loop (bucketed, overlapped dp sync).
 
-    python benchmarks/loop_before_after.py --before 26b090f      # about 6 minutes on a 2-core machine
+    python benchmarks/loop_before_after.py --before 26b090f --after c378a10   # about 8 minutes on 2 cores
 
 Before the one loop, tp and pp runs averaged their gradients over the
 data-parallel group with one flat all-reduce after the pipeline (concatenate,
 all-reduce, copy back). Now they go through the same bucketed sync as plain
 data parallelism, all-reduced during backward. This runs both versions of the
-code side by side: ``--before REV`` is checked out into a temporary git
-worktree, and each layout runs alternately on the old and the current tree,
+code side by side: ``--before REV`` (and ``--after REV``, else the working
+tree) is checked out into a temporary git worktree, and each layout runs
+alternately on the two trees,
 ``--repeats`` times, so a slow spell of the machine hits both alike. Every
 point is one ``python -m parallel_lm.train`` under mpiexec, the median
 tokens/s of its steps after the first 3; the table shows the median over
@@ -42,25 +43,32 @@ def tokens_per_s(mpiexec, tree: Path, args) -> float:
 
 @click.command()
 @click.option("--before", required=True, help="The git revision to compare with (the last one before the one loop).")
+@click.option("--after", help="The revision with the one loop (default: this working tree).")
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--mpiexec", default=str(Path(sys.executable).parent / "mpiexec"), show_default=True)
-def main(before, repeats, mpiexec):
+def main(before, after, repeats, mpiexec):
     with tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "before"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), before], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        trees = []
+        for name, rev in (("before", before), ("after", after)):
+            if rev:
+                trees.append(Path(tmp) / name)
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(trees[-1]), rev],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        old, new = trees[0], (trees[1] if after else ROOT)
         try:
-            print(f"| layout (4 ranks, small preset, batch 16) | before ({before}) tok/s | after tok/s | after / before |")
+            print(f"| layout (4 ranks, small preset, batch 16) | before ({before}) tok/s | after ({after or 'tree'}) tok/s "
+                  "| after / before |")
             print("|---|---|---|---|")
             for name, args in LAYOUTS.items():
                 runs = {"before": [], "after": []}
                 for _ in range(repeats):
                     runs["before"].append(tokens_per_s(mpiexec, old, args))
-                    runs["after"].append(tokens_per_s(mpiexec, ROOT, args))
+                    runs["after"].append(tokens_per_s(mpiexec, new, args))
                 b, a = statistics.median(runs["before"]), statistics.median(runs["after"])
                 print(f"| {name} | {b:,.0f} | {a:,.0f} | {a / b:.2f} |", flush=True)
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=True)
+            for tree in trees:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
 
 
 if __name__ == "__main__":

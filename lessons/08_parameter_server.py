@@ -98,5 +98,10 @@ print0("lesson 08 OK")
 #    `mpiexec -n 6 python -m parallel_lm.train --sync ps --servers 2 --out runs/ps`.
 # 2. Predict from part 3's formula how the PS step time grows from 3 to 7 workers on this
 #    machine, then measure tokens/s with -n 4 and -n 8 --sync ps.
-# 3. In part 2, async finishes first. Train longer (python benchmarks/ps_experiment.py): does it
-#    also reach the lowest loss *per step*? Where does staleness cost accuracy?
+# 3. In part 2 every worker runs the same number of steps, so async cannot finish first: the
+#    straggler still has to do all of its own. Give the job an update budget instead, so it ends
+#    after N applied updates whoever made them, and compare the wall time of sync and async:
+#      mpiexec -n 4 python -m parallel_lm.train --sync ps --ps-updates 60 --steps 1000 --straggler 3:4 \
+#          --global-batch-size 6 --staleness 0      (then --staleness inf)
+#    Which finishes first now? A synchronous update averages 3 workers' gradients, an asynchronous
+#    one carries one worker's: compare the validation loss per update too.

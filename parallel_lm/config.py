@@ -48,6 +48,7 @@ class TrainConfig:
     sync: str = "allreduce"  # or "ps": parameter server
     servers: int = 1  # --sync ps: ranks 0..servers-1 serve, the rest work
     staleness: int | None = 0  # --sync ps: 0 synchronous, s >= 1 bounded, None unbounded (fully async)
+    ps_updates: int | None = None  # --sync ps: end after this many applied updates (None: run --steps)
     straggler: str | None = None  # "RANK:FACTOR": that rank computes FACTOR times slower
     dp: int | None = None  # data-parallel degree; None: world / (tp x pp)
     tp: int = 1  # tensor-parallel degree
@@ -156,8 +157,8 @@ class TrainConfig:
             (not ps or (self.tp == self.pp == 1 and not self.zero and self.engine == "explicit"),
              "--sync ps shards the whole model over the server ranks and updates it there: it runs without "
              "--tp, --pp, --zero and --engine torch-ddp"),
-            (not ps or (self.precision != "fp16" and self.device == "cpu"),
-             "--sync ps runs with --precision fp32 or bf16 and --device cpu"),
+            (ps or self.ps_updates is None, "--ps-updates is an update budget for --sync ps"),
+            (self.ps_updates is None or self.ps_updates >= 1, f"--ps-updates {self.ps_updates} must be >= 1"),
             (self.engine == "explicit" or self.pp == 1,
              "--engine torch-ddp with --pp > 1: DDP all-reduces in the backward that follows a synchronizing "
              "forward, and a pipeline schedule runs other micro-batches' backwards in between; use --engine explicit"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -36,6 +37,10 @@ class StepRecord:
     def to_json(self) -> dict:
         """The contract's keys always; the others only where they apply."""
         return {k: v for k, v in asdict(self).items() if k in ALWAYS or v is not None}
+
+
+def validation_line(val: float) -> str:
+    return f"validation loss {val:.4f} nats/byte ({val / math.log(2):.3f} bits/byte; uniform would be {math.log(256):.2f} nats)"
 
 
 def write_atomic(path: Path, write) -> None:

@@ -11,7 +11,6 @@ command line; model-shape flags must match it.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import replace
@@ -36,7 +35,7 @@ from .config import (
     TrainConfig,
 )
 from .data import Batches, load_corpus
-from .metrics import MetricsWriter, Timeline, write_chrome_trace
+from .metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
 from .model import PRESETS
 from .runtime import agree, main_guard, netem_network, node_share, print0, quiet_barrier, threads_per_rank, world
 from .trainer import Trainer
@@ -45,7 +44,7 @@ MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "bl
 TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "micro_batches", "schedule", "seed", "data", "data_max_mb", "lr", "min_lr",
                 "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp_sync", "bucket_mb",
                 "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every", "device",
-                "optimizer", "sync", "servers", "staleness", "straggler")
+                "optimizer", "sync", "servers", "staleness", "ps_updates", "straggler")
 LAYOUT_FIELDS = ("dp", "tp", "pp", "zero")  # how to run, not what to train: never taken from a checkpoint
 
 
@@ -77,10 +76,6 @@ def _report_memory(trainer, cfg) -> None:
     print0(f"ZeRO-{cfg.zero} memory per rank: {parts}; total {sum(have[k] for k in want) / 2**20:.2f} MiB vs "
            f"{sum(plain.values()) / 2**20:.2f} MiB without ZeRO" +
            (f"; one bucket in flight {have['bucket_in_flight'] / 2**20:.2f} MiB" if cfg.zero == 2 else ""))
-
-
-def _report_validation(val: float) -> None:
-    print0(f"validation loss {val:.4f} nats/byte ({val / math.log(2):.3f} bits/byte; uniform would be {math.log(256):.2f} nats)")
 
 
 def _staleness(text: str) -> int | None:
@@ -139,6 +134,9 @@ def _make_out_dir(out: Path) -> None:
 @click.option("--servers", default=1, type=click.IntRange(min=1), help="--sync ps: ranks 0..N-1 are servers, the rest workers.")
 @click.option("--staleness", default="0", callback=lambda ctx, param, v: _staleness(v),
               help="--sync ps: 0 synchronous; s: a worker may run s steps ahead of the slowest; inf: fully asynchronous.")
+@click.option("--ps-updates", type=click.IntRange(min=1), help="--sync ps: end the job after N applied updates, "
+              "whoever made them (asynchronous: one per pushed gradient; synchronous: one per step), "
+              "at the latest at --steps.")
 @click.option("--straggler", help="RANK:FACTOR: that rank computes FACTOR times slower (e.g. 2:3).")
 @click.option("--eval-every", default=50, type=click.IntRange(min=0), help="Validation loss every N steps (0: only at the end).")
 @click.option("--eval-batches", default=4, type=click.IntRange(min=1))
@@ -181,53 +179,14 @@ def main(ctx, **params):
 
     batches = agree(comm, lambda: Batches.from_bytes(load_corpus(cfg.data, int(cfg.data_max_mb * 2**20)),
                                                        cfg.model.block_size, cfg.seed))
-    if cfg.sync == "ps":
-        if state is not None:
-            raise click.UsageError("--resume with --sync ps is not supported yet: resume a parameter-server "
-                                   "checkpoint with --sync allreduce (the optimizer state starts afresh)")
-        if params["trace"]:
-            raise click.UsageError("--trace is not supported with --sync ps yet")
-        run_ps(cfg, comm, batches, out)
-        return
     timeline = Timeline() if params["trace"] else None
+    if cfg.sync == "ps":
+        from . import trainer_ps
+        trainer_ps.run(cfg, comm, batches, out, state, timeline, params["resume"])
+        return
     trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank), netem=netem)
     run(cfg, comm, trainer, params, state, out, timeline, profile)
     trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
-
-
-def run_ps(cfg, comm, batches, out):
-    """Train through a parameter server; server 0 (rank 0) logs and writes the outputs."""
-    from .trainer import validation_loss
-    from .trainer_ps import PSRun
-    rank, p = comm.Get_rank(), comm.Get_size()
-    workers = p - cfg.servers
-    ps = PSRun(cfg, comm, batches)
-    mode = "synchronous" if cfg.staleness == 0 else (
-        "fully asynchronous" if cfg.staleness is None else f"bounded staleness {cfg.staleness}")
-    print0(f"parallel_lm.train: {p} ranks = {cfg.servers} server(s) + {workers} worker(s), parameter server, {mode}, "
-           f"optimizer {cfg.optimizer}" + (f", straggler {cfg.straggler}" if cfg.straggler else ""))
-    print0(f"model: {ps.model.num_params() / 1e6:.2f}M parameters, sharded over {cfg.servers} server(s); data: {cfg.data}, "
-           f"global batch {cfg.global_batch_size} = {workers} worker(s) x {cfg.global_batch_size // workers} sequences")
-    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None)
-    log_every = max(1, cfg.steps // 10)
-
-    def on_record(rec):
-        metrics.write(rec)
-        if rec.step % log_every == 0 or rec.step == cfg.steps:
-            print0(f"step {rec.step}/{cfg.steps}: loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s, "
-                   f"server busy {100 * rec.server_busy_s / rec.step_s:.0f}%, staleness {rec.staleness}")
-    ps.train(cfg.steps, on_record if rank == 0 else None)
-    metrics.close()
-    print0(f"gradient shards pushed {ps.pushes}, applied {ps.applied}; max staleness {ps.max_staleness} updates; "
-           f"max lead of a worker over the slowest {ps.max_lead} step(s); "
-           f"worker steps/s: {', '.join(f'{r:.1f}' for r in ps.worker_rates)}")
-    if rank == 0:
-        val = validation_loss(ps.model, batches, cfg, 0, cfg.global_batch_size)
-        _report_validation(val)
-        if out is not None:
-            checkpoint.save(out, ps.model.state_dict(), {}, cfg.steps, cfg.to_dict())
-            print0(f"wrote {out / 'metrics.jsonl'}, {out / 'checkpoint.pt'}")
-    comm.Barrier()
 
 
 def _probe_compute(cfg, comm, micro):
@@ -316,7 +275,7 @@ def run(cfg, comm, trainer, params, state, out, timeline, profile=None):
         val = trainer.evaluate()
         print0(f"already at step {trainer.start_step} >= --steps {cfg.steps}: nothing to train")
     if val is not None:
-        _report_validation(val)
+        print0(validation_line(val))
     if probe and records:
         _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out)
     if out is not None:

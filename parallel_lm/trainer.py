@@ -143,9 +143,19 @@ class Trainer:
         return loss, compute_s, time.perf_counter() - t0
 
     def local_gradient(self, step: int) -> float:
-        """Gradients of this rank's share of step's batch in .grad, no communication; returns its mean loss."""
-        self.sync.zero_grad()
-        return self._forward_backward(step, 1.0)[0]
+        """Gradients of this rank's share of step's batch in .grad, no communication; returns its mean loss.
+
+        fp16: an overflow halves this rank's loss scale and computes the gradient again, so what
+        leaves (a parameter-server push) is always finite and no step is lost.
+        """
+        while True:
+            self.sync.zero_grad()
+            loss = self._forward_backward(step, self.scaler.scale if self.scaler else 1.0)[0]
+            if self.scaler is None or self.scaler.unscale_or_skip(self.update.grads(), MPI.COMM_SELF):
+                return loss
+            if self.scaler.scale < 1:
+                raise FloatingPointError(f"step {step}: fp16 gradients are not finite at any loss scale; "
+                                         "use --precision bf16 or a lower --lr")
 
     def _tie(self):
         t0 = time.perf_counter()

@@ -1,9 +1,12 @@
 """Training through a parameter server (``--sync ps``): wires parallel/parameter_server.py to the trainer.
 
-Ranks 0..k-1 serve, the others work. Server 0 writes the per-step metrics;
+Ranks 0..k-1 serve, the others work; each worker's gradients come from the
+same loop as every other layout (``Trainer.local_gradient``: no gradient
+sync, fp16 loss scaling of its own). Server 0 writes the per-step metrics;
 at the end every rank holds the trained model (servers broadcast their
 shards), so checkpoint.pt has the same full state_dict as data-parallel
-training.
+training, and the servers' optimizer shards are saved by parameter name
+as well, so a run resumes exactly (synchronous) under any layout.
 """
 from __future__ import annotations
 
@@ -12,62 +15,101 @@ from collections import Counter
 
 import torch
 
-from .metrics import StepRecord
+from . import checkpoint
+from .metrics import MetricsWriter, StepRecord, validation_line, write_chrome_trace
 from .model import GPT
-from .parallel.parameter_server import PSLayout, Server, Worker, share_final_params
-from .trainer import Trainer, lr_at
+from .parallel.parameter_server import PSLayout, Server, Worker, gather_optimizer_state, share_final_params
+from .runtime import print0
+from .trainer import Trainer, lr_at, validation_loss
+
+
+def _flat_by_kind(model, by_name: dict) -> dict:
+    """{kind: one tensor over every parameter, in model.parameters() order} from states by name."""
+    named = list(model.named_parameters())
+    kinds = {k: v for s in by_name.values() for k, v in s.items()}
+    return {k: v if v.dim() == 0 else torch.cat([by_name[n][k].reshape(-1) for n, _ in named]) for k, v in kinds.items()}
+
+
+def _by_name(model, flat: dict) -> dict:
+    out, offset = {}, 0
+    for name, p in model.named_parameters():
+        out[name] = {k: v if v.dim() == 0 else v[offset: offset + p.numel()].view_as(p).clone() for k, v in flat.items()}
+        offset += p.numel()
+    return out
 
 
 class PSRun:
-    def __init__(self, cfg, comm, batches):
-        self.cfg, self.comm, self.batches = cfg, comm, batches
+    def __init__(self, cfg, comm, batches, state: dict | None = None, timeline=None):
+        self.cfg, self.comm, self.batches, self.timeline = cfg, comm, batches, timeline
         self.rank = comm.Get_rank()
         self.layout = PSLayout(comm.Get_size(), cfg.servers)
         self.is_server = self.layout.is_server(self.rank)
         self.group = comm.Split(0 if self.is_server else 1, self.rank)  # servers' or workers' own communicator
         self.worker_rates = None
-        self.pushes = self.applied = 0
+        self.pushes = self.applied = self.dropped = 0
         self.max_staleness = self.max_lead = 0
+        self.start_step = int(state["step"]) if state is not None else 0
+        self.optimizer_state = None
         if self.is_server:
             torch.manual_seed(cfg.seed)  # the same initial weights as every worker
             self.model = GPT(cfg.model)
+            if state is not None:
+                self.model.load_state_dict(state["model"])
+                saved = checkpoint.optimizer_by_name(state["optimizer"], self.model)
+                self.optimizer_state = _flat_by_kind(self.model, saved) if saved else None
         else:
-            self.trainer = Trainer(cfg, self.group, batches, sync_grads=False, slow_factor=cfg.straggler_factor(self.rank))
+            self.trainer = Trainer(cfg, self.group, batches, state, timeline, sync_grads=False,
+                                   slow_factor=cfg.straggler_factor(self.rank))
             self.model = self.trainer.model
 
+    def end_step(self, steps: int) -> int:
+        """The step this run stops at: ``steps``, or sooner for a synchronous run with an update budget."""
+        if self.cfg.staleness == 0 and self.cfg.ps_updates is not None:
+            return min(steps, self.start_step + self.cfg.ps_updates)
+        return steps
+
     def train(self, steps: int, on_record=None) -> None:
-        """Run ``steps`` worker steps; ``on_record(StepRecord)`` receives server 0's metrics records."""
-        cfg = self.cfg
+        """Run worker steps up to ``steps``; ``on_record(StepRecord)`` receives server 0's metrics records."""
+        cfg, steps = self.cfg, self.end_step(steps)
         self.comm.Barrier()  # every worker has built its model: the clock starts now for all
+        self.server = None
+        rate = None
         if self.is_server:
-            recorder = _Recorder(cfg, len(self.layout.workers), on_record) if self.rank == 0 and on_record else None
-            server = Server(cfg, self.comm, self.group, self.layout, self.model, lambda s: lr_at(cfg, s),
-                            recorder.record if recorder else None)
-            server.run(steps)
-            self.applied = server.received
-            self.max_staleness = max(server.staleness)
-            self.max_lead = server.max_lead
-            rates = None
+            recorder = _Recorder(cfg, self.start_step, on_record) if self.rank == 0 and on_record else None
+            self.server = Server(cfg, self.comm, self.group, self.layout, self.model, lambda s: lr_at(cfg, s),
+                                 recorder.record if recorder else None, self.start_step, self.optimizer_state,
+                                 self.timeline)
+            self.server.run(steps)
+            self.applied, self.dropped = self.server.received, self.server.dropped
+            self.max_staleness = max(self.server.staleness, default=0)
+            self.max_lead = self.server.max_lead
         else:
-            server = None
-            worker = Worker(cfg, self.comm, self.layout, self.trainer)
-            rates = worker.run(steps)
+            worker = Worker(cfg, self.comm, self.layout, self.trainer, self.timeline)
+            rate = worker.run(self.start_step, steps)
             self.pushes = worker.pushes
-        share_final_params(self.comm, self.layout, self.model, server)
-        stats = self.comm.allgather((rates, self.pushes, self.applied, self.max_staleness, self.max_lead))
+        share_final_params(self.comm, self.layout, self.model, self.server)
+        stats = self.comm.allgather((rate, self.pushes, self.applied, self.dropped, self.max_staleness, self.max_lead))
         self.worker_rates = [s[0] for s in stats if s[0] is not None]  # steps/s of each worker, in rank order
         self.pushes = sum(s[1] for s in stats)  # gradient shards sent by all workers
         self.applied = sum(s[2] for s in stats)  # gradient shards applied by all servers
-        self.max_staleness = max(s[3] for s in stats)  # in optimizer updates
-        self.max_lead = max(s[4] for s in stats)  # in worker steps
+        self.dropped = sum(s[3] for s in stats)  # shards that arrived after the update budget was spent
+        self.max_staleness = max(s[4] for s in stats)  # in optimizer updates
+        self.max_lead = max(s[5] for s in stats)  # in worker steps
+
+    def save(self, out, step: int) -> None:
+        """checkpoint.pt from rank 0: the model and the servers' optimizer shards, by name. Collective."""
+        flat = gather_optimizer_state(self.comm, self.layout, self.server)
+        if self.rank == 0:
+            checkpoint.save(out, self.model.state_dict(), _by_name(self.model, flat) if flat else {}, step,
+                            self.cfg.to_dict())
 
 
 class _Recorder:
     """Turns server 0's per-step callbacks into metrics.jsonl records."""
 
-    def __init__(self, cfg, workers: int, sink):
-        self.cfg, self.workers, self.sink = cfg, workers, sink
-        self.step, self.last_t, self.last_busy, self.last_hist = 0, time.perf_counter(), 0.0, Counter()
+    def __init__(self, cfg, start: int, sink):
+        self.cfg, self.sink = cfg, sink
+        self.step, self.last_t, self.last_busy, self.last_hist = start, time.perf_counter(), 0.0, Counter()
 
     def record(self, losses, staleness: Counter, busy_s: float, version: int) -> None:
         """One metrics record from the step's losses and the server's running totals."""
@@ -82,3 +124,47 @@ class _Recorder:
                              tokens_per_s=tokens / step_s, server_busy_s=busy,
                              staleness={str(k): v for k, v in sorted(window.items())}, updates=version))
         self.last_t, self.last_busy, self.last_hist = now, busy_s, Counter(staleness)
+
+
+def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None) -> None:
+    """``python -m parallel_lm.train --sync ps``: train, log from server 0, write the outputs."""
+    rank, p = comm.Get_rank(), comm.Get_size()
+    workers = p - cfg.servers
+    ps = PSRun(cfg, comm, batches, state, timeline)
+    mode = "synchronous" if cfg.staleness == 0 else (
+        "fully asynchronous" if cfg.staleness is None else f"bounded staleness {cfg.staleness}")
+    print0(f"parallel_lm.train: {p} ranks = {cfg.servers} server(s) + {workers} worker(s), parameter server, {mode}, "
+           f"optimizer {cfg.optimizer}, precision {cfg.precision}" + (f", straggler {cfg.straggler}" if cfg.straggler else "")
+           + (f", update budget {cfg.ps_updates}" if cfg.ps_updates is not None else ""))
+    print0(f"model: {ps.model.num_params() / 1e6:.2f}M parameters, sharded over {cfg.servers} server(s); data: {cfg.data}, "
+           f"global batch {cfg.global_batch_size} = {workers} worker(s) x {cfg.global_batch_size // workers} sequences")
+    if ps.start_step:
+        print0(f"resumed from {resumed_from} at step {ps.start_step}")
+    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None)
+    log_every = max(1, (cfg.steps - ps.start_step) // 10)
+
+    def on_record(rec):
+        metrics.write(rec)
+        if rec.step % log_every == 0 or rec.step == cfg.steps:
+            print0(f"step {rec.step}/{cfg.steps}: loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s, "
+                   f"server busy {100 * rec.server_busy_s / rec.step_s:.0f}%, staleness {rec.staleness}")
+    t0 = time.perf_counter()
+    ps.train(cfg.steps, on_record if rank == 0 else None)
+    wall = time.perf_counter() - t0
+    metrics.close()
+    print0(f"gradient shards pushed {ps.pushes}, applied {ps.applied}" +
+           (f", dropped after the budget {ps.dropped}" if cfg.ps_updates is not None else "") +
+           f"; max staleness {ps.max_staleness} updates; max lead of a worker over the slowest {ps.max_lead} step(s); "
+           f"worker steps/s: {', '.join(f'{r:.1f}' for r in ps.worker_rates)}; {wall:.2f} s")
+    step = ps.end_step(cfg.steps) if cfg.staleness == 0 else cfg.steps  # asynchronous: the step asked for
+    if out is not None:
+        ps.save(out, step)
+    if timeline:
+        per_rank = comm.gather(timeline.events, root=0)
+        if rank == 0:
+            write_chrome_trace(out / "trace.json", per_rank)
+    if rank == 0:
+        print0(validation_line(validation_loss(ps.model, batches, cfg, 0, cfg.global_batch_size)))
+        if out is not None:
+            print0(f"wrote {out / 'metrics.jsonl'}, {out / 'checkpoint.pt'}" + (f", {out / 'trace.json'}" if timeline else ""))
+    comm.Barrier()

@@ -49,3 +49,56 @@ def test_a_crashing_worker_ends_the_job(staleness):
                   env={"PARALLEL_LM_FAIL_AT": "2:3"}, timeout=60)
     assert proc.returncode != 0, describe(proc)
     assert "[rank 2] fatal error, aborting all ranks" in proc.stderr and "failing on purpose" in proc.stderr, describe(proc)
+
+
+BASE = FAST[:4] + ["--quiet", "--eval-every", "0", "--eval-batches", "1"]
+PS = BASE + ["--global-batch-size", "8", "--sync", "ps"]
+
+
+def _losses(folder):
+    import json
+    return [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_synchronous_parameter_server_resumes_bitwise_and_writes_a_trace(tmp_path):
+    import json
+
+    import torch
+    full, half = tmp_path / "full", tmp_path / "half"
+    for args in (["--steps", "4", "--out", full, "--trace"], ["--steps", "2", "--out", half],
+                 ["--steps", "4", "--resume", half]):
+        proc = mpirun(3, PS + [str(a) for a in args], timeout=120)
+        assert proc.returncode == 0, describe(proc)
+    assert "resumed from" in proc.stdout, describe(proc)
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (full, half))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["optimizer"]["by_name"].keys() == b["optimizer"]["by_name"].keys()
+    for name, state in a["optimizer"]["by_name"].items():
+        assert set(state) == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(state[k], b["optimizer"]["by_name"][name][k]) for k in state), name
+    assert _losses(full) == _losses(half)
+    spans = {(e["pid"], e["name"].split()[0]) for e in json.loads((full / "trace.json").read_text())["traceEvents"]
+             if e["ph"] == "X"}
+    assert {(0, "apply"), (1, "push"), (1, "pull"), (2, "forward"), (2, "backward")} <= spans
+
+
+def test_parameter_server_fp16_matches_data_parallel_fp16(tmp_path):
+    """Each worker scales its own loss (a power of two: unscaling is exact), so the sum matches all-reduce's."""
+    import torch
+    proc = mpirun(3, PS + ["--steps", "3", "--precision", "fp16", "--out", str(tmp_path / "ps")], timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    proc = mpirun(2, BASE + ["--global-batch-size", "8", "--steps", "3", "--precision", "fp16", "--out",
+                             str(tmp_path / "dp")], timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "dp"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-5
+
+
+@pytest.mark.parametrize("staleness,servers", [("inf", 1), ("2", 2), ("0", 1)])
+def test_an_update_budget_ends_the_job_after_n_updates(staleness, servers):
+    proc = mpirun(3 + servers, BASE + ["--global-batch-size", "6", "--steps", "500", "--sync", "ps", "--servers",
+                                       str(servers), "--staleness", staleness, "--ps-updates", "9",
+                                       "--straggler", f"{servers + 2}:3"], timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    applied = int(proc.stdout.split("applied ")[1].split(",")[0])
+    assert applied == 9 * servers * (3 if staleness == "0" else 1), describe(proc)  # sync: 9 steps of 3 pushes

@@ -123,3 +123,53 @@ class LossScaler:
 
     def load_state_dict(self, state: dict) -> None:
         self.scale, self.good_steps = float(state["scale"]), int(state.get("good_steps", 0))
+
+
+class ShardOptimizer:
+    """torch's optimizer over a 1-D shard of the parameters laid end to end (a ZeRO or parameter-server shard).
+
+    ``values``: the shard's elements; ``decay``: True where weight decay applies. The decayed and the
+    other elements are one parameter each, in two groups, so every element gets the update the
+    whole-model optimizer would give it (AdamW and SGD are element-wise).
+    """
+
+    def __init__(self, values: torch.Tensor, decay: torch.Tensor, kind: str, lr: float, weight_decay: float):
+        decay = decay.to(values.device)
+        self.where = (decay.nonzero().squeeze(1), (~decay).nonzero().squeeze(1))
+        self.parts = [torch.nn.Parameter(values[w].clone()) for w in self.where]
+        self.size = values.numel()
+        self.optimizer = build_optimizer([{"params": [self.parts[0]], "weight_decay": weight_decay},
+                                          {"params": [self.parts[1]], "weight_decay": 0.0}], kind, lr)
+
+    def step(self, grad: torch.Tensor, lr: float, out: torch.Tensor) -> None:
+        """One update with the shard's gradient ``grad``; the new values are written into ``out``."""
+        for part, where in zip(self.parts, self.where):
+            part.grad = grad[where]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        with torch.no_grad():
+            for part, where in zip(self.parts, self.where):
+                out[where] = part
+
+    def state(self) -> dict:
+        """{kind: tensor over the shard's elements, in shard order} (a step count stays a scalar)."""
+        out = {}
+        for part, where in zip(self.parts, self.where):
+            for kind, value in self.optimizer.state.get(part, {}).items():
+                if value.dim() == 0:
+                    out.setdefault(kind, value.clone())
+                else:
+                    out.setdefault(kind, torch.zeros(self.size, dtype=value.dtype, device=value.device))[where] = value
+        return out
+
+    def load(self, state: dict) -> None:
+        """Take the state ``state()`` returns (of the same shard)."""
+        for part, where in zip(self.parts, self.where):
+            self.optimizer.state[part] = {kind: v.clone() if v.dim() == 0 else v[where].to(part.device, copy=True)
+                                          for kind, v in state.items()}
+
+    def tensors(self):
+        """The shard's own copies and state tensors (for memory accounting)."""
+        return list(self.parts) + [t for s in self.optimizer.state.values() for t in s.values()
+                                   if torch.is_tensor(t) and t.dim() > 0]

@@ -3,7 +3,8 @@
 Layout (``PSLayout``): ranks 0..k-1 are servers, the rest workers. The
 model's parameters, flattened in ``model.parameters()`` order, are cut into
 k contiguous shards by ``chunk_offsets(n, k)``: server s owns elements
-``offs[s]:offs[s+1]`` and the optimizer state for them.
+``offs[s]:offs[s+1]`` and the optimizer state for them (``ShardOptimizer``:
+torch's AdamW or SGD, the same update every other layout makes).
 
 One worker step: compute the gradient of its share of the global batch,
 Send each server its shard of the gradient (plus the loss and the version
@@ -24,13 +25,19 @@ All messages are explicit mpi4py point-to-point on NumPy buffers.
   was computed on were read) is recorded, and so is the largest lead in
   steps of a pushing worker over the slowest, which the bound caps at s.
 
-Every pushed gradient is applied exactly once; a worker's last push needs
-no reply, and a server stops after ``steps`` pushes from each worker, so
-shutdown needs no extra messages. At the end each server broadcasts its
-shard so every rank holds the full model.
+Ending. A worker's last push needs no reply. With an update budget
+(``--ps-updates N``), an asynchronous server that has applied N updates
+answers every later push, and every worker it holds back, with a stop
+(version -1) and drops the gradient; a worker told to stop by one server
+says goodbye (a push with version -1) to the servers that answered it
+normally, so every server knows when every worker is gone. A synchronous
+server's updates are its steps: the budget just ends the run after N.
+At the end each server broadcasts its shard so every rank holds the full
+model.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -40,9 +47,10 @@ import torch
 from mpi4py import MPI
 
 from ..comm.topology import chunk_offsets
-from .optim import clip_coefficient, decay_mask
+from .optim import ShardOptimizer, clip_coefficient, decay_mask
 
 TAG_PUSH, TAG_PULL = 31, 32
+STOP = -1.0  # in the version slot: a server's "stop" reply, or a worker's goodbye
 
 
 @dataclass(frozen=True)
@@ -74,49 +82,38 @@ def load_flat(model, flat: torch.Tensor) -> None:
             offset += p.numel()
 
 
-class ShardOptimizer:
-    """AdamW or SGD on one flat shard, written to match torch.optim's update rules step for step."""
-
-    def __init__(self, params: torch.Tensor, decay: torch.Tensor, kind: str, weight_decay: float,
-                 betas=(0.9, 0.95), eps: float = 1e-8):
-        self.p, self.decay, self.kind, self.wd, self.betas, self.eps = params, decay, kind, weight_decay, betas, eps
-        self.m, self.v, self.t = torch.zeros_like(params), torch.zeros_like(params), 0
-
-    def step(self, grad: torch.Tensor, lr: float) -> None:
-        p, wd = self.p, self.wd * self.decay
-        if self.kind == "sgd":  # torch.optim.SGD: coupled L2 decay
-            p.sub_(lr * (grad + wd * p))
-            return
-        b1, b2 = self.betas
-        self.t += 1
-        p.mul_(1 - lr * wd)  # torch.optim.AdamW: decoupled decay first
-        self.m.lerp_(grad, 1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self.v.sqrt() / (1 - b2 ** self.t) ** 0.5).add_(self.eps)
-        p.addcdiv_(self.m, denom, value=-lr / (1 - b1 ** self.t))
+def _span(timeline, name):
+    return timeline.span(name) if timeline else contextlib.nullcontext()
 
 
 class Server:
-    def __init__(self, cfg, comm, servers_comm, layout: PSLayout, model, lr_at, record=None):
+    def __init__(self, cfg, comm, servers_comm, layout: PSLayout, model, lr_at, record=None, start: int = 0,
+                 optimizer_state: dict | None = None, timeline=None):
         """``servers_comm``: the server ranks alone (for the global gradient norm in sync mode);
         ``lr_at(step)``: the learning rate; ``record(losses, staleness, busy_s, version)``: called per
-        step (server 0) with the step's worker losses and the running totals."""
+        step (server 0) with the step's worker losses and the running totals; ``start``: the step
+        reached (resuming); ``optimizer_state``: {kind: flat tensor over the whole model} to resume from."""
         self.cfg, self.comm, self.layout, self.lr_at, self.record = cfg, comm, layout, lr_at, record
+        self.start, self.timeline = start, timeline
         self.rank = comm.Get_rank()
         n = sum(p.numel() for p in model.parameters())
         self.lo, self.hi = layout.shard(n, self.rank)
         self.params = flat_params(model)[self.lo:self.hi].clone()  # (shard,) fp32 master copy
-        self.opt = ShardOptimizer(self.params, decay_mask(model.parameters())[self.lo:self.hi].float(), cfg.optimizer, cfg.weight_decay)
+        self.opt = ShardOptimizer(self.params, decay_mask(model.parameters())[self.lo:self.hi], cfg.optimizer, cfg.lr,
+                                  cfg.weight_decay)
+        if optimizer_state:
+            self.opt.load({k: v if v.dim() == 0 else v[self.lo:self.hi] for k, v in optimizer_state.items()})
         self.servers = servers_comm
-        self.version = 0  # optimizer steps taken on this shard
+        self.version = 0  # optimizer steps taken on this shard in this run
         self.received = 0  # gradient pushes taken into an update (each exactly once)
+        self.dropped = 0  # pushes that arrived after the update budget was spent
         self.max_lead = 0  # most steps a pushing worker was ahead of the slowest (<= the staleness bound)
         self.busy_s = 0.0
         self.staleness = Counter()
         self.outstanding = []  # (request, buffer) of replies in flight
 
-    def _reply(self, worker: int) -> None:
-        """Send the shard without waiting for it to be received.
+    def _reply(self, worker: int, stop: bool = False) -> None:
+        """Send the shard (or a stop) without waiting for it to be received.
 
         A blocking Send could deadlock with several servers: server A waits for
         worker x to receive, x waits to push to server B, B waits for worker y
@@ -125,7 +122,7 @@ class Server:
         """
         out = np.empty(self.hi - self.lo + 1, np.float32)  # (shard + 1,): parameters, then version
         out[:-1] = self.params.numpy()
-        out[-1] = self.version
+        out[-1] = STOP if stop else self.version
         self.outstanding = [(r, b) for r, b in self.outstanding if not r.Test()]
         self.outstanding.append((self.comm.Isend(out, dest=worker, tag=TAG_PULL), out))
 
@@ -137,53 +134,78 @@ class Server:
             grad.mul_(coef)
 
     def run(self, steps: int) -> None:
-        self._serve(steps)
+        """Serve until step ``steps`` (or the update budget) is reached."""
+        if self.cfg.staleness == 0:
+            self._serve_sync(steps)
+        else:
+            self._serve_async(steps)
         MPI.Request.Waitall([r for r, _ in self.outstanding])
         self.outstanding = []
 
-    def _serve(self, steps: int) -> None:
+    def _serve_sync(self, steps: int) -> None:
         workers = self.layout.workers
         buf = np.empty(self.hi - self.lo + 2, np.float32)  # (shard + 2,): gradient, loss, version used
-        if self.cfg.staleness == 0:
-            for t in range(steps):
-                total, losses = torch.zeros_like(self.params), []
-                for w in workers:  # fixed order: a deterministic sum
-                    self.comm.Recv(buf, source=w, tag=TAG_PUSH)
-                    t0 = time.perf_counter()
-                    total += torch.from_numpy(buf[:-2])
-                    self.received += 1
-                    losses.append(float(buf[-2]))
-                    self.staleness[self.version - int(buf[-1])] += 1
-                    self.busy_s += time.perf_counter() - t0
+        for t in range(self.start, steps):
+            total, losses = torch.zeros_like(self.params), []
+            for w in workers:  # fixed order: a deterministic sum
+                self.comm.Recv(buf, source=w, tag=TAG_PUSH)
                 t0 = time.perf_counter()
+                total += torch.from_numpy(buf[:-2])
+                self.received += 1
+                losses.append(float(buf[-2]))
+                self.staleness[self.version - int(buf[-1])] += 1
+                self.busy_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            with _span(self.timeline, "apply"):
                 total /= len(workers)
                 self._clip_sync(total)
-                self.opt.step(total, self.lr_at(t))
-                self.version += 1
-                if t < steps - 1:
-                    for w in workers:
-                        self._reply(w)
-                self.busy_s += time.perf_counter() - t0
-                if self.record:
-                    self.record(losses, self.staleness, self.busy_s, self.version)
-            return
-        clock = dict.fromkeys(workers, 0)
-        waiting, window = [], []
-        bound = self.cfg.staleness
+                self.opt.step(total, self.lr_at(t), self.params)
+            self.version += 1
+            if t < steps - 1:
+                for w in workers:
+                    self._reply(w)
+            self.busy_s += time.perf_counter() - t0
+            if self.record:
+                self.record(losses, self.staleness, self.busy_s, self.version)
+
+    def _serve_async(self, steps: int) -> None:
+        workers, bound, budget = self.layout.workers, self.cfg.staleness, self.cfg.ps_updates
+        buf = np.empty(self.hi - self.lo + 2, np.float32)
+        clock = dict.fromkeys(workers, self.start)  # steps each worker has pushed
+        done, waiting, window = set(), [], []
         status = MPI.Status()
-        for _ in range(steps * len(workers)):
+        while len(done) < len(workers):
             self.comm.Recv(buf, source=MPI.ANY_SOURCE, tag=TAG_PUSH, status=status)
             t0 = time.perf_counter()
             w = status.Get_source()
-            self.max_lead = max(self.max_lead, clock[w] - min(clock.values()))
-            self.staleness[self.version - int(buf[-1])] += 1
-            self.opt.step(torch.from_numpy(buf[:-2]), self.lr_at(self.version // len(workers)))
-            self.version += 1
-            self.received += 1
+            if buf[-1] == STOP:  # goodbye: another server stopped this worker
+                done.add(w)
+                continue
+            spent = budget is not None and self.version >= budget
+            if spent:
+                self.dropped += 1
+            else:
+                self.max_lead = max(self.max_lead, clock[w] - min(clock.values()))
+                self.staleness[self.version - int(buf[-1])] += 1
+                with _span(self.timeline, "apply"):
+                    self.opt.step(torch.from_numpy(buf[:-2]), self.lr_at(self.start + self.version // len(workers)),
+                                  self.params)
+                self.version += 1
+                self.received += 1
+                window.append(float(buf[-2]))
             clock[w] += 1
-            window.append(float(buf[-2]))
-            if clock[w] < steps:
+            if clock[w] >= steps:  # its last push: no reply wanted
+                done.add(w)
+            elif spent:
+                self._reply(w, stop=True)
+                done.add(w)
+            else:
                 waiting.append(w)
+            if budget is not None and self.version >= budget:  # stop everyone held back
+                for v in waiting:
+                    self._reply(v, stop=True)
+                    done.add(v)
+                waiting = []
             slowest = min(clock.values())
             for v in list(waiting):  # answer only workers within the staleness bound of the slowest
                 if bound is None or clock[v] - slowest <= bound:
@@ -196,8 +218,8 @@ class Server:
 
 
 class Worker:
-    def __init__(self, cfg, comm, layout: PSLayout, trainer):
-        self.cfg, self.comm, self.layout, self.trainer = cfg, comm, layout, trainer
+    def __init__(self, cfg, comm, layout: PSLayout, trainer, timeline=None):
+        self.cfg, self.comm, self.layout, self.trainer, self.timeline = cfg, comm, layout, trainer, timeline
         self.n = sum(p.numel() for p in trainer.model.parameters())
         self.shards = [layout.shard(self.n, s) for s in range(layout.servers)]
         self.versions = [0] * layout.servers
@@ -207,29 +229,47 @@ class Worker:
         self.push_bufs = [np.empty(hi - lo + 2, np.float32) for lo, hi in self.shards]
         self.pull_bufs = [np.empty(hi - lo + 1, np.float32) for lo, hi in self.shards]
 
-    def run(self, steps: int) -> float:
-        """Train ``steps`` steps; returns this worker's steps per second."""
+    def _goodbye(self, servers) -> None:
+        for s in servers:
+            out = self.push_bufs[s]
+            out[-1] = STOP
+            self.comm.Send(out, dest=s, tag=TAG_PUSH)
+
+    def run(self, start: int, steps: int) -> float:
+        """Train from step ``start`` to ``steps`` (or until a server says stop); returns steps per second."""
         model, t_start = self.trainer.model, time.perf_counter()
-        flat = flat_params(model)
-        for t in range(steps):
+        flat = flat_params(model).cpu()  # messages travel through host memory (the model may be on a GPU)
+        done = 0
+        for t in range(start, steps):
             loss = self.trainer.local_gradient(t)
-            grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            done += 1
+            grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).cpu()
             if self.cfg.staleness != 0 and self.cfg.grad_clip > 0:  # async: each gradient clipped on its own
                 grad.mul_(clip_coefficient(float(grad.double().pow(2).sum()), self.cfg.grad_clip))
-            for s, (lo, hi) in enumerate(self.shards):
-                out = self.push_bufs[s]
-                out[:-2] = grad[lo:hi].numpy()
-                out[-2], out[-1] = loss, self.versions[s]
-                self.comm.Send(out, dest=s, tag=TAG_PUSH)
-                self.pushes += 1
-            if t < steps - 1:
+            with _span(self.timeline, "push"):
+                for s, (lo, hi) in enumerate(self.shards):
+                    out = self.push_bufs[s]
+                    out[:-2] = grad[lo:hi].numpy()
+                    out[-2], out[-1] = loss, self.versions[s]
+                    self.comm.Send(out, dest=s, tag=TAG_PUSH)
+                    self.pushes += 1
+            if t == steps - 1:
+                break
+            stopped = []
+            with _span(self.timeline, "pull"):
                 for s, (lo, hi) in enumerate(self.shards):
                     reply = self.pull_bufs[s]
                     self.comm.Recv(reply, source=s, tag=TAG_PULL)
+                    if reply[-1] == STOP:
+                        stopped.append(s)
+                        continue
                     flat[lo:hi] = torch.from_numpy(reply[:-1])
                     self.versions[s] = int(reply[-1])
-                load_flat(model, flat)
-        return steps / (time.perf_counter() - t_start)
+            if stopped:
+                self._goodbye([s for s in range(len(self.shards)) if s not in stopped])
+                break
+            load_flat(model, flat)
+        return done / (time.perf_counter() - t_start)
 
 
 def share_final_params(comm, layout: PSLayout, model, server: Server | None) -> None:
@@ -241,3 +281,13 @@ def share_final_params(comm, layout: PSLayout, model, server: Server | None) -> 
             flat[lo:hi] = server.params.numpy()
         comm.Bcast(flat[lo:hi], root=s)
     load_flat(model, torch.from_numpy(flat))
+
+
+def gather_optimizer_state(comm, layout: PSLayout, server: Server | None) -> dict | None:
+    """Rank 0: {kind: flat tensor over the whole model} from the servers' shards; None elsewhere. Collective."""
+    parts = comm.gather(server.opt.state() if server is not None else None, root=0)
+    if comm.Get_rank() != 0:
+        return None
+    shards = parts[:layout.servers]
+    return {kind: (shards[0][kind] if shards[0][kind].dim() == 0 else torch.cat([s[kind] for s in shards]))
+            for kind in shards[0]}

@@ -50,7 +50,7 @@ from ..comm import all_gather, reduce_scatter
 from ..comm.buffers import as_array
 from ..comm.topology import chunk_offsets
 from .data_parallel import bucket_groups
-from .optim import build_optimizer, decay_mask
+from .optim import ShardOptimizer, decay_mask
 
 # reduce-scatter and all-gather algorithms matching an --allreduce name (Rabenseifner = halving + doubling)
 PHASES = {"ring": ("ring", "ring"), "rabenseifner": ("recursive_halving", "recursive_doubling"),
@@ -98,18 +98,15 @@ class Zero:
         owned = [torch.arange(a + c[self.rank], a + c[self.rank + 1]) for a, b, c in
                  ((a, b, chunk_offsets(b - a, self.dp)) for a, b, _ in self.buckets)]
         self.owned = (torch.cat(owned) if owned else torch.zeros(0, dtype=torch.long)).to(device)
-        mask = decay_mask(self.params).to(device)[self.owned]  # self.flat lays the parameters end to end in this order
-        self.idx = (self.owned[mask], self.owned[~mask])  # flat positions of the decayed / other owned parameters
-        self.where = (mask.nonzero().squeeze(1), (~mask).nonzero().squeeze(1))  # the same, in grad_shard
         self.slices, start = [], 0  # where each bucket's owned chunk sits in grad_shard
         for a, b, _ in self.buckets:
             c = chunk_offsets(b - a, self.dp)
             self.slices.append(slice(start, start + int(c[self.rank + 1] - c[self.rank])))
             start = self.slices[-1].stop
-        self.shards = [torch.nn.Parameter(self.flat[i].clone()) for i in self.idx]
-        groups = [{"params": [self.shards[0]], "weight_decay": weight_decay},
-                  {"params": [self.shards[1]], "weight_decay": 0.0}]
-        self.optimizer = build_optimizer(groups, optimizer, lr)
+        # self.flat lays the parameters end to end in self.params order, as decay_mask does
+        self.optimizer = ShardOptimizer(self.flat[self.owned], decay_mask(self.params)[self.owned.cpu()], optimizer,
+                                        lr, weight_decay)
+        self.shard_values = torch.empty(len(self.owned), device=device)  # the updated shard, before the all-gather
         self.grad_shard = torch.zeros(len(self.owned), device=device)  # this rank's summed gradient, in owned order
         self.peak_bucket_bytes = 0
         self.comm_s = 0.0  # communication time of the current step
@@ -215,15 +212,10 @@ class Zero:
         """Scale the shard's gradient by ``coef`` (the clip), update the shard, all-gather. Returns comm seconds."""
         if coef < 1:
             self.grad_shard *= coef
-        for shard, where in zip(self.shards, self.where):
-            shard.grad = self.grad_shard[where]
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
+        self.optimizer.step(self.grad_shard, lr, self.shard_values)
         t0 = time.perf_counter()
         with torch.no_grad():
-            for shard, i in zip(self.shards, self.idx):
-                self.flat.index_copy_(0, i, shard.detach())
+            self.flat.index_copy_(0, self.owned, self.shard_values)
             for a, b, _ in self.buckets:
                 all_gather(as_array(self.flat[a:b]), self.comm, self.ag_alg)
         spent = time.perf_counter() - t0
@@ -234,42 +226,35 @@ class Zero:
     def state_by_param(self) -> dict:
         """Collective over the data-parallel ranks: every parameter's unsharded optimizer state on every rank."""
         full = {}
-        for shard, i in zip(self.shards, self.idx):
-            for kind, value in self.optimizer.state.get(shard, {}).items():
-                if value.dim() == 0:
-                    full.setdefault(kind, value.clone())
-                    continue
-                flat = full.setdefault(kind, torch.zeros_like(self.flat))
-                flat.index_copy_(0, i, value)
-        for kind, value in full.items():
-            if value.dim() > 0:  # each element is owned by exactly one rank: the sum assembles it, exactly
-                host = value.cpu()
-                self.comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=MPI.SUM)
-                full[kind] = host.to(value.device)
+        for kind, value in self.optimizer.state().items():
+            if value.dim() == 0:
+                full[kind] = value
+                continue
+            # each element is owned by exactly one rank: the sum over ranks assembles it, exactly
+            host = torch.zeros_like(self.flat, device="cpu").index_copy_(0, self.owned.cpu(), value.cpu())
+            self.comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=MPI.SUM)
+            full[kind] = host.to(self.flat.device)
         return {p: {kind: (v[self.offsets[p]: self.offsets[p] + p.numel()].view_as(p).clone() if v.dim() else v)
                     for kind, v in full.items()} for p in self.params}
 
     def load_by_param(self, states: dict) -> None:
         """Take this rank's shard of every parameter's unsharded optimizer state (``state_by_param``'s form)."""
         kinds = {kind: v for s in states.values() for kind, v in s.items()}
-        for shard, i in zip(self.shards, self.idx):
-            state = {}
-            for kind, sample in kinds.items():
-                if sample.dim() == 0:
-                    state[kind] = sample.clone()
-                    continue
-                flat = torch.zeros_like(self.flat)
-                for p, s in states.items():
-                    flat[self.offsets[p]: self.offsets[p] + p.numel()] = s[kind].reshape(-1).to(flat.device)
-                state[kind] = flat[i].clone()
-            if state:
-                self.optimizer.state[shard] = state
+        shard = {}
+        for kind, sample in kinds.items():
+            if sample.dim() == 0:
+                shard[kind] = sample
+                continue
+            flat = torch.zeros_like(self.flat)
+            for p, s in states.items():
+                flat[self.offsets[p]: self.offsets[p] + p.numel()] = s[kind].reshape(-1).to(flat.device)
+            shard[kind] = flat[self.owned]
+        if shard:
+            self.optimizer.load(shard)
 
     def memory(self) -> dict:
         """Bytes this rank holds now: parameters, gradients (with the largest bucket in flight), optimizer state."""
-        state = sum(t.numel() * t.element_size() for s in self.optimizer.state.values() for t in s.values()
-                    if torch.is_tensor(t) and t.dim() > 0)
-        shards = sum(s.numel() * 4 for s in self.shards)
+        state = sum(t.numel() * t.element_size() for t in self.optimizer.tensors())  # the shard's copy and moments
         grads = (self.flat_grad.numel() * 4 if self.flat_grad is not None else self.grad_shard.numel() * 4)
-        return {"params": self.flat.numel() * 4, "grads": grads, "optimizer": state + shards,
+        return {"params": self.flat.numel() * 4, "grads": grads, "optimizer": state,
                 "bucket_in_flight": self.peak_bucket_bytes}

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 
 from .devices import GIB, Device
 from .formulas import Network, all_gather_ring, allreduce_hierarchical_s, allreduce_ring
+from .memory import zero_shard
 from .transformer import RECOMPUTE, ModelShape
 
 # Bytes per parameter: (weights, gradients, optimizer state).
@@ -316,16 +317,11 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
 
 def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
     """Bytes on the first pipeline stage's GPU (the fullest: embedding and the most micro-batches in flight)."""
-    weights_b, grads_b, opt_b = STATE_BYTES[state_kind(lay.precision)]
     params = stage_params(shape, lay.pp) / lay.tp
-    dp = lay.dp
     act_w = value_bytes(lay.precision)
     per_layer = shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, lay.recompute, act_w)
     held = shape.stored_micro_batches(lay.pp, lay.micro_batches, lay.virtual_stages)
     activations = shape.n_layer // lay.pp * per_layer * held
     if lay.recompute == "full":  # one block's full activations live while it is recomputed
         activations += shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, "none", act_w)
-    return {"weights": weights_b * params / (dp if lay.zero >= 3 else 1),
-            "gradients": grads_b * params / (dp if lay.zero >= 2 else 1),
-            "optimizer": opt_b * params / (dp if lay.zero >= 1 else 1),
-            "activations": activations}
+    return {**zero_shard(STATE_BYTES[state_kind(lay.precision)], params, lay.dp, lay.zero), "activations": activations}

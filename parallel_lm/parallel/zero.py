@@ -49,6 +49,7 @@ from mpi4py import MPI
 from ..comm import all_gather, reduce_scatter
 from ..comm.buffers import as_array
 from ..comm.topology import chunk_offsets
+from ..costmodel.memory import zero_shard
 from .data_parallel import bucket_groups
 from .optim import ShardOptimizer, decay_mask
 
@@ -62,11 +63,11 @@ def memory_formula(n_params: int, stage: int, dp: int, optimizer: str = "adamw")
 
     AdamW keeps two moments (8 bytes per parameter), plain SGD none; under
     ZeRO the owned shard's fp32 copy (4 bytes) counts as optimizer state.
+    What each stage divides by dp is costmodel/memory.py's rule.
     """
     moments = 8 if optimizer == "adamw" else 0
-    return {"params": 4 * n_params,
-            "grads": 4 * n_params if stage < 2 else 4 * n_params / dp,
-            "optimizer": moments * n_params if stage == 0 else (4 + moments) * n_params / dp}
+    held = zero_shard((4, 4, moments + (4 if stage else 0)), n_params, dp, stage)
+    return {"params": held["weights"], "grads": held["gradients"], "optimizer": held["optimizer"]}
 
 
 class Zero:

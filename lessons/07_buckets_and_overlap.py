@@ -67,8 +67,8 @@ for bucket_mb, overlap in [(25, False), (25, True), (1, True), (0.25, True), (0.
     if overlap and n_buckets > 1:
         # Did some bucket's all-reduce start while backward was still running? (Any step
         # counts: on oversubscribed cores the thread is sometimes scheduled only later.)
-        backwards = [(e[1], e[1] + e[2]) for e in timeline.events if e[0].startswith("backward")]
-        starts = [e[1] for e in timeline.events if e[0].startswith("allreduce bucket") and e[3] == "comm"]
+        backwards = [(e.start, e.start + e.duration) for e in timeline.events if e.name.startswith("backward")]
+        starts = [e.start for e in timeline.events if e.name.startswith("allreduce bucket") and e.thread == "comm"]
         overlapped = sum(any(lo <= t < hi for t in starts) for lo, hi in backwards)
         check(overlapped > 0, f"bucket_mb {bucket_mb}: no all-reduce began before its backward ended")
 

@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 ALWAYS = ("step", "loss", "lr", "tokens", "step_s", "compute_s", "comm_s", "exposed_comm_s", "tokens_per_s")
 
@@ -67,6 +68,14 @@ class MetricsWriter:
             self.file.close()
 
 
+class Span(NamedTuple):
+    """One interval on a rank's timeline (seconds since the timeline's t0)."""
+    name: str
+    start: float
+    duration: float
+    thread: str
+
+
 class Timeline:
     """Spans (name, start, duration, thread) on this rank, for a Chrome/Perfetto trace."""
 
@@ -77,18 +86,18 @@ class Timeline:
 
     def add(self, name: str, start: float, duration: float, thread: str = "main") -> None:
         with self.lock:
-            self.events.append((name, start - self.t0, duration, thread))
+            self.events.append(Span(name, start - self.t0, duration, thread))
 
     def span(self, name: str, thread: str = "main"):
         timeline = self
 
-        class _Span:
+        class _Timer:
             def __enter__(self):
                 self.start = time.perf_counter()
 
             def __exit__(self, *exc):
                 timeline.add(name, self.start, time.perf_counter() - self.start, thread)
-        return _Span()
+        return _Timer()
 
 
 def write_chrome_trace(path: Path, per_rank_events: list[list]) -> None:
@@ -96,7 +105,7 @@ def write_chrome_trace(path: Path, per_rank_events: list[list]) -> None:
     out = []
     for rank, events in enumerate(per_rank_events):
         out.append({"name": "process_name", "ph": "M", "pid": rank, "args": {"name": f"rank {rank}"}})
-        threads = sorted({e[3] for e in events}, key=lambda t: t != "main")
+        threads = sorted({e.thread for e in events}, key=lambda t: t != "main")
         for tid, thread in enumerate(threads):
             out.append({"name": "thread_name", "ph": "M", "pid": rank, "tid": tid, "args": {"name": thread}})
         tids = {t: i for i, t in enumerate(threads)}

@@ -1,4 +1,4 @@
-"""python -m parallel_lm.train: train a byte-level GPT with explicit data parallelism over MPI ranks.
+"""python -m parallel_lm.train: train a byte-level GPT over MPI ranks, every layout through one loop (trainer.py).
 
     python -m parallel_lm.train --steps 50                                 # one rank
     mpiexec -n 8 python -m parallel_lm.train --allreduce ring --out runs/a --trace
@@ -118,12 +118,12 @@ def _make_out_dir(out: Path) -> None:
 @click.option("--weight-decay", default=0.1, type=float)
 @click.option("--grad-clip", default=1.0, type=float, help="Clip the global gradient norm (0: off).")
 @click.option("--allreduce", default="ring", help=f"Gradient all-reduce algorithm: {', '.join(ALGORITHMS)}.")
-@click.option("--engine", type=click.Choice(ENGINES), default="explicit", help="explicit: our collectives; torch-ddp: torch DistributedDataParallel (gloo).")
+@click.option("--engine", type=click.Choice(ENGINES), default="explicit", help="explicit: our collectives; torch-ddp: torch DistributedDataParallel (gloo; not with --pp > 1 or --zero).")
 @click.option("--dp-sync", type=click.Choice(DP_MODES), default="bucketed", help="bucketed: flat buckets; naive: one all-reduce per parameter.")
 @click.option("--dp", type=click.IntRange(min=1), help="Data-parallel degree (default: ranks / (tp x pp)).")
 @click.option("--tp", default=1, type=click.IntRange(min=1), help="Tensor-parallel degree (splits heads, MLP and vocabulary).")
 @click.option("--pp", default=1, type=click.IntRange(min=1), help="Pipeline stages (split the layers).")
-@click.option("--zero", default=0, type=click.IntRange(0, 2), help="ZeRO stage: shard optimizer state (1) and gradients (2) over data-parallel ranks.")
+@click.option("--zero", default=0, type=click.IntRange(0, 2), help="ZeRO stage: shard optimizer state (1) and gradients (2) over data-parallel ranks (--engine explicit).")
 @click.option("--bucket-mb", default=25.0, type=float, help="Bucket size in MB (explicit and torch-ddp).")
 @click.option("--overlap/--no-overlap", default=True, help="All-reduce buckets during backward, or all after it.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", help="Autocast dtype of forward/backward; fp16 adds dynamic loss scaling.")
@@ -154,7 +154,8 @@ def _make_out_dir(out: Path) -> None:
               "or alpha=S,beta=S_PER_B): one machine behaves like a cluster. Explicit engine, --sync allreduce only.")
 @click.pass_context
 def main(ctx, **params):
-    """Train a byte-level GPT across MPI ranks (or alone) with explicit data-parallel gradient sync."""
+    """Train a byte-level GPT across MPI ranks (or alone): data, tensor and pipeline parallelism, ZeRO, or a
+    parameter server, all through one training loop."""
     comm = world()
     rank, p = comm.Get_rank(), comm.Get_size()
     state = agree(comm, lambda: checkpoint.load(params["resume"])) if params["resume"] else None

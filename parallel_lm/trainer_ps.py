@@ -88,13 +88,14 @@ class PSRun:
             rate = worker.run(self.start_step, steps)
             self.pushes = worker.pushes
         share_final_params(self.comm, self.layout, self.model, self.server)
-        stats = self.comm.allgather((rate, self.pushes, self.applied, self.dropped, self.max_staleness, self.max_lead))
-        self.worker_rates = [s[0] for s in stats if s[0] is not None]  # steps/s of each worker, in rank order
-        self.pushes = sum(s[1] for s in stats)  # gradient shards sent by all workers
-        self.applied = sum(s[2] for s in stats)  # gradient shards applied by all servers
-        self.dropped = sum(s[3] for s in stats)  # shards that arrived after the update budget was spent
-        self.max_staleness = max(s[4] for s in stats)  # in optimizer updates
-        self.max_lead = max(s[5] for s in stats)  # in worker steps
+        stats = self.comm.allgather(dict(rate=rate, pushes=self.pushes, applied=self.applied, dropped=self.dropped,
+                                         staleness=self.max_staleness, lead=self.max_lead))
+        self.worker_rates = [s["rate"] for s in stats if s["rate"] is not None]  # steps/s of each worker, rank order
+        self.pushes = sum(s["pushes"] for s in stats)  # gradient shards sent by all workers
+        self.applied = sum(s["applied"] for s in stats)  # gradient shards applied by all servers
+        self.dropped = sum(s["dropped"] for s in stats)  # shards that arrived after the update budget was spent
+        self.max_staleness = max(s["staleness"] for s in stats)  # in optimizer updates
+        self.max_lead = max(s["lead"] for s in stats)  # in worker steps
 
     def save(self, out, step: int) -> None:
         """checkpoint.pt from rank 0: the model and the servers' optimizer shards, by name. Collective."""

@@ -29,7 +29,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .metrics import StepRecord, Timeline
 from .model import GPT
-from .parallel.grad_sync import LocalGradients, make_grad_sync
+from .parallel.grad_sync import GradSync, make_grad_sync
 from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
 from .parallel.pipeline import Pipeline, Stage, bubble_formula
 from .parallel.tensor_parallel import TensorParallel, is_sharded, piece, shard_model
@@ -87,7 +87,7 @@ class Trainer:
             self.sync = make_grad_sync(cfg, emulated(self.dp_comm, netem), self.stage, self.params, timeline, world=comm,
                                        ddp_groups=grid.all_dp_groups(), ddp_mine=grid.pp_rank * grid.tp + grid.tp_rank)
         else:
-            self.sync = LocalGradients(self.params)
+            self.sync = GradSync(self.params)
         self.update = self.sync if cfg.zero and sync_grads else \
             ReplicatedOptimizer(self.params, cfg.optimizer, cfg.lr, cfg.weight_decay)
         self.norm_comms = ((self.dp_comm,) if self.update is self.sync else ()) + (self.pp_comm, self.tp_comm)

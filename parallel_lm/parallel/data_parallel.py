@@ -22,7 +22,6 @@ dividing by the world size so the sum cannot overflow, and widens it back.
 """
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
@@ -31,6 +30,7 @@ import torch
 
 from ..comm import allreduce, allreduce_mean
 from ..comm.buffers import as_array
+from .grad_sync import GradSync
 
 
 def average(flat: torch.Tensor, comm, algorithm: str, half: torch.Tensor | None = None) -> None:
@@ -46,25 +46,12 @@ def average(flat: torch.Tensor, comm, algorithm: str, half: torch.Tensor | None 
     flat.copy_(half)
 
 
-class NaiveDataParallel:
+class NaiveDataParallel(GradSync):
     """One all-reduce per parameter gradient, after backward."""
 
     def __init__(self, params, comm, algorithm: str, comm_dtype: str = "fp32", timeline=None):
-        self.params = [p for p in params if p.requires_grad]
+        super().__init__(params)
         self.comm, self.algorithm, self.comm_dtype, self.timeline = comm, algorithm, comm_dtype, timeline
-
-    def close(self):
-        pass
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
-
-    def forward_context(self, last: bool):
-        return contextlib.nullcontext()
-
-    def begin_backward(self, last: bool):
-        pass
 
     def finish(self, tie=None) -> tuple[float, float]:
         """Average every gradient over the ranks, then ``tie()``; returns (comm_s, exposed_comm_s)."""
@@ -105,7 +92,7 @@ class Bucket:
         self.pending = len(params)
 
 
-class BucketedDataParallel:
+class BucketedDataParallel(GradSync):
     """Gradients in flat buckets, all-reduced as they become ready (see the module docstring)."""
 
     def __init__(self, params, comm, algorithm: str, bucket_mb: float = 25.0, overlap: bool = True,
@@ -145,9 +132,6 @@ class BucketedDataParallel:
     def zero_grad(self):
         for b in self.buckets:
             b.flat.zero_()  # keep the views; set_to_none would detach .grad from the bucket
-
-    def forward_context(self, last: bool):
-        return contextlib.nullcontext()
 
     def begin_backward(self, last: bool):
         """Call before each micro-batch's backward; last=False accumulates without communicating."""

@@ -18,18 +18,19 @@ an all-reduce (the sum is linear), before ZeRO shards the gradient.
 - ``zero``: ZeRO-1/2 reduce-scatter into shards (zero.py), which is also
   the optimizer of the shards;
 - none: a parameter-server worker, whose gradients leave by push and pull
-  (parameter_server.py), gets ``LocalGradients``.
+  (parameter_server.py), gets the interface itself, ``GradSync``.
 """
 from __future__ import annotations
 
 import contextlib
 
 
-class LocalGradients:
-    """No synchronization: gradients stay this rank's own (a parameter-server worker pushes them itself)."""
+class GradSync:
+    """The interface, with what a sync that needs nothing at that point does; alone, it is no synchronization:
+    gradients stay this rank's own (a parameter-server worker pushes them itself)."""
 
     def __init__(self, params):
-        self.params = list(params)
+        self.params = [p for p in params if p.requires_grad]
 
     def zero_grad(self):
         for p in self.params:
@@ -41,7 +42,7 @@ class LocalGradients:
     def begin_backward(self, last: bool):
         pass
 
-    def finish(self, tie=None):
+    def finish(self, tie=None) -> tuple[float | None, float | None]:
         if tie:
             tie()
         return 0.0, 0.0

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import socket
 
+from .grad_sync import GradSync
+
 
 def init_process_group(comm, backend: str = "gloo") -> None:
     """Start torch.distributed on these MPI ranks: rank 0 picks a free port and broadcasts it.
@@ -23,7 +25,7 @@ def init_process_group(comm, backend: str = "gloo") -> None:
     dist.init_process_group(backend, rank=comm.Get_rank(), world_size=comm.Get_size())
 
 
-class TorchDDP:
+class TorchDDP(GradSync):
     """torch's DistributedDataParallel behind the gradient-sync interface of ``grad_sync.py``.
 
     ``groups``: the world ranks of every data-parallel group (all ranks must
@@ -42,24 +44,13 @@ class TorchDDP:
         if comm_dtype == "fp16":
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
             self.module.register_comm_hook(handles[mine], default_hooks.fp16_compress_hook)
-        self.params = [p for p in module.parameters() if p.requires_grad]
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
+        super().__init__(module.parameters())
 
     def forward_context(self, last: bool):
         """DDP decides at forward time whether the coming backward all-reduces: only the last micro-batch's."""
         import contextlib
         return contextlib.nullcontext() if last else self.module.no_sync()
 
-    def begin_backward(self, last: bool):
-        pass
-
     def finish(self, tie=None) -> tuple[None, None]:
-        if tie:
-            tie()
+        super().finish(tie)
         return None, None
-
-    def close(self):
-        pass

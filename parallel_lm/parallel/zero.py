@@ -40,7 +40,6 @@ stage, since the shards of two stages do not line up.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -51,6 +50,7 @@ from ..comm.buffers import as_array
 from ..comm.topology import chunk_offsets
 from ..costmodel.memory import zero_shard
 from .data_parallel import bucket_groups
+from .grad_sync import GradSync
 from .optim import ShardOptimizer, decay_mask
 
 # reduce-scatter and all-gather algorithms matching an --allreduce name (Rabenseifner = halving + doubling)
@@ -70,7 +70,7 @@ def memory_formula(n_params: int, stage: int, dp: int, optimizer: str = "adamw")
     return {"params": held["weights"], "grads": held["gradients"], "optimizer": held["optimizer"]}
 
 
-class Zero:
+class Zero(GradSync):
     """Sharded gradients/optimizer for ``params`` over the data-parallel communicator ``comm``."""
 
     def __init__(self, params, comm, stage: int, optimizer: str, lr: float, weight_decay: float,
@@ -133,16 +133,8 @@ class Zero:
             out.append((lo, max(self.offsets[p] + p.numel() for p in g), g))
         return out
 
-    # -- the gradient-sync interface -------------------------------------------------------------
-    def forward_context(self, last: bool):
-        return contextlib.nullcontext()
-
-    def begin_backward(self, last: bool):
-        pass  # stage 2 reduce-scatters each micro-batch's buckets as they complete; stage 1 after the last
-
-    def close(self):
-        pass
-
+    # -- the gradient-sync interface (forward_context, begin_backward, close: GradSync's) ----------
+    # stage 2 reduce-scatters each micro-batch's buckets as they complete; stage 1 after the last
     def _reduce_scatter(self, i: int, grads: torch.Tensor) -> None:
         """Add this rank's chunk of the sum over ranks of bucket i's ``grads`` to grad_shard."""
         t0 = time.perf_counter()

@@ -38,12 +38,22 @@ def save(out_dir: Path, model_state: dict, optimizer_by_name: dict, step: int, c
 
 
 def load(path_or_dir) -> dict:
+    """The checkpoint in a run's folder (or at a file path); ValueError naming the file when it is not one."""
     path = Path(path_or_dir)
     if path.is_dir():
         path = path / FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: pass the --out folder of an earlier run")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch reports a bad file as RuntimeError, UnpicklingError, EOFError or OSError
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: truncated, corrupted, or not "
+                         "written by python -m parallel_lm.train): pass the --out folder of a finished run") from None
+    missing = [k for k in ("model", "config", "step") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a parallel_lm checkpoint (no {', '.join(missing)}): pass the --out folder "
+                         "of a run of python -m parallel_lm.train")
+    return state
 
 
 def optimizer_by_name(saved: dict, full_model) -> dict:

@@ -1,6 +1,7 @@
 """The resolved configuration of a training run, checked before any work starts."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from .comm import ALGORITHMS
@@ -114,7 +115,15 @@ class TrainConfig:
 
     def validate(self, world: int) -> None:
         """Raise ValueError with the fix for anything that cannot run on ``world`` ranks."""
+        finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)
         checks = [
+            (finite(self.lr) and self.lr > 0, f"--lr {self.lr} must be a finite number > 0, e.g. --lr 3e-3"),
+            (finite(self.min_lr) and self.min_lr >= 0, f"--min-lr {self.min_lr} must be a finite number >= 0"),
+            (finite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay {self.weight_decay} must be a finite number >= 0 (0: no weight decay)"),
+            (finite(self.grad_clip) and self.grad_clip >= 0,
+             f"--grad-clip {self.grad_clip} must be a finite number >= 0 (0 turns clipping off)"),
+            (finite(self.data_max_mb) and self.data_max_mb > 0, f"--data-max-mb {self.data_max_mb} must be > 0"),
             (self.steps >= 0, f"--steps {self.steps} must be >= 0"),
             (self.global_batch_size >= 1, "--global-batch-size must be >= 1"),
             (self.micro_batch_size is None or self.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
@@ -123,7 +132,7 @@ class TrainConfig:
             (self.dp_sync in DP_MODES, f"unknown --dp-sync {self.dp_sync!r}; valid: {', '.join(DP_MODES)}"),
             (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
             (self.comm_dtype in COMM_DTYPES, f"unknown --comm-dtype {self.comm_dtype!r}; valid: {', '.join(COMM_DTYPES)}"),
-            (self.bucket_mb > 0, f"--bucket-mb {self.bucket_mb} must be > 0"),
+            (finite(self.bucket_mb) and self.bucket_mb > 0, f"--bucket-mb {self.bucket_mb} must be a finite number > 0 (MiB)"),
             (self.device in DEVICES, f"unknown --device {self.device!r}; valid: {', '.join(DEVICES)}"),
             (self.optimizer in OPTIMIZERS, f"unknown --optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"),
             (self.sync in SYNCS, f"unknown --sync {self.sync!r}; valid: {', '.join(SYNCS)}"),

@@ -101,10 +101,12 @@ class Batches:
     @classmethod
     def from_bytes(cls, data: bytes, block_size: int, seed: int, val_fraction: float = 0.1) -> "Batches":
         arr = np.frombuffer(data, dtype=np.uint8)
-        n_val = max(int(len(arr) * val_fraction), block_size + 1)
-        if len(arr) - n_val < block_size + 1:
+        window = block_size + 2  # a window of T + 1 bytes, and at least two places for it to start
+        n_val = max(int(len(arr) * val_fraction), window)
+        if len(arr) - n_val < window:
             raise DataError(f"the data has {len(arr)} bytes, too few for --block-size {block_size} "
-                            f"(need at least {2 * (block_size + 1)}): use more data or a smaller block")
+                            f"(need at least {2 * window}: a training and a validation split of {window} each): "
+                            f"use more data or a smaller --block-size")
         return cls(train=arr[:-n_val], val=arr[-n_val:], block_size=block_size, seed=seed)
 
     def rows(self, step: int, split: str, global_batch: int, lo: int, hi: int):

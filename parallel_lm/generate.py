@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -25,15 +26,18 @@ def load_model(ckpt: str) -> GPT:
 @click.option("--ckpt", required=True, type=click.Path(exists=True), help="A run's --out folder or its checkpoint.pt.")
 @click.option("--prompt", default="def ", help="Text to continue.")
 @click.option("--max-new-tokens", default=200, type=click.IntRange(min=1), help="Bytes to sample.")
-@click.option("--temperature", default=0.8, type=click.FloatRange(min=0.0))
-@click.option("--top-k", default=40, type=click.IntRange(min=1))
-@click.option("--seed", default=0, type=int)
+@click.option("--temperature", default=0.8, type=click.FloatRange(min=0.0),
+              help="Divide the logits by this before sampling (>= 0; near 0: always the likeliest byte).")
+@click.option("--top-k", default=40, type=click.IntRange(min=1), help="Sample among the k likeliest bytes (>= 1).")
+@click.option("--seed", default=0, type=int, help="Seed of the sampling.")
 def main(ckpt, prompt, max_new_tokens, temperature, top_k, seed):
     """Continue a prompt with a trained model, byte by byte."""
+    if not math.isfinite(temperature):
+        raise click.BadParameter(f"{temperature} is not a finite number", param_hint="--temperature")
     try:
         model = load_model(ckpt)
-    except (FileNotFoundError, KeyError, RuntimeError) as e:
-        raise click.ClickException(f"cannot load {ckpt}: {e}") from None
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as e:  # a bad file, or a state of another shape
+        raise click.BadParameter(str(e), param_hint="--ckpt") from None
     idx = torch.tensor([list(prompt.encode("utf-8")) or [10]], dtype=torch.long)  # (1, T)
     out = model.generate(idx, max_new_tokens, temperature, top_k, generator=torch.Generator().manual_seed(seed))
     sys.stdout.write(bytes(out[0].tolist()).decode("utf-8", errors="replace") + "\n")

@@ -83,7 +83,7 @@ def comm(bench_files, profiles, min_bytes, out, name):
     pick = _profiles_by_ranks(profiles)
     points = []
     for path in bench_files:
-        data = json.loads(Path(path).read_text())
+        data = _bench(path)
         netem = data.get("meta", {}).get("netem")
 
         def profile_for(ranks, netem=netem):
@@ -122,6 +122,18 @@ def comm(bench_files, profiles, min_bytes, out, name):
     write_atomic(Path(out) / f"{name}_errors.json", lambda tmp: tmp.write_text(json.dumps(rows, indent=1) + "\n"))
     for path in written:
         click.echo(f"# wrote {path}")
+
+
+def _bench(path) -> dict:
+    """A bench JSON file, or a usage error naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+            raise ValueError("no list of records")
+        return data
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise click.BadParameter(f"{path} is not a bench file ({e}): write one with python -m parallel_lm.bench "
+                                 "--json FILE", param_hint="--bench") from None
 
 
 def _measured(path):

@@ -20,24 +20,14 @@ import click
 import torch
 from click.core import ParameterSource
 
-from . import checkpoint, run_prediction
-from .comm import ALGORITHMS
+from . import checkpoint, memory_check, run_prediction
 from .costmodel.profiles import load_profile
-from .config import (
-    COMM_DTYPES,
-    DEVICES,
-    DP_MODES,
-    ENGINES,
-    OPTIMIZERS,
-    PRECISIONS,
-    SCHEDULES,
-    SYNCS,
-    TrainConfig,
-)
+from .config import TrainConfig
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
 from .model import PRESETS
 from .runtime import agree, main_guard, netem_network, node_share, print0, quiet_barrier, threads_per_rank, world
+from .train_flags import train_options
 from .trainer import Trainer
 
 MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
@@ -78,18 +68,6 @@ def _report_memory(trainer, cfg) -> None:
            (f"; one bucket in flight {have['bucket_in_flight'] / 2**20:.2f} MiB" if cfg.zero == 2 else ""))
 
 
-def _staleness(text: str) -> int | None:
-    if str(text).strip().lower() in ("inf", "none", "async"):
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give a whole number of steps >= 0, or inf") from None
-    if value < 0:
-        raise click.BadParameter(f"{value} must be >= 0 (or inf)")
-    return value
-
-
 def _make_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -98,60 +76,7 @@ def _make_out_dir(out: Path) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", help="Model size.")
-@click.option("--n-layer", type=click.IntRange(min=1), help="Override the preset's layers.")
-@click.option("--n-head", type=click.IntRange(min=1), help="Override the preset's attention heads.")
-@click.option("--n-embd", type=click.IntRange(min=1), help="Override the preset's width.")
-@click.option("--block-size", type=click.IntRange(min=1), help="Override the preset's context length (bytes).")
-@click.option("--steps", default=200, type=click.IntRange(min=0), help="Optimizer step to reach.")
-@click.option("--global-batch-size", default=32, type=click.IntRange(min=1), help="Sequences per step, summed over ranks.")
-@click.option("--micro-batch-size", type=click.IntRange(min=1), help="Sequences per forward/backward (gradient accumulation below the per-rank share).")
-@click.option("--micro-batches", type=click.IntRange(min=1), help="Split each data-parallel rank's share into m micro-batches (what a pipeline fills itself with).")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="1f1b", help="Pipeline schedule (--pp > 1): gpipe (all forwards, then all backwards) or 1f1b.")
-@click.option("--seed", default=1337, type=int)
-@click.option("--data", default="stdlib", help="'stdlib' (the Python standard library's source), 'synthetic', or a file/folder.")
-@click.option("--data-max-mb", default=8.0, type=click.FloatRange(min=0.001), help="Read at most this much of the corpus.")
-@click.option("--lr", default=3e-3, type=float, help="Peak learning rate (AdamW).")
-@click.option("--min-lr", default=3e-4, type=float, help="End of the cosine decay.")
-@click.option("--warmup-steps", default=10, type=click.IntRange(min=0))
-@click.option("--decay-steps", default=0, type=click.IntRange(min=0), help="Cosine decay length after warm-up (0: constant).")
-@click.option("--weight-decay", default=0.1, type=float)
-@click.option("--grad-clip", default=1.0, type=float, help="Clip the global gradient norm (0: off).")
-@click.option("--allreduce", default="ring", help=f"Gradient all-reduce algorithm: {', '.join(ALGORITHMS)}.")
-@click.option("--engine", type=click.Choice(ENGINES), default="explicit", help="explicit: our collectives; torch-ddp: torch DistributedDataParallel (gloo; not with --pp > 1 or --zero).")
-@click.option("--dp-sync", type=click.Choice(DP_MODES), default="bucketed", help="bucketed: flat buckets; naive: one all-reduce per parameter.")
-@click.option("--dp", type=click.IntRange(min=1), help="Data-parallel degree (default: ranks / (tp x pp)).")
-@click.option("--tp", default=1, type=click.IntRange(min=1), help="Tensor-parallel degree (splits heads, MLP and vocabulary).")
-@click.option("--pp", default=1, type=click.IntRange(min=1), help="Pipeline stages (split the layers).")
-@click.option("--zero", default=0, type=click.IntRange(0, 2), help="ZeRO stage: shard optimizer state (1) and gradients (2) over data-parallel ranks (--engine explicit).")
-@click.option("--bucket-mb", default=25.0, type=float, help="Bucket size in MB (explicit and torch-ddp).")
-@click.option("--overlap/--no-overlap", default=True, help="All-reduce buckets during backward, or all after it.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", help="Autocast dtype of forward/backward; fp16 adds dynamic loss scaling.")
-@click.option("--comm-dtype", type=click.Choice(COMM_DTYPES), default="fp32", help="Send gradients as fp16 (half the bytes).")
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", help="cuda: model on this rank's GPU (rank % GPUs), buckets all-reduced as CuPy arrays.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", help="AdamW (betas 0.9, 0.95) or plain SGD.")
-@click.option("--sync", type=click.Choice(SYNCS), default="allreduce", help="allreduce: data parallel; ps: parameter server.")
-@click.option("--servers", default=1, type=click.IntRange(min=1), help="--sync ps: ranks 0..N-1 are servers, the rest workers.")
-@click.option("--staleness", default="0", callback=lambda ctx, param, v: _staleness(v),
-              help="--sync ps: 0 synchronous; s: a worker may run s steps ahead of the slowest; inf: fully asynchronous.")
-@click.option("--ps-updates", type=click.IntRange(min=1), help="--sync ps: end the job after N applied updates, "
-              "whoever made them (asynchronous: one per pushed gradient; synchronous: one per step), "
-              "at the latest at --steps.")
-@click.option("--straggler", help="RANK:FACTOR: that rank computes FACTOR times slower (e.g. 2:3).")
-@click.option("--eval-every", default=50, type=click.IntRange(min=0), help="Validation loss every N steps (0: only at the end).")
-@click.option("--eval-batches", default=4, type=click.IntRange(min=1))
-@click.option("--ckpt-every", default=0, type=click.IntRange(min=0), help="Also checkpoint every N steps (0: only at the end).")
-@click.option("--out", type=click.Path(file_okay=False), help="Folder for metrics.jsonl, checkpoint.pt and trace.json.")
-@click.option("--resume", type=click.Path(file_okay=False), help="Continue from this folder's checkpoint.pt.")
-@click.option("--trace", is_flag=True, help="Write a Chrome trace (one track per rank) to OUT/trace.json.")
-@click.option("--threads", type=click.IntRange(min=1), help="torch threads per rank (default: cores / ranks on the node).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--predict", "predict_profile", metavar="PROFILE",
-              help="At the end, print the cost model's step and communication times for this run beside the "
-              "measured ones (PROFILE: this machine calibrated with python -m parallel_lm.calibrate, best with the "
-              "same rank count; also a shipped name or alpha=S,beta=S_PER_B); with --out, also OUT/prediction.json.")
-@click.option("--netem", metavar="PROFILE", help="Delay every gradient message like this network (a profile name or file, "
-              "or alpha=S,beta=S_PER_B): one machine behaves like a cluster. Explicit engine, --sync allreduce only.")
+@train_options
 @click.pass_context
 def main(ctx, **params):
     """Train a byte-level GPT across MPI ranks (or alone): data, tensor and pipeline parallelism, ZeRO, or a
@@ -177,17 +102,22 @@ def main(ctx, **params):
     torch.set_num_threads(threads_per_rank(comm, params["threads"]))
     if cfg.device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())  # several ranks may share one GPU
+    ranks_here = node_share(comm)[0]
+    available = None if params["force"] else memory_check.available_bytes(cfg.device)
+    memory = agree(comm, lambda: memory_check.check(cfg, cfg.grid(cfg.data_ranks(p)), ranks_here, available))
 
     batches = agree(comm, lambda: Batches.from_bytes(load_corpus(cfg.data, int(cfg.data_max_mb * 2**20)),
                                                        cfg.model.block_size, cfg.seed))
     timeline = Timeline() if params["trace"] else None
+    before_mib = memory_check.peak_mib()
     if cfg.sync == "ps":
         from . import trainer_ps
         trainer_ps.run(cfg, comm, batches, out, state, timeline, params["resume"])
-        return
-    trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank), netem=netem)
-    run(cfg, comm, trainer, params, state, out, timeline, profile)
-    trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
+    else:
+        trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank), netem=netem)
+        run(cfg, comm, trainer, params, state, out, timeline, profile)
+        trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
+    print0(memory_check.report(memory, before_mib))
 
 
 def _probe_compute(cfg, comm, micro):

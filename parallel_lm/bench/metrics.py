@@ -30,7 +30,7 @@ def sweep(min_bytes: int, max_bytes: int, factor: float) -> list[int]:
     """Sizes min, min*factor, ... up to max (inclusive), as nccl-tests' -b/-e/-f."""
     if min_bytes <= 0 or max_bytes < min_bytes:
         raise ValueError(f"need 0 < min-bytes <= max-bytes, got {min_bytes} and {max_bytes}")
-    if factor <= 1:
+    if not 1 < factor < float("inf"):  # also refuses nan
         raise ValueError(f"--factor must be > 1 so the sweep grows, got {factor}")
     sizes, s = [], float(min_bytes)
     while s <= max_bytes:

@@ -1,0 +1,188 @@
+"""Every command line refuses bad input the same way: exit 2, one message naming the option or file, no traceback.
+
+One row per bad input: the rank count, the arguments ({name} stands for a
+prepared bad file below) and a piece of the message that must name the
+option or file. Each run must end on its own within TIME_LIMIT seconds
+(validation happens before any model is built), print that message once
+(every rank stops, rank 0 speaks) and exit 2.
+"""
+import os
+import time
+
+import pytest
+
+from conftest import describe, mpirun
+
+TIME_LIMIT = 60
+T = ["-m", "parallel_lm.train", "--steps", "1", "--quiet", "--eval-every", "0", "--eval-batches", "1", "--data",
+     "synthetic"]
+G, B, S, P = (["-m", f"parallel_lm.{c}"] for c in ("generate", "bench", "simulate", "predict"))
+C, PL = ["-m", "parallel_lm.calibrate"], ["-m", "parallel_lm.plot"]
+
+CASES = [
+    # train: numbers
+    (1, T + ["--lr", "nan"], "--lr nan must be a finite number > 0"),
+    (1, T + ["--lr", "-1"], "--lr -1.0 must be"),
+    (1, T + ["--lr", "inf"], "--lr inf must be"),
+    (1, T + ["--min-lr", "-0.1"], "--min-lr -0.1 must be"),
+    (1, T + ["--weight-decay", "-0.5"], "--weight-decay -0.5 must be a finite number >= 0"),
+    (1, T + ["--grad-clip", "-1"], "--grad-clip -1.0 must be a finite number >= 0 (0 turns clipping off)"),
+    (1, T + ["--grad-clip", "nan"], "--grad-clip nan"),
+    (1, T + ["--bucket-mb", "0"], "--bucket-mb 0.0 must be"),
+    (1, T + ["--bucket-mb", "nan"], "--bucket-mb nan must be"),
+    (1, T + ["--data-max-mb", "0"], "'--data-max-mb'"),
+    (1, T + ["--steps", "-1"], "'--steps'"),
+    (1, T + ["--global-batch-size", "0"], "'--global-batch-size'"),
+    (1, T + ["--seed", "abc"], "'--seed'"),
+    (1, T + ["--threads", "0"], "'--threads'"),
+    (1, T + ["--eval-batches", "0"], "'--eval-batches'"),
+    (1, T + ["--staleness", "-2"], "'--staleness'"),
+    (1, T + ["--zero", "3"], "'--zero'"),
+    (1, T + ["--tp", "0"], "'--tp'"),
+    # train: choices and combinations
+    (1, T + ["--preset", "huge"], "'--preset'"),
+    (1, T + ["--allreduce", "magic"], "unknown --allreduce 'magic'"),
+    (1, T + ["--engine", "nccl"], "'--engine'"),
+    (1, T + ["--precision", "fp8"], "'--precision'"),
+    (1, T + ["--optimizer", "lion"], "'--optimizer'"),
+    (1, T + ["--sync", "gossip"], "'--sync'"),
+    (1, T + ["--schedule", "zigzag"], "'--schedule'"),
+    (1, T + ["--device", "cuda"], "--device cuda but torch sees no CUDA device"),
+    (1, T + ["--straggler", "0:x"], "--straggler '0:x'"),
+    (1, T + ["--straggler", "5:2"], "--straggler '5:2'"),
+    (1, T + ["--straggler", "0:0.5"], "--straggler '0:0.5'"),
+    (1, T + ["--ps-updates", "5"], "--ps-updates is an update budget for --sync ps"),
+    (1, T + ["--trace"], "--trace needs --out"),
+    (1, T + ["--netem", "alpha=x"], "--netem: bad profile 'alpha=x'"),
+    (1, T + ["--netem", "eth-10g", "--engine", "torch-ddp"], "--netem delays the explicit collectives"),
+    (1, T + ["--predict", "nonexistent-profile"], "no profile 'nonexistent-profile'"),
+    (1, T + ["--predict", "{broken_json}"], "broken.json is not valid JSON"),
+    (1, T + ["--n-head", "3"], "--n-embd 64 is not divisible by --n-head 3"),
+    (1, T + ["--micro-batch-size", "5"], "micro-batch 5"),
+    (1, T + ["--micro-batches", "3"], "--micro-batches 3"),
+    (1, T + ["--micro-batches", "2", "--micro-batch-size", "4"], "give --micro-batches or --micro-batch-size"),
+    # train: memory
+    (1, T + ["--block-size", "100000"], "lower --micro-batch-size"),
+    (1, T + ["--preset", "gpt2", "--global-batch-size", "4096"], "GiB are available"),
+    # train: files
+    (1, T + ["--data", "{empty}"], "empty.txt: no bytes to train on"),
+    (1, T + ["--data", "{short}"], "too few for --block-size 64"),
+    (1, T + ["--data", "{missing}"], "missing.txt: no such file or folder"),
+    (1, T + ["--data", "{folder_of_one_byte}"], "too few for --block-size 64"),
+    (1, T + ["--data", "{empty_folder}"], "the folder holds no files"),
+    (1, T + ["--out", "{empty}"], "'--out'"),
+    (1, T + ["--resume", "{missing}"], "no checkpoint at"),
+    (1, T + ["--resume", "{truncated}"], "is not a readable checkpoint"),
+    (1, T + ["--resume", "{binary_ckpt}"], "is not a readable checkpoint"),
+    (1, T + ["--resume", "{not_ckpt}"], "is not a parallel_lm checkpoint"),
+    (1, T + ["--resume", "{run}", "--n-layer", "3"], "--n-layer 3 does not match the checkpoint's 1"),
+    (1, T + ["--resume", "{run}", "--preset", "small"], "--preset small does not match the checkpoint's model"),
+    # train under MPI: wrong layouts, every rank stops
+    (2, T + ["--tp", "2", "--n-head", "1", "--n-embd", "64"], "--tp 2 must divide the 1 attention heads"),
+    (3, T + ["--pp", "2"], "3 ranks do not split into --tp 1 x --pp 2"),
+    (2, T + ["--pp", "2", "--n-layer", "3"], "--pp 2 must divide the 3 layers"),
+    (2, T + ["--dp", "3"], "--dp 3 x --tp 1 x --pp 1 = 3, but the job has 2 ranks"),
+    (3, T + ["--global-batch-size", "32"], "--global-batch-size 32 is not divisible by 3"),
+    (2, T + ["--pp", "2", "--engine", "torch-ddp"], "--engine torch-ddp with --pp > 1"),
+    (2, T + ["--zero", "1", "--engine", "torch-ddp"], "use --engine explicit"),
+    (2, T + ["--zero", "1", "--dp-sync", "naive"], "drop --dp-sync naive"),
+    (2, T + ["--sync", "ps", "--servers", "2"], "--servers 2 on 2 ranks leaves no worker"),
+    (2, T + ["--sync", "ps", "--tp", "2"], "--sync ps shards the whole model"),
+    (3, T + ["--sync", "ps", "--global-batch-size", "5"], "--global-batch-size 5 is not divisible by 2"),
+    (2, T + ["--data", "{short}"], "too few for --block-size 64"),
+    (2, T + ["--resume", "{truncated}"], "is not a readable checkpoint"),
+    # generate
+    (1, G + ["--ckpt", "{missing}"], "'--ckpt'"),
+    (1, G + ["--ckpt", "{truncated}"], "is not a readable checkpoint"),
+    (1, G + ["--ckpt", "{binary_ckpt}"], "is not a readable checkpoint"),
+    (1, G + ["--ckpt", "{empty_folder}"], "no checkpoint at"),
+    (1, G + ["--ckpt", "{run}", "--temperature", "nan"], "--temperature: nan is not a finite number"),
+    (1, G + ["--ckpt", "{run}", "--temperature", "-1"], "'--temperature'"),
+    (1, G + ["--ckpt", "{run}", "--top-k", "0"], "'--top-k'"),
+    (1, G + ["--ckpt", "{run}", "--max-new-tokens", "0"], "'--max-new-tokens'"),
+    # bench
+    (1, B + ["--op", "gather"], "'--op'"),
+    (1, B + ["-a", "magic"], "unknown allreduce algorithm magic"),
+    (1, B + ["-b", "12Q"], "cannot read size '12Q'"),
+    (1, B + ["-b", "1M", "-e", "1K"], "need 0 < min-bytes <= max-bytes"),
+    (1, B + ["-f", "1"], "--factor must be > 1"),
+    (1, B + ["-f", "nan"], "--factor must be > 1"),
+    (1, B + ["-d", "int8"], "unknown dtype int8"),
+    (1, B + ["-n", "0"], "'--iters'"),
+    (1, B + ["--netem", "nope"], "--netem: no profile 'nope'"),
+    (1, B + ["--op", "pingpong"], "--op pingpong needs at least 2 ranks"),
+    (1, B + ["--json", "{empty_folder}"], "'--json'"),
+    (2, B + ["-a", "magic"], "unknown allreduce algorithm magic"),
+    # simulate
+    (1, S + ["-r", "0"], "0 ranks: need at least 1"),
+    (1, S + ["-r", "x"], "ranks"),
+    (1, S + ["-s", "-5"], "cannot read size '-5'"),
+    (1, S + ["-p", "nope"], "no profile 'nope'"),
+    (1, S + ["-p", "{broken_json}"], "broken.json is not valid JSON"),
+    (1, S + ["-p", "{binary}"], "--profile"),
+    (1, S + ["-a", "magic"], "unknown allreduce algorithm magic"),
+    (1, S + ["--json", "{empty_folder}"], "'--json'"),
+    # predict
+    (1, P + ["--tp", "3"], "is not divisible by --tp 3"),
+    (1, P + ["-r", "0"], "0 ranks: need at least 1"),
+    (1, P + ["--device", "tpu"], "no device 'tpu'"),
+    (1, P + ["-p", "{empty}"], "empty.txt is not valid JSON"),
+    (1, P + ["--mfu", "2"], "'--mfu'"),
+    (1, P + ["--n-embd", "100", "--n-head", "3"], "--n-embd 100 is not divisible by --n-head 3"),
+    (1, P + ["--global-batch-size", "7", "-r", "2"], "--global-batch-size 7 does not split"),
+    # plot
+    (1, PL + ["comm", "--bench", "{missing}", "--profile", "eth-10g"], "'--bench'"),
+    (1, PL + ["comm", "--bench", "{broken_json}", "--profile", "eth-10g"], "broken.json"),
+    (1, PL + ["comm", "--bench", "{binary}", "--profile", "eth-10g"], "binary.bin"),
+    (1, PL + ["comm", "--bench", "{empty}", "--profile", "eth-10g"], "empty.txt"),
+    (1, PL + ["nope"], "No such command 'nope'"),
+    # calibrate
+    (1, C, "Missing option '--out'"),
+    (2, C + ["--out", "x.json", "-b", "x"], "cannot read size 'x'"),
+    (2, C + ["--out", "{empty_folder}"], "'--out'"),
+    (2, C + ["--out", "x.json", "-n", "0"], "'--iters'"),
+]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Bad inputs of every kind, and one real checkpoint (a 1-layer model) to mismatch."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.txt").write_bytes(b"")
+    (d / "short.txt").write_bytes(b"ab")
+    (d / "binary.bin").write_bytes(os.urandom(100))
+    (d / "broken.json").write_text('{"name": 1')
+    (d / "empty_folder").mkdir()
+    (d / "one_byte").mkdir()
+    (d / "one_byte" / "a.txt").write_bytes(b"x")
+    (d / "binary_ckpt").mkdir()
+    (d / "binary_ckpt" / "checkpoint.pt").write_bytes(os.urandom(1000))
+    run = d / "run"
+    proc = mpirun(1, T + ["--n-layer", "1", "--out", str(run)], timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    (d / "truncated").mkdir()
+    (d / "truncated" / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:5000])
+    import torch
+    (d / "not_ckpt").mkdir()
+    torch.save({"weights": torch.zeros(2)}, d / "not_ckpt" / "checkpoint.pt")
+    return {"empty": d / "empty.txt", "short": d / "short.txt", "binary": d / "binary.bin", "missing": d / "missing.txt",
+            "broken_json": d / "broken.json", "empty_folder": d / "empty_folder", "folder_of_one_byte": d / "one_byte",
+            "binary_ckpt": d / "binary_ckpt", "truncated": d / "truncated", "not_ckpt": d / "not_ckpt", "run": run}
+
+
+def test_the_suite_covers_every_command_line():
+    commands = {args[1] for _, args, _ in CASES}
+    assert len(CASES) >= 80 and commands == {f"parallel_lm.{c}" for c in
+                                             ("train", "generate", "bench", "simulate", "predict", "plot", "calibrate")}
+
+
+@pytest.mark.parametrize("k,args,message", CASES, ids=[f"{i:03d}-{a[1].split('.')[1]}" for i, (_, a, _) in enumerate(CASES)])
+def test_bad_input_stops_with_one_message_and_exit_2(files, tmp_path, k, args, message):
+    args = [a.format(**files) for a in args]
+    t0 = time.monotonic()
+    proc = mpirun(k, args, timeout=TIME_LIMIT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, describe(proc)
+    assert "Traceback" not in out, describe(proc)
+    assert proc.stderr.count(message.format(**files)) == 1, describe(proc)
+    assert time.monotonic() - t0 < TIME_LIMIT

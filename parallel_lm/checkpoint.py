@@ -56,6 +56,19 @@ def load(path_or_dir) -> dict:
     return state
 
 
+def check_model(state: dict, model_config, path) -> None:
+    """ValueError naming the first tensor of the checkpoint that a model of ``model_config`` does not have."""
+    from .model import GPT
+    with torch.device("meta"):  # shapes only: nothing allocated
+        want = {k: tuple(v.shape) for k, v in GPT(model_config).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state["model"].items()}
+    for key in sorted(set(want) | set(have)):
+        if want.get(key) != have.get(key):
+            raise ValueError(f"{path}: its model does not match its own config ({key}: {have.get(key)} in the file, "
+                             f"{want.get(key)} for {model_config}): the file was edited or comes from another "
+                             "program; pass the --out folder of a run of python -m parallel_lm.train")
+
+
 def optimizer_by_name(saved: dict, full_model) -> dict:
     """The checkpoint's optimizer state as {parameter name: state}; converts torch's index-keyed form
     (checkpoints written before states were saved by name: one process's AdamW over the decay groups)."""

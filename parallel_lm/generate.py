@@ -17,7 +17,9 @@ from .model import GPT
 
 def load_model(ckpt: str) -> GPT:
     state = checkpoint.load(ckpt)
-    model = GPT(TrainConfig.from_dict(state["config"]).model)
+    config = TrainConfig.from_dict(state["config"]).model
+    checkpoint.check_model(state, config, ckpt)
+    model = GPT(config)
     model.load_state_dict(state["model"])
     return model.eval()
 

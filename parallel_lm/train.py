@@ -85,6 +85,8 @@ def main(ctx, **params):
     rank, p = comm.Get_rank(), comm.Get_size()
     state = agree(comm, lambda: checkpoint.load(params["resume"])) if params["resume"] else None
     cfg = agree(comm, lambda: resolve_config(ctx, params, state["config"] if state else None))
+    if state is not None:
+        agree(comm, lambda: checkpoint.check_model(state, cfg.model, params["resume"]))
     agree(comm, lambda: cfg.validate(p))
     netem = agree(comm, lambda: netem_network(params["netem"]))
     if netem and (cfg.sync != "allreduce" or cfg.engine != "explicit" or cfg.allreduce == "mpi"):

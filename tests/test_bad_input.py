@@ -70,12 +70,15 @@ CASES = [
     (1, T + ["--data", "{missing}"], "missing.txt: no such file or folder"),
     (1, T + ["--data", "{folder_of_one_byte}"], "too few for --block-size 64"),
     (1, T + ["--data", "{empty_folder}"], "the folder holds no files"),
+    (1, T + ["--data", "/proc/self/mem"], "cannot read /proc/self/mem"),  # unreadable, even for root
     (1, T + ["--out", "{empty}"], "'--out'"),
     (1, T + ["--resume", "{missing}"], "no checkpoint at"),
     (1, T + ["--resume", "{truncated}"], "is not a readable checkpoint"),
     (1, T + ["--resume", "{binary_ckpt}"], "is not a readable checkpoint"),
     (1, T + ["--resume", "{not_ckpt}"], "is not a parallel_lm checkpoint"),
     (1, T + ["--resume", "{run}", "--n-layer", "3"], "--n-layer 3 does not match the checkpoint's 1"),
+    (1, T + ["--resume", "{other_model}"], "its model does not match its own config"),
+    (2, T + ["--resume", "{other_model}"], "its model does not match its own config"),
     (1, T + ["--resume", "{run}", "--preset", "small"], "--preset small does not match the checkpoint's model"),
     # train under MPI: wrong layouts, every rank stops
     (2, T + ["--tp", "2", "--n-head", "1", "--n-embd", "64"], "--tp 2 must divide the 1 attention heads"),
@@ -96,6 +99,7 @@ CASES = [
     (1, G + ["--ckpt", "{truncated}"], "is not a readable checkpoint"),
     (1, G + ["--ckpt", "{binary_ckpt}"], "is not a readable checkpoint"),
     (1, G + ["--ckpt", "{empty_folder}"], "no checkpoint at"),
+    (1, G + ["--ckpt", "{other_model}"], "its model does not match its own config"),
     (1, G + ["--ckpt", "{run}", "--temperature", "nan"], "--temperature: nan is not a finite number"),
     (1, G + ["--ckpt", "{run}", "--temperature", "-1"], "'--temperature'"),
     (1, G + ["--ckpt", "{run}", "--top-k", "0"], "'--top-k'"),
@@ -165,9 +169,14 @@ def files(tmp_path_factory):
     import torch
     (d / "not_ckpt").mkdir()
     torch.save({"weights": torch.zeros(2)}, d / "not_ckpt" / "checkpoint.pt")
+    other = torch.load(run / "checkpoint.pt", weights_only=True)  # a 1-layer model under a 2-layer config
+    other["config"]["model"]["n_layer"] = 2
+    (d / "other_model").mkdir()
+    torch.save(other, d / "other_model" / "checkpoint.pt")
     return {"empty": d / "empty.txt", "short": d / "short.txt", "binary": d / "binary.bin", "missing": d / "missing.txt",
             "broken_json": d / "broken.json", "empty_folder": d / "empty_folder", "folder_of_one_byte": d / "one_byte",
-            "binary_ckpt": d / "binary_ckpt", "truncated": d / "truncated", "not_ckpt": d / "not_ckpt", "run": run}
+            "binary_ckpt": d / "binary_ckpt", "truncated": d / "truncated", "not_ckpt": d / "not_ckpt", "run": run,
+            "other_model": d / "other_model"}
 
 
 def test_the_suite_covers_every_command_line():

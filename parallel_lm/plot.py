@@ -147,7 +147,8 @@ def _measured(path):
 
 
 @main.command(context_settings=SETTINGS)
-@click.option("--preset", type=click.Choice(["tiny", "small", "medium", "gpt2"]), default="gpt2")
+@click.option("--preset", type=click.Choice(["tiny", "small", "medium", "gpt2"]), default="gpt2",
+              help="Model whose training step is predicted.")
 @click.option("--profile", default="dgx-h100-ndr", help=f"{', '.join(PROFILE_NAMES)}, a JSON file, or alpha=..,beta=..")
 @click.option("--device", default="h100-sxm", help="a100-40gb, a100-80gb, h100-sxm (bf16 peak), 'measure' (this CPU) or FLOP/s.")
 @click.option("--mfu", type=float, default=DEFAULT_MFU, help="Fraction of device peak (ignored with --device measure).")
@@ -159,7 +160,7 @@ def _measured(path):
               help='JSON {"points": [{"ranks", "tokens_per_s", "label", "scaling": "strong"|"weak"}]} to overlay.')
 @click.option("--devices", type=click.IntRange(min=1), default=None,
               help="Devices the ranks share (default: one per rank); 1 with --device measure on one machine.")
-@click.option("--out", default="plots", type=click.Path(file_okay=False))
+@click.option("--out", default="plots", type=click.Path(file_okay=False), help="Folder for the figures.")
 def scaling(preset, profile, device, mfu, max_ranks, global_batch_size, batch_per_rank, bucket_mb, measured,
             devices, out):
     """Throughput and efficiency vs ranks, strong and weak scaling, per all-reduce algorithm and parameter server."""

@@ -204,7 +204,8 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
               help="Micro-batches per step (per-token model; the GPU model derives them from the batch sizes).")
 @click.option("--topology", "-t", type=click.Choice(KINDS), default=None,
               help="Per-token model: the simulator's topology (default: the profile's).")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="data_parallel")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="data_parallel",
+              help="Per-token model: gradients all-reduced, or pushed to parameter servers (--servers).")
 @click.option("--algorithm", "-a", type=click.Choice(list(COSTS["allreduce"])), default="ring",
               help="Per-token model: data-parallel all-reduce.")
 @click.option("--servers", type=click.IntRange(min=1), default=1, help="Parameter-server shards (--strategy parameter_server).")

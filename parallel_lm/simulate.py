@@ -26,7 +26,7 @@ from .sim import KINDS, OPS, simulate, topology_from_profile
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--op", type=click.Choice(list(OPS)), default="allreduce")
+@click.option("--op", type=click.Choice(list(OPS)), default="allreduce", help="Collective to simulate.")
 @click.option("--algorithm", "-a", default="ring", help="Algorithm name for --op, a comma list, or 'all'.")
 @click.option("--ranks", "-r", default="1024", help="Virtual ranks; a comma list runs each.")
 @click.option("--bytes", "-s", "sizes", default="64M", help="Buffer size(s) in bytes (K, M, G suffixes), comma list allowed.")
@@ -37,7 +37,8 @@ from .sim import KINDS, OPS, simulate, topology_from_profile
 @click.option("--ranks-per-node", type=click.IntRange(min=1), default=None, help="Override the profile's node size.")
 @click.option("--rails", type=click.IntRange(min=1), default=None,
               help="Switch ports (NICs) per node with --topology switch; default: the profile's (8 on the DGX profiles).")
-@click.option("--dtype", default="float32", type=click.Choice(["float16", "float32", "float64", "int32", "int64"]))
+@click.option("--dtype", default="float32", type=click.Choice(["float16", "float32", "float64", "int32", "int64"]),
+              help="Element type (sets the element count of --bytes and the cost of the additions).")
 @click.option("--data", is_flag=True, help="Move and add real data (one thread per rank, up to 512) and check the sums.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write one record per run.")
 def main(op, algorithm, ranks, sizes, profile, topology, ranks_per_node, rails, dtype, data, json_path):

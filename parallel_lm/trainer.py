@@ -73,11 +73,11 @@ class Trainer:
         full = GPT(cfg.model)
         self.n_params, self.flops_per_token = full.num_params(), full.flops_per_token()
         self.start_step = 0
-        if state is not None:
+        if state is not None:  # the model before it is sharded; optimizer and scaler once they exist (_restore)
             full.load_state_dict(state["model"])
             torch.set_rng_state(state["torch_rng"])
             self.start_step = int(state["step"])
-        saved_optimizer = checkpoint.optimizer_by_name(state["optimizer"], full) if state is not None else {}
+            saved_optimizer = checkpoint.optimizer_by_name(state["optimizer"], full)
         self.tp = TensorParallel(self.tp_comm, cfg.allreduce)
         self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
         self.names = {id(p): name for name, p in self.model.named_parameters()}  # single-process names
@@ -94,20 +94,23 @@ class Trainer:
         ddp = self.sync.module if isinstance(self.sync, TorchDDP) else None  # calls the stage through DDP
         self.pipeline = Pipeline(self.stage, self.pp_comm, cfg.schedule, timeline, forward=ddp, device=self.device)
         self.scaler = LossScaler() if cfg.precision == "fp16" else None
-        if saved_optimizer:
-            self.update.load_by_param({p: {k: piece(name, v, grid.tp_rank, grid.tp) for k, v in saved.items()}
-                                       for p, name, saved in self._saved_states(saved_optimizer)})
-        if self.scaler and state is not None:
-            if "loss_scaler" in state:
-                self.scaler.load_state_dict(state["loss_scaler"])
-            elif "loss_scale" in state:  # checkpoints from before the scaler saved its run of good steps
-                self.scaler.scale = float(state["loss_scale"])
+        if state is not None:
+            self._restore(state, saved_optimizer)
 
-    def _saved_states(self, saved: dict):
+    def _restore(self, state: dict, saved_optimizer: dict) -> None:
+        """This rank's piece of the checkpoint's optimizer state (by name), and the loss scaler's."""
+        grid = self.grid
+        mine = {}
         for p in self.params:
             name = self.names[id(p)]
-            if name in saved:
-                yield p, name, saved[name]
+            if name in saved_optimizer:
+                mine[p] = {k: piece(name, v, grid.tp_rank, grid.tp) for k, v in saved_optimizer[name].items()}
+        if mine:
+            self.update.load_by_param(mine)
+        if self.scaler and "loss_scaler" in state:
+            self.scaler.load_state_dict(state["loss_scaler"])
+        elif self.scaler and "loss_scale" in state:  # checkpoints from before the scaler saved its good steps
+            self.scaler.scale = float(state["loss_scale"])
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -18,24 +18,10 @@ import torch
 from . import checkpoint
 from .metrics import MetricsWriter, StepRecord, validation_line, write_chrome_trace
 from .model import GPT
+from .parallel.optim import flat_state, param_states
 from .parallel.parameter_server import PSLayout, Server, Worker, gather_optimizer_state, share_final_params
 from .runtime import print0
 from .trainer import Trainer, lr_at, validation_loss
-
-
-def _flat_by_kind(model, by_name: dict) -> dict:
-    """{kind: one tensor over every parameter, in model.parameters() order} from states by name."""
-    named = list(model.named_parameters())
-    kinds = {k: v for s in by_name.values() for k, v in s.items()}
-    return {k: v if v.dim() == 0 else torch.cat([by_name[n][k].reshape(-1) for n, _ in named]) for k, v in kinds.items()}
-
-
-def _by_name(model, flat: dict) -> dict:
-    out, offset = {}, 0
-    for name, p in model.named_parameters():
-        out[name] = {k: v if v.dim() == 0 else v[offset: offset + p.numel()].view_as(p).clone() for k, v in flat.items()}
-        offset += p.numel()
-    return out
 
 
 class PSRun:
@@ -56,7 +42,9 @@ class PSRun:
             if state is not None:
                 self.model.load_state_dict(state["model"])
                 saved = checkpoint.optimizer_by_name(state["optimizer"], self.model)
-                self.optimizer_state = _flat_by_kind(self.model, saved) if saved else None
+                named = dict(self.model.named_parameters())
+                self.optimizer_state = flat_state({named[n]: st for n, st in saved.items() if n in named},
+                                                  list(named.values())) if saved else None
         else:
             self.trainer = Trainer(cfg, self.group, batches, state, timeline, sync_grads=False,
                                    slow_factor=cfg.straggler_factor(self.rank))
@@ -101,8 +89,9 @@ class PSRun:
         """checkpoint.pt from rank 0: the model and the servers' optimizer shards, by name. Collective."""
         flat = gather_optimizer_state(self.comm, self.layout, self.server)
         if self.rank == 0:
-            checkpoint.save(out, self.model.state_dict(), _by_name(self.model, flat) if flat else {}, step,
-                            self.cfg.to_dict())
+            names = {p: n for n, p in self.model.named_parameters()}
+            by_name = {names[p]: st for p, st in param_states(flat, list(names)).items()} if flat else {}
+            checkpoint.save(out, self.model.state_dict(), by_name, step, self.cfg.to_dict())
 
 
 class _Recorder:

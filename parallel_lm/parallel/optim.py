@@ -53,6 +53,32 @@ def clip_coefficient(sum_of_squares: float, max_norm: float, comms=()) -> float:
     return min(1.0, max_norm / (math.sqrt(sq[0]) + EPS_NORM))
 
 
+def flat_state(states: dict, params) -> dict:
+    """{kind: one tensor over ``params`` laid end to end} from per-parameter optimizer states {p: {kind: tensor}}.
+
+    A parameter without a state contributes zeros; a step count stays a scalar. ZeRO and the parameter
+    server keep their shards of this layout; ``param_states`` is the inverse.
+    """
+    kinds = {kind: v for s in states.values() for kind, v in s.items()}
+    out = {}
+    for kind, sample in kinds.items():
+        if sample.dim() == 0:
+            out[kind] = sample
+            continue
+        out[kind] = torch.cat([states[p][kind].reshape(-1).to(p.device) if p in states
+                               else torch.zeros(p.numel(), dtype=sample.dtype, device=p.device) for p in params])
+    return out
+
+
+def param_states(flat: dict, params) -> dict:
+    """{p: {kind: p's slice of each flat tensor, shaped like p}} for ``params`` laid end to end (``flat_state``'s)."""
+    out, offset = {}, 0
+    for p in params:
+        out[p] = {kind: v if v.dim() == 0 else v[offset: offset + p.numel()].view_as(p).clone() for kind, v in flat.items()}
+        offset += p.numel()
+    return out
+
+
 class ReplicatedOptimizer:
     """The optimizer of every parameter this rank holds, whole (no ZeRO): the same update on every replica."""
 

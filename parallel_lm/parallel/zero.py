@@ -51,7 +51,7 @@ from ..comm.topology import chunk_offsets
 from ..costmodel.memory import zero_shard
 from .data_parallel import bucket_groups
 from .grad_sync import GradSync
-from .optim import ShardOptimizer, decay_mask
+from .optim import ShardOptimizer, decay_mask, flat_state, param_states
 
 # reduce-scatter and all-gather algorithms matching an --allreduce name (Rabenseifner = halving + doubling)
 PHASES = {"ring": ("ring", "ring"), "rabenseifner": ("recursive_halving", "recursive_doubling"),
@@ -81,9 +81,10 @@ class Zero(GradSync):
         self.dp, self.rank = comm.Get_size(), comm.Get_rank()
         self.rs_alg, self.ag_alg = PHASES.get(algorithm, ("ring", "ring"))
         params = [p for p in params if p.requires_grad]
-        self.deferred = [p for p in params if any(p is d for d in deferred)]
+        later = {id(d) for d in deferred}
+        self.deferred = [p for p in params if id(p) in later]
         # deferred parameters last in the flat vector, so every other bucket stays one contiguous range
-        self.params = [p for p in params if not any(p is d for d in deferred)] + self.deferred
+        self.params = [p for p in params if id(p) not in later] + self.deferred
         device = self.params[0].device
         n = sum(p.numel() for p in self.params)
         self.flat = torch.empty(n, device=device)
@@ -96,6 +97,7 @@ class Zero(GradSync):
                 offset += p.numel()
         self.offsets = offsets
         self.buckets = self._buckets(int(bucket_mb * 2**20))
+        self.first_deferred = len(self.buckets) - len(self.deferred)  # the deferred parameters' buckets come last
         owned = [torch.arange(a + c[self.rank], a + c[self.rank + 1]) for a, b, c in
                  ((a, b, chunk_offsets(b - a, self.dp)) for a, b, _ in self.buckets)]
         self.owned = (torch.cat(owned) if owned else torch.zeros(0, dtype=torch.long)).to(device)
@@ -118,10 +120,9 @@ class Zero(GradSync):
                 p.grad = self.flat_grad[offsets[p]: offsets[p] + p.numel()].view_as(p)
         else:
             self.flat_grad = None
-            for i, (_, _, members) in enumerate(self.buckets):
+            for i, (_, _, members) in enumerate(self.buckets[:self.first_deferred]):
                 for p in members:
-                    if not any(p is d for d in self.deferred):
-                        p.register_post_accumulate_grad_hook(lambda p, i=i: self._grad_ready(i, p))
+                    p.register_post_accumulate_grad_hook(lambda p, i=i: self._grad_ready(i, p))
 
     def _buckets(self, bucket_bytes: int) -> list[tuple[int, int, list]]:
         """Contiguous ranges of the flat vector, grouped in the order backward finishes parameters;
@@ -180,7 +181,7 @@ class Zero(GradSync):
         for i, (a, b, members) in enumerate(self.buckets):
             if self.stage == 1:
                 self._reduce_scatter(i, self.flat_grad[a:b])
-            elif any(p is d for d in self.deferred for p in members):
+            elif i >= self.first_deferred:  # a deferred parameter's own bucket, now that tie() has summed it
                 self._grad_ready(i, members[0])
         self.grad_shard /= self.dp
         if self.timeline and self.comm_s:
@@ -227,21 +228,11 @@ class Zero(GradSync):
             host = torch.zeros_like(self.flat, device="cpu").index_copy_(0, self.owned.cpu(), value.cpu())
             self.comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=MPI.SUM)
             full[kind] = host.to(self.flat.device)
-        return {p: {kind: (v[self.offsets[p]: self.offsets[p] + p.numel()].view_as(p).clone() if v.dim() else v)
-                    for kind, v in full.items()} for p in self.params}
+        return param_states(full, self.params)  # self.flat lays out self.params end to end
 
     def load_by_param(self, states: dict) -> None:
         """Take this rank's shard of every parameter's unsharded optimizer state (``state_by_param``'s form)."""
-        kinds = {kind: v for s in states.values() for kind, v in s.items()}
-        shard = {}
-        for kind, sample in kinds.items():
-            if sample.dim() == 0:
-                shard[kind] = sample
-                continue
-            flat = torch.zeros_like(self.flat)
-            for p, s in states.items():
-                flat[self.offsets[p]: self.offsets[p] + p.numel()] = s[kind].reshape(-1).to(flat.device)
-            shard[kind] = flat[self.owned]
+        shard = {kind: v if v.dim() == 0 else v[self.owned] for kind, v in flat_state(states, self.params).items()}
         if shard:
             self.optimizer.load(shard)
 

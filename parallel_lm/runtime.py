@@ -140,15 +140,15 @@ def node_share(comm) -> tuple[int, int]:
     return len(masks), len(set().union(*masks))
 
 
-def threads_per_rank(comm, requested: int | None = None) -> int:
-    """Cores / ranks on this node (at least 1), unless ``requested``.
+def threads_per_rank(comm, requested: int | None = None, share: tuple[int, int] | None = None) -> int:
+    """Cores / ranks on this node (at least 1), unless ``requested``; ``share``: ``node_share(comm)`` if known.
 
     torch drops to one thread under mpiexec on its own (MPI-NOTES.md); this
     chooses deliberately instead, so 8 ranks on 2 cores do not fight.
     """
     if requested:
         return requested
-    ranks, cores = node_share(comm)
+    ranks, cores = share or node_share(comm)
     return max(1, cores // ranks)
 
 

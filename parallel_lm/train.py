@@ -101,12 +101,12 @@ def main(ctx, **params):
         raise click.UsageError("--trace needs --out DIR to write trace.json into")
     if out is not None:
         agree(comm, lambda: _make_out_dir(out) if rank == 0 else None)
-    torch.set_num_threads(threads_per_rank(comm, params["threads"]))
+    share = node_share(comm)  # (ranks on this node, its cores): threads, the memory check, --predict
+    torch.set_num_threads(threads_per_rank(comm, params["threads"], share))
     if cfg.device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())  # several ranks may share one GPU
-    ranks_here = node_share(comm)[0]
     available = None if params["force"] else memory_check.available_bytes(cfg.device)
-    memory = agree(comm, lambda: memory_check.check(cfg, cfg.grid(cfg.data_ranks(p)), ranks_here, available))
+    memory = agree(comm, lambda: memory_check.check(cfg, cfg.grid(cfg.data_ranks(p)), share[0], available))
 
     batches = agree(comm, lambda: Batches.from_bytes(load_corpus(cfg.data, int(cfg.data_max_mb * 2**20)),
                                                        cfg.model.block_size, cfg.seed))
@@ -117,7 +117,7 @@ def main(ctx, **params):
         trainer_ps.run(cfg, comm, batches, out, state, timeline, params["resume"])
     else:
         trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank), netem=netem)
-        run(cfg, comm, trainer, params, state, out, timeline, profile)
+        run(cfg, comm, trainer, params, state, out, timeline, share, profile)
         trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
     print0(memory_check.report(memory, before_mib))
 
@@ -129,9 +129,9 @@ def _probe_compute(cfg, comm, micro):
     return comm.bcast(probe, root=0)
 
 
-def _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out):
+def _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out, share):
     """Rank 0 prints the predicted step beside the measured medians (and writes OUT/prediction.json)."""
-    on_node, cores = node_share(comm)
+    on_node, cores = share
     if comm.Get_rank() != 0:
         return
     pred = run_prediction.predict(cfg, grid, n_micro, probe, profile, trainer.n_params, trainer.flops_per_token,
@@ -144,7 +144,7 @@ def _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, record
                                    "micro_batches": n_micro, "ranks": comm.Get_size()})
 
 
-def run(cfg, comm, trainer, params, state, out, timeline, profile=None):
+def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
     rank, p = comm.Get_rank(), comm.Get_size()
     batches = trainer.batches
     grid = cfg.grid(p)
@@ -210,7 +210,7 @@ def run(cfg, comm, trainer, params, state, out, timeline, profile=None):
     if val is not None:
         print0(validation_line(val))
     if probe and records:
-        _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out)
+        _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out, share)
     if out is not None:
         files = ["metrics.jsonl", "checkpoint.pt"] + (["prediction.json"] if probe and records else []) \
             + (["trace.json"] if timeline else [])

@@ -127,10 +127,14 @@ class Trainer:
         return [self.batches.rows(step, "train", self.cfg.global_batch_size, lo + i * self.micro, lo + (i + 1) * self.micro)
                 for i in range(self.n_micro)]
 
+    def _tied_copy(self) -> list:
+        """[the tied embedding weight] on the last stage of a pipeline, whose first stage holds the same values."""
+        return [self.stage.tied] if self.stage.tied is not None and not self.stage.first else []
+
     def _counted_elsewhere(self) -> list:
         """Parameters whose gradient another rank counts in the global norm: the tied weight's copy on the
         last stage, and replicated (not tensor-sharded) parameters on all but tensor-parallel rank 0."""
-        skip = [self.stage.tied] if self.stage.tied is not None and not self.stage.first else []
+        skip = self._tied_copy()
         if self.grid.tp_rank > 0:
             skip += [p for p in self.params if not is_sharded(self.names[id(p)])]
         return skip
@@ -216,14 +220,15 @@ class Trainer:
 
     def full_state_dict(self) -> dict | None:
         """The whole model's state_dict on rank 0 (single-process keys); None elsewhere. Collective."""
-        mine = {k: v for k, v in self.model.state_dict().items() if self.stage.owns(k)}
-        full = checkpoint.gather(mine, self.grid, self.tp_comm, self.pp_comm)
-        return None if full is None else {k: full[k] for k in GPT(self.cfg.model).state_dict()}
+        local = self.model.state_dict()  # single-process names, in single-process order (shard_model keeps both)
+        full = checkpoint.gather({k: v for k, v in local.items() if self.stage.owns(k)}, self.grid, self.tp_comm,
+                                 self.pp_comm)
+        return None if full is None else {k: full[k] for k in local}
 
     def optimizer_state(self) -> dict | None:
         """Every parameter's optimizer state, unsharded, by single-process name, on rank 0. Collective."""
         states = self.update.state_by_param()
-        skip = {id(p) for p in self._counted_elsewhere() if p is self.stage.tied}  # the tied copy: once
+        skip = {id(p) for p in self._tied_copy()}  # the first stage saves the tied weight's state
         mine = {f"{kind}:{self.names[id(p)]}": v for p, s in states.items() if id(p) not in skip
                 for kind, v in s.items()}
         full = checkpoint.gather(mine, self.grid, self.tp_comm, self.pp_comm)

@@ -122,7 +122,7 @@ class Pipeline:
         self.comm.Recv(buf, source=source, tag=tag)
         return torch.from_numpy(buf).to(self.device)
 
-    def run(self, micro_batches, shape, autocast, scale: float = 1.0, sync=None) -> tuple[float, float]:
+    def run(self, micro_batches, shape, autocast, scale: float, sync) -> tuple[float, float]:
         """Forward and backward every micro-batch ((x, y) pairs) per the schedule; gradients accumulate.
 
         ``shape``: (micro, T, C) of the activations between stages. ``scale``:
@@ -141,8 +141,7 @@ class Pipeline:
                 inp = x.to(self.device) if self.stage.first else \
                     self._recv(shape, self.rank - 1, TAG_ACTIVATION).requires_grad_()
                 t0 = time.perf_counter()
-                with self._span(f"forward {i}"), autocast(), (sync.forward_context(last) if sync else
-                                                               contextlib.nullcontext()):
+                with self._span(f"forward {i}"), autocast(), sync.forward_context(last):
                     out = self.forward(inp)
                     if self.stage.last:
                         out = self.stage.loss(out, y.to(self.device))
@@ -157,8 +156,7 @@ class Pipeline:
             else:
                 inp, out = inputs.pop(i), outputs.pop(i)
                 grad = None if self.stage.last else self._recv(shape, self.rank + 1, TAG_GRADIENT)
-                if sync:
-                    sync.begin_backward(last)
+                sync.begin_backward(last)
                 t0 = time.perf_counter()
                 with self._span(f"backward {i}"):
                     out.backward(grad)

@@ -43,7 +43,7 @@ def print0(*parts, file=None) -> None:
 def quiet_barrier(comm, poll_s: float = 1e-4) -> None:
     """A barrier that sleeps while it waits, so idle ranks leave the cores to busy ones.
 
-    Oversubscribed MPICH ranks spin in a blocking barrier (MPI-NOTES.md).
+    Oversubscribed MPICH ranks spin (use a core) while they wait in a blocking barrier.
     """
     req = comm.Ibarrier()
     while not req.Test():
@@ -143,7 +143,7 @@ def node_share(comm) -> tuple[int, int]:
 def threads_per_rank(comm, requested: int | None = None, share: tuple[int, int] | None = None) -> int:
     """Cores / ranks on this node (at least 1), unless ``requested``; ``share``: ``node_share(comm)`` if known.
 
-    torch drops to one thread under mpiexec on its own (MPI-NOTES.md); this
+    torch may pick its own thread count under mpiexec, which oversubscribes the cores; this
     chooses deliberately instead, so 8 ranks on 2 cores do not fight.
     """
     if requested:

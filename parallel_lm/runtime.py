@@ -143,7 +143,7 @@ def node_share(comm) -> tuple[int, int]:
 def threads_per_rank(comm, requested: int | None = None, share: tuple[int, int] | None = None) -> int:
     """Cores / ranks on this node (at least 1), unless ``requested``; ``share``: ``node_share(comm)`` if known.
 
-    torch may pick its own thread count under mpiexec, which oversubscribes the cores; this
+    torch drops to one thread per rank under mpiexec on its own (seen with the MPICH wheel); this
     chooses deliberately instead, so 8 ranks on 2 cores do not fight.
     """
     if requested:

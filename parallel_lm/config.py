@@ -15,6 +15,7 @@ DEVICES = ("cpu", "cuda")
 OPTIMIZERS = ("adamw", "sgd")
 SYNCS = ("allreduce", "ps")
 SCHEDULES = ("1f1b", "gpipe")
+RECOMPUTE = ("none", "selective", "full")
 
 
 @dataclass
@@ -54,7 +55,9 @@ class TrainConfig:
     dp: int | None = None  # data-parallel degree; None: world / (tp x pp)
     tp: int = 1  # tensor-parallel degree
     pp: int = 1  # pipeline stages
-    zero: int = 0  # ZeRO stage: 0 off, 1 optimizer state, 2 and gradients
+    zero: int = 0  # ZeRO stage: 0 off, 1 optimizer state, 2 and gradients, 3 and parameters
+    virtual_stages: int = 1  # --virtual-stages v: each pipeline rank holds v chunks of layers (interleaved 1F1B)
+    recompute: str = "none"  # activation recomputation: none, selective (attention core) or full (each block)
 
     def _straggler(self) -> tuple[int, float] | None:
         """(rank, factor) from "RANK:FACTOR", None when unset; ValueError when malformed."""
@@ -142,7 +145,10 @@ class TrainConfig:
             (self.straggler_ok(world), f"--straggler {self.straggler!r}: write RANK:FACTOR with 0 <= RANK < {world} "
                                        "and FACTOR >= 1, e.g. --straggler 1:3"),
             (self.schedule in SCHEDULES, f"unknown --schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"),
-            (self.zero in (0, 1, 2), f"--zero {self.zero}: use 0 (off), 1 (optimizer state) or 2 (and gradients)"),
+            (self.zero in (0, 1, 2, 3), f"--zero {self.zero}: use 0 (off), 1 (optimizer state), 2 (and gradients) "
+                                        "or 3 (and parameters)"),
+            (self.recompute in RECOMPUTE, f"unknown --recompute {self.recompute!r}; valid: {', '.join(RECOMPUTE)}"),
+            (self.virtual_stages >= 1, f"--virtual-stages {self.virtual_stages} must be >= 1"),
         ] + self._combinations()
         for ok, message in checks:
             if not ok:
@@ -152,12 +158,29 @@ class TrainConfig:
         else:
             grid = self.grid(world)
             grid.check_model(self.model.n_layer, self.model.n_head, self.model.n_embd, self.model.vocab_size)
-            self.per_rank(grid.dp)
+            n_micro = self.per_rank(grid.dp)[2]
+            if self.virtual_stages > 1:
+                self._check_interleaving(grid.pp, n_micro)
         if self.device == "cuda":
             import torch
             if not torch.cuda.is_available():
                 raise ValueError("--device cuda but torch sees no CUDA device: install a CUDA build of torch "
                                  "and pip install 'parallel_lm[gpu]' (CuPy) on a GPU machine, or use --device cpu")
+
+    def _check_interleaving(self, pp: int, n_micro: int) -> None:
+        v, layers = self.virtual_stages, self.model.n_layer
+        if pp == 1:
+            raise ValueError(f"--virtual-stages {v} cuts each pipeline rank's layers into chunks: it needs --pp 2 "
+                             "or more")
+        if layers % (pp * v):
+            raise ValueError(f"--n-layer {layers} is not divisible by --pp {pp} x --virtual-stages {v}: each of the "
+                             f"{pp * v} chunks holds the same number of layers; use a layer count that is a multiple "
+                             f"of {pp * v}, or fewer virtual stages")
+        if n_micro % pp:
+            raise ValueError(f"interleaved 1F1B runs the micro-batches in groups of --pp {pp}, but each data-parallel "
+                             f"rank has {n_micro}: use --micro-batches (or --micro-batch-size) giving a multiple of {pp}")
+        if self.schedule != "1f1b":
+            raise ValueError(f"--virtual-stages runs the interleaved 1F1B schedule: drop --schedule {self.schedule}")
 
     def _combinations(self) -> list[tuple[bool, str]]:
         """The flag combinations that cannot work, each with its reason (README, "Which flags combine")."""

@@ -4,10 +4,10 @@ The terms are costmodel/layout.py's ``memory_per_gpu`` for this run's
 layout (fp32 weights, gradients and AdamW moments, each divided over the
 data-parallel ranks from the ZeRO stage that shards it; the activations
 of the first pipeline stage's layers for the micro-batches 1F1B keeps in
-flight) plus the logits and their fp32 copy on the last stage. Attention
-keeps no T x T score matrix: torch's fused ``scaled_dot_product_attention``
-recomputes the scores in backward, as Korthikanti et al.'s selective
-recomputation does, so the activations are counted that way.
+flight, under the run's --recompute) plus the logits and their fp32 copy on
+the last stage. Attention keeps no T x T score matrix: torch's fused
+``scaled_dot_product_attention`` keeps one log-sum-exp per row and
+recomputes the scores in backward (``ModelShape.fused_attention``).
 
 ``check`` compares the ranks on this node with the memory the node has
 available (Linux's MemAvailable), or with the GPU's free memory under
@@ -25,9 +25,10 @@ from .costmodel.layout import Layout, memory_per_gpu
 from .costmodel.transformer import ModelShape
 
 GIB = 2**30
-FIXES = {"activations": "lower --micro-batch-size (gradient accumulation keeps the global batch) or --block-size",
+FIXES = {"activations": "lower --micro-batch-size (gradient accumulation keeps the global batch) or --block-size, "
+                        "or recompute them with --recompute full",
          "logits": "lower --micro-batch-size or --block-size, or split the vocabulary with --tp",
-         "weights": "train a smaller model (--preset, --n-embd, --n-layer) or split it with --tp / --pp",
+         "weights": "shard them with --zero 3, train a smaller model (--preset, --n-embd, --n-layer) or split it with --tp / --pp",
          "gradients": "shard them with --zero 2, or split the model with --tp / --pp",
          "optimizer": "shard it with --zero 1, or split the model with --tp / --pp"}
 
@@ -35,10 +36,10 @@ FIXES = {"activations": "lower --micro-batch-size (gradient accumulation keeps t
 def estimate(cfg, grid) -> dict[str, float]:
     """Bytes per rank, by term, of the fullest rank of ``cfg``'s layout on ``grid``."""
     m = cfg.model
-    shape = ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size, dropout=False)
+    shape = ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size, dropout=False, fused_attention=True)
     _, micro, n_micro = cfg.per_rank(grid.dp)
     layout = Layout(global_batch=cfg.global_batch_size, micro_batch=micro, dp=grid.dp, tp=grid.tp, pp=grid.pp,
-                    zero=cfg.zero, recompute="selective", precision="fp32")
+                    virtual_stages=cfg.virtual_stages, zero=cfg.zero, recompute=cfg.recompute, precision="fp32")
     terms = memory_per_gpu(shape, layout)
     if cfg.precision != "fp32":  # autocast keeps most activations in 16 bits
         terms["activations"] /= 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .comm import ALGORITHMS
-from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, SCHEDULES, SYNCS
+from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, SYNCS
 from .model import PRESETS
 
 
@@ -52,7 +52,13 @@ OPTIONS = [
     click.option("--dp", type=click.IntRange(min=1), help="Data-parallel degree (default: ranks / (tp x pp))."),
     click.option("--tp", default=1, type=click.IntRange(min=1), help="Tensor-parallel degree (splits heads, MLP and vocabulary)."),
     click.option("--pp", default=1, type=click.IntRange(min=1), help="Pipeline stages (split the layers)."),
-    click.option("--zero", default=0, type=click.IntRange(0, 2), help="ZeRO stage: shard optimizer state (1) and gradients (2) over data-parallel ranks (--engine explicit)."),
+    click.option("--virtual-stages", default=1, type=click.IntRange(min=1), help="Interleaved 1F1B: each pipeline "
+                 "rank holds v chunks of layers, dividing the bubble by v (needs --pp > 1, layers divisible by pp x v, "
+                 "micro-batches a multiple of pp)."),
+    click.option("--zero", default=0, type=click.IntRange(0, 3), help="ZeRO stage: shard optimizer state (1), "
+                 "gradients (2) and parameters (3, gathered layer by layer) over data-parallel ranks (--engine explicit)."),
+    click.option("--recompute", type=click.Choice(RECOMPUTE), default="none", help="Activation recomputation: "
+                 "selective (the attention core) or full (each block keeps only its input, recomputed in backward)."),
     click.option("--bucket-mb", default=25.0, type=float,
                  help="Gradient bucket size in MiB (> 0; explicit, ZeRO and torch-ddp)."),
     click.option("--overlap/--no-overlap", default=True, help="All-reduce buckets during backward, or all after it."),

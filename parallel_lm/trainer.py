@@ -29,6 +29,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .metrics import StepRecord, Timeline
 from .model import GPT
+from .model.recompute import set_recompute
 from .parallel.grad_sync import GradSync, make_grad_sync
 from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
 from .parallel.pipeline import Pipeline, Stage, bubble_formula
@@ -80,8 +81,9 @@ class Trainer:
             saved_optimizer = checkpoint.optimizer_by_name(state["optimizer"], full)
         self.tp = TensorParallel(self.tp_comm, cfg.allreduce)
         self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
+        set_recompute(self.model, cfg.recompute)
         self.names = {id(p): name for name, p in self.model.named_parameters()}  # single-process names
-        self.stage = Stage(self.model, grid.pp_rank, grid.pp, sharded=grid.tp > 1)
+        self.stage = Stage(self.model, grid.pp_rank, grid.pp, sharded=grid.tp > 1, virtual=cfg.virtual_stages)
         self.params = [p for p in self.stage.parameters() if p.requires_grad]
         if sync_grads:
             self.sync = make_grad_sync(cfg, emulated(self.dp_comm, netem), self.stage, self.params, timeline, world=comm,
@@ -201,7 +203,7 @@ class Trainer:
                           step_s=step_s, compute_s=compute_s, comm_s=comm_s, exposed_comm_s=exposed_s,
                           tokens_per_s=tokens / step_s,
                           tp_comm_s=self.tp.seconds if grid.tp > 1 else None, bubble=bubble,
-                          bubble_formula=bubble_formula(grid.pp, self.n_micro) if grid.pp > 1 else None,
+                          bubble_formula=bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None,
                           loss_scale=self.scaler.scale if self.scaler else None,
                           skipped=(not applied) if self.scaler else None)
 

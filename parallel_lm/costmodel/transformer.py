@@ -41,6 +41,7 @@ class ModelShape:
     n_kv_head: int | None = None  # None: plain multi-head attention (as many as n_head)
     ffn_hidden: int | None = None  # None: 4 x n_embd
     dropout: bool = True  # Megatron's GPT keeps dropout masks; parallel_lm's own GPT has none
+    fused_attention: bool = False  # a fused attention kernel keeps a log-sum-exp per row, not the a·s² scores
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "n_head", "seq_len", "vocab_size"):
@@ -130,7 +131,10 @@ class ModelShape:
           input), the MLP's GeLU input and second-GEMM input;
         - the attention core, split too: softmax output, its dropout mask and
           dropout output (a·s² values per sequence each) - what selective
-          recomputation recomputes instead of keeping.
+          recomputation recomputes instead of keeping. A fused kernel
+          (``fused_attention``: torch's scaled_dot_product_attention, FlashAttention)
+          keeps instead one fp32 log-sum-exp per head and row, 4·a·s bytes per
+          sequence, and writes its output straight into the projection's input.
         """
         if recompute not in RECOMPUTE:
             raise ValueError(f"unknown recompute {recompute!r}; valid: {', '.join(RECOMPUTE)}")
@@ -149,10 +153,23 @@ class ModelShape:
                  + 2 * w * tokens * self.ffn)  # GeLU input and the second MLP GEMM's input
         scores = self.n_head * self.seq_len ** 2 * micro_batch
         core = (w + mask + (w if self.dropout else 0)) * scores  # softmax out, mask, dropout out
+        if self.fused_attention:
+            core = 4 * self.n_head * self.seq_len * micro_batch
         total = replicated / seq_split + split / tp
         if recompute == "none":
             total += core / tp
         return total
+
+    def ends_activation_bytes(self, micro_batch: int, first: bool, last: bool, tp: int = 1,
+                              bytes_per_value: int = 2) -> float:
+        """Bytes the layers around the blocks keep per micro-batch: the token ids (int64) on the
+        first stage; the final LayerNorm's and the head's inputs, the fp32 log-probabilities
+        (split over tensor ranks) and the targets on the last."""
+        tokens = self.seq_len * micro_batch
+        out = 8 * tokens if first else 0
+        if last:
+            out += 2 * bytes_per_value * tokens * self.n_embd + 4 * tokens * self.vocab_size / tp + 8 * tokens
+        return out
 
     def stored_micro_batches(self, pp: int, micro_batches: int, virtual_stages: int = 1,
                              schedule: str = "1f1b") -> float:

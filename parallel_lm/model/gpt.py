@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .recompute import recomputed
+
 VOCAB_SIZE = 256  # byte-level tokens
 
 
@@ -49,7 +51,19 @@ PRESETS = {
 }
 
 
+def causal_attention(q, k, v):
+    """The attention core softmax(QKᵀ/√d)V with a causal mask, (B, nh, T, hs) each; torch's fused kernel."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def attention_core(q, k, v, recompute: bool):
+    """``causal_attention``, recomputed in backward when ``recompute`` (--recompute selective)."""
+    return recomputed(causal_attention, q, k, v) if recompute else causal_attention(q, k, v)
+
+
 class CausalSelfAttention(nn.Module):
+    recompute_core = False  # --recompute selective (recompute.set_recompute)
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head = cfg.n_head
@@ -60,7 +74,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = attention_core(q, k, v, self.recompute_core)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
 
 
@@ -75,6 +89,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    recompute = False  # --recompute full (recompute.set_recompute)
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.n_embd)
@@ -83,6 +99,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x):
+        return recomputed(self.layers, x) if self.recompute else self.layers(x)
+
+    def layers(self, x):
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mpi4py import MPI
 
-TAG_ACTIVATION, TAG_GRADIENT, TAG_TIE = 31, 32, 33
+TAG_TIE, TAG_FIRST = 33, 100  # stage-to-stage messages: TAG_FIRST + 2 (virtual stage x m + micro-batch) + kind
 
 
 def schedule(kind: str, m: int, stage: int, stages: int) -> list[tuple[str, int]]:
@@ -50,34 +50,58 @@ def schedule(kind: str, m: int, stage: int, stages: int) -> list[tuple[str, int]
     return ops + [("B", i) for i in range(m - warm, m)]
 
 
-def bubble_formula(stages: int, m: int) -> float:
-    """(p-1)/(m+p-1): the idle fraction of a GPipe or 1F1B step with equal micro-batch costs."""
-    return (stages - 1) / (m + stages - 1)
+def interleaved_schedule(m: int, stage: int, stages: int, virtual: int) -> list[tuple[str, int, int]]:
+    """The ("F" | "B", chunk, micro-batch) sequence of interleaved 1F1B (Megatron-LM's order).
+
+    Virtual step k runs micro-batch (k // pv)·p + k % p on chunk (k % pv) // p
+    (backward: the chunks in reverse); stage s warms up with (p-s-1)·2 + (v-1)·p
+    forwards (all of them when m = p), then alternates, then drains. Needs m % p == 0.
+    """
+    total, group = m * virtual, stages * virtual
+
+    def op(kind: str, k: int) -> tuple[str, int, int]:
+        chunk = (k % group) // stages
+        return kind, chunk if kind == "F" else virtual - 1 - chunk, (k // group) * stages + k % stages
+
+    warm = total if m == stages else min((stages - stage - 1) * 2 + (virtual - 1) * stages, total)
+    ops = [op("F", k) for k in range(warm)]
+    for k in range(total - warm):
+        ops += [op("F", warm + k), op("B", k)]
+    return ops + [op("B", k) for k in range(total - warm, total)]
 
 
-class Stage(nn.Module):
-    """This stage's layers of a full ``GPT`` (the same module objects, so names and values match it).
+def bubble_formula(stages: int, m: int, virtual: int = 1) -> float:
+    """(p-1)/(v·m+p-1): the idle fraction of a step with equal micro-batch costs; v = 1 for GPipe and 1F1B.
+
+    Interleaving v chunks per rank shrinks the bubble to (p-1)/v of a chunk's
+    work against m·v of them: (p-1)/(v·m) of the ideal time, as Narayanan et al. 2021 state it.
+    """
+    return (stages - 1) / (virtual * m + stages - 1)
+
+
+class Chunk(nn.Module):
+    """Virtual stage ``index`` of ``count``: its layers of a full ``GPT`` (the same module objects, so
+    names and values match it). The first chunk also holds the embeddings, the last the head.
 
     ``sharded``: the model's layers are tensor-parallel (``tensor_parallel.shard_model``),
-    so the loss is computed over vocabulary slices. pp = 1 is one stage holding everything.
+    so the loss is computed over vocabulary slices.
     """
 
-    def __init__(self, model, stage: int, stages: int, sharded: bool = False):
+    def __init__(self, model, index: int, count: int, sharded: bool = False):
         super().__init__()
-        per = model.cfg.n_layer // stages
-        self.first, self.last, self.sharded = stage == 0, stage == stages - 1, sharded
-        self.lo = stage * per
+        per = model.cfg.n_layer // count
+        self.index, self.first, self.last, self.sharded = index, index == 0, index == count - 1, sharded
+        self.lo = index * per
         self.blocks = nn.ModuleList(model.blocks[self.lo: self.lo + per])
         if self.first:
             self.tok_emb, self.pos_emb = model.tok_emb, model.pos_emb
         if self.last:
             self.ln_f, self.head = model.ln_f, model.head
-        self.tied = model.tok_emb.weight if (self.first or self.last) else None
         self.prefixes = [f"blocks.{self.lo + i}." for i in range(per)] + \
             (["tok_emb.", "pos_emb."] if self.first else []) + (["ln_f.", "head."] if self.last else [])
 
     def forward(self, x):
-        """Token ids (first stage) or activations (B, T, C) in; activations or logits out."""
+        """Token ids (first chunk) or activations (B, T, C) in; activations or logits out."""
         if self.first:
             pos = torch.arange(x.shape[1], device=x.device)
             x = self.tok_emb(x) + self.pos_emb(pos)
@@ -92,8 +116,33 @@ class Stage(nn.Module):
             return vocab_parallel_ce(logits, targets, self.head)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
+
+class Stage(nn.Module):
+    """Pipeline rank ``stage`` of ``stages``: its ``virtual`` chunks of the model.
+
+    Chunk c of this rank is virtual stage c·p + stage of p·v (interleaved
+    1F1B, Narayanan et al. 2021, section 2.2): with v = 1 it is the usual
+    contiguous cut, and pp = 1 is one stage holding everything.
+    """
+
+    def __init__(self, model, stage: int, stages: int, sharded: bool = False, virtual: int = 1):
+        super().__init__()
+        self.stages, self.virtual = stages, virtual
+        self.chunks = nn.ModuleList(Chunk(model, c * stages + stage, stages * virtual, sharded) for c in range(virtual))
+        self.first, self.last = self.chunks[0].first, self.chunks[-1].last
+        self.tied = model.tok_emb.weight if (self.first or self.last) else None
+
+    def forward(self, x):
+        """Token ids or activations in, activations or logits out: the whole stage, when it is one chunk."""
+        if self.virtual > 1:
+            raise RuntimeError("an interleaved stage runs chunk by chunk (Pipeline.run)")
+        return self.chunks[0](x)
+
+    def loss(self, logits, targets):
+        return self.chunks[-1].loss(logits, targets)
+
     def owns(self, key: str) -> bool:
-        return any(key.startswith(p) for p in self.prefixes)
+        return any(key.startswith(p) for c in self.chunks for p in c.prefixes)
 
 
 def _to_host(t: torch.Tensor) -> np.ndarray:
@@ -104,8 +153,10 @@ def _to_host(t: torch.Tensor) -> np.ndarray:
 class Pipeline:
     """Runs one step's micro-batches through this rank's stage over ``comm`` (the pipeline group).
 
-    ``forward``: the module to call for the stage (the stage itself, or a
-    wrapper around it such as torch DDP); ``device``: where the stage lives.
+    ``forward``: the module to call for a one-chunk stage (the stage itself, or
+    a wrapper around it such as torch DDP); ``device``: where the stage lives.
+    ``measure``: count the bytes the next micro-batch's forward saves for backward
+    (``activation_bytes`` afterwards; model/recompute.py's ``saved_bytes``).
     """
 
     def __init__(self, stage: Stage, comm, kind: str, timeline=None, forward=None, device=None):
@@ -113,14 +164,38 @@ class Pipeline:
         self.forward = forward or stage
         self.device = device or torch.device("cpu")
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.measure, self.activation_bytes = False, None
 
     def _span(self, name):
         return self.timeline.span(name) if self.timeline else contextlib.nullcontext()
+
+    def _ops(self, m: int) -> list[tuple[str, int, int]]:
+        if self.stage.virtual > 1:
+            return interleaved_schedule(m, self.rank, self.size, self.stage.virtual)
+        return [(op, 0, i) for op, i in schedule(self.kind, m, self.rank, self.size)]
+
+    def _tag(self, kind: int, rank: int, chunk: int, i: int, m: int) -> int:
+        """The tag of micro-batch i's activation (kind 0) or gradient (1) going to ``rank``'s ``chunk``."""
+        return TAG_FIRST + 2 * ((chunk * self.size + rank) * m + i) + kind
 
     def _recv(self, shape, source, tag) -> torch.Tensor:
         buf = np.empty(shape, dtype=np.float32)
         self.comm.Recv(buf, source=source, tag=tag)
         return torch.from_numpy(buf).to(self.device)
+
+    def _send(self, t: torch.Tensor, dest: int, tag: int, sends: list) -> None:
+        host = _to_host(t)
+        sends.append((self.comm.Isend(host, dest=dest, tag=tag), host))
+
+    def _neighbours(self, chunk: int) -> tuple[int, int, int, int]:
+        """(previous rank, its chunk, next rank, its chunk) around this rank's ``chunk`` in the virtual pipeline."""
+        p, r = self.size, self.rank
+        return (r - 1) % p, chunk - (r == 0), (r + 1) % p, chunk + (r == p - 1)
+
+    def _forward(self, chunk, inp, y, autocast, sync, last):
+        with autocast(), sync.forward_context(last):
+            out = self.forward(inp) if self.stage.virtual == 1 else chunk(inp)
+            return chunk.loss(out, y.to(self.device)) if chunk.last else out
 
     def run(self, micro_batches, shape, autocast, scale: float, sync) -> tuple[float, float]:
         """Forward and backward every micro-batch ((x, y) pairs) per the schedule; gradients accumulate.
@@ -128,44 +203,59 @@ class Pipeline:
         ``shape``: (micro, T, C) of the activations between stages. ``scale``:
         the loss is multiplied by it before backward (fp16 loss scaling).
         ``sync``: the gradient synchronization (``grad_sync``), told which
-        micro-batch is the last, so it communicates only after that one.
+        backward is the step's last, so it communicates only after that one.
         Returns (mean loss on the last stage, else 0.0; seconds spent computing).
         """
         m = len(micro_batches)
         inputs, outputs, losses, sends = {}, {}, [], []
         compute = 0.0
-        for op, i in schedule(self.kind, m, self.rank, self.size):
+        ops = self._ops(m)
+        final_backward = max(j for j, op in enumerate(ops) if op[0] == "B")
+        for j, (op, c, i) in enumerate(ops):
+            chunk = self.stage.chunks[c]
+            prev, prev_c, nxt, nxt_c = self._neighbours(c)
             x, y = micro_batches[i]
-            last = i == m - 1
+            name = f"{'forward' if op == 'F' else 'backward'} {i}" + (f" chunk {c}" if self.stage.virtual > 1 else "")
             if op == "F":
-                inp = x.to(self.device) if self.stage.first else \
-                    self._recv(shape, self.rank - 1, TAG_ACTIVATION).requires_grad_()
+                last = i == m - 1
+                inp = x.to(self.device) if chunk.first else \
+                    self._recv(shape, prev, self._tag(0, self.rank, c, i, m)).requires_grad_()
                 t0 = time.perf_counter()
-                with self._span(f"forward {i}"), autocast(), sync.forward_context(last):
-                    out = self.forward(inp)
-                    if self.stage.last:
-                        out = self.stage.loss(out, y.to(self.device))
+                with self._span(name), self._measured():
+                    out = self._forward(chunk, inp, y, autocast, sync, last)
                 compute += time.perf_counter() - t0
-                if self.stage.last:
+                if chunk.last:
                     losses.append(float(out.detach()))
                     out = out * (scale / m)
                 else:
-                    act = _to_host(out)
-                    sends.append((self.comm.Isend(act, dest=self.rank + 1, tag=TAG_ACTIVATION), act))
-                inputs[i], outputs[i] = inp, out
+                    self._send(out, nxt, self._tag(0, nxt, nxt_c, i, m), sends)
+                inputs[c, i], outputs[c, i] = inp, out
             else:
-                inp, out = inputs.pop(i), outputs.pop(i)
-                grad = None if self.stage.last else self._recv(shape, self.rank + 1, TAG_GRADIENT)
-                sync.begin_backward(last)
+                inp, out = inputs.pop((c, i)), outputs.pop((c, i))
+                grad = None if chunk.last else self._recv(shape, nxt, self._tag(1, self.rank, c, i, m))
+                sync.begin_backward(j == final_backward)
                 t0 = time.perf_counter()
-                with self._span(f"backward {i}"):
+                with self._span(name):
                     out.backward(grad)
                 compute += time.perf_counter() - t0
-                if not self.stage.first:
-                    g = _to_host(inp.grad)
-                    sends.append((self.comm.Isend(g, dest=self.rank - 1, tag=TAG_GRADIENT), g))
+                if not chunk.first:
+                    self._send(inp.grad, prev, self._tag(1, prev, prev_c, i, m), sends)
         MPI.Request.Waitall([r for r, _ in sends])
         return (sum(losses) / m if losses else 0.0), compute
+
+    def _measured(self):
+        """Around the first forward after ``measure`` was set: count what it saves for backward."""
+        if not self.measure:
+            return contextlib.nullcontext()
+        self.measure = False
+        from ..model.recompute import saved_bytes
+
+        @contextlib.contextmanager
+        def counting():
+            with saved_bytes(self.stage.parameters()) as total:
+                yield
+            self.activation_bytes = total[0]
+        return counting()
 
     def tie_gradients(self) -> None:
         """Sum the tied embedding's gradient between the first and the last stage (p > 1)."""
@@ -181,12 +271,15 @@ class Pipeline:
     @torch.no_grad()
     def forward_only(self, x, y, shape, autocast) -> float:
         """Validation loss of one batch through the pipeline; every stage returns the last stage's value."""
-        inp = x.to(self.device) if self.stage.first else self._recv(shape, self.rank - 1, TAG_ACTIVATION)
-        with autocast():
-            out = self.stage(inp)
-        loss = 0.0
-        if self.stage.last:
-            loss = float(self.stage.loss(out, y.to(self.device)))
-        else:
-            self.comm.Send(_to_host(out), dest=self.rank + 1, tag=TAG_ACTIVATION)
+        loss, sends = 0.0, []
+        for c, chunk in enumerate(self.stage.chunks):
+            prev, prev_c, nxt, nxt_c = self._neighbours(c)
+            inp = x.to(self.device) if chunk.first else self._recv(shape, prev, self._tag(0, self.rank, c, 0, 1))
+            with autocast():
+                out = chunk(inp)
+            if chunk.last:
+                loss = float(chunk.loss(out, y.to(self.device)))
+            else:
+                self._send(out, nxt, self._tag(0, nxt, nxt_c, 0, 1), sends)
+        MPI.Request.Waitall([r for r, _ in sends])
         return self.comm.bcast(loss, root=self.size - 1) if self.size > 1 else loss

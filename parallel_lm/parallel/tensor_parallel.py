@@ -45,6 +45,7 @@ from mpi4py import MPI
 
 from ..comm import allreduce
 from ..comm.buffers import as_array
+from ..model.gpt import attention_core
 
 
 class TensorParallel:
@@ -148,6 +149,8 @@ def _param(full: nn.Parameter, key: str, tp: TensorParallel) -> nn.Parameter:
 
 
 class ParallelAttention(nn.Module):
+    recompute_core = False  # --recompute selective
+
     def __init__(self, full, n_head: int, tp: TensorParallel):
         super().__init__()
         self.tp = tp
@@ -165,7 +168,7 @@ class ParallelAttention(nn.Module):
         B, T, _ = x.shape
         q, k, v = self.qkv(identity_forward_allreduce_backward(x, self.tp)).chunk(3, dim=2)  # each (B, T, C/t)
         q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1)
+        y = attention_core(q, k, v, self.recompute_core).transpose(1, 2).reshape(B, T, -1)
         return allreduce_forward_identity_backward(F.linear(y, self.proj.weight), self.tp) + self.proj.bias
 
 

@@ -149,20 +149,27 @@ class Zero(GradSync):
         self.comm_s += time.perf_counter() - t0
 
     def _grad_ready(self, i: int, p) -> None:
-        """Stage 2: copy p's gradient into its bucket; the bucket's last one sends it off."""
+        """Stage 2: add p's gradient into its bucket; once every member has arrived, send it off.
+
+        Interleaved pipelines run a chunk's backward twice before another chunk's
+        (whose parameters may share the bucket) runs once: a member arriving
+        again adds to what waits, and ``finish`` sends what is left."""
         a, b, members = self.buckets[i]
         buf = self._buffers.get(i)
         if buf is None:
             buf = self._buffers[i] = torch.zeros(b - a, device=self.flat.device)
-            self._pending[i] = len(members)
+            self._pending[i] = {id(q) for q in members}
             self.peak_bucket_bytes = max(self.peak_bucket_bytes, 4 * sum(x.numel() for x in self._buffers.values()))
         off = self.offsets[p] - a
-        buf[off: off + p.numel()].copy_(p.grad.view(-1))
-        p.grad = None  # the full-size gradient is gone as soon as it is copied
-        self._pending[i] -= 1
-        if self._pending[i] == 0:
-            self._reduce_scatter(i, buf)
-            del self._buffers[i]
+        buf[off: off + p.numel()] += p.grad.view(-1)
+        p.grad = None  # the full-size gradient is gone as soon as it is added
+        self._pending[i].discard(id(p))
+        if not self._pending[i]:
+            self._send(i)
+
+    def _send(self, i: int) -> None:
+        self._reduce_scatter(i, self._buffers.pop(i))
+        del self._pending[i]
 
     def zero_grad(self) -> None:
         self.grad_shard.zero_()
@@ -183,6 +190,8 @@ class Zero(GradSync):
                 self._reduce_scatter(i, self.flat_grad[a:b])
             elif i >= self.first_deferred:  # a deferred parameter's own bucket, now that tie() has summed it
                 self._grad_ready(i, members[0])
+            elif i in self._buffers:  # partly filled (interleaved chunks): every rank holds the same ones
+                self._send(i)
         self.grad_shard /= self.dp
         if self.timeline and self.comm_s:
             self.timeline.add("reduce-scatter", time.perf_counter() - self.comm_s, self.comm_s)

@@ -50,6 +50,17 @@ CASES = {
     "ddp-fp16-comm16-accum": dict(engine="torch-ddp", precision="fp16", comm_dtype="fp16", micro_batch_size=2),
     "dp2-tp2-pp2-zero2-bf16-comm16": dict(dp=2, tp=2, pp=2, zero=2, precision="bf16", comm_dtype="fp16",
                                           micro_batches=3),
+    # interleaved 1F1B: v chunks of layers per pipeline rank
+    "pp2-v2": dict(pp=2, virtual_stages=2, micro_batches=4), "pp4-v1-m4": dict(pp=4, micro_batches=4),
+    "pp2-v2-m2": dict(pp=2, virtual_stages=2, micro_batches=2),
+    "dp2-pp2-v2-zero2": dict(pp=2, virtual_stages=2, micro_batches=2, zero=2),
+    "dp2-pp2-v2-bucketed": dict(pp=2, virtual_stages=2, micro_batches=2),
+    "tp2-pp2-v2-fp16": dict(tp=2, pp=2, virtual_stages=2, micro_batches=4, precision="fp16"),
+    "dp2-pp2-v2-recompute": dict(pp=2, virtual_stages=2, micro_batches=2, recompute="full"),
+    # activation recomputation
+    "recompute-full": dict(recompute="full"), "recompute-selective": dict(recompute="selective"),
+    "dp2-tp2-recompute-full-bf16": dict(tp=2, recompute="full", precision="bf16"),
+    "tp2-pp2-recompute-selective-accum": dict(tp=2, pp=2, recompute="selective", micro_batches=4),
 }
 
 
@@ -72,7 +83,8 @@ for name in sys.argv[1:]:
     # whole +-lr steps. SGD keeps the parameters' error proportional to the gradients' error.
     cfg = TrainConfig(**{**base.to_dict(), "model": base.model, **(LOW_PRECISION if low else {}), **CASES[name]})
     ref_cfg = TrainConfig(**{**cfg.to_dict(), "model": cfg.model, "zero": 0, "tp": 1, "pp": 1, "dp": None,
-                             "engine": "explicit", "comm_dtype": "fp32"})  # one process: nothing to communicate
+                             "engine": "explicit", "comm_dtype": "fp32", "virtual_stages": 1,
+                             "recompute": "none"})  # one process: nothing to communicate, nothing recomputed
     reference = comm.bcast(train(ref_cfg, MPI.COMM_SELF)[0] if rank == 0 else None, root=0)
     state, memory = train(cfg, comm)
     if rank == 0 and set(state) == set(reference):

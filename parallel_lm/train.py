@@ -20,12 +20,13 @@ import click
 import torch
 from click.core import ParameterSource
 
-from . import checkpoint, memory_check, run_prediction
+from . import checkpoint, memory_check, run_prediction, utilization
 from .costmodel.profiles import load_profile
 from .config import TrainConfig
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
 from .model import PRESETS
+from .parallel.pipeline import bubble_formula
 from .runtime import agree, main_guard, netem_network, node_share, print0, quiet_barrier, threads_per_rank, world
 from .train_flags import train_options
 from .trainer import Trainer
@@ -65,7 +66,9 @@ def _report_memory(trainer, cfg) -> None:
     plain = memory_formula(n, 0, trainer.grid.dp, cfg.optimizer)
     print0(f"ZeRO-{cfg.zero} memory per rank: {parts}; total {sum(have[k] for k in want) / 2**20:.2f} MiB vs "
            f"{sum(plain.values()) / 2**20:.2f} MiB without ZeRO" +
-           (f"; one bucket in flight {have['bucket_in_flight'] / 2**20:.2f} MiB" if cfg.zero == 2 else ""))
+           (f"; one bucket in flight {have['bucket_in_flight'] / 2**20:.2f} MiB" if cfg.zero == 2 else "") +
+           (f"; whole layers at once (running + prefetched, and the embeddings) {have['live_layers'] / 2**20:.2f} MiB"
+            if cfg.zero == 3 else ""))
 
 
 def _make_out_dir(out: Path) -> None:
@@ -159,12 +162,16 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
     print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {cfg.global_batch_size}"
            f" = {grid.dp} data-parallel rank(s) x {n_micro} micro-batch(es) x {micro} sequences of {cfg.model.block_size} bytes")
     if grid.tp > 1 or grid.pp > 1:
-        print0(f"layout: {grid.describe()}" + (f", {cfg.schedule} schedule, bubble formula (p-1)/(m+p-1) = "
-                                               f"{(grid.pp - 1) / (n_micro + grid.pp - 1):.3f}" if grid.pp > 1 else ""))
+        v = cfg.virtual_stages
+        kind = f"interleaved 1F1B, {v} chunks per rank, bubble formula (p-1)/(v m+p-1)" if v > 1 else \
+            f"{cfg.schedule} schedule, bubble formula (p-1)/(m+p-1)"
+        print0(f"layout: {grid.describe()}" + (f", {kind} = {bubble_formula(grid.pp, n_micro, v):.3f}"
+                                               if grid.pp > 1 else ""))
     if trainer.start_step:
         print0(f"resumed from {params['resume']} at step {trainer.start_step}")
 
     probe = _probe_compute(cfg, comm, micro) if profile else None
+    peak = utilization.peak_per_rank(comm, share, params.get("peak_tflops"))
     records = []
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None)
     comm.Barrier()
@@ -180,8 +187,10 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
     for step in range(trainer.start_step, cfg.steps):
         rec = trainer.train_step(step)
         done = step + 1
-        if step == trainer.start_step and cfg.zero:
-            _report_memory(trainer, cfg)
+        if step == trainer.start_step:
+            if cfg.zero:
+                _report_memory(trainer, cfg)
+            print0(utilization.activation_line(trainer, grid, micro))
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
             val = rec.val_loss = trainer.evaluate()
         metrics.write(rec)
@@ -209,6 +218,8 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
         print0(f"already at step {trainer.start_step} >= --steps {cfg.steps}: nothing to train")
     if val is not None:
         print0(validation_line(val))
+    if records:
+        print0(utilization.utilization_line(cfg, trainer.flops_per_token, records, p, peak))
     if probe and records:
         _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out, share)
     if out is not None:

@@ -88,6 +88,9 @@ OPTIONS = [
                  help="At the end, print the cost model's step and communication times for this run beside the "
                  "measured ones (PROFILE: this machine calibrated with python -m parallel_lm.calibrate, best with the "
                  "same rank count; also a shipped name or alpha=S,beta=S_PER_B); with --out, also OUT/prediction.json."),
+    click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), help="The device's peak TFLOP/s per "
+                 "rank for MFU/HFU (a datasheet figure, e.g. 989 for an H100's bf16); default: an fp32 matmul timed "
+                 "on this node, shared by its ranks."),
     click.option("--force", is_flag=True, help="Train even when the memory estimate says the run cannot fit."),
     click.option("--netem", metavar="PROFILE", help="Delay every gradient message like this network (a profile name or file, "
                  "or alpha=S,beta=S_PER_B): one machine behaves like a cluster. Explicit engine, --sync allreduce only."),

@@ -95,6 +95,7 @@ class Trainer:
         self.norm_comms = ((self.dp_comm,) if self.update is self.sync else ()) + (self.pp_comm, self.tp_comm)
         ddp = self.sync.module if isinstance(self.sync, TorchDDP) else None  # calls the stage through DDP
         self.pipeline = Pipeline(self.stage, self.pp_comm, cfg.schedule, timeline, forward=ddp, device=self.device)
+        self.pipeline.measure = True  # the first micro-batch's activation bytes (utilization.activation_line)
         self.scaler = LossScaler() if cfg.precision == "fp16" else None
         if state is not None:
             self._restore(state, saved_optimizer)
@@ -222,7 +223,9 @@ class Trainer:
 
     def full_state_dict(self) -> dict | None:
         """The whole model's state_dict on rank 0 (single-process keys); None elsewhere. Collective."""
-        local = self.model.state_dict()  # single-process names, in single-process order (shard_model keeps both)
+        with self.sync.full_parameters():  # ZeRO-3: gathered for the copy
+            local = {k: v.clone() for k, v in self.model.state_dict().items()} if self.cfg.zero == 3 else \
+                self.model.state_dict()  # single-process names, in single-process order (shard_model keeps both)
         full = checkpoint.gather({k: v for k, v in local.items() if self.stage.owns(k)}, self.grid, self.tp_comm,
                                  self.pp_comm)
         return None if full is None else {k: full[k] for k in local}

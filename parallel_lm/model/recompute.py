@@ -74,14 +74,13 @@ def saved_bytes(exclude=()):
     Each storage counts once (Q, K and V are views of one QKV output); storages
     of ``exclude`` (the parameters) do not count.
     """
-    skip = {p.untyped_storage().data_ptr() for p in exclude}
+    skip = {p.untyped_storage()._cdata for p in exclude}  # the storage itself: ZeRO-3 reallocates its memory
     seen, total = set(), [0]
 
     def pack(t):
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in skip and ptr not in seen:
-            seen.add(ptr)
+        if storage._cdata not in skip and storage._cdata not in seen:
+            seen.add(storage._cdata)
             total[0] += storage.nbytes()
         return t
 

@@ -7,6 +7,7 @@ Every layout's training step calls, on the object ``make_grad_sync`` returns:
     sync.begin_backward(last)          # before each micro-batch's backward; last: the step's final one
     comm_s, exposed_s = sync.finish(tie)  # after backward: gradients averaged (or reduce-scattered)
     sync.close()                       # at the end (stops a communication thread)
+    with sync.full_parameters(): ...   # every parameter whole inside (ZeRO-3 gathers them; a checkpoint)
 
 ``tie`` (pipelines) sums the tied embedding's gradient between the first
 and the last stage; each implementation calls it where it is correct: after
@@ -16,7 +17,8 @@ an all-reduce (the sum is linear), before ZeRO shards the gradient.
 - ``bucketed``: flat buckets all-reduced during backward (data_parallel.py);
 - ``torch-ddp``: torch's DistributedDataParallel (torch_ddp.py);
 - ``zero``: ZeRO-1/2 reduce-scatter into shards (zero.py), which is also
-  the optimizer of the shards;
+  the optimizer of the shards; ZeRO-3 also shards the parameters and
+  gathers each layer while it runs (zero3.py);
 - none: a parameter-server worker, whose gradients leave by push and pull
   (parameter_server.py), gets the interface itself, ``GradSync``.
 """
@@ -47,6 +49,9 @@ class GradSync:
             tie()
         return 0.0, 0.0
 
+    def full_parameters(self):
+        return contextlib.nullcontext()
+
     def close(self):
         pass
 
@@ -58,6 +63,10 @@ def make_grad_sync(cfg, dp_comm, stage, params, timeline=None, world=None, ddp_g
     groups: ``ddp_groups`` lists every data-parallel group's world ranks,
     ``ddp_mine`` is this rank's index among them.
     """
+    if cfg.zero == 3:
+        from .zero3 import Zero3
+        return Zero3(stage, dp_comm, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.allreduce, cfg.comm_dtype, timeline,
+                     prefetch=cfg.overlap)
     if cfg.zero:
         from .zero import Zero
         deferred = [stage.tied] if stage.tied is not None and not (stage.first and stage.last) else []

@@ -79,6 +79,36 @@ def bubble_formula(stages: int, m: int, virtual: int = 1) -> float:
     return (stages - 1) / (virtual * m + stages - 1)
 
 
+def ideal_bubble(kind: str, m: int, stages: int, virtual: int = 1, backward: float = 2.0) -> float:
+    """The idle fraction of a step when every chunk's forward takes 1/v and its backward ``backward``/v
+    and messages take no time: each rank runs its schedule in order, an op starting once its input is
+    there. What the schedule itself costs, apart from this machine's noise (bubble_formula's setting)."""
+    ops = {r: interleaved_schedule(m, r, stages, virtual) if virtual > 1 else
+           [(op, 0, i) for op, i in schedule(kind, m, r, stages)] for r in range(stages)}
+    done, clock, nxt = {}, [0.0] * stages, [0] * stages
+    last = stages * virtual - 1
+    while any(nxt[r] < len(ops[r]) for r in range(stages)):
+        progressed = False
+        for r in range(stages):
+            while nxt[r] < len(ops[r]):
+                op, c, i = ops[r][nxt[r]]
+                v = c * stages + r
+                need = ("F", v - 1, i) if op == "F" else ("B", v + 1, i) if v < last else ("F", v, i)
+                if op == "F" and v == 0:
+                    need = None
+                if need is not None and need not in done:
+                    break
+                start = max(clock[r], done[need] if need else 0.0)
+                clock[r] = start + (1.0 if op == "F" else backward) / virtual
+                done[op, v, i] = clock[r]
+                nxt[r] += 1
+                progressed = True
+        if not progressed:
+            raise RuntimeError(f"the {kind} schedule waits in a cycle (m {m}, p {stages}, v {virtual})")
+    span = max(clock)
+    return 1 - m * (1 + backward) / span
+
+
 class Chunk(nn.Module):
     """Virtual stage ``index`` of ``count``: its layers of a full ``GPT`` (the same module objects, so
     names and values match it). The first chunk also holds the embeddings, the last the head.
@@ -173,6 +203,15 @@ class Pipeline:
         if self.stage.virtual > 1:
             return interleaved_schedule(m, self.rank, self.size, self.stage.virtual)
         return [(op, 0, i) for op, i in schedule(self.kind, m, self.rank, self.size)]
+
+    def peak_in_flight(self, m: int) -> float:
+        """The most micro-batches whose activations this rank holds at once under its schedule
+        (in whole-stage units: an interleaved chunk holds 1/v of the stage's layers)."""
+        live = peak = 0
+        for op, _, _ in self._ops(m):
+            live += 1 if op == "F" else -1
+            peak = max(peak, live)
+        return peak / self.stage.virtual
 
     def _tag(self, kind: int, rank: int, chunk: int, i: int, m: int) -> int:
         """The tag of micro-batch i's activation (kind 0) or gradient (1) going to ``rank``'s ``chunk``."""

@@ -74,7 +74,10 @@ class Zero(GradSync):
     """Sharded gradients/optimizer for ``params`` over the data-parallel communicator ``comm``."""
 
     def __init__(self, params, comm, stage: int, optimizer: str, lr: float, weight_decay: float,
-                 bucket_mb: float, algorithm: str = "ring", comm_dtype: str = "fp32", timeline=None, deferred=()):
+                 bucket_mb: float, algorithm: str = "ring", comm_dtype: str = "fp32", timeline=None, deferred=(),
+                 groups=None):
+        """``groups``: the buckets, as lists of parameters in ``params`` order (ZeRO-3's layers); default:
+        ``bucket_mb`` each, in the order backward finishes the parameters."""
         if stage not in (1, 2):
             raise ValueError(f"--zero {stage}: use 1 (optimizer state) or 2 (and gradients)")
         self.comm, self.stage, self.timeline, self.comm_dtype = comm, stage, timeline, comm_dtype
@@ -96,7 +99,8 @@ class Zero(GradSync):
                 offsets[p] = offset
                 offset += p.numel()
         self.offsets = offsets
-        self.buckets = self._buckets(int(bucket_mb * 2**20))
+        self.n = n
+        self.buckets = self._buckets(int(bucket_mb * 2**20), groups)
         self.first_deferred = len(self.buckets) - len(self.deferred)  # the deferred parameters' buckets come last
         owned = [torch.arange(a + c[self.rank], a + c[self.rank + 1]) for a, b, c in
                  ((a, b, chunk_offsets(b - a, self.dp)) for a, b, _ in self.buckets)]
@@ -124,12 +128,12 @@ class Zero(GradSync):
                 for p in members:
                     p.register_post_accumulate_grad_hook(lambda p, i=i: self._grad_ready(i, p))
 
-    def _buckets(self, bucket_bytes: int) -> list[tuple[int, int, list]]:
-        """Contiguous ranges of the flat vector, grouped in the order backward finishes parameters;
-        each deferred parameter alone in a bucket."""
+    def _buckets(self, bucket_bytes: int, groups=None) -> list[tuple[int, int, list]]:
+        """Contiguous ranges of the flat vector, grouped in the order backward finishes parameters
+        (or as ``groups`` says); each deferred parameter alone in a bucket."""
         out = []
         rest = self.params[:len(self.params) - len(self.deferred)]
-        for g in bucket_groups(reversed(rest), bucket_bytes) + [[p] for p in self.deferred]:
+        for g in (groups or bucket_groups(reversed(rest), bucket_bytes)) + [[p] for p in self.deferred]:
             lo = min(self.offsets[p] for p in g)
             out.append((lo, max(self.offsets[p] + p.numel() for p in g), g))
         return out
@@ -157,7 +161,7 @@ class Zero(GradSync):
         a, b, members = self.buckets[i]
         buf = self._buffers.get(i)
         if buf is None:
-            buf = self._buffers[i] = torch.zeros(b - a, device=self.flat.device)
+            buf = self._buffers[i] = torch.zeros(b - a, device=self.grad_shard.device)
             self._pending[i] = {id(q) for q in members}
             self.peak_bucket_bytes = max(self.peak_bucket_bytes, 4 * sum(x.numel() for x in self._buffers.values()))
         off = self.offsets[p] - a
@@ -234,9 +238,9 @@ class Zero(GradSync):
                 full[kind] = value
                 continue
             # each element is owned by exactly one rank: the sum over ranks assembles it, exactly
-            host = torch.zeros_like(self.flat, device="cpu").index_copy_(0, self.owned.cpu(), value.cpu())
+            host = torch.zeros(self.n).index_copy_(0, self.owned.cpu(), value.cpu())
             self.comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=MPI.SUM)
-            full[kind] = host.to(self.flat.device)
+            full[kind] = host.to(self.grad_shard.device)
         return param_states(full, self.params)  # self.flat lays out self.params end to end
 
     def load_by_param(self, states: dict) -> None:

@@ -37,6 +37,11 @@ CASES = {
     "pp4-1f1b": dict(pp=4, micro_batches=3), "dp2-pp2-zero1": dict(pp=2, micro_batches=2, zero=1),
     "tp2": dict(tp=2), "tp4": dict(tp=4), "dp2-tp2": dict(tp=2), "dp2-tp2-zero2": dict(tp=2, zero=2),
     "dp2-tp2-pp2-zero1": dict(dp=2, tp=2, pp=2, zero=1, micro_batches=2),
+    # ZeRO-3: parameters sharded, gathered layer by layer
+    "zero3": dict(zero=3), "zero3-accum": dict(zero=3, micro_batch_size=2), "zero3-no-prefetch": dict(zero=3, overlap=False),
+    "zero3-sgd": dict(zero=3, optimizer="sgd", lr=0.1), "zero3-recompute": dict(zero=3, recompute="full"),
+    "dp2-pp2-zero3": dict(pp=2, micro_batches=2, zero=3), "dp2-tp2-zero3-bf16": dict(tp=2, zero=3, precision="bf16"),
+    "dp2-pp2-v2-zero3-fp16": dict(pp=2, virtual_stages=2, micro_batches=2, zero=3, precision="fp16"),
     # the combination matrix: every pair of {layout, ZeRO stage, sync, overlap, precision, comm dtype, accumulation}
     "dp2-pp2-zero2": dict(pp=2, micro_batches=2, zero=2),
     "dp2-pp2-comm16": dict(pp=2, micro_batches=2, comm_dtype="fp16"),
@@ -108,6 +113,10 @@ for name in sys.argv[1:]:
         ok = ok and worst < 0.02  # chunks of uneven buckets differ from Psi/Nd by a few elements
         line += "; memory/rank " + ", ".join(f"{k} {memory[k] / 1e3:.1f} kB (formula {want[k] / 1e3:.1f})" for k in want)
         line += f", worst {100 * worst:.2f}% off, bucket in flight {memory['bucket_in_flight'] / 1e3:.1f} kB"
+        if cfg.zero == 3:  # at most the running layer and the prefetched one are whole
+            largest = max(sum(q.numel() for q in b.parameters()) for b in GPT(cfg.model).blocks) * 4
+            ok = ok and 0 < memory["live_layers"] <= 2 * largest
+            line += f", live layers {memory['live_layers'] / 1e3:.1f} kB (<= 2 blocks {2 * largest / 1e3:.1f})"
     failures += not ok
     if rank == 0:
         print(line, flush=True)

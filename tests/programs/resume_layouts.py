@@ -38,6 +38,9 @@ LAYOUTS = {
     "tp2-pp2": dict(tp=2, pp=2, micro_batches=2), "dp2-pp2-zero2": dict(pp=2, micro_batches=2, zero=2),
     "dp2-tp2-zero1": dict(tp=2, zero=1), "pp2-fp16": dict(pp=2, micro_batches=2, precision="fp16"),
     "dp2-tp2-pp2-zero1": dict(dp=2, tp=2, pp=2, zero=1, micro_batches=2),
+    "zero3": dict(zero=3), "dp2-pp2-zero3": dict(pp=2, micro_batches=2, zero=3),
+    "pp2-v2": dict(pp=2, virtual_stages=2, micro_batches=2),
+    "dp2-pp2-v2-zero3-recompute": dict(pp=2, virtual_stages=2, micro_batches=2, zero=3, recompute="full"),
 }
 
 # torch DDP regroups its buckets after its first step (in the order gradients became ready), so the first

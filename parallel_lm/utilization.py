@@ -1,0 +1,90 @@
+"""How much of the machine a run used: MFU and HFU, and the activation memory beside its formula.
+
+MFU (model FLOPs utilization, Chowdhery et al. 2022, appendix B) counts
+only the FLOPs the model needs, 6N + 12·L·T·C per token; HFU (hardware
+FLOPs utilization) adds what recomputation runs again: every block's
+forward under ``--recompute full``, the attention core under ``selective``
+(costmodel/transformer.py's ``hardware_flops``). Both are over a peak: the
+device's datasheet figure with ``--peak-tflops``, else a large fp32 matrix
+multiply timed on this node (rank 0 alone, with every core), shared by the
+ranks on the node.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from .costmodel.transformer import ModelShape
+from .runtime import quiet_barrier
+
+
+def shape_of(model_cfg) -> ModelShape:
+    """parallel_lm's GPT as the cost model sees it: no dropout, a fused attention kernel."""
+    m = model_cfg
+    return ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size, dropout=False, fused_attention=True)
+
+
+def matmul_peak(threads: int, n: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of the best of repeated n x n fp32 matrix multiplies on ``threads`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best, end = 0.0, time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < end or best == 0.0:
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(before)
+    return best
+
+
+def peak_per_rank(comm, share: tuple[int, int], peak_tflops: float | None) -> tuple[float, str]:
+    """(FLOP/s one rank may reach, where the figure comes from). Collective."""
+    if peak_tflops:
+        return peak_tflops * 1e12, f"--peak-tflops {peak_tflops:g}"
+    on_node, cores = share
+    node = matmul_peak(cores) if comm.Get_rank() == 0 else None
+    quiet_barrier(comm)
+    node = comm.bcast(node, root=0)
+    return node / on_node, f"a 1024x1024 fp32 matmul on {cores} core(s): {node / 1e9:.1f} GFLOP/s, / {on_node} rank(s)"
+
+
+def utilization_line(cfg, flops_per_token: float, records, ranks: int, peak: tuple[float, str]) -> str:
+    """MFU and HFU of the median step, per rank, over ``peak`` (``peak_per_rank``)."""
+    step_s = statistics.median(r.step_s for r in records)
+    tokens = cfg.global_batch_size * cfg.model.block_size
+    model = flops_per_token * tokens / step_s / ranks
+    shape = shape_of(cfg.model)
+    hardware = model * shape.hardware_flops(1.0, cfg.recompute) / shape.model_flops(1.0)
+    flops, source = peak
+    return (f"utilization: MFU {100 * model / flops:.1f}% (model FLOPs, {model / 1e9:.2f} GFLOP/s per rank), "
+            f"HFU {100 * hardware / flops:.1f}% (recompute {cfg.recompute} counted) of {flops / 1e9:.1f} GFLOP/s "
+            f"per rank ({source})")
+
+
+def activation_formula(cfg, grid, micro: int, first: bool, last: bool) -> float:
+    """Bytes one micro-batch's forward keeps for backward on a rank of this stage, by the formula.
+
+    Korthikanti et al.'s per-layer count (``ModelShape.layer_activation_bytes``)
+    for this model: fp32 values (2 bytes under bf16/fp16, roughly: LayerNorm
+    inputs stay fp32), no dropout, a fused attention kernel; plus the layers
+    around the blocks (``ends_activation_bytes``)."""
+    shape, w = shape_of(cfg.model), 4 if cfg.precision == "fp32" else 2
+    layers = cfg.model.n_layer // grid.pp
+    return (layers * shape.layer_activation_bytes(micro, grid.tp, False, cfg.recompute, w)
+            + shape.ends_activation_bytes(micro, first, last, grid.tp, w))
+
+
+def activation_line(trainer, grid, micro: int) -> str:
+    """This rank's measured activation bytes per micro-batch beside the formula, and the schedule's peak."""
+    pipe, stage = trainer.pipeline, trainer.stage
+    want = activation_formula(trainer.cfg, grid, micro, stage.first, stage.last)
+    have = pipe.activation_bytes
+    live = pipe.peak_in_flight(trainer.n_micro)
+    return (f"activations ({trainer.cfg.recompute} recompute, stage {grid.pp_rank}): measured {have / 2**20:.2f} MiB "
+            f"per micro-batch, formula {want / 2**20:.2f} MiB ({100 * (have / want - 1):+.1f}%); at most {live:g} "
+            f"micro-batch(es) in flight: {live * have / 2**20:.2f} MiB")

@@ -1,0 +1,89 @@
+"""ZeRO-3, activation recomputation and interleaved 1F1B: the same training as one process, and what each saves."""
+import json
+import re
+
+import pytest
+
+from conftest import describe, mpirun
+from test_layouts import run_cases
+
+
+def test_zero3_trains_like_one_process_holding_a_shard_and_at_most_two_layers():
+    """Parameters, gradients and optimizer state at 1/dp each (the formula, to 0.00%); whole layers only
+    while they run and while the next one is prefetched; accumulation, no prefetch, SGD, recompute."""
+    proc = run_cases(4, "zero3", "zero3-accum", "zero3-no-prefetch", "zero3-sgd", "zero3-recompute")
+    assert proc.stdout.count("worst 0.00% off") == 5, describe(proc)
+
+
+def test_zero3_on_three_ranks():
+    run_cases(3, "zero3", "zero3-accum")
+
+
+def test_zero3_composes_with_pipelines_tensor_parallelism_interleaving_and_mixed_precision():
+    run_cases(4, "dp2-pp2-zero3", "dp2-tp2-zero3-bf16", "dp2-pp2-v2-zero3-fp16")
+
+
+def test_recomputation_gives_the_gradients_of_the_run_without_it_bitwise():
+    proc = run_cases(1, "recompute-full", "recompute-selective")
+    assert proc.stdout.count("= 0.00e+00") == 2, describe(proc)
+
+
+def test_recomputation_composes_with_tensor_and_pipeline_parallelism():
+    run_cases(4, "dp2-tp2-recompute-full-bf16", "tp2-pp2-recompute-selective-accum")
+
+
+def test_interleaved_pipelines_train_like_one_process():
+    run_cases(2, "pp2-v2", "pp2-v2-m2")
+    run_cases(4, "pp4-v1-m4", "dp2-pp2-v2-zero2", "dp2-pp2-v2-bucketed", "tp2-pp2-v2-fp16", "dp2-pp2-v2-recompute")
+
+
+def train(k, *args, timeout=240):
+    return mpirun(k, ["-m", "parallel_lm.train", "--eval-every", "0", "--quiet", *args], timeout=timeout)
+
+
+def activations(stdout):
+    m = re.search(r"measured ([\d.]+) MiB per micro-batch, formula ([\d.]+) MiB", stdout)
+    return float(m.group(1)), float(m.group(2))
+
+
+def test_measured_activation_memory_meets_the_formula_and_recomputation_shrinks_it():
+    seen = {}
+    for mode in ("none", "selective", "full"):
+        proc = train(1, "--preset", "small", "--steps", "1", "--recompute", mode)
+        assert proc.returncode == 0, describe(proc)
+        have, want = activations(proc.stdout)
+        assert abs(have / want - 1) < 0.02, describe(proc)  # the formula counts every stored tensor
+        assert f"HFU" in proc.stdout and f"recompute {mode} counted" in proc.stdout
+        seen[mode] = have
+    assert seen["full"] < seen["none"] / 5 and seen["selective"] < seen["none"]
+
+
+def test_utilization_counts_recomputed_flops_in_hfu_only():
+    proc = train(1, "--steps", "2", "--recompute", "full", "--peak-tflops", "0.001")
+    assert proc.returncode == 0, describe(proc)
+    mfu, hfu = map(float, re.search(r"MFU ([\d.]+)%.*HFU ([\d.]+)%", proc.stdout).groups())
+    assert 1.2 < hfu / mfu < 1.45  # one more forward of the blocks: 4/3 of the matmul FLOPs, less the head's
+
+
+@pytest.mark.parametrize("p,m", [(2, 2), (2, 6), (4, 4), (4, 8), (3, 9)])
+def test_the_interleaved_schedule_has_the_bubble_of_the_formula_and_never_waits_in_a_cycle(p, m):
+    """Each rank's ops in schedule order, equal chunk costs (backward twice forward), no message time."""
+    from parallel_lm.parallel.pipeline import bubble_formula, ideal_bubble
+    for v in (1, 2, 3):
+        assert ideal_bubble("1f1b", m, p, v) == pytest.approx(bubble_formula(p, m, v), abs=1e-12)
+    assert bubble_formula(p, m, 2) < bubble_formula(p, m, 1)
+
+
+def test_an_interleaved_run_records_its_bubble_beside_the_formula(tmp_path):
+    proc = train(2, "--pp", "2", "--virtual-stages", "2", "--micro-batches", "4", "--steps", "2", "--n-layer", "4",
+                 "--global-batch-size", "16", "--out", str(tmp_path))
+    assert proc.returncode == 0, describe(proc)
+    assert "interleaved 1F1B, 2 chunks per rank" in proc.stdout, describe(proc)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["bubble_formula"] == pytest.approx(1 / 9) and 0 <= rows[-1]["bubble"] < 1
+
+
+def test_zero3_prints_memory_per_rank_beside_the_formula():
+    proc = train(2, "--zero", "3", "--steps", "1")
+    assert proc.returncode == 0, describe(proc)
+    assert "ZeRO-3 memory per rank: params" in proc.stdout and "whole layers at once" in proc.stdout

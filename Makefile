@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch lies on these machines; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= mpich,test
+EXTRAS ?= mpich,test,tensorboard
 MPIEXEC ?= $(VENV)/bin/mpiexec
 RANKS ?= 8
 STEPS ?= 300

@@ -34,6 +34,7 @@ class StepRecord:
     server_busy_s: float | None = None  # parameter server: server 0's busy time this step
     staleness: dict | None = None  # parameter server: applied gradients by staleness (updates)
     updates: int | None = None  # parameter server: optimizer updates applied so far
+    memory_mib: float | None = None  # this rank's parameters, gradients, optimizer state and peak activations
 
     def to_json(self) -> dict:
         """The contract's keys always; the others only where they apply."""
@@ -52,20 +53,46 @@ def write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-class MetricsWriter:
-    """Appends one JSON object per line; rank 0 only (others get a writer that does nothing)."""
+# TensorBoard tag -> StepRecord field; a field that is None (not this layout's) is not written
+SCALARS = {"train/loss": "loss", "train/lr": "lr", "train/tokens_per_s": "tokens_per_s", "train/step_s": "step_s",
+           "train/comm_s": "comm_s", "train/exposed_comm_s": "exposed_comm_s", "val/loss": "val_loss",
+           "train/loss_scale": "loss_scale", "train/bubble": "bubble", "train/memory_mib": "memory_mib"}
 
-    def __init__(self, path: Path | None, resume: bool = False):
+
+def tensorboard_writer(folder: Path):
+    """torch's SummaryWriter on ``folder``, or an ImportError that says what to install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("--tensorboard needs the tensorboard package: pip install 'parallel_lm[tensorboard]' "
+                          "(make setup installs it)") from None
+    return SummaryWriter(log_dir=str(folder))
+
+
+class MetricsWriter:
+    """Appends one JSON object per line, and with ``tensorboard`` (a folder) the SCALARS as TensorBoard events;
+    rank 0 only (others get a writer that does nothing)."""
+
+    def __init__(self, path: Path | None, resume: bool = False, tensorboard: Path | None = None):
         self.file = open(path, "a" if resume else "w") if path else None
+        self.tb = tensorboard_writer(tensorboard) if path and tensorboard else None
 
     def write(self, record: StepRecord) -> None:
         if self.file:
             self.file.write(json.dumps(record.to_json()) + "\n")
             self.file.flush()
+        if self.tb:
+            for tag, name in SCALARS.items():
+                value = getattr(record, name)
+                if value is not None:
+                    self.tb.add_scalar(tag, value, record.step)
+            self.tb.flush()
 
     def close(self) -> None:
         if self.file:
             self.file.close()
+        if self.tb:
+            self.tb.close()
 
 
 class Span(NamedTuple):

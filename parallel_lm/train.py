@@ -71,6 +71,14 @@ def _report_memory(trainer, cfg) -> None:
             if cfg.zero == 3 else ""))
 
 
+def _check_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401  (torch's SummaryWriter needs it)
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'parallel_lm[tensorboard]' "
+                         "(make setup installs it), or drop --tensorboard") from None
+
+
 def _make_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +110,10 @@ def main(ctx, **params):
     out = Path(params["out"] or params["resume"]) if (params["out"] or params["resume"]) else None
     if params["trace"] and out is None:
         raise click.UsageError("--trace needs --out DIR to write trace.json into")
+    if params["tensorboard"]:
+        if out is None:
+            raise click.UsageError("--tensorboard needs --out DIR: the events go to DIR/tb")
+        agree(comm, _check_tensorboard)
     if out is not None:
         agree(comm, lambda: _make_out_dir(out) if rank == 0 else None)
     share = node_share(comm)  # (ranks on this node, its cores): threads, the memory check, --predict
@@ -117,7 +129,7 @@ def main(ctx, **params):
     before_mib = memory_check.peak_mib()
     if cfg.sync == "ps":
         from . import trainer_ps
-        trainer_ps.run(cfg, comm, batches, out, state, timeline, params["resume"])
+        trainer_ps.run(cfg, comm, batches, out, state, timeline, params["resume"], params["tensorboard"])
     else:
         trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank), netem=netem)
         run(cfg, comm, trainer, params, state, out, timeline, share, profile)
@@ -173,7 +185,8 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
     probe = _probe_compute(cfg, comm, micro) if profile else None
     peak = utilization.peak_per_rank(comm, share, params.get("peak_tflops"))
     records = []
-    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None)
+    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,
+                            tensorboard=out / "tb" if params["tensorboard"] else None)
     comm.Barrier()
     if timeline:
         timeline.t0 = time.perf_counter()  # after the barrier: tracks of all ranks line up
@@ -224,7 +237,8 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
         _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out, share)
     if out is not None:
         files = ["metrics.jsonl", "checkpoint.pt"] + (["prediction.json"] if probe and records else []) \
-            + (["trace.json"] if timeline else [])
+            + (["trace.json"] if timeline else []) + (["tb/ (tensorboard --logdir " + str(out.parent) + ")"]
+                                                      if params["tensorboard"] else [])
         print0(f"wrote {', '.join(str(out / f) for f in files)}" + (" (open trace.json in ui.perfetto.dev)" if timeline else ""))
 
 

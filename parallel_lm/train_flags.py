@@ -81,6 +81,8 @@ OPTIONS = [
     click.option("--ckpt-every", default=0, type=click.IntRange(min=0), help="Also checkpoint every N steps (0: only at the end)."),
     click.option("--out", type=click.Path(file_okay=False), help="Folder for metrics.jsonl, checkpoint.pt and trace.json."),
     click.option("--resume", type=click.Path(file_okay=False), help="Continue from this folder's checkpoint.pt."),
+    click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars (loss, lr, tokens/s, step and "
+                 "communication time, val loss, loss scale, bubble, memory) to OUT/tb; view with tensorboard --logdir."),
     click.option("--trace", is_flag=True, help="Write a Chrome trace (one track per rank) to OUT/trace.json."),
     click.option("--threads", type=click.IntRange(min=1), help="torch threads per rank (>= 1; default: cores / ranks on the node)."),
     click.option("--quiet", is_flag=True, help="No progress bar."),

@@ -206,7 +206,14 @@ class Trainer:
                           tp_comm_s=self.tp.seconds if grid.tp > 1 else None, bubble=bubble,
                           bubble_formula=bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None,
                           loss_scale=self.scaler.scale if self.scaler else None,
-                          skipped=(not applied) if self.scaler else None)
+                          skipped=(not applied) if self.scaler else None, memory_mib=self.memory_mib())
+
+    def memory_mib(self) -> float:
+        """MiB this rank holds: model state (``memory``) and the peak activations of one step."""
+        held = sum(self.memory().values())
+        if self.pipeline.activation_bytes:
+            held += self.pipeline.activation_bytes * self.pipeline.peak_in_flight(self.n_micro)
+        return held / 2**20
 
     def evaluate(self) -> float:
         """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches, sharded over dp ranks."""

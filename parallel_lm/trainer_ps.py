@@ -116,7 +116,7 @@ class _Recorder:
         self.last_t, self.last_busy, self.last_hist = now, busy_s, Counter(staleness)
 
 
-def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None) -> None:
+def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None, tensorboard=False) -> None:
     """``python -m parallel_lm.train --sync ps``: train, log from server 0, write the outputs."""
     rank, p = comm.Get_rank(), comm.Get_size()
     workers = p - cfg.servers
@@ -130,7 +130,8 @@ def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None) -
            f"global batch {cfg.global_batch_size} = {workers} worker(s) x {cfg.global_batch_size // workers} sequences")
     if ps.start_step:
         print0(f"resumed from {resumed_from} at step {ps.start_step}")
-    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None)
+    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,
+                            tensorboard=out / "tb" if tensorboard else None)
     log_every = max(1, (cfg.steps - ps.start_step) // 10)
 
     def on_record(rec):
@@ -156,5 +157,6 @@ def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None) -
     if rank == 0:
         print0(validation_line(validation_loss(ps.model, batches, cfg, 0, cfg.global_batch_size)))
         if out is not None:
-            print0(f"wrote {out / 'metrics.jsonl'}, {out / 'checkpoint.pt'}" + (f", {out / 'trace.json'}" if timeline else ""))
+            print0(f"wrote {out / 'metrics.jsonl'}, {out / 'checkpoint.pt'}" + (f", {out / 'trace.json'}" if timeline else "")
+                   + (f", {out / 'tb'}/" if tensorboard else ""))
     comm.Barrier()

@@ -11,6 +11,7 @@ command line; model-shape flags must match it.
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from dataclasses import replace
@@ -72,11 +73,10 @@ def _report_memory(trainer, cfg) -> None:
 
 
 def _check_tensorboard() -> None:
-    try:
-        import tensorboard  # noqa: F401  (torch's SummaryWriter needs it)
-    except ImportError:
+    """torch's SummaryWriter needs the tensorboard package: say so before any work."""
+    if importlib.util.find_spec("tensorboard") is None:
         raise ValueError("--tensorboard needs the tensorboard package: pip install 'parallel_lm[tensorboard]' "
-                         "(make setup installs it), or drop --tensorboard") from None
+                         "(make setup installs it), or drop --tensorboard")
 
 
 def _make_out_dir(out: Path) -> None:

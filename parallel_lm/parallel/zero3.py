@@ -82,6 +82,7 @@ class Zero3(Zero):
         self.ready = [False] * len(self.buckets)
         self.live_bytes = self.peak_live_bytes = 0
         self.gather_s = self.wait_s = 0.0  # all-gather seconds; those the main thread spent on them
+        self.gathered = self.scattered = 0  # elements all-gathered and reduce-scattered so far (whole units)
         self.error = None
         for i in range(len(self.buckets)):
             self._free(i)
@@ -118,6 +119,7 @@ class Zero3(Zero):
         full.data[c[self.rank]: c[self.rank + 1]] = self.shard_values[self.slices[i]]
         all_gather(_unpinned_view(full), comm, self.ag_alg)
         self.gather_s += time.perf_counter() - t0
+        self.gathered += b - a
         if self.timeline:
             self.timeline.add(f"all-gather unit {i}", t0, time.perf_counter() - t0,
                               thread="main" if comm is self.comm else "comm")
@@ -185,6 +187,7 @@ class Zero3(Zero):
     def _send(self, i: int) -> None:
         """A unit's gradient is complete: reduce-scatter it into the shard, free the unit."""
         super()._send(i)
+        self.scattered += self.buckets[i][1] - self.buckets[i][0]
         self._free(i)
 
     @contextlib.contextmanager

@@ -66,25 +66,27 @@ def utilization_line(cfg, flops_per_token: float, records, ranks: int, peak: tup
             f"per rank ({source})")
 
 
-def activation_formula(cfg, grid, micro: int, first: bool, last: bool) -> float:
-    """Bytes one micro-batch's forward keeps for backward on a rank of this stage, by the formula.
+def activation_formula(cfg, grid, micro: int, first: bool, last: bool, layers: int | None = None) -> float:
+    """Bytes one micro-batch's forward through ``layers`` blocks (default: a stage's) keeps for backward
+    on one rank, by the formula.
 
     Korthikanti et al.'s per-layer count (``ModelShape.layer_activation_bytes``)
     for this model: fp32 values (2 bytes under bf16/fp16, roughly: LayerNorm
     inputs stay fp32), no dropout, a fused attention kernel; plus the layers
-    around the blocks (``ends_activation_bytes``)."""
+    around the blocks on the first and last stage (``ends_activation_bytes``)."""
     shape, w = shape_of(cfg.model), 4 if cfg.precision == "fp32" else 2
-    layers = cfg.model.n_layer // grid.pp
+    layers = cfg.model.n_layer // grid.pp if layers is None else layers
     return (layers * shape.layer_activation_bytes(micro, grid.tp, False, cfg.recompute, w)
             + shape.ends_activation_bytes(micro, first, last, grid.tp, w))
 
 
 def activation_line(trainer, grid, micro: int) -> str:
     """This rank's measured activation bytes per micro-batch beside the formula, and the schedule's peak."""
-    pipe, stage = trainer.pipeline, trainer.stage
-    want = activation_formula(trainer.cfg, grid, micro, stage.first, stage.last)
-    have = pipe.activation_bytes
-    live = pipe.peak_in_flight(trainer.n_micro)
-    return (f"activations ({trainer.cfg.recompute} recompute, stage {grid.pp_rank}): measured {have / 2**20:.2f} MiB "
-            f"per micro-batch, formula {want / 2**20:.2f} MiB ({100 * (have / want - 1):+.1f}%); at most {live:g} "
-            f"micro-batch(es) in flight: {live * have / 2**20:.2f} MiB")
+    pipe, cfg = trainer.pipeline, trainer.cfg
+    chunk = trainer.stage.chunks[pipe.activation_chunk]
+    want = activation_formula(cfg, grid, micro, chunk.first, chunk.last, len(chunk.blocks))
+    have, live = pipe.activation_bytes, pipe.peak_in_flight(trainer.n_micro)
+    what = "micro-batch" if cfg.virtual_stages == 1 else f"micro-batch through one of {cfg.virtual_stages} chunks"
+    return (f"activations ({cfg.recompute} recompute, stage {grid.pp_rank}): measured {have / 2**20:.2f} MiB "
+            f"per {what}, formula {want / 2**20:.2f} MiB ({100 * (have / want - 1):+.1f}%); at most {live} "
+            f"in flight: {live * have / 2**20:.2f} MiB")

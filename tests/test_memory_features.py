@@ -42,7 +42,7 @@ def train(k, *args, timeout=240):
 
 
 def activations(stdout):
-    m = re.search(r"measured ([\d.]+) MiB per micro-batch, formula ([\d.]+) MiB", stdout)
+    m = re.search(r"measured ([\d.]+) MiB per micro-batch(?: through one of \d+ chunks)?, formula ([\d.]+) MiB", stdout)
     return float(m.group(1)), float(m.group(2))
 
 
@@ -79,6 +79,8 @@ def test_an_interleaved_run_records_its_bubble_beside_the_formula(tmp_path):
                  "--global-batch-size", "16", "--out", str(tmp_path))
     assert proc.returncode == 0, describe(proc)
     assert "interleaved 1F1B, 2 chunks per rank" in proc.stdout, describe(proc)
+    have, want = activations(proc.stdout)
+    assert abs(have / want - 1) < 0.02 and "at most 5 in flight" in proc.stdout, describe(proc)  # 2.5 stages' worth
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["bubble_formula"] == pytest.approx(1 / 9) and 0 <= rows[-1]["bubble"] < 1
 

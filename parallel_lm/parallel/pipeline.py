@@ -1,6 +1,6 @@
 """Pipeline parallelism: the layers cut into stages, activations passed along with Send/Recv.
 
-Stage s of p holds layers [s L/p, (s+1) L/p); the first also the
+Stage s of p holds layers [s L/p, (s+1) L/p) (a ``Chunk``); the first also the
 embeddings, the last the final LayerNorm and the head. A batch is cut
 into m micro-batches; stage s receives micro-batch i's activations
 (micro, T, C) from stage s-1, runs its layers, and sends the result to
@@ -18,6 +18,14 @@ Schedules (``schedule(kind, m, stage, p)``):
   then one forward and one backward in turn, then the remaining
   backwards. Same bubble, but at most p-s micro-batches' activations live
   at once.
+- Interleaved 1F1B (``--virtual-stages v``, Narayanan et al. 2021,
+  section 2.2): each rank holds v chunks of L/(p·v) layers, chunk c of rank
+  s being virtual stage c·p + s, and runs Megatron-LM's order
+  (``interleaved_schedule``). A micro-batch goes around the ranks v times,
+  each pass 1/v of the work, so the bubble shrinks to (p-1)/(v·m+p-1) of the
+  step, for v times as many messages and (1 + (p-1)/(p·v)) times the
+  activations of 1F1B at its peak. ``ideal_bubble`` runs any schedule op by
+  op with equal costs: it meets ``bubble_formula`` exactly.
 
 The head shares its weight with the token embedding (tied); with p > 1
 the first and the last stage each hold a copy, and their gradients are
@@ -185,8 +193,9 @@ class Pipeline:
 
     ``forward``: the module to call for a one-chunk stage (the stage itself, or
     a wrapper around it such as torch DDP); ``device``: where the stage lives.
-    ``measure``: count the bytes the next micro-batch's forward saves for backward
-    (``activation_bytes`` afterwards; model/recompute.py's ``saved_bytes``).
+    ``measure``: count the bytes the next forward (one micro-batch through one chunk)
+    saves for backward (``activation_bytes`` afterwards, of chunk ``activation_chunk``;
+    model/recompute.py's ``saved_bytes``).
     """
 
     def __init__(self, stage: Stage, comm, kind: str, timeline=None, forward=None, device=None):
@@ -194,7 +203,7 @@ class Pipeline:
         self.forward = forward or stage
         self.device = device or torch.device("cpu")
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.measure, self.activation_bytes = False, None
+        self.measure, self.activation_bytes, self.activation_chunk = False, None, None
 
     def _span(self, name):
         return self.timeline.span(name) if self.timeline else contextlib.nullcontext()
@@ -204,14 +213,14 @@ class Pipeline:
             return interleaved_schedule(m, self.rank, self.size, self.stage.virtual)
         return [(op, 0, i) for op, i in schedule(self.kind, m, self.rank, self.size)]
 
-    def peak_in_flight(self, m: int) -> float:
-        """The most micro-batches whose activations this rank holds at once under its schedule
-        (in whole-stage units: an interleaved chunk holds 1/v of the stage's layers)."""
+    def peak_in_flight(self, m: int) -> int:
+        """The most forwards whose activations this rank holds at once under its schedule
+        (micro-batches of one chunk: the whole stage when v = 1)."""
         live = peak = 0
         for op, _, _ in self._ops(m):
             live += 1 if op == "F" else -1
             peak = max(peak, live)
-        return peak / self.stage.virtual
+        return peak
 
     def _tag(self, kind: int, rank: int, chunk: int, i: int, m: int) -> int:
         """The tag of micro-batch i's activation (kind 0) or gradient (1) going to ``rank``'s ``chunk``."""
@@ -260,7 +269,7 @@ class Pipeline:
                 inp = x.to(self.device) if chunk.first else \
                     self._recv(shape, prev, self._tag(0, self.rank, c, i, m)).requires_grad_()
                 t0 = time.perf_counter()
-                with self._span(name), self._measured():
+                with self._span(name), self._measured(c):
                     out = self._forward(chunk, inp, y, autocast, sync, last)
                 compute += time.perf_counter() - t0
                 if chunk.last:
@@ -282,11 +291,11 @@ class Pipeline:
         MPI.Request.Waitall([r for r, _ in sends])
         return (sum(losses) / m if losses else 0.0), compute
 
-    def _measured(self):
+    def _measured(self, chunk: int):
         """Around the first forward after ``measure`` was set: count what it saves for backward."""
         if not self.measure:
             return contextlib.nullcontext()
-        self.measure = False
+        self.measure, self.activation_chunk = False, chunk
         from ..model.recompute import saved_bytes
 
         @contextlib.contextmanager

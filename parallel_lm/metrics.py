@@ -34,7 +34,8 @@ class StepRecord:
     server_busy_s: float | None = None  # parameter server: server 0's busy time this step
     staleness: dict | None = None  # parameter server: applied gradients by staleness (updates)
     updates: int | None = None  # parameter server: optimizer updates applied so far
-    memory_mib: float | None = None  # this rank's parameters, gradients, optimizer state and peak activations
+    memory_mib: float | None = None  # rank 0's parameters, gradients, optimizer state and peak activations, measured
+    memory_formula_mib: float | None = None  # the same by the formulas ((4+4+K)Ψ/N_d pieces, Korthikanti's activations)
 
     def to_json(self) -> dict:
         """The contract's keys always; the others only where they apply."""

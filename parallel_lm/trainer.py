@@ -30,6 +30,7 @@ from .config import TrainConfig
 from .metrics import StepRecord, Timeline
 from .model import GPT
 from .model.recompute import set_recompute
+from .utilization import memory_mib
 from .parallel.grad_sync import GradSync, make_grad_sync
 from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
 from .parallel.pipeline import Pipeline, Stage, bubble_formula
@@ -206,14 +207,8 @@ class Trainer:
                           tp_comm_s=self.tp.seconds if grid.tp > 1 else None, bubble=bubble,
                           bubble_formula=bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None,
                           loss_scale=self.scaler.scale if self.scaler else None,
-                          skipped=(not applied) if self.scaler else None, memory_mib=self.memory_mib())
-
-    def memory_mib(self) -> float:
-        """MiB this rank holds: model state (``memory``) and the peak activations of one step."""
-        held = sum(self.memory().values())
-        if self.pipeline.activation_bytes:
-            held += self.pipeline.activation_bytes * self.pipeline.peak_in_flight(self.n_micro)
-        return held / 2**20
+                          skipped=(not applied) if self.scaler else None,
+                          **dict(zip(("memory_mib", "memory_formula_mib"), memory_mib(self))))
 
     def evaluate(self) -> float:
         """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches, sharded over dp ranks."""

@@ -90,3 +90,20 @@ def activation_line(trainer, grid, micro: int) -> str:
     return (f"activations ({cfg.recompute} recompute, stage {grid.pp_rank}): measured {have / 2**20:.2f} MiB "
             f"per {what}, formula {want / 2**20:.2f} MiB ({100 * (have / want - 1):+.1f}%); at most {live} "
             f"in flight: {live * have / 2**20:.2f} MiB")
+
+
+def memory_mib(trainer) -> tuple[float, float]:
+    """(measured, formula) MiB this rank holds: model state (``Trainer.memory``: parameters, gradients,
+    optimizer state, and what is in flight: a ZeRO-2 bucket, ZeRO-3's whole layers) and the activations
+    of the micro-batches its schedule holds at once."""
+    from .parallel.zero import memory_formula
+    cfg, grid, pipe = trainer.cfg, trainer.grid, trainer.pipeline
+    n = sum(p.numel() for p in trainer.params)
+    held = sum(trainer.memory().values())
+    formula = sum(memory_formula(n, cfg.zero, grid.dp, cfg.optimizer).values())
+    if pipe.activation_bytes:
+        live = pipe.peak_in_flight(trainer.n_micro)
+        chunk = trainer.stage.chunks[pipe.activation_chunk]
+        held += live * pipe.activation_bytes
+        formula += live * activation_formula(cfg, grid, trainer.micro, chunk.first, chunk.last, len(chunk.blocks))
+    return held / 2**20, formula / 2**20

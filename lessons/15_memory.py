@@ -35,7 +35,7 @@ from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model.gpt import GPT, GPTConfig
 from parallel_lm.parallel.grid import Grid
-from parallel_lm.parallel.pipeline import bubble_formula, ideal_bubble
+from parallel_lm.parallel.schedules import bubble_formula, ideal_bubble
 from parallel_lm.parallel.zero import memory_formula
 from parallel_lm.runtime import check, install_abort_hook, print0
 from parallel_lm.trainer import Trainer

@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
 from .model import PRESETS
-from .parallel.pipeline import bubble_formula
+from .parallel.schedules import bubble_formula
 from .runtime import agree, main_guard, netem_network, node_share, print0, quiet_barrier, threads_per_rank, world
 from .train_flags import train_options
 from .trainer import Trainer

@@ -33,7 +33,8 @@ from .model.recompute import set_recompute
 from .utilization import memory_mib
 from .parallel.grad_sync import GradSync, make_grad_sync
 from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
-from .parallel.pipeline import Pipeline, Stage, bubble_formula
+from .parallel.pipeline import Pipeline, Stage
+from .parallel.schedules import bubble_formula
 from .parallel.tensor_parallel import TensorParallel, is_sharded, piece, shard_model
 from .parallel.torch_ddp import TorchDDP
 from .runtime import emulated

@@ -68,7 +68,7 @@ def test_utilization_counts_recomputed_flops_in_hfu_only():
 @pytest.mark.parametrize("p,m", [(2, 2), (2, 6), (4, 4), (4, 8), (3, 9)])
 def test_the_interleaved_schedule_has_the_bubble_of_the_formula_and_never_waits_in_a_cycle(p, m):
     """Each rank's ops in schedule order, equal chunk costs (backward twice forward), no message time."""
-    from parallel_lm.parallel.pipeline import bubble_formula, ideal_bubble
+    from parallel_lm.parallel.schedules import bubble_formula, ideal_bubble
     for v in (1, 2, 3):
         assert ideal_bubble("1f1b", m, p, v) == pytest.approx(bubble_formula(p, m, v), abs=1e-12)
     assert bubble_formula(p, m, 2) < bubble_formula(p, m, 1)

@@ -6,26 +6,10 @@ into m micro-batches; stage s receives micro-batch i's activations
 (micro, T, C) from stage s-1, runs its layers, and sends the result to
 stage s+1; in backward the gradient with respect to those activations
 travels the other way. Sends are ``Isend`` (never blocking), receives are
-blocking ``Recv``; the schedules below never wait in a cycle.
+blocking ``Recv``; the schedules never wait in a cycle.
 
-Schedules (``schedule(kind, m, stage, p)``):
-- GPipe (Huang et al. 2019): all m forwards, then all m backwards. Stage s
-  idles while the first micro-batch reaches it and while the last
-  gradient comes back: the *bubble*, (p-1)/(m+p-1) of the step when every
-  micro-batch costs the same on every stage. It also holds all m
-  micro-batches' activations at once.
-- 1F1B (PipeDream-Flush, Narayanan et al. 2021): p-s-1 warm-up forwards,
-  then one forward and one backward in turn, then the remaining
-  backwards. Same bubble, but at most p-s micro-batches' activations live
-  at once.
-- Interleaved 1F1B (``--virtual-stages v``, Narayanan et al. 2021,
-  section 2.2): each rank holds v chunks of L/(p·v) layers, chunk c of rank
-  s being virtual stage c·p + s, and runs Megatron-LM's order
-  (``interleaved_schedule``). A micro-batch goes around the ranks v times,
-  each pass 1/v of the work, so the bubble shrinks to (p-1)/(v·m+p-1) of the
-  step, for v times as many messages and (1 + (p-1)/(p·v)) times the
-  activations of 1F1B at its peak. ``ideal_bubble`` runs any schedule op by
-  op with equal costs: it meets ``bubble_formula`` exactly.
+Schedules (the order of forwards and backwards, and the bubble each
+leaves) are in schedules.py: GPipe, 1F1B and interleaved 1F1B.
 
 The head shares its weight with the token embedding (tied); with p > 1
 the first and the last stage each hold a copy, and their gradients are
@@ -42,79 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mpi4py import MPI
 
+from .schedules import ops_for
+
 TAG_TIE, TAG_FIRST = 33, 100  # stage-to-stage messages: TAG_FIRST + 2 (virtual stage x m + micro-batch) + kind
-
-
-def schedule(kind: str, m: int, stage: int, stages: int) -> list[tuple[str, int]]:
-    """The ("F" | "B", micro-batch) sequence stage ``stage`` runs."""
-    if kind == "gpipe":
-        return [("F", i) for i in range(m)] + [("B", i) for i in range(m)]
-    if kind != "1f1b":
-        raise ValueError(f"unknown pipeline schedule {kind!r}; valid: gpipe, 1f1b")
-    warm = min(stages - stage - 1, m)
-    ops = [("F", i) for i in range(warm)]
-    for i in range(m - warm):
-        ops += [("F", warm + i), ("B", i)]
-    return ops + [("B", i) for i in range(m - warm, m)]
-
-
-def interleaved_schedule(m: int, stage: int, stages: int, virtual: int) -> list[tuple[str, int, int]]:
-    """The ("F" | "B", chunk, micro-batch) sequence of interleaved 1F1B (Megatron-LM's order).
-
-    Virtual step k runs micro-batch (k // pv)·p + k % p on chunk (k % pv) // p
-    (backward: the chunks in reverse); stage s warms up with (p-s-1)·2 + (v-1)·p
-    forwards (all of them when m = p), then alternates, then drains. Needs m % p == 0.
-    """
-    total, group = m * virtual, stages * virtual
-
-    def op(kind: str, k: int) -> tuple[str, int, int]:
-        chunk = (k % group) // stages
-        return kind, chunk if kind == "F" else virtual - 1 - chunk, (k // group) * stages + k % stages
-
-    warm = total if m == stages else min((stages - stage - 1) * 2 + (virtual - 1) * stages, total)
-    ops = [op("F", k) for k in range(warm)]
-    for k in range(total - warm):
-        ops += [op("F", warm + k), op("B", k)]
-    return ops + [op("B", k) for k in range(total - warm, total)]
-
-
-def bubble_formula(stages: int, m: int, virtual: int = 1) -> float:
-    """(p-1)/(v·m+p-1): the idle fraction of a step with equal micro-batch costs; v = 1 for GPipe and 1F1B.
-
-    Interleaving v chunks per rank shrinks the bubble to (p-1)/v of a chunk's
-    work against m·v of them: (p-1)/(v·m) of the ideal time, as Narayanan et al. 2021 state it.
-    """
-    return (stages - 1) / (virtual * m + stages - 1)
-
-
-def ideal_bubble(kind: str, m: int, stages: int, virtual: int = 1, backward: float = 2.0) -> float:
-    """The idle fraction of a step when every chunk's forward takes 1/v and its backward ``backward``/v
-    and messages take no time: each rank runs its schedule in order, an op starting once its input is
-    there. What the schedule itself costs, apart from this machine's noise (bubble_formula's setting)."""
-    ops = {r: interleaved_schedule(m, r, stages, virtual) if virtual > 1 else
-           [(op, 0, i) for op, i in schedule(kind, m, r, stages)] for r in range(stages)}
-    done, clock, nxt = {}, [0.0] * stages, [0] * stages
-    last = stages * virtual - 1
-    while any(nxt[r] < len(ops[r]) for r in range(stages)):
-        progressed = False
-        for r in range(stages):
-            while nxt[r] < len(ops[r]):
-                op, c, i = ops[r][nxt[r]]
-                v = c * stages + r
-                need = ("F", v - 1, i) if op == "F" else ("B", v + 1, i) if v < last else ("F", v, i)
-                if op == "F" and v == 0:
-                    need = None
-                if need is not None and need not in done:
-                    break
-                start = max(clock[r], done[need] if need else 0.0)
-                clock[r] = start + (1.0 if op == "F" else backward) / virtual
-                done[op, v, i] = clock[r]
-                nxt[r] += 1
-                progressed = True
-        if not progressed:
-            raise RuntimeError(f"the {kind} schedule waits in a cycle (m {m}, p {stages}, v {virtual})")
-    span = max(clock)
-    return 1 - m * (1 + backward) / span
 
 
 class Chunk(nn.Module):
@@ -128,7 +42,7 @@ class Chunk(nn.Module):
     def __init__(self, model, index: int, count: int, sharded: bool = False):
         super().__init__()
         per = model.cfg.n_layer // count
-        self.index, self.first, self.last, self.sharded = index, index == 0, index == count - 1, sharded
+        self.first, self.last, self.sharded = index == 0, index == count - 1, sharded
         self.lo = index * per
         self.blocks = nn.ModuleList(model.blocks[self.lo: self.lo + per])
         if self.first:
@@ -209,9 +123,7 @@ class Pipeline:
         return self.timeline.span(name) if self.timeline else contextlib.nullcontext()
 
     def _ops(self, m: int) -> list[tuple[str, int, int]]:
-        if self.stage.virtual > 1:
-            return interleaved_schedule(m, self.rank, self.size, self.stage.virtual)
-        return [(op, 0, i) for op, i in schedule(self.kind, m, self.rank, self.size)]
+        return ops_for(self.kind, m, self.rank, self.size, self.stage.virtual)
 
     def peak_in_flight(self, m: int) -> int:
         """The most forwards whose activations this rank holds at once under its schedule

@@ -8,7 +8,8 @@ synthetic corpus; the settings of a table alternate and repeat
 (``--repeats``), and each cell is the median over repeats of the median
 over steps (the first step left out). Memory comes from the lines the run
 prints after its first step: the model state per rank measured beside the
-formula, and the activations one micro-batch keeps measured beside theirs.
+formula (every layout prints it), and the activations one micro-batch keeps
+measured beside theirs.
 
 - zero: plain data parallelism, ZeRO-1, -2 and -3 on 4 ranks: bytes per
   rank of parameters + gradients + optimizer state against (4+4+12)Ψ/N_d's
@@ -67,17 +68,12 @@ def zero_table(mpiexec, repeats):
         stdout = runs[0][0]
         tokens = statistics.median(median_of(rows, "tokens_per_s") for _, rows in runs)
         base = base or tokens
-        m = re.search(r"ZeRO-\d memory per rank: params ([\d.]+) MiB \(formula ([\d.]+)\), grads ([\d.]+) MiB "
+        m = re.search(r"memory per rank: params ([\d.]+) MiB \(formula ([\d.]+)\), grads ([\d.]+) MiB "
                       r"\(formula ([\d.]+)\), optimizer ([\d.]+) MiB \(formula ([\d.]+)\)", stdout)
-        if m:
-            v = [float(x) for x in m.groups()]
-            have, want = v[0] + v[2] + v[4], v[1] + v[3] + v[5]
-            live = re.search(r"whole layers at once.*? ([\d.]+) MiB", stdout)
-            live = f"{float(live.group(1)):.2f}" if live else "all"
-        else:  # plain data parallelism prints no ZeRO line: every rank holds 16 bytes per parameter
-            n = float(re.search(r"model: ([\d.]+)M parameters", stdout).group(1)) * 1e6
-            have = want = 16 * n / 2**20
-            live = "all"
+        v = [float(x) for x in m.groups()]
+        have, want = v[0] + v[2] + v[4], v[1] + v[3] + v[5]
+        live = re.search(r"whole layers at once.*? ([\d.]+) MiB", stdout)
+        live = f"{float(live.group(1)):.2f}" if live else "all"
         print(f"| {name} | {have:.2f} | {want:.2f} | {live} | {tokens:,.0f} | {tokens / base:.2f} |", flush=True)
 
 

@@ -16,7 +16,7 @@ from .model import GPT
 
 
 def load_model(ckpt: str) -> GPT:
-    state = checkpoint.load(ckpt)
+    state = checkpoint.load(ckpt, on_fallback=lambda message: print(message, file=sys.stderr))
     config = TrainConfig.from_dict(state["config"]).model
     checkpoint.check_model(state, config, ckpt)
     model = GPT(config)

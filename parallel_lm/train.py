@@ -31,6 +31,7 @@ from .parallel.schedules import bubble_formula
 from .runtime import agree, main_guard, netem_network, node_share, print0, quiet_barrier, threads_per_rank, world
 from .train_flags import train_options
 from .trainer import Trainer
+from .watchdog import watchdog
 
 MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
 TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "micro_batches", "schedule", "seed", "data", "data_max_mb", "lr", "min_lr",
@@ -57,21 +58,6 @@ def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
     return replace(cfg, **{k: params[k] for k in TRAIN_FIELDS if k in given}, **{k: params[k] for k in LAYOUT_FIELDS})
 
 
-def _report_memory(trainer, cfg) -> None:
-    """ZeRO: bytes per rank measured after the first step, beside the formula (parallel/zero.py)."""
-    from .parallel.zero import memory_formula
-    have = trainer.memory()
-    n = sum(p.numel() for p in trainer.params)  # this rank's parameters (its stage / tensor slice)
-    want = memory_formula(n, cfg.zero, trainer.grid.dp, cfg.optimizer)
-    parts = ", ".join(f"{k} {have[k] / 2**20:.2f} MiB (formula {want[k] / 2**20:.2f})" for k in want)
-    plain = memory_formula(n, 0, trainer.grid.dp, cfg.optimizer)
-    print0(f"ZeRO-{cfg.zero} memory per rank: {parts}; total {sum(have[k] for k in want) / 2**20:.2f} MiB vs "
-           f"{sum(plain.values()) / 2**20:.2f} MiB without ZeRO" +
-           (f"; one bucket in flight {have['bucket_in_flight'] / 2**20:.2f} MiB" if cfg.zero == 2 else "") +
-           (f"; whole layers at once (running + prefetched, and the embeddings) {have['live_layers'] / 2**20:.2f} MiB"
-            if cfg.zero == 3 else ""))
-
-
 def _check_tensorboard() -> None:
     """torch's SummaryWriter needs the tensorboard package: say so before any work."""
     if importlib.util.find_spec("tensorboard") is None:
@@ -94,7 +80,7 @@ def main(ctx, **params):
     parameter server, all through one training loop."""
     comm = world()
     rank, p = comm.Get_rank(), comm.Get_size()
-    state = agree(comm, lambda: checkpoint.load(params["resume"])) if params["resume"] else None
+    state = agree(comm, lambda: checkpoint.load(params["resume"], on_fallback=print0)) if params["resume"] else None
     cfg = agree(comm, lambda: resolve_config(ctx, params, state["config"] if state else None))
     if state is not None:
         agree(comm, lambda: checkpoint.check_model(state, cfg.model, params["resume"]))
@@ -129,7 +115,8 @@ def main(ctx, **params):
     before_mib = memory_check.peak_mib()
     if cfg.sync == "ps":
         from . import trainer_ps
-        trainer_ps.run(cfg, comm, batches, out, state, timeline, params["resume"], params["tensorboard"])
+        trainer_ps.run(cfg, comm, batches, out, state, timeline, params["resume"], params["tensorboard"],
+                       params["keep_checkpoints"])
     else:
         trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank), netem=netem)
         run(cfg, comm, trainer, params, state, out, timeline, share, profile)
@@ -187,6 +174,7 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
     records = []
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,
                             tensorboard=out / "tb" if params["tensorboard"] else None)
+    trainer.watchdog = watchdog(comm, params["timeout"])
     comm.Barrier()
     if timeline:
         timeline.t0 = time.perf_counter()  # after the barrier: tracks of all ranks line up
@@ -201,10 +189,10 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
         rec = trainer.train_step(step)
         done = step + 1
         if step == trainer.start_step:
-            if cfg.zero:
-                _report_memory(trainer, cfg)
+            print0(utilization.model_state_line(trainer))
             print0(utilization.activation_line(trainer, grid, micro))
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+            trainer.watchdog.at(step, "evaluation")
             val = rec.val_loss = trainer.evaluate()
         metrics.write(rec)
         records.append(rec)
@@ -219,8 +207,10 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
         elif log_every and done % log_every == 0:
             say(f"step {done}/{cfg.steps}: {progress}")
         if out is not None and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps):
-            trainer.save(out, done)  # collective: every rank sends its part, unsharded, by single-process name
+            trainer.watchdog.at(step, "checkpoint write")
+            trainer.save(out, done, params["keep_checkpoints"])  # collective: every rank sends its part, unsharded, by single-process name
     bar.close()
+    trainer.watchdog.close()
     metrics.close()
     if timeline:
         per_rank = comm.gather(timeline.events, root=0)

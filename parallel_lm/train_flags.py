@@ -6,6 +6,7 @@ import click
 from .comm import ALGORITHMS
 from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, SYNCS
 from .model import PRESETS
+from .watchdog import DEFAULT_TIMEOUT
 
 
 def _staleness(text: str) -> int | None:
@@ -80,6 +81,9 @@ OPTIONS = [
                  help="Validation batches of --global-batch-size sequences per evaluation (>= 1)."),
     click.option("--ckpt-every", default=0, type=click.IntRange(min=0), help="Also checkpoint every N steps (0: only at the end)."),
     click.option("--out", type=click.Path(file_okay=False), help="Folder for metrics.jsonl, checkpoint.pt and trace.json."),
+    click.option("--keep-checkpoints", default=1, type=click.IntRange(min=1), help="Keep the newest K checkpoints "
+                 "(OUT/checkpoint-STEP.pt, checkpoint.pt linking the newest); --resume falls back to an older intact "
+                 "one when the newest is damaged."),
     click.option("--resume", type=click.Path(file_okay=False), help="Continue from this folder's checkpoint.pt."),
     click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars (loss, lr, tokens/s, step and "
                  "communication time, val loss, loss scale, bubble, memory) to OUT/tb; view with tensorboard --logdir."),
@@ -93,6 +97,8 @@ OPTIONS = [
     click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), help="The device's peak TFLOP/s per "
                  "rank for MFU/HFU (a datasheet figure, e.g. 989 for an H100's bf16); default: an fp32 matmul timed "
                  "on this node, shared by its ranks."),
+    click.option("--timeout", default=DEFAULT_TIMEOUT, type=click.FloatRange(min=0), help="Hang watchdog: a rank that makes no "
+                 "progress for this many seconds (stopped, stuck in I/O, deadlocked) ends the job, named (0: off)."),
     click.option("--force", is_flag=True, help="Train even when the memory estimate says the run cannot fit."),
     click.option("--netem", metavar="PROFILE", help="Delay every gradient message like this network (a profile name or file, "
                  "or alpha=S,beta=S_PER_B): one machine behaves like a cluster. Explicit engine, --sync allreduce only."),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import time
 
 import numpy as np
@@ -31,6 +32,7 @@ from .metrics import StepRecord, Timeline
 from .model import GPT
 from .model.recompute import set_recompute
 from .utilization import memory_mib
+from .watchdog import NoWatchdog
 from .parallel.grad_sync import GradSync, make_grad_sync
 from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
 from .parallel.pipeline import Pipeline, Stage
@@ -41,10 +43,20 @@ from .runtime import emulated
 
 
 def _maybe_fail(step: int) -> None:
-    """Test hook: PARALLEL_LM_FAIL_AT=RANK:STEP raises on that (world) rank at that step."""
+    """Test hook: PARALLEL_LM_FAIL_AT=RANK:STEP[:HOW] fails that (world) rank at that step: ``raise``
+    (the default) an exception, ``stop`` the process (SIGSTOP), or ``hang`` its main thread for ever."""
     spec = os.environ.get("PARALLEL_LM_FAIL_AT")
-    if spec and spec == f"{MPI.COMM_WORLD.Get_rank()}:{step}":
-        raise RuntimeError(f"PARALLEL_LM_FAIL_AT={spec}: failing on purpose")
+    if not spec:
+        return
+    who, at, how = (spec.split(":") + ["raise"])[:3]
+    if (who, at) != (str(MPI.COMM_WORLD.Get_rank()), str(step)):
+        return
+    if how == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    elif how == "hang":
+        while True:
+            time.sleep(3600)
+    raise RuntimeError(f"PARALLEL_LM_FAIL_AT={spec}: failing on purpose")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -99,6 +111,7 @@ class Trainer:
         self.pipeline = Pipeline(self.stage, self.pp_comm, cfg.schedule, timeline, forward=ddp, device=self.device)
         self.pipeline.measure = True  # the first micro-batch's activation bytes (utilization.activation_line)
         self.scaler = LossScaler() if cfg.precision == "fp16" else None
+        self.watchdog = NoWatchdog()  # train.py sets a Watchdog (--timeout): progress marks below
         if state is not None:
             self._restore(state, saved_optimizer)
 
@@ -176,10 +189,13 @@ class Trainer:
 
     def train_step(self, step: int) -> StepRecord:
         cfg, t_step = self.cfg, time.perf_counter()
+        self.watchdog.at(step, "forward/backward")
         self.sync.zero_grad()
         self.tp.seconds, self.tie_s = 0.0, 0.0
         loss, compute_s, pipe_s = self._forward_backward(step, self.scaler.scale if self.scaler else 1.0)
+        self.watchdog.at(step, "gradient sync")
         comm_s, exposed_s = self.sync.finish(self._tie if self.grid.pp > 1 else None)
+        self.watchdog.at(step, "optimizer step")
         t_opt = time.perf_counter()
         applied = self.scaler.unscale_or_skip(self.update.grads(), self.comm) if self.scaler else True
         if applied:
@@ -248,12 +264,13 @@ class Trainer:
             by_name.setdefault(name, {})[kind] = value
         return by_name
 
-    def save(self, out, step: int) -> None:
-        """Write OUT/checkpoint.pt at ``step`` (collective: every rank sends its part; rank 0 writes)."""
+    def save(self, out, step: int, keep: int = 1) -> None:
+        """Write OUT/checkpoint.pt at ``step``, keeping the newest ``keep`` (collective: every rank sends its
+        part; rank 0 writes)."""
         model_state, optimizer_state = self.full_state_dict(), self.optimizer_state()
         if self.comm.Get_rank() == 0:
             checkpoint.save(out, model_state, optimizer_state, step, self.cfg.to_dict(),
-                            {"loss_scaler": self.scaler.state_dict()} if self.scaler else None)
+                            {"loss_scaler": self.scaler.state_dict()} if self.scaler else None, keep)
 
     def memory(self) -> dict:
         """Bytes of parameters, gradients and optimizer state this rank holds (after a step)."""

@@ -85,13 +85,13 @@ class PSRun:
         self.max_staleness = max(s["staleness"] for s in stats)  # in optimizer updates
         self.max_lead = max(s["lead"] for s in stats)  # in worker steps
 
-    def save(self, out, step: int) -> None:
+    def save(self, out, step: int, keep: int = 1) -> None:
         """checkpoint.pt from rank 0: the model and the servers' optimizer shards, by name. Collective."""
         flat = gather_optimizer_state(self.comm, self.layout, self.server)
         if self.rank == 0:
             names = {p: n for n, p in self.model.named_parameters()}
             by_name = {names[p]: st for p, st in param_states(flat, list(names)).items()} if flat else {}
-            checkpoint.save(out, self.model.state_dict(), by_name, step, self.cfg.to_dict())
+            checkpoint.save(out, self.model.state_dict(), by_name, step, self.cfg.to_dict(), keep=keep)
 
 
 class _Recorder:
@@ -116,7 +116,7 @@ class _Recorder:
         self.last_t, self.last_busy, self.last_hist = now, busy_s, Counter(staleness)
 
 
-def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None, tensorboard=False) -> None:
+def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None, tensorboard=False, keep=1) -> None:
     """``python -m parallel_lm.train --sync ps``: train, log from server 0, write the outputs."""
     rank, p = comm.Get_rank(), comm.Get_size()
     workers = p - cfg.servers
@@ -149,7 +149,7 @@ def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None, t
            f"worker steps/s: {', '.join(f'{r:.1f}' for r in ps.worker_rates)}; {wall:.2f} s")
     step = ps.end_step(cfg.steps) if cfg.staleness == 0 else cfg.steps  # asynchronous: the step asked for
     if out is not None:
-        ps.save(out, step)
+        ps.save(out, step, keep)
     if timeline:
         per_rank = comm.gather(timeline.events, root=0)
         if rank == 0:

@@ -66,6 +66,24 @@ def utilization_line(cfg, flops_per_token: float, records, ranks: int, peak: tup
             f"per rank ({source})")
 
 
+def model_state_line(trainer) -> str:
+    """Bytes per rank of parameters, gradients and optimizer state measured after the first step, beside
+    the formula (parallel/zero.py's ``memory_formula``), with what ZeRO-2/3 hold in flight."""
+    from .parallel.zero import memory_formula
+    cfg, have = trainer.cfg, trainer.memory()
+    n = sum(p.numel() for p in trainer.params)  # this rank's parameters (its stage / tensor slice)
+    want = memory_formula(n, cfg.zero, trainer.grid.dp, cfg.optimizer)
+    parts = ", ".join(f"{k} {have[k] / 2**20:.2f} MiB (formula {want[k] / 2**20:.2f})" for k in want)
+    total = f"total {sum(have[k] for k in want) / 2**20:.2f} MiB"
+    if not cfg.zero:
+        return f"model state per rank: {parts}; {total}"
+    plain = memory_formula(n, 0, trainer.grid.dp, cfg.optimizer)
+    return (f"ZeRO-{cfg.zero} memory per rank: {parts}; {total} vs {sum(plain.values()) / 2**20:.2f} MiB without ZeRO"
+            + (f"; one bucket in flight {have['bucket_in_flight'] / 2**20:.2f} MiB" if cfg.zero == 2 else "")
+            + (f"; whole layers at once (running + prefetched, and the embeddings) "
+               f"{have['live_layers'] / 2**20:.2f} MiB" if cfg.zero == 3 else ""))
+
+
 def activation_formula(cfg, grid, micro: int, first: bool, last: bool, layers: int | None = None) -> float:
     """Bytes one micro-batch's forward through ``layers`` blocks (default: a stage's) keeps for backward
     on one rank, by the formula.

@@ -33,3 +33,10 @@ def mpirun(k: int, args: list[str], timeout: float = 120, env: dict | None = Non
 
 def describe(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+
+
+def pytest_report_header(config):
+    """Which MPI the tests launch (MPICH or Open MPI), in the first lines of the run."""
+    launcher = mpiexec_path()
+    version = subprocess.run([launcher, "--version"], capture_output=True, text=True, check=False).stdout
+    return f"mpiexec: {launcher} ({(version.strip().splitlines() or ['?'])[0]})"

@@ -38,5 +38,6 @@ def describe(proc: subprocess.CompletedProcess) -> str:
 def pytest_report_header(config):
     """Which MPI the tests launch (MPICH or Open MPI), in the first lines of the run."""
     launcher = mpiexec_path()
-    version = subprocess.run([launcher, "--version"], capture_output=True, text=True, check=False).stdout
-    return f"mpiexec: {launcher} ({(version.strip().splitlines() or ['?'])[0]})"
+    lines = subprocess.run([launcher, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()
+    named = [line.strip() for line in lines if "version" in line.lower() or "open mpi" in line.lower()] or ["?"]
+    return f"mpiexec: {launcher} ({named[0]})"

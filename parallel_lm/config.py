@@ -97,24 +97,43 @@ class TrainConfig:
             return False
         return parsed is None or (0 <= parsed[0] < world and parsed[1] >= 1)
 
-    def per_rank(self, world: int) -> tuple[int, int, int]:
-        """(rows per rank, micro-batch size, micro-batches per step), or ValueError naming the fix."""
-        if self.global_batch_size % world:
-            raise ValueError(f"--global-batch-size {self.global_batch_size} is not divisible by {world} data-parallel "
-                             f"ranks: use a multiple of {world}")
-        rows = self.global_batch_size // world
-        if self.micro_batches:
-            if self.micro_batch_size:
-                raise ValueError("give --micro-batches or --micro-batch-size, not both")
-            if rows % self.micro_batches:
-                raise ValueError(f"each data-parallel rank's {rows} sequences do not split into --micro-batches "
-                                 f"{self.micro_batches}: use a divisor of {rows}")
-            return rows, rows // self.micro_batches, self.micro_batches
-        micro = self.micro_batch_size or rows
-        if rows % micro:
-            raise ValueError(f"--global-batch-size {self.global_batch_size} is not divisible by {world} data-parallel "
-                             f"ranks x micro-batch {micro}: each rank's {rows} rows must split into whole micro-batches")
-        return rows, micro, rows // micro
+    def rows_of(self, world: int, rank: int) -> tuple[int, int]:
+        """(first row, rows) of data-parallel rank ``rank``'s share of the global batch: B // K each, and one
+        more for the first B % K ranks when B does not divide (their gradients are weighted by their rows)."""
+        base, extra = divmod(self.global_batch_size, world)
+        return rank * base + min(rank, extra), base + (rank < extra)
+
+    def micro_rows(self, world: int, rank: int = 0) -> list[int]:
+        """Rows of each of rank ``rank``'s micro-batches (the same count on every rank), or ValueError naming the fix."""
+        B = self.global_batch_size
+        if B < world:
+            raise ValueError(f"--global-batch-size {B} is smaller than the {world} data-parallel ranks: each rank "
+                             f"needs at least one sequence; use at least {world}")
+        rows = self.rows_of(world, rank)[1]
+        if self.micro_batches and self.micro_batch_size:
+            raise ValueError("give --micro-batches or --micro-batch-size, not both")
+        if self.micro_batch_size:
+            micro = self.micro_batch_size
+            if B % world:
+                raise ValueError(f"--global-batch-size {B} does not divide over {world} data-parallel ranks, so they "
+                                 f"hold {B // world} or {B // world + 1} sequences: split them with --micro-batches "
+                                 "(the same count on every rank) instead of --micro-batch-size, or use a multiple "
+                                 f"of {world}")
+            if rows % micro:
+                raise ValueError(f"--global-batch-size {B} is not divisible by {world} data-parallel ranks x "
+                                 f"micro-batch {micro}: each rank's {rows} rows must split into whole micro-batches")
+            return [micro] * (rows // micro)
+        m = self.micro_batches or 1
+        if B // world < m:
+            raise ValueError(f"--micro-batches {m} needs at least {m} sequences on each of the {world} data-parallel "
+                             f"ranks, but {'some hold' if B % world else 'each holds'} {B // world}: use fewer "
+                             "micro-batches or a larger --global-batch-size")
+        return [rows // m + (i < rows % m) for i in range(m)]  # nearly equal when m does not divide the rows
+
+    def per_rank(self, world: int, rank: int = 0) -> tuple[int, int, int]:
+        """(rows of rank ``rank``, its largest micro-batch, micro-batches per step), or ValueError naming the fix."""
+        sizes = self.micro_rows(world, rank)
+        return sum(sizes), max(sizes), len(sizes)
 
     def validate(self, world: int) -> None:
         """Raise ValueError with the fix for anything that cannot run on ``world`` ranks."""
@@ -154,7 +173,11 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
         if self.sync == "ps":
-            self.per_rank(self.data_ranks(world))
+            workers = self.data_ranks(world)
+            if self.global_batch_size % workers:  # an asynchronous server applies each worker's gradient alone
+                raise ValueError(f"--global-batch-size {self.global_batch_size} is not divisible by the {workers} "
+                                 f"parameter-server workers: use a multiple of {workers}")
+            self.per_rank(workers)
         else:
             grid = self.grid(world)
             grid.check_model(self.model.n_layer, self.model.n_head, self.model.n_embd, self.model.vocab_size)

@@ -158,8 +158,13 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
            + (f", netem {params['netem']}" if params.get("netem") else "")
            + (f", ZeRO stage {cfg.zero}" if cfg.zero else ""))
     print0(f"model: {trainer.n_params / 1e6:.2f}M parameters, {trainer.flops_per_token / 1e6:.2f} MFLOP/token, {cfg.model}")
-    print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {cfg.global_batch_size}"
-           f" = {grid.dp} data-parallel rank(s) x {n_micro} micro-batch(es) x {micro} sequences of {cfg.model.block_size} bytes")
+    B, dp = cfg.global_batch_size, grid.dp
+    shares = f" = {dp} data-parallel rank(s) x {n_micro} micro-batch(es) x {micro} sequences" if B % dp == 0 and \
+        rows == n_micro * micro else (f" over {dp} data-parallel rank(s) holding {B // dp}" +
+                                      (f" or {B // dp + 1}" if B % dp else "") + f" sequences in {n_micro} "
+                                      "micro-batch(es), each weighted by its rows")
+    print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {B}{shares}"
+           f" of {cfg.model.block_size} bytes")
     if grid.tp > 1 or grid.pp > 1:
         v = cfg.virtual_stages
         kind = f"interleaved 1F1B, {v} chunks per rank, bubble formula (p-1)/(v m+p-1)" if v > 1 else \

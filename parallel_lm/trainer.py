@@ -82,7 +82,14 @@ class Trainer:
             self.tp_comm, self.dp_comm, self.pp_comm = MPI.COMM_SELF, comm, MPI.COMM_SELF
         else:
             self.tp_comm, self.dp_comm, self.pp_comm = grid.split(comm)
-        self.rows, self.micro, self.n_micro = cfg.per_rank(grid.dp)
+        self.sizes = cfg.micro_rows(grid.dp, grid.dp_rank)  # rows of each micro-batch of this rank
+        self.lo, self.rows = cfg.rows_of(grid.dp, grid.dp_rank)
+        self.micro, self.n_micro = max(self.sizes), len(self.sizes)
+        # a global batch that does not divide over dp: each micro-batch's loss weighted by its rows (rows x dp / B),
+        # so that averaging over the ranks gives the mean over the batch; None: equal shares (1/m, as always)
+        even = cfg.global_batch_size % grid.dp == 0 and len(set(self.sizes)) == 1
+        self.weights = None if even else [n * grid.dp / cfg.global_batch_size for n in self.sizes]
+        self.share = self.rows * grid.dp / cfg.global_batch_size  # this rank's loss in the mean over ranks
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)  # same seed on every rank: identical initial weights
         full = GPT(cfg.model)
@@ -141,9 +148,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16)
 
     def _micro_batches(self, step: int):
-        lo = self.grid.dp_rank * self.rows
-        return [self.batches.rows(step, "train", self.cfg.global_batch_size, lo + i * self.micro, lo + (i + 1) * self.micro)
-                for i in range(self.n_micro)]
+        starts = [self.lo + sum(self.sizes[:i]) for i in range(self.n_micro + 1)]
+        return [self.batches.rows(step, "train", self.cfg.global_batch_size, a, b) for a, b in zip(starts, starts[1:])]
 
     def _tied_copy(self) -> list:
         """[the tied embedding weight] on the last stage of a pipeline, whose first stage holds the same values."""
@@ -161,7 +167,8 @@ class Trainer:
         """This rank's micro-batches through the pipeline: (loss on the last stage, compute_s, pipeline_s)."""
         _maybe_fail(step)
         t0 = time.perf_counter()
-        loss, compute_s = self.pipeline.run(self._micro_batches(step), self.shape, self.autocast, scale, self.sync)
+        loss, compute_s = self.pipeline.run(self._micro_batches(step), self.shape, self.autocast, scale, self.sync,
+                                            self.weights)
         if self.slow_factor > 1:  # --straggler: this rank is slow_factor times slower at computing
             time.sleep((self.slow_factor - 1) * compute_s)
             compute_s *= self.slow_factor
@@ -211,7 +218,7 @@ class Trainer:
     def _record(self, step, t_step, loss, compute_s, pipe_s, comm_s, exposed_s, applied) -> StepRecord:
         cfg, grid = self.cfg, self.grid
         counted = self.stage.last and grid.tp_rank == 0  # each data-parallel replica's loss once
-        total = np.array([loss if counted else 0.0])
+        total = np.array([loss * self.share if counted else 0.0])
         self.comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
         bubble = None
         if grid.pp > 1:  # the time in the pipeline not spent computing, mean over the ranks
@@ -230,13 +237,13 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches, sharded over dp ranks."""
         total = 0.0
-        lo, hi = self.grid.dp_rank * self.rows, (self.grid.dp_rank + 1) * self.rows
+        lo, hi = self.lo, self.lo + self.rows
         self.stage.eval()
         for i in range(self.cfg.eval_batches):
             x, y = self.batches.rows(i, "val", self.cfg.global_batch_size, lo, hi)
             total += self.pipeline.forward_only(x, y, (self.rows,) + self.shape[1:], self.autocast)
         self.stage.train()
-        mean = np.array([total / self.cfg.eval_batches])
+        mean = np.array([total / self.cfg.eval_batches * self.share])
         self.dp_comm.Allreduce(MPI.IN_PLACE, mean, op=MPI.SUM)
         return float(mean[0]) / self.grid.dp
 

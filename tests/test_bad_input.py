@@ -88,7 +88,9 @@ CASES = [
     (3, T + ["--pp", "2"], "3 ranks do not split into --tp 1 x --pp 2"),
     (2, T + ["--pp", "2", "--n-layer", "3"], "--pp 2 must divide the 3 layers"),
     (2, T + ["--dp", "3"], "--dp 3 x --tp 1 x --pp 1 = 3, but the job has 2 ranks"),
-    (3, T + ["--global-batch-size", "32"], "--global-batch-size 32 is not divisible by 3"),
+    (3, T + ["--global-batch-size", "32", "--micro-batch-size", "4"], "split them with --micro-batches"),
+    (3, T + ["--global-batch-size", "2"], "--global-batch-size 2 is smaller than the 3 data-parallel ranks"),
+    (3, T + ["--global-batch-size", "7", "--micro-batches", "3"], "--micro-batches 3 needs at least 3 sequences"),
     (2, T + ["--pp", "2", "--engine", "torch-ddp"], "--engine torch-ddp with --pp > 1"),
     (2, T + ["--zero", "1", "--engine", "torch-ddp"], "use --engine explicit"),
     (2, T + ["--zero", "1", "--dp-sync", "naive"], "drop --dp-sync naive"),
@@ -102,7 +104,8 @@ CASES = [
      "drop --schedule gpipe"),
     (2, T + ["--sync", "ps", "--servers", "2"], "--servers 2 on 2 ranks leaves no worker"),
     (2, T + ["--sync", "ps", "--tp", "2"], "--sync ps shards the whole model"),
-    (3, T + ["--sync", "ps", "--global-batch-size", "5"], "--global-batch-size 5 is not divisible by 2"),
+    (3, T + ["--sync", "ps", "--global-batch-size", "5"], "--global-batch-size 5 is not divisible by the 2 "
+     "parameter-server workers"),
     (2, T + ["--data", "{short}"], "too few for --block-size 64"),
     (2, T + ["--resume", "{truncated}"], "is not a readable checkpoint"),
     # generate

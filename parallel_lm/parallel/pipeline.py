@@ -157,13 +157,15 @@ class Pipeline:
             out = self.forward(inp) if self.stage.virtual == 1 else chunk(inp)
             return chunk.loss(out, y.to(self.device)) if chunk.last else out
 
-    def run(self, micro_batches, shape, autocast, scale: float, sync) -> tuple[float, float]:
+    def run(self, micro_batches, shape, autocast, scale: float, sync, weights=None) -> tuple[float, float]:
         """Forward and backward every micro-batch ((x, y) pairs) per the schedule; gradients accumulate.
 
         ``shape``: (micro, T, C) of the activations between stages. ``scale``:
         the loss is multiplied by it before backward (fp16 loss scaling).
         ``sync``: the gradient synchronization (``grad_sync``), told which
         backward is the step's last, so it communicates only after that one.
+        ``weights``: each micro-batch's share of the step's loss (its rows x dp / global batch, when
+        the ranks hold unequal shares); None: 1/m each. Micro-batches may differ in rows.
         Returns (mean loss on the last stage, else 0.0; seconds spent computing).
         """
         m = len(micro_batches)
@@ -175,24 +177,25 @@ class Pipeline:
             chunk = self.stage.chunks[c]
             prev, prev_c, nxt, nxt_c = self._neighbours(c)
             x, y = micro_batches[i]
+            rows_shape = (len(x),) + tuple(shape[1:])
             name = f"{'forward' if op == 'F' else 'backward'} {i}" + (f" chunk {c}" if self.stage.virtual > 1 else "")
             if op == "F":
                 last = i == m - 1
                 inp = x.to(self.device) if chunk.first else \
-                    self._recv(shape, prev, self._tag(0, self.rank, c, i, m)).requires_grad_()
+                    self._recv(rows_shape, prev, self._tag(0, self.rank, c, i, m)).requires_grad_()
                 t0 = time.perf_counter()
                 with self._span(name), self._measured(c):
                     out = self._forward(chunk, inp, y, autocast, sync, last)
                 compute += time.perf_counter() - t0
                 if chunk.last:
                     losses.append(float(out.detach()))
-                    out = out * (scale / m)
+                    out = out * (scale / m if weights is None else scale * weights[i])
                 else:
                     self._send(out, nxt, self._tag(0, nxt, nxt_c, i, m), sends)
                 inputs[c, i], outputs[c, i] = inp, out
             else:
                 inp, out = inputs.pop((c, i)), outputs.pop((c, i))
-                grad = None if chunk.last else self._recv(shape, nxt, self._tag(1, self.rank, c, i, m))
+                grad = None if chunk.last else self._recv(rows_shape, nxt, self._tag(1, self.rank, c, i, m))
                 sync.begin_backward(j == final_backward)
                 t0 = time.perf_counter()
                 with self._span(name):
@@ -201,6 +204,8 @@ class Pipeline:
                 if not chunk.first:
                     self._send(inp.grad, prev, self._tag(1, prev, prev_c, i, m), sends)
         MPI.Request.Waitall([r for r, _ in sends])
+        if losses and weights is not None:  # the rows-weighted mean of this rank's micro-batches
+            return sum(w * loss for w, loss in zip(weights, losses)) / sum(weights), compute
         return (sum(losses) / m if losses else 0.0), compute
 
     def _measured(self, chunk: int):

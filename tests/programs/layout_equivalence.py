@@ -62,6 +62,14 @@ CASES = {
     "dp2-pp2-v2-bucketed": dict(pp=2, virtual_stages=2, micro_batches=2),
     "tp2-pp2-v2-fp16": dict(tp=2, pp=2, virtual_stages=2, micro_batches=4, precision="fp16"),
     "dp2-pp2-v2-recompute": dict(pp=2, virtual_stages=2, micro_batches=2, recompute="full"),
+    # a global batch that does not divide over the data-parallel ranks: shares weighted by their rows
+    "uneven": dict(global_batch_size=12), "uneven-accum": dict(global_batch_size=13, micro_batches=2),
+    "uneven-zero2": dict(global_batch_size=11, zero=2, micro_batches=2), "uneven-zero3": dict(global_batch_size=11, zero=3),
+    "uneven-micro-1f1b": dict(global_batch_size=10, pp=2, micro_batches=3),
+    "uneven-zero3-sgd": dict(global_batch_size=11, zero=3, optimizer="sgd", lr=0.1),
+    "uneven-naive-fp16": dict(global_batch_size=12, dp_sync="naive", precision="fp16"),
+    "uneven-ddp": dict(global_batch_size=12, engine="torch-ddp"),
+    "uneven-dp3-pp2": dict(global_batch_size=14, pp=2, micro_batches=2),
     # activation recomputation
     "recompute-full": dict(recompute="full"), "recompute-selective": dict(recompute="selective"),
     "dp2-tp2-recompute-full-bf16": dict(tp=2, recompute="full", precision="bf16"),

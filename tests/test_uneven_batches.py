@@ -1,6 +1,5 @@
 """A global batch that does not divide over the ranks: B // K or B // K + 1 sequences each, weighted by their rows,
 so K ranks train what one process would, and a checkpoint resumes on any rank count."""
-import torch
 
 from conftest import describe, mpirun
 from parallel_lm import checkpoint

@@ -111,6 +111,12 @@ def numbered_checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def available(folder) -> bool:
+    """Whether a run's folder holds a checkpoint (intact or not) to resume from."""
+    folder = Path(folder)
+    return (folder / FILENAME).is_file() or (folder.is_dir() and bool(numbered_checkpoints(folder)))
+
+
 def verify(path: Path) -> dict:
     """The checkpoint at ``path``, or ValueError saying what is wrong with the file."""
     try:

@@ -74,7 +74,14 @@ class MetricsWriter:
     """Appends one JSON object per line, and with ``tensorboard`` (a folder) the SCALARS as TensorBoard events;
     rank 0 only (others get a writer that does nothing)."""
 
-    def __init__(self, path: Path | None, resume: bool = False, tensorboard: Path | None = None):
+    def __init__(self, path: Path | None, resume: bool = False, tensorboard: Path | None = None,
+                 resumed_step: int | None = None):
+        """``resume``: append; ``resumed_step``: first drop the lines past it (steps a failed run did after
+        the checkpoint it resumes from, done again now)."""
+        if path and resume and resumed_step is not None and Path(path).is_file():
+            keep = [line for line in Path(path).read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
+            write_atomic(path, lambda tmp: tmp.write_text("".join(keep)))
         self.file = open(path, "a" if resume else "w") if path else None
         self.tb = tensorboard_writer(tensorboard) if path and tensorboard else None
 

@@ -161,10 +161,11 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
     B, dp = cfg.global_batch_size, grid.dp
     shares = f" = {dp} data-parallel rank(s) x {n_micro} micro-batch(es) x {micro} sequences" if B % dp == 0 and \
         rows == n_micro * micro else (f" over {dp} data-parallel rank(s) holding {B // dp}" +
-                                      (f" or {B // dp + 1}" if B % dp else "") + f" sequences in {n_micro} "
-                                      "micro-batch(es), each weighted by its rows")
+                                      (f" or {B // dp + 1}" if B % dp else "") + " sequences")
+    weighted = "" if B % dp == 0 and rows == n_micro * micro else \
+        f" in {n_micro} micro-batch(es), each weighted by its rows"
     print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {B}{shares}"
-           f" of {cfg.model.block_size} bytes")
+           f" of {cfg.model.block_size} bytes{weighted}")
     if grid.tp > 1 or grid.pp > 1:
         v = cfg.virtual_stages
         kind = f"interleaved 1F1B, {v} chunks per rank, bubble formula (p-1)/(v m+p-1)" if v > 1 else \
@@ -178,7 +179,7 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
     peak = utilization.peak_per_rank(comm, share, params.get("peak_tflops"))
     records = []
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,
-                            tensorboard=out / "tb" if params["tensorboard"] else None)
+                            tensorboard=out / "tb" if params["tensorboard"] else None, resumed_step=trainer.start_step)
     trainer.watchdog = watchdog(comm, params["timeout"])
     comm.Barrier()
     if timeline:

@@ -44,13 +44,23 @@ from .runtime import emulated
 
 def _maybe_fail(step: int) -> None:
     """Test hook: PARALLEL_LM_FAIL_AT=RANK:STEP[:HOW] fails that (world) rank at that step: ``raise``
-    (the default) an exception, ``stop`` the process (SIGSTOP), or ``hang`` its main thread for ever."""
+    (the default) an exception, ``kill`` the process (SIGKILL), ``stop`` it (SIGSTOP), or ``hang`` its main
+    thread for ever. With PARALLEL_LM_FAIL_ONCE=FILE it fails only if FILE does not exist, and creates it
+    (so a restarted job runs through)."""
     spec = os.environ.get("PARALLEL_LM_FAIL_AT")
     if not spec:
         return
     who, at, how = (spec.split(":") + ["raise"])[:3]
     if (who, at) != (str(MPI.COMM_WORLD.Get_rank()), str(step)):
         return
+    once = os.environ.get("PARALLEL_LM_FAIL_ONCE")
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
     if how == "stop":
         os.kill(os.getpid(), signal.SIGSTOP)
     elif how == "hang":

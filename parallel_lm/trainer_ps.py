@@ -131,7 +131,7 @@ def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None, t
     if ps.start_step:
         print0(f"resumed from {resumed_from} at step {ps.start_step}")
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,
-                            tensorboard=out / "tb" if tensorboard else None)
+                            tensorboard=out / "tb" if tensorboard else None, resumed_step=ps.start_step)
     log_every = max(1, (cfg.steps - ps.start_step) // 10)
 
     def on_record(rec):

@@ -17,9 +17,13 @@ TIME_LIMIT = 60
 T = ["-m", "parallel_lm.train", "--steps", "1", "--quiet", "--eval-every", "0", "--eval-batches", "1", "--data",
      "synthetic"]
 G, B, S, P = (["-m", f"parallel_lm.{c}"] for c in ("generate", "bench", "simulate", "predict"))
-C, PL = ["-m", "parallel_lm.calibrate"], ["-m", "parallel_lm.plot"]
+C, PL, E = ["-m", "parallel_lm.calibrate"], ["-m", "parallel_lm.plot"], ["-m", "parallel_lm.elastic"]
 
 CASES = [
+    # elastic: the launcher that restarts a failed job
+    (1, E + ["--ranks", "2", "--", "--steps", "2"], "including --out DIR"),
+    (1, E + ["--ranks", "2", "--min-ranks", "3", "--", "--out", "x"], "--min-ranks 3 is more than --ranks 2"),
+    (1, E + ["--ranks", "0", "--", "--out", "x"], "'--ranks'"),
     # train: numbers
     (1, T + ["--lr", "nan"], "--lr nan must be a finite number > 0"),
     (1, T + ["--lr", "-1"], "--lr -1.0 must be"),
@@ -196,7 +200,8 @@ def files(tmp_path_factory):
 def test_the_suite_covers_every_command_line():
     commands = {args[1] for _, args, _ in CASES}
     assert len(CASES) >= 80 and commands == {f"parallel_lm.{c}" for c in
-                                             ("train", "generate", "bench", "simulate", "predict", "plot", "calibrate")}
+                                             ("train", "generate", "bench", "simulate", "predict", "plot", "calibrate",
+                                                                "elastic")}
 
 
 @pytest.mark.parametrize("k,args,message", CASES, ids=[f"{i:03d}-{a[1].split('.')[1]}" for i, (_, a, _) in enumerate(CASES)])

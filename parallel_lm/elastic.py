@@ -1,0 +1,144 @@
+"""python -m parallel_lm.elastic: when a training job dies, restart it on the survivors, under any MPI.
+
+    python -m parallel_lm.elastic --ranks 4 --min-ranks 2 -- --steps 400 --ckpt-every 20 --out runs/e
+
+Launches ``mpiexec -n N python -m parallel_lm.train FLAGS``. Under MPICH
+(and any MPI without fault tolerance) one dead rank ends the whole job; the
+checkpoint written before stays intact. When the job ends without
+finishing (a rank killed, an exception, the hang watchdog), this relaunches
+it from the newest intact checkpoint in OUT with one rank fewer per
+failure (``--same-size``: as many ranks), until the run reaches its
+``--steps``, the ranks would fall below ``--min-ranks``, or
+``--max-restarts`` are spent. A global batch that no longer divides over
+the ranks is split unevenly and weighted exactly (config.py), so the
+survivors train what the full job would have.
+
+Each failure is logged on stdout and appended to OUT/recovery.jsonl: the
+time, the step the job had completed, the checkpoint step it restarts
+from (the steps in between are lost: at most --ckpt-every), the ranks
+before and after, and the seconds from the job's end to the restarted
+job's resumption.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import checkpoint
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in ``args`` (the last one), or None."""
+    value = None
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def _completed(out: Path) -> int:
+    """The last step metrics.jsonl records (0 without one)."""
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _launch(mpiexec: str, ranks: int, flags: list[str], out: Path, failed_at: float | None = None
+            ) -> tuple[int, float | None]:
+    """Run one job, its output passed through; (exit code, time.monotonic() when it resumed from a checkpoint).
+    ``failed_at``: when the job before it ended, to say how long the recovery took as soon as it has."""
+    resume = ["--resume", str(out)] if checkpoint.available(out) else []
+    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "parallel_lm.train", *flags, *resume]
+    print(f"[elastic] {' '.join(cmd[:3])} ... {' '.join(flags + resume)}", flush=True)
+    resumed = None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1")) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            if resumed is None and line.startswith("resumed from"):
+                resumed = time.monotonic()
+                if failed_at is not None:
+                    print(f"[elastic] recovered in {resumed - failed_at:.1f} s (job end to resumption)", flush=True)
+        sys.stdout.flush()
+    return proc.returncode, resumed
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--ranks", required=True, type=click.IntRange(min=1), help="Ranks of the first launch.")
+@click.option("--min-ranks", default=1, type=click.IntRange(min=1), help="Give up rather than run on fewer ranks.")
+@click.option("--max-restarts", default=3, type=click.IntRange(min=0), help="Give up after this many restarts.")
+@click.option("--same-size", is_flag=True, help="Restart on as many ranks as before (a replaced node), not one fewer.")
+@click.option("--mpiexec", default=str(Path(sys.executable).parent / "mpiexec"),
+              help="The MPI launcher (default: the one in this Python's environment).")
+@click.argument("flags", nargs=-1, type=click.UNPROCESSED)
+def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
+    """Run python -m parallel_lm.train FLAGS (after --) and restart it from its newest intact checkpoint on the
+    surviving ranks whenever it dies. FLAGS must include --out DIR; give --ckpt-every N too, or a failure loses
+    every step since the start."""
+    flags = list(flags)
+    out = _flag(flags, "--out")
+    if out is None:
+        raise click.UsageError("give the train flags after --, including --out DIR: the checkpoints to restart "
+                               "from go there (e.g. -- --steps 400 --ckpt-every 20 --out runs/e)")
+    if min_ranks > ranks:
+        raise click.UsageError(f"--min-ranks {min_ranks} is more than --ranks {ranks}")
+    if not Path(mpiexec).exists() and "/" in mpiexec:
+        raise click.UsageError(f"no MPI launcher at {mpiexec}: pass --mpiexec (e.g. mpiexec from PATH)")
+    out = Path(out)
+    if _flag(flags, "--ckpt-every") in (None, "0"):
+        print("[elastic] no --ckpt-every: a failure restarts from the last checkpoint written, or from scratch",
+              flush=True)
+    restarts, started, pending = 0, time.monotonic(), None
+    while True:
+        code, resumed = _launch(mpiexec, ranks, flags, out, pending[0] if pending else None)
+        if pending:  # the failure before this launch, with the time it took to resume
+            failed_at, entry = pending
+            entry["recovery_s"] = None if resumed is None else round(resumed - failed_at, 2)
+            _log(out, entry)
+            pending = None
+        if code == 0:
+            print(f"[elastic] done: {restarts} restart(s), {time.monotonic() - started:.1f} s, {ranks} rank(s) at "
+                  "the end", flush=True)
+            return
+        failed_at = time.monotonic()
+        done = _completed(out)
+        try:
+            step = checkpoint.load(out, on_fallback=lambda m: print(f"[elastic] {m}", flush=True))["step"] \
+                if checkpoint.available(out) else 0
+        except ValueError as e:  # no intact checkpoint left: start over
+            print(f"[elastic] {e}; no intact checkpoint: starting from scratch", flush=True)
+            step = 0
+        after = ranks if same_size else ranks - 1
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "exit": code, "completed_step": done,
+                 "restart_step": step, "steps_lost": max(0, done - step), "ranks_before": ranks, "ranks_after": after}
+        print(f"[elastic] {entry['time']}: the job on {ranks} rank(s) ended with exit {code} after step {done}; ",
+              end="", flush=True)
+        if restarts >= max_restarts or after < min_ranks:
+            why = f"--max-restarts {max_restarts} spent" if restarts >= max_restarts else \
+                f"{after} rank(s) would be fewer than --min-ranks {min_ranks}"
+            print(f"giving up: {why}", flush=True)
+            _log(out, {**entry, "ranks_after": None, "gave_up": why})
+            sys.exit(1)
+        print(f"restarting on {after} rank(s) from step {step} ({entry['steps_lost']} completed step(s) lost)",
+              flush=True)
+        ranks, restarts, pending = after, restarts + 1, (failed_at, entry)
+
+
+def _log(out: Path, entry: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "recovery.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+if __name__ == "__main__":
+    main()

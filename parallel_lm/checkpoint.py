@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from .faults import maybe_kill_in_write
 from .parallel.optim import decays
 from .parallel.tensor_parallel import join
 
@@ -71,6 +72,7 @@ def _write(path: Path, state: dict) -> None:
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
+        maybe_kill_in_write()  # fault injection (faults.py): a kill between the bytes and the rename
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

@@ -53,11 +53,22 @@ def _completed(out: Path) -> int:
         return 0
 
 
-def _launch(mpiexec: str, ranks: int, flags: list[str], out: Path, failed_at: float | None = None
+def _intact_step(out: Path) -> int | None:
+    """The step of the newest intact checkpoint in ``out`` (saying so when it falls back), None when there is none."""
+    if not checkpoint.available(out):
+        return None
+    try:
+        return checkpoint.load(out, on_fallback=lambda m: print(f"[elastic] {m}", flush=True))["step"]
+    except ValueError as e:
+        print(f"[elastic] {e}; no intact checkpoint left: starting from scratch", flush=True)
+        return None
+
+
+def _launch(mpiexec: str, ranks: int, flags: list[str], out: Path, resume: bool, failed_at: float | None = None
             ) -> tuple[int, float | None]:
     """Run one job, its output passed through; (exit code, time.monotonic() when it resumed from a checkpoint).
     ``failed_at``: when the job before it ended, to say how long the recovery took as soon as it has."""
-    resume = ["--resume", str(out)] if checkpoint.available(out) else []
+    resume = ["--resume", str(out)] if resume else []
     cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "parallel_lm.train", *flags, *resume]
     print(f"[elastic] {' '.join(cmd[:3])} ... {' '.join(flags + resume)}", flush=True)
     resumed = None
@@ -99,8 +110,9 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
         print("[elastic] no --ckpt-every: a failure restarts from the last checkpoint written, or from scratch",
               flush=True)
     restarts, started, pending = 0, time.monotonic(), None
+    step = _intact_step(out)  # a folder with a checkpoint: continue it
     while True:
-        code, resumed = _launch(mpiexec, ranks, flags, out, pending[0] if pending else None)
+        code, resumed = _launch(mpiexec, ranks, flags, out, step is not None, pending[0] if pending else None)
         if pending:  # the failure before this launch, with the time it took to resume
             failed_at, entry = pending
             entry["recovery_s"] = None if resumed is None else round(resumed - failed_at, 2)
@@ -112,15 +124,11 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
             return
         failed_at = time.monotonic()
         done = _completed(out)
-        try:
-            step = checkpoint.load(out, on_fallback=lambda m: print(f"[elastic] {m}", flush=True))["step"] \
-                if checkpoint.available(out) else 0
-        except ValueError as e:  # no intact checkpoint left: start over
-            print(f"[elastic] {e}; no intact checkpoint: starting from scratch", flush=True)
-            step = 0
+        step = _intact_step(out)
         after = ranks if same_size else ranks - 1
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "exit": code, "completed_step": done,
-                 "restart_step": step, "steps_lost": max(0, done - step), "ranks_before": ranks, "ranks_after": after}
+                 "restart_step": step or 0, "steps_lost": max(0, done - (step or 0)), "ranks_before": ranks,
+                 "ranks_after": after}
         print(f"[elastic] {entry['time']}: the job on {ranks} rank(s) ended with exit {code} after step {done}; ",
               end="", flush=True)
         if restarts >= max_restarts or after < min_ranks:
@@ -129,7 +137,7 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
             print(f"giving up: {why}", flush=True)
             _log(out, {**entry, "ranks_after": None, "gave_up": why})
             sys.exit(1)
-        print(f"restarting on {after} rank(s) from step {step} ({entry['steps_lost']} completed step(s) lost)",
+        print(f"restarting on {after} rank(s) from step {step or 0} ({entry['steps_lost']} completed step(s) lost)",
               flush=True)
         ranks, restarts, pending = after, restarts + 1, (failed_at, entry)
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
 import time
 
 import numpy as np
@@ -28,6 +26,7 @@ from mpi4py import MPI
 
 from . import checkpoint
 from .config import TrainConfig
+from .faults import maybe_fail
 from .metrics import StepRecord, Timeline
 from .model import GPT
 from .model.recompute import set_recompute
@@ -40,33 +39,6 @@ from .parallel.schedules import bubble_formula
 from .parallel.tensor_parallel import TensorParallel, is_sharded, piece, shard_model
 from .parallel.torch_ddp import TorchDDP
 from .runtime import emulated
-
-
-def _maybe_fail(step: int) -> None:
-    """Test hook: PARALLEL_LM_FAIL_AT=RANK:STEP[:HOW] fails that (world) rank at that step: ``raise``
-    (the default) an exception, ``kill`` the process (SIGKILL), ``stop`` it (SIGSTOP), or ``hang`` its main
-    thread for ever. With PARALLEL_LM_FAIL_ONCE=FILE it fails only if FILE does not exist, and creates it
-    (so a restarted job runs through)."""
-    spec = os.environ.get("PARALLEL_LM_FAIL_AT")
-    if not spec:
-        return
-    who, at, how = (spec.split(":") + ["raise"])[:3]
-    if (who, at) != (str(MPI.COMM_WORLD.Get_rank()), str(step)):
-        return
-    once = os.environ.get("PARALLEL_LM_FAIL_ONCE")
-    if once:
-        try:
-            os.close(os.open(once, os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            return
-    if how == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if how == "stop":
-        os.kill(os.getpid(), signal.SIGSTOP)
-    elif how == "hang":
-        while True:
-            time.sleep(3600)
-    raise RuntimeError(f"PARALLEL_LM_FAIL_AT={spec}: failing on purpose")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -175,7 +147,7 @@ class Trainer:
 
     def _forward_backward(self, step: int, scale: float) -> tuple[float, float, float]:
         """This rank's micro-batches through the pipeline: (loss on the last stage, compute_s, pipeline_s)."""
-        _maybe_fail(step)
+        maybe_fail(step)
         t0 = time.perf_counter()
         loss, compute_s = self.pipeline.run(self._micro_batches(step), self.shape, self.autocast, scale, self.sync,
                                             self.weights)

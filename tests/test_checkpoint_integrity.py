@@ -123,7 +123,7 @@ def test_a_full_disk_is_reported_as_such(tmp_path):
             checkpoint.save(disk, {"w": torch.zeros(64, 1024)}, {}, 2, {"model": {}})
         assert checkpoint.load(disk)["step"] == 1 and not list(disk.glob(".checkpoint.pt.tmp*"))
     finally:
-        subprocess.run(["umount", str(disk)], check=False)
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_resume_falls_back_to_an_intact_checkpoint_and_trains_what_the_unbroken_run_trained(tmp_path):

@@ -14,8 +14,9 @@ TRAIN = ["--steps", "8", "--ckpt-every", "2", "--data", "synthetic", "--global-b
          "--quiet"]
 
 
-def elastic(tmp_path, args, fail, timeout=240):
-    env = {"PARALLEL_LM_FAIL_AT": fail, "PARALLEL_LM_FAIL_ONCE": str(tmp_path / "failed-once"), "PYTHONUNBUFFERED": "1"}
+def elastic(tmp_path, args, fail, timeout=240, extra=None):
+    env = {"PARALLEL_LM_FAIL_AT": fail, "PARALLEL_LM_FAIL_ONCE": str(tmp_path / "failed-once"), "PYTHONUNBUFFERED": "1",
+           **(extra or {})}
     return subprocess.run([sys.executable, "-m", "parallel_lm.elastic", "--mpiexec", mpiexec_path(), *args], cwd=ROOT,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
 
@@ -52,3 +53,16 @@ def test_it_gives_up_below_min_ranks_or_after_max_restarts_and_says_why(tmp_path
 def test_without_out_it_says_what_to_pass(tmp_path):
     proc = elastic(tmp_path, ["--ranks", "2", "--", "--steps", "2"], "")
     assert proc.returncode == 2 and "including --out DIR" in proc.stderr, describe(proc)
+
+
+@pytest.mark.parametrize("fail", ["0:5:killwrite", "0:6:corrupt"])  # rank 0 writes: no race with the write
+def test_a_kill_mid_checkpoint_or_a_corrupted_newest_checkpoint_falls_back_and_still_finishes(tmp_path, fail):
+    """killwrite: rank 0 killed while writing step 6's checkpoint; corrupt: step 6's checkpoint truncated, then
+    a kill. Either way the restart resumes from step 4's (--keep-checkpoints 2) and finishes."""
+    out = tmp_path / "run"
+    proc = elastic(tmp_path, ["--ranks", "3", "--", *TRAIN, "--keep-checkpoints", "2", "--out", str(out)], fail,
+                   extra={"PARALLEL_LM_CORRUPT": str(out / "checkpoint.pt")})
+    assert proc.returncode == 0 and "done: 1 restart(s)" in proc.stdout, describe(proc)
+    assert checkpoint.load(out)["step"] == 8
+    log = json.loads((out / "recovery.jsonl").read_text().splitlines()[0])
+    assert log["restart_step"] == 4 and log["completed_step"] == 6, describe(proc)

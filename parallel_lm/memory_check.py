@@ -38,7 +38,8 @@ def estimate(cfg, grid) -> dict[str, float]:
     m = cfg.model
     shape = ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size, dropout=False, fused_attention=True)
     _, micro, n_micro = cfg.per_rank(grid.dp)
-    layout = Layout(global_batch=grid.dp * micro * n_micro, micro_batch=micro,  # as if every rank were the fullest dp=grid.dp, tp=grid.tp, pp=grid.pp,
+    # the fullest rank's share as if every rank held it (a batch that does not divide leaves some one row short)
+    layout = Layout(global_batch=grid.dp * micro * n_micro, micro_batch=micro, dp=grid.dp, tp=grid.tp, pp=grid.pp,
                     virtual_stages=cfg.virtual_stages, zero=cfg.zero, recompute=cfg.recompute, precision="fp32")
     terms = memory_per_gpu(shape, layout)
     if cfg.precision != "fp32":  # autocast keeps most activations in 16 bits

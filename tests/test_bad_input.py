@@ -66,7 +66,7 @@ CASES = [
     (1, T + ["--predict", "{broken_json}"], "broken.json is not valid JSON"),
     (1, T + ["--n-head", "3"], "--n-embd 64 is not divisible by --n-head 3"),
     (1, T + ["--micro-batch-size", "5"], "micro-batch 5"),
-    (1, T + ["--micro-batches", "3"], "--micro-batches 3"),
+    (1, T + ["--micro-batches", "40"], "--micro-batches 40 needs at least 40 sequences"),
     (1, T + ["--micro-batches", "2", "--micro-batch-size", "4"], "give --micro-batches or --micro-batch-size"),
     # train: memory
     (1, T + ["--block-size", "100000"], "lower --micro-batch-size"),

@@ -81,7 +81,7 @@ def test_generate_samples_text(uninterrupted):
 
 
 @pytest.mark.parametrize("k,args,message", [
-    (3, ["--global-batch-size", "32"], "--global-batch-size 32 is not divisible by 3 data-parallel ranks"),
+    (3, ["--global-batch-size", "2"], "--global-batch-size 2 is smaller than the 3 data-parallel ranks"),
     (2, ["--micro-batch-size", "3"], "is not divisible by 2 data-parallel ranks x micro-batch 3"),
     (2, ["--allreduce", "rnig"], "unknown --allreduce 'rnig'; valid: naive, tree, ring"),
     (2, ["--precision", "fp8"], "'fp8' is not one of 'fp32', 'bf16', 'fp16'"),

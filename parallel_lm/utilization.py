@@ -17,6 +17,7 @@ import time
 import torch
 
 from .costmodel.transformer import ModelShape
+from .parallel.zero import memory_formula
 from .runtime import quiet_barrier
 
 
@@ -66,13 +67,17 @@ def utilization_line(cfg, flops_per_token: float, records, ranks: int, peak: tup
             f"per rank ({source})")
 
 
+def _model_state(trainer) -> tuple[dict, dict, int]:
+    """(bytes this rank holds by kind, the formula's bytes by kind, its parameter count: its stage / tensor slice)."""
+    n = sum(p.numel() for p in trainer.params)
+    return trainer.memory(), memory_formula(n, trainer.cfg.zero, trainer.grid.dp, trainer.cfg.optimizer), n
+
+
 def model_state_line(trainer) -> str:
     """Bytes per rank of parameters, gradients and optimizer state measured after the first step, beside
     the formula (parallel/zero.py's ``memory_formula``), with what ZeRO-2/3 hold in flight."""
-    from .parallel.zero import memory_formula
-    cfg, have = trainer.cfg, trainer.memory()
-    n = sum(p.numel() for p in trainer.params)  # this rank's parameters (its stage / tensor slice)
-    want = memory_formula(n, cfg.zero, trainer.grid.dp, cfg.optimizer)
+    cfg = trainer.cfg
+    have, want, n = _model_state(trainer)
     parts = ", ".join(f"{k} {have[k] / 2**20:.2f} MiB (formula {want[k] / 2**20:.2f})" for k in want)
     total = f"total {sum(have[k] for k in want) / 2**20:.2f} MiB"
     if not cfg.zero:
@@ -114,11 +119,9 @@ def memory_mib(trainer) -> tuple[float, float]:
     """(measured, formula) MiB this rank holds: model state (``Trainer.memory``: parameters, gradients,
     optimizer state, and what is in flight: a ZeRO-2 bucket, ZeRO-3's whole layers) and the activations
     of the micro-batches its schedule holds at once."""
-    from .parallel.zero import memory_formula
     cfg, grid, pipe = trainer.cfg, trainer.grid, trainer.pipeline
-    n = sum(p.numel() for p in trainer.params)
-    held = sum(trainer.memory().values())
-    formula = sum(memory_formula(n, cfg.zero, grid.dp, cfg.optimizer).values())
+    have, want, _ = _model_state(trainer)
+    held, formula = sum(have.values()), sum(want.values())
     if pipe.activation_bytes:
         live = pipe.peak_in_flight(trainer.n_micro)
         chunk = trainer.stage.chunks[pipe.activation_chunk]

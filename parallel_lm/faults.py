@@ -7,6 +7,8 @@ fails that (world) rank when it starts that step (0-based), HOW being
 - ``hang``: the main thread sleeps for ever (stuck I/O, a deadlock);
 - ``killwrite``: SIGKILL in the middle of the next checkpoint write (after its
   bytes are written, before the rename);
+- ``killcomm``: SIGKILL inside the next explicit collective, after its first
+  message (the others are mid-algorithm);
 - ``corrupt``: truncate the file PARALLEL_LM_CORRUPT names (the newest
   checkpoint), then SIGKILL.
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from mpi4py import MPI
 
 _kill_in_write = False
+_kill_in_collective = False
 
 
 def _once(rank: int, step: int) -> bool:
@@ -39,14 +42,14 @@ def _once(rank: int, step: int) -> bool:
 
 def maybe_fail(step: int) -> None:
     """Fail here if PARALLEL_LM_FAIL_AT names this rank and ``step``."""
-    global _kill_in_write
+    global _kill_in_write, _kill_in_collective
     rank = MPI.COMM_WORLD.Get_rank()
     for spec in filter(None, os.environ.get("PARALLEL_LM_FAIL_AT", "").split(",")):
         who, at, how = (spec.split(":") + ["raise"])[:3]
         if (who, at) != (str(rank), str(step)) or not _once(rank, step):
             continue
-        if how == "killwrite":
-            _kill_in_write = True
+        if how in ("killwrite", "killcomm"):
+            _kill_in_write, _kill_in_collective = how == "killwrite", how == "killcomm"
             return
         if how == "corrupt":
             target = Path(os.environ["PARALLEL_LM_CORRUPT"])
@@ -63,3 +66,20 @@ def maybe_kill_in_write() -> None:
     """Inside a checkpoint write, between its bytes and its rename: SIGKILL if ``killwrite`` armed it."""
     if _kill_in_write:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def in_collective(comm):
+    """``comm``, or (``killcomm`` armed) a communicator that SIGKILLs this rank after its first message."""
+    if not _kill_in_collective:
+        return comm
+    from .comm.trace import ObservedComm
+
+    class Dying(ObservedComm):
+        sent = 0
+
+        def observe(self, call, sendbuf=None, dest=None, recvbuf=None, source=None):
+            if self.sent:
+                os.kill(os.getpid(), signal.SIGKILL)
+            self.sent += 1
+
+    return Dying(comm)

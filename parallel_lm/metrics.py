@@ -78,14 +78,27 @@ class MetricsWriter:
                  resumed_step: int | None = None):
         """``resume``: append; ``resumed_step``: first drop the lines past it (steps a failed run did after
         the checkpoint it resumes from, done again now)."""
+        self.last_step = 0
         if path and resume and resumed_step is not None and Path(path).is_file():
             keep = [line for line in Path(path).read_text().splitlines(keepends=True)
                     if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
             write_atomic(path, lambda tmp: tmp.write_text("".join(keep)))
+            self.last_step = max((json.loads(line)["step"] for line in keep), default=0)
         self.file = open(path, "a" if resume else "w") if path else None
         self.tb = tensorboard_writer(tensorboard) if path and tensorboard else None
 
+    def reopened(self, path: Path | None, tensorboard: Path | None, step: int, record: "StepRecord | None"
+                 ) -> "MetricsWriter":
+        """After ranks died (--on-failure shrink): the writer of the survivors' rank 0 (``path``; None elsewhere),
+        the file cut at ``step``, and given ``record`` (of step ``step``, from another survivor) if it lacks it."""
+        self.close()
+        writer = MetricsWriter(path, resume=True, tensorboard=tensorboard, resumed_step=step)
+        if record is not None and writer.last_step < step:
+            writer.write(record)
+        return writer
+
     def write(self, record: StepRecord) -> None:
+        self.last_step = record.step
         if self.file:
             self.file.write(json.dumps(record.to_json()) + "\n")
             self.file.flush()

@@ -20,8 +20,9 @@ from pathlib import Path
 import click
 import torch
 from click.core import ParameterSource
+from mpi4py import MPI
 
-from . import checkpoint, memory_check, run_prediction, utilization
+from . import checkpoint, memory_check, run_prediction, shrink, utilization
 from .costmodel.profiles import load_profile
 from .config import TrainConfig
 from .data import Batches, load_corpus
@@ -79,6 +80,9 @@ def main(ctx, **params):
     """Train a byte-level GPT across MPI ranks (or alone): data, tensor and pipeline parallelism, ZeRO, or a
     parameter server, all through one training loop."""
     comm = world()
+    if params["on_failure"] == "shrink":
+        agree(comm, shrink.check_available)
+        comm = shrink.fault_tolerant_world()
     rank, p = comm.Get_rank(), comm.Get_size()
     state = agree(comm, lambda: checkpoint.load(params["resume"], on_fallback=print0)) if params["resume"] else None
     cfg = agree(comm, lambda: resolve_config(ctx, params, state["config"] if state else None))
@@ -89,6 +93,10 @@ def main(ctx, **params):
     if netem and (cfg.sync != "allreduce" or cfg.engine != "explicit" or cfg.allreduce == "mpi"):
         raise click.UsageError("--netem delays the explicit collectives' messages: use it with --sync allreduce, "
                                "--engine explicit and an --allreduce other than mpi")
+    if params["on_failure"] == "shrink" and (cfg.sync == "ps" or cfg.engine == "torch-ddp"):
+        raise click.UsageError("--on-failure shrink rebuilds the explicit collectives' communicators: use it with "
+                               "--sync allreduce and --engine explicit (python -m parallel_lm.elastic restarts the "
+                               "others)")
     profile = agree(comm, lambda: load_profile(params["predict_profile"])) if params["predict_profile"] else None
     if profile and cfg.sync == "ps":
         raise click.UsageError("--predict covers --sync allreduce runs; for the parameter server use "
@@ -118,8 +126,12 @@ def main(ctx, **params):
         trainer_ps.run(cfg, comm, batches, out, state, timeline, params["resume"], params["tensorboard"],
                        params["keep_checkpoints"])
     else:
-        trainer = Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(rank), netem=netem)
-        run(cfg, comm, trainer, params, state, out, timeline, share, profile)
+        def make_trainer(cfg, comm, state):
+            return Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(comm.Get_rank()),
+                           netem=netem)
+        survivors = shrink.Survivors(comm, out) if params["on_failure"] == "shrink" else None
+        trainer = run(cfg, comm, make_trainer(cfg, comm, state), params, state, out, timeline, share, profile,
+                      survivors, make_trainer)
         trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
     print0(memory_check.report(memory, before_mib))
 
@@ -146,7 +158,28 @@ def _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, record
                                    "micro_batches": n_micro, "ranks": comm.Get_size()})
 
 
-def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
+def _report_step(rec, cfg, bar, interactive: bool, log_every: int) -> None:
+    """The progress bar's postfix; the validation loss, or every log_every-th step, as a line."""
+    done = rec.step
+    exposed = f", exposed comm {100 * rec.exposed_comm_s / rec.step_s:.0f}%" if rec.exposed_comm_s is not None else ""
+    bubble = f", bubble {100 * rec.bubble:.0f}%" if rec.bubble is not None else ""
+    progress = f"loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s{exposed}{bubble}"
+    bar.set_postfix_str(progress, refresh=False)
+    bar.update()
+    say = (lambda line: bar.write(line, file=sys.stdout)) if interactive else print0
+    if rec.val_loss is not None:
+        say(f"step {done}: train loss {rec.loss:.4f}, val loss {rec.val_loss:.4f}")
+    elif log_every and done % log_every == 0:
+        say(f"step {done}/{cfg.steps}: {progress}")
+
+
+def _checkpoint_due(cfg, out, done: int) -> bool:
+    return out is not None and done > 0 and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps)
+
+
+def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, survivors=None, make_trainer=None):
+    """The training loop; returns the trainer it ends with (--on-failure shrink: the survivors' own, built by
+    ``make_trainer(cfg, comm, state)``)."""
     rank, p = comm.Get_rank(), comm.Get_size()
     batches = trainer.batches
     grid = cfg.grid(p)
@@ -178,9 +211,10 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
     probe = _probe_compute(cfg, comm, micro) if profile else None
     peak = utilization.peak_per_rank(comm, share, params.get("peak_tflops"))
     records = []
+    tensorboard = out / "tb" if params["tensorboard"] else None
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,
-                            tensorboard=out / "tb" if params["tensorboard"] else None, resumed_step=trainer.start_step)
-    trainer.watchdog = watchdog(comm, params["timeout"])
+                            tensorboard=tensorboard, resumed_step=trainer.start_step)
+    trainer.watchdog = watchdog(comm, params["timeout"], kill=survivors is not None)
     comm.Barrier()
     if timeline:
         timeline.t0 = time.perf_counter()  # after the barrier: tracks of all ranks line up
@@ -190,31 +224,39 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
     log_every = max(1, (cfg.steps - trainer.start_step) // 10) if rank == 0 and not params["quiet"] and not interactive else 0
     bar = tqdm(total=cfg.steps, initial=trainer.start_step, unit="step", file=sys.stderr, mininterval=0.5,
                disable=not interactive, dynamic_ncols=True)
-    val = None
-    for step in range(trainer.start_step, cfg.steps):
-        rec = trainer.train_step(step)
-        done = step + 1
-        if step == trainer.start_step:
-            print0(utilization.model_state_line(trainer))
-            print0(utilization.activation_line(trainer, grid, micro))
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-            trainer.watchdog.at(step, "evaluation")
-            val = rec.val_loss = trainer.evaluate()
-        metrics.write(rec)
-        records.append(rec)
-        exposed = f", exposed comm {100 * rec.exposed_comm_s / rec.step_s:.0f}%" if rec.exposed_comm_s is not None else ""
-        bubble = f", bubble {100 * rec.bubble:.0f}%" if rec.bubble is not None else ""
-        progress = f"loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s{exposed}{bubble}"
-        bar.set_postfix_str(progress, refresh=False)
-        bar.update()
-        say = (lambda line: bar.write(line, file=sys.stdout)) if interactive else print0
-        if rec.val_loss is not None:
-            say(f"step {done}: train loss {rec.loss:.4f}, val loss {rec.val_loss:.4f}")
-        elif log_every and done % log_every == 0:
-            say(f"step {done}/{cfg.steps}: {progress}")
-        if out is not None and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps):
-            trainer.watchdog.at(step, "checkpoint write")
-            trainer.save(out, done, params["keep_checkpoints"])  # collective: every rank sends its part, unsharded, by single-process name
+    val, step, first = None, trainer.start_step, trainer.start_step
+    while True:
+        try:
+            if step >= cfg.steps:
+                if survivors:
+                    survivors.settle()  # a rank that died after its last collective is found here
+                break
+            rec = trainer.train_step(step)
+            done = step + 1
+            if step == first:
+                print0(utilization.model_state_line(trainer))
+                print0(utilization.activation_line(trainer, grid, micro))
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                trainer.watchdog.at(step, "evaluation")
+                val = rec.val_loss = trainer.evaluate()
+            metrics.write(rec)
+            records.append(rec)
+            _report_step(rec, cfg, bar, interactive, log_every)
+            if _checkpoint_due(cfg, out, done):
+                trainer.watchdog.at(step, "checkpoint write")
+                trainer.save(out, done, params["keep_checkpoints"])  # collective: every rank sends its part, unsharded, by single-process name
+            step = done
+        except MPI.Exception as error:
+            if survivors is None or not shrink.is_failure(error):
+                raise
+            trainer, record = survivors.recover(trainer, error, records[-1] if records else None, make_trainer)
+            comm, rank, p = trainer.comm, trainer.comm.Get_rank(), trainer.comm.Get_size()
+            trainer.watchdog = watchdog(comm, params["timeout"], kill=True)
+            metrics = metrics.reopened(out / "metrics.jsonl" if out is not None and rank == 0 else None, tensorboard,
+                                       trainer.start_step, record)
+            step = trainer.start_step
+            if _checkpoint_due(cfg, out, step):  # the write may have been what the dead rank was doing
+                trainer.save(out, step, params["keep_checkpoints"])
     bar.close()
     trainer.watchdog.close()
     metrics.close()
@@ -222,20 +264,21 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None):
         per_rank = comm.gather(timeline.events, root=0)
         if rank == 0:
             write_chrome_trace(out / "trace.json", per_rank)
-    if val is None and trainer.start_step >= cfg.steps:
+    if val is None and first >= cfg.steps:
         val = trainer.evaluate()
-        print0(f"already at step {trainer.start_step} >= --steps {cfg.steps}: nothing to train")
+        print0(f"already at step {first} >= --steps {cfg.steps}: nothing to train")
     if val is not None:
         print0(validation_line(val))
     if records:
         print0(utilization.utilization_line(cfg, trainer.flops_per_token, records, p, peak))
     if probe and records:
-        _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out, share)
+        _report_prediction(cfg, comm, trainer.grid, n_micro, probe, profile, trainer, records, out, share)
     if out is not None:
         files = ["metrics.jsonl", "checkpoint.pt"] + (["prediction.json"] if probe and records else []) \
             + (["trace.json"] if timeline else []) + (["tb/ (tensorboard --logdir " + str(out.parent) + ")"]
                                                       if params["tensorboard"] else [])
         print0(f"wrote {', '.join(str(out / f) for f in files)}" + (" (open trace.json in ui.perfetto.dev)" if timeline else ""))
+    return trainer
 
 
 if __name__ == "__main__":

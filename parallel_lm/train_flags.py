@@ -6,6 +6,7 @@ import click
 from .comm import ALGORITHMS
 from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, SYNCS
 from .model import PRESETS
+from .shrink import MODES
 from .watchdog import DEFAULT_TIMEOUT
 
 
@@ -97,6 +98,9 @@ OPTIONS = [
     click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), help="The device's peak TFLOP/s per "
                  "rank for MFU/HFU (a datasheet figure, e.g. 989 for an H100's bf16); default: an fp32 matmul timed "
                  "on this node, shared by its ranks."),
+    click.option("--on-failure", type=click.Choice(MODES), default="abort", help="When a rank dies: abort the job "
+                 "(restart it with python -m parallel_lm.elastic), or shrink: the survivors go on without it (needs "
+                 "Open MPI launched with mpirun --with-ft ulfm)."),
     click.option("--timeout", default=DEFAULT_TIMEOUT, type=click.FloatRange(min=0), help="Hang watchdog: a rank that makes no "
                  "progress for this many seconds (stopped, stuck in I/O, deadlocked) ends the job, named (0: off)."),
     click.option("--force", is_flag=True, help="Train even when the memory estimate says the run cannot fit."),

@@ -82,6 +82,7 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             self.start_step = int(state["step"])
             saved_optimizer = checkpoint.optimizer_by_name(state["optimizer"], full)
+        self.completed = self.start_step  # steps whose optimizer update this rank has applied
         self.tp = TensorParallel(self.tp_comm, cfg.allreduce)
         self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
         set_recompute(self.model, cfg.recompute)
@@ -193,6 +194,7 @@ class Trainer:
             gather_s = self.update.step(lr_at(cfg, step), coef)  # ZeRO: the all-gather of the updated shards
             if comm_s is not None:
                 comm_s, exposed_s = comm_s + gather_s + self.tie_s, exposed_s + gather_s + self.tie_s
+        self.completed = step + 1  # before the loss's all-reduce: a failure there leaves this step done
         if self.timeline:
             self.timeline.add("optimizer", t_opt, time.perf_counter() - t_opt)
         return self._record(step, t_step, loss, compute_s, pipe_s, comm_s, exposed_s, applied)
@@ -253,6 +255,16 @@ class Trainer:
             by_name.setdefault(name, {})[kind] = value
         return by_name
 
+    def replica_state(self) -> dict:
+        """This rank's whole training state in checkpoint form, no communication: for a replica that holds
+        everything (plain data parallelism), the state a survivor hands the others (shrink.py)."""
+        states = self.update.state_by_param()
+        return {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": {"by_name": {self.names[id(p)]: {k: v.detach().cpu().clone() for k, v in s.items()}
+                                          for p, s in states.items()}},
+                "step": self.completed, "config": self.cfg.to_dict(), "torch_rng": torch.get_rng_state(),
+                **({"loss_scaler": self.scaler.state_dict()} if self.scaler else {})}
+
     def save(self, out, step: int, keep: int = 1) -> None:
         """Write OUT/checkpoint.pt at ``step``, keeping the newest ``keep`` (collective: every rank sends its
         part; rank 0 writes)."""
@@ -267,6 +279,18 @@ class Trainer:
 
     def close(self):
         self.sync.close()
+
+    def communicators(self) -> list:
+        """Every communicator this trainer (and its threads) may be blocked in: what a failure revokes."""
+        found = [self.comm, self.dp_comm, self.tp_comm, self.pp_comm, getattr(self.sync, "thread_comm", None),
+                 getattr(self.watchdog, "comm", None)]
+        unique = {id(c): c for c in found if c is not None and c != MPI.COMM_SELF}
+        return list(unique.values())
+
+    def abandon(self) -> None:
+        """Stop this trainer's threads without any collective call (its communicators are revoked)."""
+        self.watchdog.close(wait=False)
+        self.sync.abandon()
 
 
 @torch.no_grad()

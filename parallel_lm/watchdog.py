@@ -20,10 +20,17 @@ what it has heard:
 The lowest rank that still sends heartbeats prints one message naming the
 stuck rank(s), their operation and step, and aborts the job (exit 3); the
 launcher kills every process, stopped ones included.
+
+Under ``--on-failure shrink`` (``kill=True``) a stuck rank is treated as a
+dead one instead: that rank sends it SIGKILL (it runs on the same node; on
+another node, or when every rank is stuck, it aborts as above), and the
+survivors go on without it (shrink.py).
 """
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sys
 import threading
 import time
@@ -36,9 +43,11 @@ OPERATIONS = ("start", "forward/backward", "gradient sync", "optimizer step", "e
 
 
 class Watchdog:
-    def __init__(self, comm, timeout: float, period: float | None = None):
+    def __init__(self, comm, timeout: float, period: float | None = None, kill: bool = False):
         self.comm = comm.Dup()  # collective: every rank is here
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.kill = kill
+        self.processes = self.comm.allgather((socket.gethostname(), os.getpid())) if kill else None
         self.timeout = timeout
         self.period = period or min(1.0, timeout / 10)
         self.step, self.op, self.progress_at = 0, "start", time.monotonic()
@@ -53,12 +62,20 @@ class Watchdog:
         """The main thread reached ``op`` of ``step`` (an entry of OPERATIONS)."""
         self.step, self.op, self.progress_at = step, op, time.monotonic()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop watching; ``wait=False``: without waiting for the thread (ranks died, its communicator revoked)."""
         self.running = False
-        self.thread.join()
+        if wait:
+            self.thread.join()
 
     # -- the watching thread -----------------------------------------------------------------
     def _watch(self) -> None:
+        try:
+            self._beat()
+        except MPI.Exception:  # a rank died (--on-failure shrink): the main thread recovers, and watches anew
+            self.running = False
+
+    def _beat(self) -> None:
         while self.running:
             now = time.monotonic()
             beat = (self.step, self.op, now - self.progress_at)
@@ -69,10 +86,12 @@ class Watchdog:
                 status = MPI.Status()
                 beat = self.comm.recv(source=MPI.ANY_SOURCE, tag=TAG, status=status)
                 self.heard[status.Get_source()] = (time.monotonic(),) + tuple(beat)
-            verdict = self._judge(time.monotonic())
+            verdict, stuck = self._judge(time.monotonic())
             if verdict:
                 live = [r for r, (seen, *_) in self.heard.items() if now - seen < self.timeout]
                 if self.rank == min(live, default=self.rank):
+                    if self._kill(verdict, stuck):
+                        return
                     sys.stderr.write(f"[rank {self.rank}] watchdog: {verdict}; ending the job (--timeout "
                                      f"{self.timeout:g} s; 0 turns the watchdog off)\n")
                     sys.stderr.flush()
@@ -83,16 +102,30 @@ class Watchdog:
             if r != self.rank:
                 self.comm.isend((self.step, "end", 0.0), dest=r, tag=TAG)
 
-    def _judge(self, now: float) -> str | None:
-        """What is stuck, in words, or None while the job makes progress."""
+    def _kill(self, verdict: str, stuck: list[int]) -> bool:
+        """--on-failure shrink: SIGKILL the stuck ranks, so the survivors go on without them; False where this
+        rank cannot (not shrinking, a rank on another node, or every rank stuck)."""
+        host = socket.gethostname()
+        if not self.kill or len(stuck) == self.size or any(self.processes[r][0] != host for r in stuck):
+            return False
+        sys.stderr.write(f"[rank {self.rank}] watchdog: {verdict}; killing {_ranks(stuck)} so that the others go "
+                         f"on without (--on-failure shrink)\n")
+        sys.stderr.flush()
+        for r in stuck:
+            os.kill(self.processes[r][1], signal.SIGKILL)
+        self.running = False
+        return True
+
+    def _judge(self, now: float) -> tuple[str | None, list[int]]:
+        """What is stuck, in words, and which ranks; (None, []) while the job makes progress."""
         watched = {r: h for r, h in self.heard.items() if h[2] != "end"}
         silent = [r for r, (seen, *_) in watched.items() if now - seen > self.timeout]
         if silent:
-            return f"no heartbeat for {self.timeout:g} s from {_ranks(silent)} (last heard: {self._where(silent)}): " \
-                   "the process stopped (a signal, a dead node)"
+            return (f"no heartbeat for {self.timeout:g} s from {_ranks(silent)} (last heard: {self._where(silent)}): "
+                    "the process stopped (a signal, a dead node)"), silent
         idle = {r: idle + (now - seen) for r, (seen, _, _, idle) in watched.items()}
         if not idle or min(idle.values()) < self.timeout:
-            return None
+            return None, []
         position = {r: (step, OPERATIONS.index(op) if op in OPERATIONS else 0)
                     for r, (_, step, op, _) in watched.items()}
         behind = min(position.values())
@@ -100,7 +133,7 @@ class Watchdog:
         waiting = [r for r in position if r not in stuck]
         return (f"no progress for {self.timeout:g} s: {_ranks(stuck)} stuck in {self._where(stuck)}"
                 + (f", {_ranks(waiting)} waiting for {'it' if len(stuck) == 1 else 'them'}" if waiting
-                   else ": every rank at the same point (a deadlock?)"))
+                   else ": every rank at the same point (a deadlock?)")), stuck
 
     def _where(self, ranks: list[int]) -> str:
         """The operation and step of ``ranks`` as last heard, grouped."""
@@ -123,9 +156,10 @@ class NoWatchdog:
     def at(self, step: int, op: str) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         pass
 
 
-def watchdog(comm, timeout: float):
-    return Watchdog(comm, timeout) if timeout and timeout > 0 else NoWatchdog()
+def watchdog(comm, timeout: float, kill: bool = False):
+    """The watchdog for --timeout (0: none); ``kill``: a stuck rank is killed, not the job (--on-failure shrink)."""
+    return Watchdog(comm, timeout, kill=kill) if timeout and timeout > 0 else NoWatchdog()

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from .. import faults
 from .buffers import SUPPORTED_DTYPES, StreamSyncComm, cuda_aware_mpi, is_device_array
 from .collectives import ALGORITHMS, ALL_GATHER_ALGORITHMS, BROADCAST_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS
 from .collectives.mpi import has_mpi_datatype
@@ -90,7 +91,7 @@ def _run(kind: str, buf, comm, algorithm: str, **kwargs):
     comm = _world() if comm is None else comm
     if os.environ.get("PARALLEL_LM_CHECK", "") not in ("", "0"):
         check_consistent(buf, comm, kind, algorithm, kwargs.get("root", 0))
-    run_on = TraceComm(comm) if tracing_enabled() else comm
+    run_on = faults.in_collective(TraceComm(comm) if tracing_enabled() else comm)
     if not is_device_array(buf):
         fn(buf, run_on, **kwargs)
     elif cuda_aware_mpi():

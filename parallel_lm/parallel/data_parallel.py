@@ -172,6 +172,11 @@ class BucketedDataParallel(GradSync):
             self.thread_comm.Free()
             self.overlap = False
 
+    def abandon(self):
+        if self.overlap:
+            self.jobs.put(None)  # the thread ends once its revoked call returns; nothing collective here
+            self.overlap = False
+
     def _serve(self):
         while True:
             bucket = self.jobs.get()

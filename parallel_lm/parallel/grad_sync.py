@@ -55,6 +55,10 @@ class GradSync:
     def close(self):
         pass
 
+    def abandon(self):
+        """Stop any communication thread without a collective call (the communicators are revoked: ranks died)."""
+        self.close()
+
 
 def make_grad_sync(cfg, dp_comm, stage, params, timeline=None, world=None, ddp_groups=None, ddp_mine=0):
     """The gradient synchronization ``cfg`` asks for, over ``dp_comm``, of ``stage``'s ``params``.

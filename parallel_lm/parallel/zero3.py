@@ -233,3 +233,8 @@ class Zero3(Zero):
             self.thread.join()
             self.thread_comm.Free()
             self.prefetch = False
+
+    def abandon(self) -> None:
+        if self.prefetch:
+            self.jobs.put(None)  # the thread ends once its revoked call returns; nothing collective here
+            self.prefetch = False

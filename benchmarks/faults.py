@@ -1,16 +1,21 @@
 """Fault injection: does a job that loses a rank still finish, and finish right?
 
-    python benchmarks/faults.py                  # 3 trials of each kind, about 8 minutes on 2 cores
-    python benchmarks/faults.py --trials 10      # the issue's goal: N >= 10 per kind
+    python benchmarks/faults.py --trials 10                                 # restart (MPICH), ~25 minutes
+    .venv-openmpi/bin/python benchmarks/faults.py --trials 10 --mode shrink  # shrink (Open MPI, ULFM), ~10
 
-Every trial is one ``python -m parallel_lm.elastic --ranks 4 --min-ranks 2``
-run (restart on the survivors; MPICH) of the tiny model on the synthetic
-corpus, 12 steps, a checkpoint every 3, global batch 12, ``--timeout 5``,
-with one fault injected once (parallel_lm/faults.py) at a random step:
+``--mode restart``: every trial is one ``python -m parallel_lm.elastic
+--ranks 4 --min-ranks 2`` run (restart on the survivors, under any MPI).
+``--mode shrink``: one ``mpirun --with-ft ulfm -n 4 python -m
+parallel_lm.train --on-failure shrink`` run (the survivors go on, no
+restart). Either trains the tiny model on the synthetic corpus, 12 steps, a
+checkpoint every 3, global batch 12, ``--timeout 5``, with one fault
+injected once (parallel_lm/faults.py) at a random step:
 
 - kill1 / kill2: SIGKILL of one random rank / two ranks at the same step;
-- stop: SIGSTOP of one rank (the watchdog ends the job);
-- exception: an exception on one rank;
+- killcomm: SIGKILL of one rank inside the gradient all-reduce, after its first message;
+- stop: SIGSTOP of one rank (the watchdog ends the job; under shrink, kills the rank);
+- exception: an exception on one rank (restart only: under shrink a Python
+  exception is a bug, not a dead rank, and aborts the job);
 - killwrite: SIGKILL of rank 0 in the middle of a checkpoint write;
 - corrupt: the newest checkpoint truncated by rank 0 (its writer), then rank 0 killed
   (``--keep-checkpoints 2``: the restart falls back to the one before);
@@ -42,7 +47,10 @@ from parallel_lm import checkpoint  # noqa: E402
 STEPS, EVERY = 12, 3
 TRAIN = ["--steps", str(STEPS), "--ckpt-every", str(EVERY), "--data", "synthetic", "--global-batch-size", "12",
          "--eval-every", "0", "--quiet", "--timeout", "5", "--keep-checkpoints", "2"]
-KINDS = ("kill1", "kill2", "stop", "exception", "killwrite", "corrupt", "enospc")
+KINDS = ("kill1", "kill2", "killcomm", "stop", "exception", "killwrite", "corrupt", "enospc")
+RESTART_ONLY = ("exception", "enospc")
+OPEN_MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                    "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}  # 4 ranks on fewer cores
 
 
 def fault(kind: str, rng: random.Random, out: Path) -> tuple[str, dict]:
@@ -55,15 +63,20 @@ def fault(kind: str, rng: random.Random, out: Path) -> tuple[str, dict]:
         return f"0:{EVERY * rng.randrange(2, STEPS // EVERY) - 1}:killwrite", {}
     if kind == "corrupt":
         return f"0:{step}:corrupt", {"PARALLEL_LM_CORRUPT": str(out / "checkpoint.pt")}  # the writer: no race
-    how = {"kill1": "kill", "stop": "stop", "exception": "raise"}[kind]
+    how = {"kill1": "kill", "killcomm": "killcomm", "stop": "stop", "exception": "raise"}[kind]
     return f"{ranks[0]}:{step}:{how}", {}
 
 
-def elastic(out: Path, spec: str, extra: dict, mpiexec: str) -> subprocess.CompletedProcess:
+def trial(mode: str, out: Path, spec: str, extra: dict, mpiexec: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PARALLEL_LM_FAIL_AT=spec, PARALLEL_LM_FAIL_ONCE=str(out) + ".once", **extra)
-    return subprocess.run([sys.executable, "-m", "parallel_lm.elastic", "--ranks", "4", "--min-ranks", "2",
-                           "--mpiexec", mpiexec, "--", *TRAIN, "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    if mode == "shrink":
+        cmd = [mpiexec, "--with-ft", "ulfm", "-n", "4", sys.executable, "-m", "parallel_lm.train", *TRAIN, "--out",
+               str(out), "--on-failure", "shrink"]
+        env = {**OPEN_MPI_AS_ROOT, **env}
+    else:
+        cmd = [sys.executable, "-m", "parallel_lm.elastic", "--ranks", "4", "--min-ranks", "2", "--mpiexec", mpiexec,
+               "--", *TRAIN, "--out", str(out)]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def max_diff(a: Path, b: Path) -> float:
@@ -93,18 +106,22 @@ def enospc_trial(tmp: Path, mpiexec: str) -> dict | None:
 @click.option("--trials", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--kinds", default=",".join(KINDS), show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--mode", type=click.Choice(["restart", "shrink"]), default="restart", show_default=True,
+              help="restart: python -m parallel_lm.elastic (any MPI); shrink: --on-failure shrink (Open MPI's ULFM).")
 @click.option("--mpiexec", default=str(Path(sys.executable).parent / "mpiexec"), show_default=True)
-def main(trials, kinds, seed, mpiexec):
+def main(trials, kinds, seed, mode, mpiexec):
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         reference = tmp / "reference"
         subprocess.run([mpiexec, "-n", "4", sys.executable, "-m", "parallel_lm.train", *TRAIN, "--out",
-                        str(reference)], cwd=ROOT, check=True, capture_output=True)
+                        str(reference)], cwd=ROOT, check=True, capture_output=True, env={**OPEN_MPI_AS_ROOT, **os.environ})
         print("| fault | trials | finished | completed steps lost | max abs param diff vs uninterrupted "
               "| recovery s (mean) |")
         print("|---|---|---|---|---|---|")
         for kind in kinds.split(","):
+            if mode == "shrink" and kind in RESTART_ONLY:
+                continue
             if kind == "enospc":
                 results = [enospc_trial(tmp / f"e{i}", mpiexec) for i in range(trials)]
                 if None in results:
@@ -118,7 +135,7 @@ def main(trials, kinds, seed, mpiexec):
             for i in range(trials):
                 out = tmp / f"{kind}{i}"
                 spec, extra = fault(kind, rng, out)
-                proc = elastic(out, spec, extra, mpiexec)
+                proc = trial(mode, out, spec, extra, mpiexec)
                 log = [json.loads(line) for line in (out / "recovery.jsonl").read_text().splitlines()] \
                     if (out / "recovery.jsonl").is_file() else []
                 done = proc.returncode == 0 and checkpoint.load(out)["step"] == STEPS

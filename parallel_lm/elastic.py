@@ -7,7 +7,8 @@ Launches ``mpiexec -n N python -m parallel_lm.train FLAGS``. Under MPICH
 checkpoint written before stays intact. When the job ends without
 finishing (a rank killed, an exception, the hang watchdog), this relaunches
 it from the newest intact checkpoint in OUT with one rank fewer per
-failure (``--same-size``: as many ranks), until the run reaches its
+failure (or the next multiple of tp x pp below; ``--same-size``: as many
+ranks), until the run reaches its
 ``--steps``, the ranks would fall below ``--min-ranks``, or
 ``--max-restarts`` are spent. A global batch that no longer divides over
 the ranks is split unevenly and weighted exactly (config.py), so the
@@ -125,7 +126,8 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
         failed_at = time.monotonic()
         done = _completed(out)
         step = _intact_step(out)
-        after = ranks if same_size else ranks - 1
+        after = ranks if same_size else _fewer(ranks, flags)
+        flags = _with_dp(flags, after)
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "exit": code, "completed_step": done,
                  "restart_step": step or 0, "steps_lost": max(0, done - (step or 0)), "ranks_before": ranks,
                  "ranks_after": after}
@@ -140,6 +142,28 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
         print(f"restarting on {after} rank(s) from step {step or 0} ({entry['steps_lost']} completed step(s) lost)",
               flush=True)
         ranks, restarts, pending = after, restarts + 1, (failed_at, entry)
+
+
+def _model_parallel(flags: list[str]) -> int:
+    """tp x pp of the train flags: the ranks one model replica needs."""
+    return int(_flag(flags, "--tp") or 1) * int(_flag(flags, "--pp") or 1)
+
+
+def _fewer(ranks: int, flags: list[str]) -> int:
+    """The most ranks below ``ranks`` that hold whole replicas (a multiple of tp x pp)."""
+    mp = _model_parallel(flags)
+    return (ranks - 1) // mp * mp
+
+
+def _with_dp(flags: list[str], ranks: int) -> list[str]:
+    """``flags`` with an explicit --dp set to what ``ranks`` hold (none given: none added)."""
+    if _flag(flags, "--dp") is None or ranks < 1:
+        return flags
+    dp = str(ranks // _model_parallel(flags))
+    fixed = []
+    for a in flags:
+        fixed.append(f"--dp={dp}" if a.startswith("--dp=") else dp if fixed and fixed[-1] == "--dp" else a)
+    return fixed
 
 
 def _log(out: Path, entry: dict) -> None:

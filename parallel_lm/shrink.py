@@ -73,6 +73,13 @@ def is_failure(error: BaseException) -> bool:
     return isinstance(error, MPI.Exception) and error.Get_error_class() in FAILED
 
 
+def error_name(error) -> str:
+    """MPI_ERR_PROC_FAILED (this rank talked to the dead one), MPI_ERR_REVOKED (another survivor told it), ..."""
+    if isinstance(error, MPI.Exception):
+        return MPI.Get_error_string(error.Get_error_code()).split(":")[0].strip()
+    return type(error).__name__
+
+
 def fault_tolerant_world():
     """A duplicate of COMM_WORLD whose errors are returned (raised in Python), not fatal."""
     comm = MPI.COMM_WORLD.Dup()
@@ -127,6 +134,7 @@ class Survivors:
                 comm.Agree(1)
                 best = comm.allreduce(completed, op=MPI.MAX)
                 source = comm.allreduce(comm.Get_rank() if completed == best else comm.Get_size(), op=MPI.MIN)
+                seen = comm.allgather(error_name(error))
                 self.comm, self.world_ranks = comm, comm.allgather(MPI.COMM_WORLD.Get_rank())
                 set_world(comm, survived=True)
                 try:
@@ -150,7 +158,7 @@ class Survivors:
                 if not is_failure(e):
                     raise
                 self.comm = comm
-        self._log(error, before, completed, best, new.start_step, how, time.monotonic() - t0)
+        self._log(dict(zip(self.world_ranks, seen)), before, best, new.start_step, how, time.monotonic() - t0)
         return new, record
 
     def _checkpoint(self) -> dict | None:
@@ -158,15 +166,18 @@ class Survivors:
             return None
         return checkpoint.load(self.out, on_fallback=print0)
 
-    def _log(self, error, before, completed, best, restart, how, seconds) -> None:
+    def _log(self, seen: dict, before, best, restart, how, seconds) -> None:
         after = self.world_ranks
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "mode": "shrink", "failed_step": best + 1,
                  "completed_step": best, "restart_step": restart, "steps_lost": best - restart,
                  "ranks_before": before, "ranks_after": after, "dead": sorted(set(before) - set(after)),
                  "recovery_s": round(seconds, 2)}
-        print0(f"[shrink] {entry['time']}: rank(s) {', '.join(map(str, entry['dead']))} died in step {best + 1} "
-               f"({MPI.Get_error_string(error.Get_error_code()).strip() if isinstance(error, MPI.Exception) else error}"
-               f"); {len(after)} of {len(before)} rank(s) go on from step {restart} {how}; recovered in "
+        by_error = {}
+        for rank, name in seen.items():
+            by_error.setdefault(name, []).append(str(rank))
+        print0(f"[shrink] {entry['time']}: rank(s) {', '.join(map(str, entry['dead']))} died in step {best + 1} ("
+               + "; ".join(f"{name} on rank(s) {', '.join(ranks)}" for name, ranks in by_error.items())
+               + f"); {len(after)} of {len(before)} rank(s) go on from step {restart} {how}; recovered in "
                f"{seconds:.2f} s")
         if self.out is not None and self.comm.Get_rank() == 0:
             with open(Path(self.out) / "recovery.jsonl", "a") as f:

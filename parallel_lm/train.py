@@ -221,7 +221,7 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, s
     from tqdm import tqdm
     # A live bar on a terminal; in a log (not a TTY) a plain line every tenth of the run instead.
     interactive = rank == 0 and not params["quiet"] and sys.stderr.isatty()
-    log_every = max(1, (cfg.steps - trainer.start_step) // 10) if rank == 0 and not params["quiet"] and not interactive else 0
+    log_every = max(1, (cfg.steps - trainer.start_step) // 10) if not params["quiet"] and not interactive else 0
     bar = tqdm(total=cfg.steps, initial=trainer.start_step, unit="step", file=sys.stderr, mininterval=0.5,
                disable=not interactive, dynamic_ncols=True)
     val, step, first = None, trainer.start_step, trainer.start_step

@@ -2,6 +2,7 @@
 turns a deadlock into a failure)."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -23,12 +24,24 @@ def mpiexec_path() -> str:
     return found
 
 
-def mpirun(k: int, args: list[str], timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``mpiexec -n k python ARGS`` from the repository root; output captured as text."""
+def mpirun(k: int, args: list[str], timeout: float = 120, env: dict | None = None,
+           launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``mpiexec [LAUNCHER] -n k python ARGS`` from the repository root; output captured as text."""
     full_env = dict(os.environ, **(env or {}))
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    return subprocess.run([mpiexec_path(), "-n", str(k), sys.executable, *args], cwd=ROOT, env=full_env,
+    return subprocess.run([mpiexec_path(), *launcher, "-n", str(k), sys.executable, *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@functools.cache
+def launcher_version() -> str:
+    """The first line of ``mpiexec --version`` that names it (MPICH's "Version:", Open MPI's "mpirun (Open MPI)")."""
+    lines = subprocess.run([mpiexec_path(), "--version"], capture_output=True, text=True, check=False).stdout.splitlines()
+    return next((line.strip() for line in lines if "version" in line.lower() or "open mpi" in line.lower()), "?")
+
+
+def open_mpi() -> bool:
+    return "open mpi" in launcher_version().lower()
 
 
 def describe(proc: subprocess.CompletedProcess) -> str:
@@ -37,7 +50,4 @@ def describe(proc: subprocess.CompletedProcess) -> str:
 
 def pytest_report_header(config):
     """Which MPI the tests launch (MPICH or Open MPI), in the first lines of the run."""
-    launcher = mpiexec_path()
-    lines = subprocess.run([launcher, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()
-    named = [line.strip() for line in lines if "version" in line.lower() or "open mpi" in line.lower()] or ["?"]
-    return f"mpiexec: {launcher} ({named[0]})"
+    return f"mpiexec: {mpiexec_path()} ({launcher_version()})"

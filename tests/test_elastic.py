@@ -66,3 +66,10 @@ def test_a_kill_mid_checkpoint_or_a_corrupted_newest_checkpoint_falls_back_and_s
     assert checkpoint.load(out)["step"] == 8
     log = json.loads((out / "recovery.jsonl").read_text().splitlines()[0])
     assert log["restart_step"] == 4 and log["completed_step"] == 6, describe(proc)
+
+
+def test_a_restart_keeps_whole_model_replicas_and_an_explicit_dp_in_step():
+    from parallel_lm.elastic import _fewer, _with_dp
+    assert [_fewer(r, flags) for r, flags in [(4, []), (4, ["--tp", "2"]), (8, ["--tp", "2", "--pp=2"])]] == [3, 2, 4]
+    assert _with_dp(["--dp", "4", "--tp", "2", "--steps", "3"], 6) == ["--dp", "3", "--tp", "2", "--steps", "3"]
+    assert _with_dp(["--dp=4"], 3) == ["--dp=3"] and _with_dp(["--steps", "3"], 2) == ["--steps", "3"]

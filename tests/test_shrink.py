@@ -1,0 +1,85 @@
+"""--on-failure shrink: under Open MPI with ULFM the survivors of a dead rank go on, and end where one process ends.
+
+Each case kills ranks on purpose (parallel_lm/faults.py) and compares the parameters after 8 steps with one
+process that trained the same global batch uninterrupted. Elsewhere (MPICH) the flag is refused, naming the fix.
+"""
+import json
+
+import pytest
+
+from conftest import describe, mpirun, open_mpi
+from parallel_lm import checkpoint
+
+TRAIN = ["--steps", "8", "--data", "synthetic", "--global-batch-size", "12", "--eval-every", "0", "--quiet"]
+ULFM = ("--with-ft", "ulfm")
+needs_ulfm = pytest.mark.skipif(not open_mpi(), reason="ULFM: run under Open MPI (make test-openmpi)")
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    proc = mpirun(1, ["-m", "parallel_lm.train", *TRAIN, "--out", str(out)])
+    assert proc.returncode == 0, describe(proc)
+    return checkpoint.load(out)["model"]
+
+
+def shrink(tmp_path, ranks, fail, *flags, timeout=120):
+    out = tmp_path / "run"
+    proc = mpirun(ranks, ["-m", "parallel_lm.train", *TRAIN, "--out", str(out), "--on-failure", "shrink", *flags],
+                  env={"PARALLEL_LM_FAIL_AT": fail}, launcher=ULFM, timeout=timeout)
+    log = [json.loads(line) for line in (out / "recovery.jsonl").read_text().splitlines()] \
+        if (out / "recovery.jsonl").exists() else []
+    return proc, out, log
+
+
+def max_difference(a, b) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@needs_ulfm
+@pytest.mark.parametrize("ranks,fail,flags,dead", [
+    (4, "2:3:kill", [], [[2]]),                                 # 12 sequences: 4 ranks, then 3
+    (5, "0:2:kill,3:5:kill", [], [[0], [3]]),                   # rank 0 (the writer), then another: 5, 4, 3 ranks
+    (3, "1:2:killcomm", [], [[1]]),                             # mid-all-reduce: the others are inside the ring
+    (4, "0:3:killwrite", ["--ckpt-every", "2"], [[0]]),         # rank 0 killed writing step 4's checkpoint
+    (4, "2:3:stop", ["--timeout", "4"], [[2]]),                 # stopped: the watchdog kills it
+])
+def test_survivors_of_plain_data_parallelism_lose_no_step_and_end_like_one_process(tmp_path, one_process, ranks,
+                                                                                   fail, flags, dead):
+    proc, out, log = shrink(tmp_path, ranks, fail, *flags)
+    assert proc.returncode == 0, describe(proc)
+    assert [entry["dead"] for entry in log] == dead, describe(proc)
+    assert all(entry["steps_lost"] == 0 and entry["recovery_s"] < 10 for entry in log)
+    assert proc.stdout.count("[shrink]") == len(dead) and "no completed step lost" in proc.stdout
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
+    state = checkpoint.load(out)
+    assert state["step"] == 8 and max_difference(one_process, state["model"]) < 2e-5
+
+
+@needs_ulfm
+@pytest.mark.parametrize("ranks,fail,flags,after", [
+    (4, "1:4:kill", ["--zero", "1"], 3),        # the dead rank's optimizer shard is gone
+    (6, "1:4:kill,4:4:kill", ["--tp", "2"], 4),  # dp 3 x tp 2, then dp 2 x tp 2
+])
+def test_a_layout_that_lost_a_shard_goes_on_from_the_checkpoint_and_says_so(tmp_path, one_process, ranks, fail,
+                                                                             flags, after):
+    proc, out, log = shrink(tmp_path, ranks, fail, "--ckpt-every", "2", *flags)
+    assert proc.returncode == 0, describe(proc)
+    assert "from the checkpoint at step 4" in proc.stdout, describe(proc)
+    assert len(log) == 1 and log[0]["restart_step"] == 4 and len(log[0]["ranks_after"]) == after
+    assert max_difference(one_process, checkpoint.load(out)["model"]) < 2e-5
+
+
+@needs_ulfm
+def test_survivors_that_cannot_hold_the_layout_stop_and_say_what_to_run(tmp_path):
+    proc, _, _ = shrink(tmp_path, 4, "1:4:kill", "--ckpt-every", "2", "--tp", "2")
+    assert proc.returncode != 0
+    assert "3 survivor(s) cannot hold the tp 2 x pp 1 layout" in proc.stderr + proc.stdout, describe(proc)
+    assert "parallel_lm.elastic" in proc.stderr + proc.stdout
+
+
+def test_without_ulfm_shrink_is_refused_on_every_rank_naming_the_fix(tmp_path):
+    proc = mpirun(2, ["-m", "parallel_lm.train", *TRAIN, "--on-failure", "shrink"])
+    assert proc.returncode == 2, describe(proc)
+    assert proc.stderr.count("needs MPI with User-Level Failure Mitigation") == 1, describe(proc)
+    assert "mpirun --with-ft ulfm" in proc.stderr and "parallel_lm.elastic" in proc.stderr

@@ -38,11 +38,9 @@ def max_difference(a, b) -> float:
 
 @needs_ulfm
 @pytest.mark.parametrize("ranks,fail,flags,dead", [
-    (4, "2:3:kill", [], [[2]]),                                 # 12 sequences: 4 ranks, then 3
-    (5, "0:2:kill,3:5:kill", [], [[0], [3]]),                   # rank 0 (the writer), then another: 5, 4, 3 ranks
-    (3, "1:2:killcomm", [], [[1]]),                             # mid-all-reduce: the others are inside the ring
-    (4, "0:3:killwrite", ["--ckpt-every", "2"], [[0]]),         # rank 0 killed writing step 4's checkpoint
-    (4, "2:3:stop", ["--timeout", "4"], [[2]]),                 # stopped: the watchdog kills it
+    (5, "0:2:kill,3:5:killcomm", [], [[0], [3]]),  # rank 0 (the writer); then one inside the all-reduce: 5, 4, 3 ranks
+    (4, "0:3:killwrite", ["--ckpt-every", "2"], [[0]]),  # rank 0 killed writing step 4's checkpoint
+    (4, "2:3:stop", ["--timeout", "4"], [[2]]),  # stopped: the watchdog kills it
 ])
 def test_survivors_of_plain_data_parallelism_lose_no_step_and_end_like_one_process(tmp_path, one_process, ranks,
                                                                                    fail, flags, dead):
@@ -59,7 +57,7 @@ def test_survivors_of_plain_data_parallelism_lose_no_step_and_end_like_one_proce
 @needs_ulfm
 @pytest.mark.parametrize("ranks,fail,flags,after", [
     (4, "1:4:kill", ["--zero", "1"], 3),        # the dead rank's optimizer shard is gone
-    (6, "1:4:kill,4:4:kill", ["--tp", "2"], 4),  # dp 3 x tp 2, then dp 2 x tp 2
+    (6, "1:4:kill,4:4:kill", ["--tp", "2"], 4),  # dp 3 x tp 2, then dp 2 x tp 2 (two at once)
 ])
 def test_a_layout_that_lost_a_shard_goes_on_from_the_checkpoint_and_says_so(tmp_path, one_process, ranks, fail,
                                                                              flags, after):
@@ -76,6 +74,12 @@ def test_survivors_that_cannot_hold_the_layout_stop_and_say_what_to_run(tmp_path
     assert proc.returncode != 0
     assert "3 survivor(s) cannot hold the tp 2 x pp 1 layout" in proc.stderr + proc.stdout, describe(proc)
     assert "parallel_lm.elastic" in proc.stderr + proc.stdout
+
+
+@needs_ulfm
+def test_the_parameter_server_is_refused_before_any_work(tmp_path):
+    proc, _, _ = shrink(tmp_path, 3, "", "--sync", "ps")
+    assert proc.returncode == 2 and "use it with --sync allreduce and --engine explicit" in proc.stderr, describe(proc)
 
 
 def test_without_ulfm_shrink_is_refused_on_every_rank_naming_the_fix(tmp_path):

@@ -174,9 +174,10 @@ class TrainConfig:
                 raise ValueError(message)
         if self.sync == "ps":
             workers = self.data_ranks(world)
-            if self.global_batch_size % workers:  # an asynchronous server applies each worker's gradient alone
+            if self.staleness != 0 and self.global_batch_size % workers:  # each worker's gradient applied alone
                 raise ValueError(f"--global-batch-size {self.global_batch_size} is not divisible by the {workers} "
-                                 f"parameter-server workers: use a multiple of {workers}")
+                                 f"parameter-server workers, and an asynchronous server applies each worker's "
+                                 f"gradient alone: use a multiple of {workers} (or --staleness 0)")
             self.per_rank(workers)
         else:
             grid = self.grid(world)

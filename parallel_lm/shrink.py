@@ -43,6 +43,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+import torch
 from mpi4py import MPI
 
 from . import checkpoint
@@ -87,6 +88,23 @@ def fault_tolerant_world():
     return comm
 
 
+def servers_state(comm, cfg, server, servers: int, step: int) -> dict:
+    """The whole training state in checkpoint form, on every rank, from the parameter servers' shards."""
+    from .model import GPT
+    from .parallel.optim import param_states
+    from .parallel.parameter_server import load_flat
+    mine = (server.params.clone(), server.opt.state()) if server is not None else None
+    parts = comm.allgather(mine)[:servers]
+    model = GPT(cfg.model)
+    load_flat(model, torch.cat([values for values, _ in parts]))
+    kinds = parts[0][1]
+    flat = {k: v if v.dim() == 0 else torch.cat([state[k] for _, state in parts]) for k, v in kinds.items()}
+    names = {p: n for n, p in model.named_parameters()}
+    by_name = {names[p]: st for p, st in param_states(flat, list(names)).items()} if flat else {}
+    return {"model": model.state_dict(), "optimizer": {"by_name": by_name}, "step": step, "config": cfg.to_dict(),
+            "torch_rng": torch.get_rng_state()}
+
+
 def in_place(cfg) -> bool:
     """Whether every survivor holds the whole model and optimizer state (so no step is lost)."""
     return cfg.sync == "allreduce" and cfg.engine == "explicit" and cfg.tp == cfg.pp == 1 and cfg.zero == 0
@@ -119,39 +137,64 @@ class Survivors:
     def recover(self, trainer, error, last_record, make_trainer):
         """After ``error`` (``is_failure``): the survivors' new Trainer (``make_trainer(cfg, comm, state)``) and
         the record of the last completed step from a survivor that has one (for the metrics), or None."""
-        t0, completed = time.monotonic(), trainer.completed
-        for comm in trainer.communicators() + [self.comm]:
+        def rebuild(comm, _):
+            completed = trainer.completed
+            best = comm.allreduce(completed, op=MPI.MAX)
+            source = comm.allreduce(comm.Get_rank() if completed == best else comm.Get_size(), op=MPI.MIN)
+            cfg = self._fit(trainer.cfg, comm, best)
+            if in_place(cfg):
+                mine = (trainer.replica_state(), last_record if last_record and last_record.step == best
+                        else None) if comm.Get_rank() == source else None
+                state, record = comm.bcast(mine, root=source)
+                how = "in place: every survivor holds the whole model, no completed step lost"
+            else:
+                state, record = self._checkpoint(), None
+                how = self._from_checkpoint(state, "the dead rank's ZeRO shard is lost" if cfg.zero else
+                                            "the dead rank's tensor/pipeline slice is lost")
+            return make_trainer(cfg, comm, state), record, best, how
+        return self._shrink(error, trainer.communicators(), trainer.abandon, rebuild)
+
+    def recover_ps(self, ps, error, make_ps):
+        """After ``error``: the survivors' new parameter-server run (``make_ps(cfg, comm, state)``). A dead worker
+        is dropped, no step lost (synchronous; the global batch is split over the workers left); a dead server's
+        shard (or any asynchronous run's) comes back from the newest checkpoint."""
+        def rebuild(comm, old):
+            servers = ps.cfg.servers
+            kept = all(r in self.world_ranks for r in old[:servers])  # the old servers are still ranks 0..k-1
+            cfg = self._fit(ps.cfg, comm, ps.completed)
+            best = comm.allreduce(ps.completed, op=MPI.MIN)  # workers count as done: the servers decide
+            if kept and cfg.staleness == 0:
+                if ps.server is not None:
+                    ps.server.rewind(best)
+                state = servers_state(comm, cfg, ps.server, servers, best)
+                how = "in place: the dead worker dropped, its sequences shared by the others, no completed step lost"
+            else:
+                state = self._checkpoint()
+                how = self._from_checkpoint(state, "a server's shard is lost" if not kept else
+                                            "asynchronous updates cannot be lined up again")
+            return make_ps(cfg, comm, state), None, best, how
+        return self._shrink(error, ps.communicators(), lambda: None, rebuild)
+
+    def _shrink(self, error, communicators, abandon, rebuild):
+        """Revoke, shrink, agree, ``rebuild(comm, old world ranks)`` -> (new, record, step, how); log it."""
+        t0 = time.monotonic()
+        for comm in communicators + [self.comm]:
             try:
                 comm.Revoke()
             except MPI.Exception:
                 pass  # revoked already
-        trainer.abandon()
+        abandon()
         before = self.world_ranks
         while True:  # another rank may die while these shrink: shrink again
             comm = self.comm.Shrink()
             comm.Set_errhandler(MPI.ERRORS_RETURN)
             try:
                 comm.Agree(1)
-                best = comm.allreduce(completed, op=MPI.MAX)
-                source = comm.allreduce(comm.Get_rank() if completed == best else comm.Get_size(), op=MPI.MIN)
                 seen = comm.allgather(error_name(error))
+                old = self.world_ranks
                 self.comm, self.world_ranks = comm, comm.allgather(MPI.COMM_WORLD.Get_rank())
                 set_world(comm, survived=True)
-                try:
-                    cfg = fit(trainer.cfg, comm.Get_size())
-                except ValueError as e:
-                    raise click.ClickException(f"rank(s) died in step {best + 1}, and {e}") from None
-                if in_place(cfg):
-                    mine = (trainer.replica_state(), last_record if last_record and last_record.step == best
-                            else None) if comm.Get_rank() == source else None
-                    state, record = comm.bcast(mine, root=source)
-                    how = "in place: every survivor holds the whole model, no completed step lost"
-                else:
-                    state, record = self._checkpoint(), None
-                    how = (f"from the checkpoint at step {state['step']}" if state else "from scratch (no checkpoint)") \
-                        + (": the dead rank's ZeRO shard is lost" if cfg.zero else
-                           ": the dead rank's tensor/pipeline slice is lost")
-                new = make_trainer(cfg, comm, state)
+                new, record, best, how = rebuild(comm, old)
                 comm.Agree(1)
                 break
             except MPI.Exception as e:
@@ -160,6 +203,18 @@ class Survivors:
                 self.comm = comm
         self._log(dict(zip(self.world_ranks, seen)), before, best, new.start_step, how, time.monotonic() - t0)
         return new, record
+
+    @staticmethod
+    def _fit(cfg, comm, best):
+        try:
+            return fit(cfg, comm.Get_size())
+        except ValueError as e:
+            raise click.ClickException(f"rank(s) died in step {best + 1}, and {e}") from None
+
+    @staticmethod
+    def _from_checkpoint(state, why: str) -> str:
+        return (f"from the checkpoint at step {state['step']}" if state else "from scratch (no checkpoint)") + \
+            f": {why}"
 
     def _checkpoint(self) -> dict | None:
         if self.out is None or not checkpoint.available(self.out):

@@ -93,10 +93,9 @@ def main(ctx, **params):
     if netem and (cfg.sync != "allreduce" or cfg.engine != "explicit" or cfg.allreduce == "mpi"):
         raise click.UsageError("--netem delays the explicit collectives' messages: use it with --sync allreduce, "
                                "--engine explicit and an --allreduce other than mpi")
-    if params["on_failure"] == "shrink" and (cfg.sync == "ps" or cfg.engine == "torch-ddp"):
+    if params["on_failure"] == "shrink" and cfg.engine == "torch-ddp":
         raise click.UsageError("--on-failure shrink rebuilds the explicit collectives' communicators: use it with "
-                               "--sync allreduce and --engine explicit (python -m parallel_lm.elastic restarts the "
-                               "others)")
+                               "--engine explicit (python -m parallel_lm.elastic restarts torch-ddp runs)")
     profile = agree(comm, lambda: load_profile(params["predict_profile"])) if params["predict_profile"] else None
     if profile and cfg.sync == "ps":
         raise click.UsageError("--predict covers --sync allreduce runs; for the parameter server use "
@@ -124,7 +123,8 @@ def main(ctx, **params):
     if cfg.sync == "ps":
         from . import trainer_ps
         trainer_ps.run(cfg, comm, batches, out, state, timeline, params["resume"], params["tensorboard"],
-                       params["keep_checkpoints"])
+                       params["keep_checkpoints"], params["timeout"],
+                       shrink.Survivors(comm, out) if params["on_failure"] == "shrink" else None)
     else:
         def make_trainer(cfg, comm, state):
             return Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(comm.Get_rank()),

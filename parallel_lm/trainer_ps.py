@@ -14,19 +14,26 @@ import time
 from collections import Counter
 
 import torch
+from mpi4py import MPI
 
-from . import checkpoint
+from . import checkpoint, shrink
 from .metrics import MetricsWriter, StepRecord, validation_line, write_chrome_trace
 from .model import GPT
 from .parallel.optim import flat_state, param_states
 from .parallel.parameter_server import PSLayout, Server, Worker, gather_optimizer_state, share_final_params
 from .runtime import print0
 from .trainer import Trainer, lr_at, validation_loss
+from .watchdog import NoWatchdog, watchdog
 
 
 class PSRun:
-    def __init__(self, cfg, comm, batches, state: dict | None = None, timeline=None):
+    def __init__(self, cfg, comm, batches, state: dict | None = None, timeline=None, timeout: float = 0,
+                 kill_stuck: bool = False, out=None, keep: int = 1):
+        """``timeout``: the hang watchdog's (0: none); ``kill_stuck``: it kills a stuck rank (--on-failure shrink);
+        ``out``, ``keep``: where a synchronous run's servers checkpoint every ``--ckpt-every`` steps."""
         self.cfg, self.comm, self.batches, self.timeline = cfg, comm, batches, timeline
+        self.timeout, self.kill_stuck, self.out, self.keep = timeout, kill_stuck, out, keep
+        self.server, self.watchdog = None, NoWatchdog()
         self.rank = comm.Get_rank()
         self.layout = PSLayout(comm.Get_size(), cfg.servers)
         self.is_server = self.layout.is_server(self.rank)
@@ -50,6 +57,17 @@ class PSRun:
                                    slow_factor=cfg.straggler_factor(self.rank))
             self.model = self.trainer.model
 
+    @property
+    def completed(self) -> int:
+        """Steps taken: a synchronous server's own; a worker defers to the servers (the most there can be)."""
+        if not self.is_server:
+            return self.cfg.steps
+        return self.server.completed if self.server is not None else self.start_step
+
+    def communicators(self) -> list:
+        """What a failure revokes: the job's, the servers' or workers' own, and the watchdog's."""
+        return [self.comm, self.group] + ([self.watchdog.comm] if hasattr(self.watchdog, "comm") else [])
+
     def end_step(self, steps: int) -> int:
         """The step this run stops at: ``steps``, or sooner for a synchronous run with an update budget."""
         if self.cfg.staleness == 0 and self.cfg.ps_updates is not None:
@@ -60,21 +78,23 @@ class PSRun:
         """Run worker steps up to ``steps``; ``on_record(StepRecord)`` receives server 0's metrics records."""
         cfg, steps = self.cfg, self.end_step(steps)
         self.comm.Barrier()  # every worker has built its model: the clock starts now for all
-        self.server = None
+        self.watchdog = watchdog(self.comm, self.timeout, kill=self.kill_stuck)
         rate = None
         if self.is_server:
             recorder = _Recorder(cfg, self.start_step, on_record) if self.rank == 0 and on_record else None
             self.server = Server(cfg, self.comm, self.group, self.layout, self.model, lambda s: lr_at(cfg, s),
                                  recorder.record if recorder else None, self.start_step, self.optimizer_state,
-                                 self.timeline)
+                                 self.timeline, self.watchdog, self._checkpoint if self._checkpoints(steps) else None)
             self.server.run(steps)
             self.applied, self.dropped = self.server.received, self.server.dropped
             self.max_staleness = max(self.server.staleness, default=0)
             self.max_lead = self.server.max_lead
         else:
+            self.trainer.watchdog = self.watchdog
             worker = Worker(cfg, self.comm, self.layout, self.trainer, self.timeline)
             rate = worker.run(self.start_step, steps)
             self.pushes = worker.pushes
+        self.watchdog.at(steps - 1, "end")
         share_final_params(self.comm, self.layout, self.model, self.server)
         stats = self.comm.allgather(dict(rate=rate, pushes=self.pushes, applied=self.applied, dropped=self.dropped,
                                          staleness=self.max_staleness, lead=self.max_lead))
@@ -84,6 +104,20 @@ class PSRun:
         self.dropped = sum(s["dropped"] for s in stats)  # shards that arrived after the update budget was spent
         self.max_staleness = max(s["staleness"] for s in stats)  # in optimizer updates
         self.max_lead = max(s["lead"] for s in stats)  # in worker steps
+        self.watchdog.close()
+
+    def _checkpoints(self, steps: int) -> bool:
+        return self.out is not None and bool(self.cfg.ckpt_every) and self.cfg.staleness == 0 and steps > 0
+
+    def _checkpoint(self, step: int) -> None:
+        """--ckpt-every (synchronous): the servers gather their shards; server 0 writes. The end's is ``save``."""
+        if step % self.cfg.ckpt_every or step == self.end_step(self.cfg.steps):
+            return
+        self.watchdog.at(step - 1, "checkpoint write")
+        state = shrink.servers_state(self.group, self.cfg, self.server, self.cfg.servers, step)
+        if self.rank == 0:
+            checkpoint.save(self.out, state["model"], state["optimizer"]["by_name"], step, self.cfg.to_dict(),
+                            keep=self.keep)
 
     def save(self, out, step: int, keep: int = 1) -> None:
         """checkpoint.pt from rank 0: the model and the servers' optimizer shards, by name. Collective."""
@@ -116,22 +150,30 @@ class _Recorder:
         self.last_t, self.last_busy, self.last_hist = now, busy_s, Counter(staleness)
 
 
-def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None, tensorboard=False, keep=1) -> None:
-    """``python -m parallel_lm.train --sync ps``: train, log from server 0, write the outputs."""
+def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None, tensorboard=False, keep=1,
+        timeout: float = 0, survivors=None) -> None:
+    """``python -m parallel_lm.train --sync ps``: train, log from server 0, write the outputs. ``survivors``
+    (--on-failure shrink): a dead rank is dropped and the run goes on (shrink.py)."""
     rank, p = comm.Get_rank(), comm.Get_size()
     workers = p - cfg.servers
-    ps = PSRun(cfg, comm, batches, state, timeline)
+
+    def make_ps(cfg, comm, state):
+        return PSRun(cfg, comm, batches, state, timeline, timeout, survivors is not None, out, keep)
+    ps = make_ps(cfg, comm, state)
     mode = "synchronous" if cfg.staleness == 0 else (
         "fully asynchronous" if cfg.staleness is None else f"bounded staleness {cfg.staleness}")
     print0(f"parallel_lm.train: {p} ranks = {cfg.servers} server(s) + {workers} worker(s), parameter server, {mode}, "
            f"optimizer {cfg.optimizer}, precision {cfg.precision}" + (f", straggler {cfg.straggler}" if cfg.straggler else "")
            + (f", update budget {cfg.ps_updates}" if cfg.ps_updates is not None else ""))
     print0(f"model: {ps.model.num_params() / 1e6:.2f}M parameters, sharded over {cfg.servers} server(s); data: {cfg.data}, "
-           f"global batch {cfg.global_batch_size} = {workers} worker(s) x {cfg.global_batch_size // workers} sequences")
+           f"global batch {cfg.global_batch_size} = {workers} worker(s) x {cfg.global_batch_size // workers} sequences"
+           + (f" (or {cfg.global_batch_size // workers + 1}, each worker's loss weighted by its rows)"
+              if cfg.global_batch_size % workers else ""))
     if ps.start_step:
         print0(f"resumed from {resumed_from} at step {ps.start_step}")
+    tb = out / "tb" if tensorboard else None
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,
-                            tensorboard=out / "tb" if tensorboard else None, resumed_step=ps.start_step)
+                            tensorboard=tb, resumed_step=ps.start_step)
     log_every = max(1, (cfg.steps - ps.start_step) // 10)
 
     def on_record(rec):
@@ -140,7 +182,21 @@ def run(cfg, comm, batches, out, state=None, timeline=None, resumed_from=None, t
             print0(f"step {rec.step}/{cfg.steps}: loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s, "
                    f"server busy {100 * rec.server_busy_s / rec.step_s:.0f}%, staleness {rec.staleness}")
     t0 = time.perf_counter()
-    ps.train(cfg.steps, on_record if rank == 0 else None)
+    while True:
+        try:
+            ps.train(cfg.steps, on_record if rank == 0 else None)
+            if survivors:
+                survivors.settle()
+            break
+        except MPI.Exception as error:
+            if survivors is None or not shrink.is_failure(error):
+                raise
+            ps.watchdog.close(wait=False)
+            ps, _ = survivors.recover_ps(ps, error, make_ps)
+            comm, cfg = ps.comm, ps.cfg
+            rank = comm.Get_rank()
+            metrics = metrics.reopened(out / "metrics.jsonl" if out is not None and rank == 0 else None, tb,
+                                       ps.start_step, None)
     wall = time.perf_counter() - t0
     metrics.close()
     print0(f"gradient shards pushed {ps.pushes}, applied {ps.applied}" +

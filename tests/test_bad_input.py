@@ -108,8 +108,8 @@ CASES = [
      "drop --schedule gpipe"),
     (2, T + ["--sync", "ps", "--servers", "2"], "--servers 2 on 2 ranks leaves no worker"),
     (2, T + ["--sync", "ps", "--tp", "2"], "--sync ps shards the whole model"),
-    (3, T + ["--sync", "ps", "--global-batch-size", "5"], "--global-batch-size 5 is not divisible by the 2 "
-     "parameter-server workers"),
+    (3, T + ["--sync", "ps", "--staleness", "1", "--global-batch-size", "5"], "--global-batch-size 5 is not "
+     "divisible by the 2 parameter-server workers, and an asynchronous server"),
     (2, T + ["--data", "{short}"], "too few for --block-size 64"),
     (2, T + ["--resume", "{truncated}"], "is not a readable checkpoint"),
     # generate

@@ -19,7 +19,8 @@ FAST = ["-m", "parallel_lm.train", "--data", "synthetic", "--steps", "2", "--qui
     (3, ["--staleness", "-1"], "-1 must be >= 0 (or inf)"),
     (3, ["--staleness", "soon"], "'soon': give a whole number of steps >= 0, or inf"),
     (3, ["--straggler", "7:2"], "--straggler '7:2': write RANK:FACTOR with 0 <= RANK < 3"),
-    (3, ["--global-batch-size", "5"], "--global-batch-size 5 is not divisible by the 2 parameter-server workers"),
+    (3, ["--staleness", "inf", "--global-batch-size", "5"],
+     "--global-batch-size 5 is not divisible by the 2 parameter-server workers, and an asynchronous server"),
 ])
 def test_bad_parameter_server_flags(k, args, message):
     proc = mpirun(k, FAST + args, timeout=60)

@@ -77,9 +77,19 @@ def test_survivors_that_cannot_hold_the_layout_stop_and_say_what_to_run(tmp_path
 
 
 @needs_ulfm
-def test_the_parameter_server_is_refused_before_any_work(tmp_path):
-    proc, _, _ = shrink(tmp_path, 3, "", "--sync", "ps")
-    assert proc.returncode == 2 and "use it with --sync allreduce and --engine explicit" in proc.stderr, describe(proc)
+@pytest.mark.parametrize("ranks,fail,flags,how,lost", [
+    # 1 server + 5 workers (12 sequences: 3, 3, 2, 2, 2), worker 3 dies: the server drops it, no step lost
+    (6, "3:3:kill", [], "the dead worker dropped", 0),
+    # 2 servers + 3 workers, server 1 dies in step 5: its shard comes back from the checkpoint at step 4
+    (5, "1:4:kill", ["--servers", "2", "--ckpt-every", "2"], "from the checkpoint at step 4: a server's shard", 0),
+])
+def test_a_synchronous_parameter_server_drops_a_dead_worker_and_recovers_a_dead_servers_shard(
+        tmp_path, one_process, ranks, fail, flags, how, lost):
+    proc, out, log = shrink(tmp_path, ranks, fail, "--sync", "ps", *flags)
+    assert proc.returncode == 0, describe(proc)
+    assert how in proc.stdout and len(log) == 1 and log[0]["steps_lost"] == lost, describe(proc)
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
+    assert max_difference(one_process, checkpoint.load(out)["model"]) < 2e-5
 
 
 def test_without_ulfm_shrink_is_refused_on_every_rank_naming_the_fix(tmp_path):

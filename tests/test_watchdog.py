@@ -27,6 +27,13 @@ def test_a_rank_stuck_in_its_main_thread_is_named_with_its_operation_and_step():
     assert proc.stderr.count("watchdog:") == 1 and seconds < 60, (seconds, describe(proc))
 
 
+def test_a_stuck_parameter_server_worker_is_named_too():
+    proc, seconds = run_failing(3, "2:3:hang", "--sync", "ps", "--global-batch-size", "4")
+    assert proc.returncode == 3, describe(proc)
+    assert "watchdog: no progress for 4 s: rank 2 stuck in forward/backward at step 4, ranks 0, 1 waiting for it" \
+        in proc.stderr, describe(proc)
+
+
 def test_a_healthy_run_with_evaluations_and_checkpoints_never_trips_it(tmp_path):
     proc = mpirun(4, ["-m", "parallel_lm.train", "--steps", "20", "--eval-every", "5", "--ckpt-every", "5", "--quiet",
                       "--timeout", "10", "--pp", "2", "--micro-batches", "2", "--out", str(tmp_path)], timeout=120)

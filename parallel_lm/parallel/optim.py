@@ -189,6 +189,14 @@ class ShardOptimizer:
                     out.setdefault(kind, torch.zeros(self.size, dtype=value.dtype, device=value.device))[where] = value
         return out
 
+    def restore(self, values: torch.Tensor, state: dict) -> None:
+        """Go back to ``values`` and ``state`` (what ``state()`` returned then): undo the steps since."""
+        self.optimizer.state.clear()
+        with torch.no_grad():
+            for part, where in zip(self.parts, self.where):
+                part.copy_(values[where])
+        self.load(state)
+
     def load(self, state: dict) -> None:
         """Take the state ``state()`` returns (of the same shard)."""
         for part, where in zip(self.parts, self.where):

@@ -47,6 +47,7 @@ import torch
 from mpi4py import MPI
 
 from ..comm.topology import chunk_offsets
+from ..faults import maybe_fail
 from .optim import ShardOptimizer, clip_coefficient, decay_mask
 
 TAG_PUSH, TAG_PULL = 31, 32
@@ -88,11 +89,12 @@ def _span(timeline, name):
 
 class Server:
     def __init__(self, cfg, comm, servers_comm, layout: PSLayout, model, lr_at, record=None, start: int = 0,
-                 optimizer_state: dict | None = None, timeline=None):
+                 optimizer_state: dict | None = None, timeline=None, watchdog=None, checkpoint=None):
         """``servers_comm``: the server ranks alone (for the global gradient norm in sync mode);
         ``lr_at(step)``: the learning rate; ``record(losses, staleness, busy_s, version)``: called per
         step (server 0) with the step's worker losses and the running totals; ``start``: the step
-        reached (resuming); ``optimizer_state``: {kind: flat tensor over the whole model} to resume from."""
+        reached (resuming); ``optimizer_state``: {kind: flat tensor over the whole model} to resume from;
+        ``checkpoint(step)``: synchronous, called by every server after each step (collective over the servers)."""
         self.cfg, self.comm, self.layout, self.lr_at, self.record = cfg, comm, layout, lr_at, record
         self.start, self.timeline = start, timeline
         self.rank = comm.Get_rank()
@@ -111,6 +113,8 @@ class Server:
         self.busy_s = 0.0
         self.staleness = Counter()
         self.outstanding = []  # (request, buffer) of replies in flight
+        self.before = None  # synchronous: (values, optimizer state) before the last step, to undo it (rewind)
+        self.watchdog, self.checkpoint = watchdog, checkpoint
 
     def _reply(self, worker: int, stop: bool = False) -> None:
         """Send the shard (or a stop) without waiting for it to be received.
@@ -146,6 +150,9 @@ class Server:
         workers = self.layout.workers
         buf = np.empty(self.hi - self.lo + 2, np.float32)  # (shard + 2,): gradient, loss, version used
         for t in range(self.start, steps):
+            maybe_fail(t)
+            if self.watchdog:
+                self.watchdog.at(t, "gradient sync")
             total, losses = torch.zeros_like(self.params), []
             for w in workers:  # fixed order: a deterministic sum
                 self.comm.Recv(buf, source=w, tag=TAG_PUSH)
@@ -159,6 +166,7 @@ class Server:
             with _span(self.timeline, "apply"):
                 total /= len(workers)
                 self._clip_sync(total)
+                self.before = (self.params.clone(), self.opt.state())
                 self.opt.step(total, self.lr_at(t), self.params)
             self.version += 1
             if t < steps - 1:
@@ -167,6 +175,21 @@ class Server:
             self.busy_s += time.perf_counter() - t0
             if self.record:
                 self.record(losses, self.staleness, self.busy_s, self.version)
+            if self.checkpoint:
+                self.checkpoint(t + 1)
+
+    @property
+    def completed(self) -> int:
+        """Steps this (synchronous) server's shard has taken."""
+        return self.start + self.version
+
+    def rewind(self, step: int) -> None:
+        """Undo the last step if this shard is past ``step`` (another server could not finish it: a worker died)."""
+        if self.completed > step:
+            values, state = self.before
+            self.params.copy_(values)
+            self.opt.restore(values, state)
+            self.version -= 1
 
     def _serve_async(self, steps: int) -> None:
         workers, bound, budget = self.layout.workers, self.cfg.staleness, self.cfg.ps_updates
@@ -175,6 +198,8 @@ class Server:
         done, waiting, window = set(), [], []
         status = MPI.Status()
         while len(done) < len(workers):
+            if self.watchdog:
+                self.watchdog.at(min(clock.values()), "gradient sync")
             self.comm.Recv(buf, source=MPI.ANY_SOURCE, tag=TAG_PUSH, status=status)
             t0 = time.perf_counter()
             w = status.Get_source()
@@ -241,7 +266,9 @@ class Worker:
         flat = flat_params(model).cpu()  # messages travel through host memory (the model may be on a GPU)
         done = 0
         for t in range(start, steps):
+            self.trainer.watchdog.at(t, "forward/backward")
             loss = self.trainer.local_gradient(t)
+            self.trainer.watchdog.at(t, "gradient sync")
             done += 1
             grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).cpu()
             if self.cfg.staleness != 0 and self.cfg.grad_clip > 0:  # async: each gradient clipped on its own

@@ -200,3 +200,11 @@ if __name__ == "__main__":
         from mpi4py import MPI
         if MPI.COMM_WORLD.Get_rank() == 0:
             main()
+
+# Exercises
+# 1. Kill two ranks in part 1 (DEAD = 1 and 2, the ring's neighbours). Who sees MPI_ERR_PROC_FAILED now,
+#    and does the survivors' sum still check out?
+# 2. Run part 2 with --ckpt-every 2 and then 6. How do the restart's lost steps and wall time move, and
+#    where does the measured checkpoint write time put Young's interval for this model?
+# 3. Under shrink, kill rank 0 with --zero 1. Why does the run go back to a checkpoint now, and how many
+#    steps does it lose? (README: "Failures: shrink and continue".)

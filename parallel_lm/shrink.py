@@ -29,6 +29,12 @@ How the survivors go on (``Survivors.recover``):
    a tensor or pipeline slice): the survivors reload the newest intact
    checkpoint and go on from it, on K ranks if the tp x pp layout fits
    them, and say so.
+6. A parameter server (``recover_ps``) drops a dead worker: the servers
+   hold the whole state, so a server one step ahead of another (which
+   waited in vain for the dead worker's gradient) undoes that step, and the
+   workers left share the batch from there. A dead server's shard (or any
+   asynchronous run, whose updates have no common step) comes back from
+   the checkpoint.
 
 Rank 0 of the survivors logs every failure on stdout and appends it to
 OUT/recovery.jsonl: the time, the step, the world ranks before and after,

@@ -55,17 +55,22 @@ def test_survivors_of_plain_data_parallelism_lose_no_step_and_end_like_one_proce
 
 
 @needs_ulfm
-@pytest.mark.parametrize("ranks,fail,flags,after", [
-    (4, "1:4:kill", ["--zero", "1"], 3),        # the dead rank's optimizer shard is gone
-    (6, "1:4:kill,4:4:kill", ["--tp", "2"], 4),  # dp 3 x tp 2, then dp 2 x tp 2 (two at once)
-])
-def test_a_layout_that_lost_a_shard_goes_on_from_the_checkpoint_and_says_so(tmp_path, one_process, ranks, fail,
-                                                                             flags, after):
-    proc, out, log = shrink(tmp_path, ranks, fail, "--ckpt-every", "2", *flags)
+def test_a_layout_that_lost_a_slice_goes_on_from_the_checkpoint_and_says_so(tmp_path, one_process):
+    """dp 3 x tp 2 loses two ranks at once: dp 2 x tp 2 from the checkpoint at step 4 (ZeRO takes the same path)."""
+    proc, out, log = shrink(tmp_path, 6, "1:4:kill,4:4:kill", "--ckpt-every", "2", "--tp", "2")
     assert proc.returncode == 0, describe(proc)
-    assert "from the checkpoint at step 4" in proc.stdout, describe(proc)
-    assert len(log) == 1 and log[0]["restart_step"] == 4 and len(log[0]["ranks_after"]) == after
+    assert "from the checkpoint at step 4: the dead rank's tensor/pipeline slice is lost" in proc.stdout, describe(proc)
+    assert len(log) == 1 and log[0]["restart_step"] == 4 and len(log[0]["ranks_after"]) == 4
     assert max_difference(one_process, checkpoint.load(out)["model"]) < 2e-5
+
+
+def test_which_layouts_go_on_in_place_and_what_survivors_can_hold():
+    from parallel_lm.config import TrainConfig
+    from parallel_lm.shrink import fit, in_place
+    assert in_place(TrainConfig()) and not in_place(TrainConfig(zero=1)) and not in_place(TrainConfig(tp=2))
+    assert fit(TrainConfig(tp=2, dp=3, global_batch_size=12), 4).dp == 2
+    with pytest.raises(ValueError, match=r"3 survivor\(s\) cannot hold the tp 2 x pp 1 layout"):
+        fit(TrainConfig(tp=2), 3)
 
 
 @needs_ulfm

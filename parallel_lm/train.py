@@ -255,6 +255,7 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, s
             metrics = metrics.reopened(out / "metrics.jsonl" if out is not None and rank == 0 else None, tensorboard,
                                        trainer.start_step, record)
             step = trainer.start_step
+            records = [r for r in records if r.step <= step]  # a checkpoint's survivors do the steps after again
             if _checkpoint_due(cfg, out, step):  # the write may have been what the dead rank was doing
                 trainer.save(out, step, params["keep_checkpoints"])
     bar.close()

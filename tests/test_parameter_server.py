@@ -103,3 +103,14 @@ def test_an_update_budget_ends_the_job_after_n_updates(staleness, servers):
     assert proc.returncode == 0, describe(proc)
     applied = int(proc.stdout.split("applied ")[1].split(",")[0])
     assert applied == 9 * servers * (3 if staleness == "0" else 1), describe(proc)  # sync: 9 steps of 3 pushes
+
+
+def test_a_synchronous_parameter_server_splits_an_uneven_batch_like_one_process(tmp_path):
+    """10 sequences over 3 workers (4, 3, 3): each worker's loss weighted by its rows, the server's mean exact."""
+    import torch
+    proc = mpirun(4, PS + ["--steps", "3", "--global-batch-size", "10", "--out", str(tmp_path / "ps")], timeout=120)
+    assert proc.returncode == 0 and "(or 4, each worker's loss weighted by its rows)" in proc.stdout, describe(proc)
+    proc = mpirun(1, BASE + ["--global-batch-size", "10", "--steps", "3", "--out", str(tmp_path / "one")], timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "one"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-5

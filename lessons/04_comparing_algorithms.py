@@ -61,6 +61,6 @@ print0("lesson 04 OK")
 #    and does that crossover move with p as the formulas in lesson 03 predict?
 # 2. Run with -n 3 and -n 5. Recursive doubling and Rabenseifner fold the extra ranks
 #    in and out (collectives/fold.py). How much does that cost at 16 MiB?
-# 3. Add 64 MiB to `sizes`. The library slows down sharply there (MPI-NOTES.md: its
-#    temporary buffer is mmapped afresh on every call). Try again with
-#    MALLOC_MMAP_THRESHOLD_=1073741824 in the environment.
+# 3. Add 64 MiB to `sizes`. The library slows down sharply there (docs/mpi-notes.md, "Speed").
+#    Does raising glibc's mmap threshold (MALLOC_MMAP_THRESHOLD_=1073741824 in the
+#    environment) change it on your machine? It did not on ours.

@@ -5,8 +5,8 @@
 - ``main_guard``: run a click command so that a usage error is printed once
   (by rank 0) and every rank exits non-zero, and any other exception on any
   rank aborts the whole job (MPI_Abort) instead of leaving the other ranks
-  blocked in their next collective forever (MPI-NOTES.md: "A Python
-  exception on one rank leaves the others blocked").
+  blocked in their next collective forever (docs/mpi-notes.md,
+  "When a rank fails").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers for tests that launch ``mpiexec -n K`` (MPI-NOTES.md: a subprocess with a timeout
+"""Helpers for tests that launch ``mpiexec -n K`` (docs/mpi-notes.md: a subprocess with a timeout
 turns a deadlock into a failure)."""
 from __future__ import annotations
 

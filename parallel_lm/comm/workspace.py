@@ -1,9 +1,8 @@
 """Scratch buffers allocated once and reused.
 
-A fresh 64 MiB temporary per call is mmapped by glibc and pays page faults
-on every call; MPI-NOTES.md measured that halving the library's own
-all-reduce speed. The algorithms therefore borrow their receive buffer
-from here. One buffer per thread and array module: a training loop may
+A fresh 64 MiB temporary per call is above glibc's mmap threshold: new
+pages, and page faults on first touch, every call. The algorithms
+therefore borrow their receive buffer from here (docs/mpi-notes.md). One buffer per thread and array module: a training loop may
 all-reduce from a background thread while the main thread computes.
 """
 from __future__ import annotations

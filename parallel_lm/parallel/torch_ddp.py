@@ -10,7 +10,7 @@ from .grad_sync import GradSync
 def init_process_group(comm, backend: str = "gloo") -> None:
     """Start torch.distributed on these MPI ranks: rank 0 picks a free port and broadcasts it.
 
-    Concurrent jobs on one machine (parallel tests) each get their own port (MPI-NOTES.md).
+    Concurrent jobs on one machine (parallel tests) each get their own port (docs/mpi-notes.md).
     """
     import torch.distributed as dist
     if dist.is_initialized():

@@ -44,13 +44,16 @@ buf = np.full(n, 2 ** rank, dtype=np.int64)  # (n,) int64: this rank's bit in ev
 original = buf.copy()
 
 
-def ranks_in(value) -> str:
-    return "{" + ",".join(str(r) for r in range(p) if int(value) >> r & 1) + "}"
+def ranks_in(chunk) -> str:
+    """The ranks summed into ``chunk`` (its elements all agree), or "-" for an empty chunk."""
+    if len(chunk) == 0:
+        return "-"
+    return "{" + ",".join(str(r) for r in range(p) if int(chunk[0]) >> r & 1) + "}"
 
 
 def show(title: str, moves: str) -> None:
     """Gather every rank's chunks and its move of this step to rank 0 and print one table."""
-    rows = comm.gather((moves, [ranks_in(buf[offs[c]]) for c in range(p)]), root=0)
+    rows = comm.gather((moves, [ranks_in(buf[offs[c]:offs[c + 1]]) for c in range(p)]), root=0)
     width = max(8, 2 * p + 2)
     print0(f"\n{title}\n{'rank':>4}  {'moves':<24}" + "".join(f"{'chunk ' + str(c):>{width}}" for c in range(p)))
     for r, (mv, chunks) in enumerate(rows or []):
@@ -69,8 +72,8 @@ for step in range(p - 1):
     show(f"reduce-scatter step {step + 1}/{p - 1}", f"c{send}->r{ring.right}, c{recv}<-r{ring.left} (+)")
 
 mine = buf[offs[rank]:offs[rank + 1]]
-check(bool(np.all(mine == 2 ** p - 1)), f"after reduce-scatter rank {rank}'s chunk is {ranks_in(mine[0])}")
-print0(f"\nafter reduce-scatter rank r holds the full sum {ranks_in(2 ** p - 1)} of chunk r")
+check(bool(np.all(mine == 2 ** p - 1)), f"after reduce-scatter rank {rank}'s chunk is {ranks_in(mine)}")
+print0(f"\nafter reduce-scatter rank r holds the full sum {ranks_in([2 ** p - 1])} of chunk r")
 
 for step in range(p - 1):
     send, recv = ring.all_gather_chunks(step)

@@ -1,6 +1,6 @@
 """Lesson 10: pipeline parallelism and the bubble.
 
-    mpiexec -n 4 python lessons/10_pipeline_parallelism.py      (2 or 4 ranks: one pipeline stage each)
+    mpiexec -n 2 python lessons/10_pipeline_parallelism.py      (2 or 4 ranks: one pipeline stage each)
 
 Cut the model's layers into p stages, one per rank. A batch flows through
 stage 0, then 1, ..., and its gradient flows back. With the whole batch at

@@ -49,7 +49,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
-import torch
 from mpi4py import MPI
 
 from . import checkpoint
@@ -92,23 +91,6 @@ def fault_tolerant_world():
     comm = MPI.COMM_WORLD.Dup()
     comm.Set_errhandler(MPI.ERRORS_RETURN)
     return comm
-
-
-def servers_state(comm, cfg, server, servers: int, step: int) -> dict:
-    """The whole training state in checkpoint form, on every rank, from the parameter servers' shards."""
-    from .model import GPT
-    from .parallel.optim import param_states
-    from .parallel.parameter_server import load_flat
-    mine = (server.params.clone(), server.opt.state()) if server is not None else None
-    parts = comm.allgather(mine)[:servers]
-    model = GPT(cfg.model)
-    load_flat(model, torch.cat([values for values, _ in parts]))
-    kinds = parts[0][1]
-    flat = {k: v if v.dim() == 0 else torch.cat([state[k] for _, state in parts]) for k, v in kinds.items()}
-    names = {p: n for n, p in model.named_parameters()}
-    by_name = {names[p]: st for p, st in param_states(flat, list(names)).items()} if flat else {}
-    return {"model": model.state_dict(), "optimizer": {"by_name": by_name}, "step": step, "config": cfg.to_dict(),
-            "torch_rng": torch.get_rng_state()}
 
 
 def in_place(cfg) -> bool:
@@ -172,7 +154,7 @@ class Survivors:
             if kept and cfg.staleness == 0:
                 if ps.server is not None:
                     ps.server.rewind(best)
-                state = servers_state(comm, cfg, ps.server, servers, best)
+                state = ps.full_state(comm, best)
                 how = "in place: the dead worker dropped, its sequences shared by the others, no completed step lost"
             else:
                 state = self._checkpoint()

@@ -10,6 +10,7 @@ as well, so a run resumes exactly (synchronous) under any layout.
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 
@@ -20,7 +21,7 @@ from . import checkpoint, shrink
 from .metrics import MetricsWriter, StepRecord, validation_line, write_chrome_trace
 from .model import GPT
 from .parallel.optim import flat_state, param_states
-from .parallel.parameter_server import PSLayout, Server, Worker, gather_optimizer_state, share_final_params
+from .parallel.parameter_server import PSLayout, Server, Worker, gather_shards, load_flat, share_final_params
 from .runtime import print0
 from .trainer import Trainer, lr_at, validation_loss
 from .watchdog import NoWatchdog, watchdog
@@ -28,11 +29,12 @@ from .watchdog import NoWatchdog, watchdog
 
 class PSRun:
     def __init__(self, cfg, comm, batches, state: dict | None = None, timeline=None, timeout: float = 0,
-                 kill_stuck: bool = False, out=None, keep: int = 1):
-        """``timeout``: the hang watchdog's (0: none); ``kill_stuck``: it kills a stuck rank (--on-failure shrink);
-        ``out``, ``keep``: where a synchronous run's servers checkpoint every ``--ckpt-every`` steps."""
+                 shrinking: bool = False, out=None, keep: int = 1):
+        """``timeout``: the hang watchdog's (0: none); ``shrinking`` (--on-failure shrink): the watchdog kills a
+        stuck rank, and servers can undo a step (shrink.py); ``out``, ``keep``: where a synchronous run's servers
+        checkpoint every ``--ckpt-every`` steps."""
         self.cfg, self.comm, self.batches, self.timeline = cfg, comm, batches, timeline
-        self.timeout, self.kill_stuck, self.out, self.keep = timeout, kill_stuck, out, keep
+        self.timeout, self.shrinking, self.out, self.keep = timeout, shrinking, out, keep
         self.server, self.watchdog = None, NoWatchdog()
         self.rank = comm.Get_rank()
         self.layout = PSLayout(comm.Get_size(), cfg.servers)
@@ -78,13 +80,14 @@ class PSRun:
         """Run worker steps up to ``steps``; ``on_record(StepRecord)`` receives server 0's metrics records."""
         cfg, steps = self.cfg, self.end_step(steps)
         self.comm.Barrier()  # every worker has built its model: the clock starts now for all
-        self.watchdog = watchdog(self.comm, self.timeout, kill=self.kill_stuck)
+        self.watchdog = watchdog(self.comm, self.timeout, kill=self.shrinking)
         rate = None
         if self.is_server:
             recorder = _Recorder(cfg, self.start_step, on_record) if self.rank == 0 and on_record else None
             self.server = Server(cfg, self.comm, self.group, self.layout, self.model, lambda s: lr_at(cfg, s),
                                  recorder.record if recorder else None, self.start_step, self.optimizer_state,
-                                 self.timeline, self.watchdog, self._checkpoint if self._checkpoints(steps) else None)
+                                 self.timeline, self.watchdog, self._checkpoint if self._checkpoints(steps) else None,
+                                 undoable=self.shrinking)
             self.server.run(steps)
             self.applied, self.dropped = self.server.received, self.server.dropped
             self.max_staleness = max(self.server.staleness, default=0)
@@ -114,18 +117,30 @@ class PSRun:
         if step % self.cfg.ckpt_every or step == self.end_step(self.cfg.steps):
             return
         self.watchdog.at(step - 1, "checkpoint write")
-        state = shrink.servers_state(self.group, self.cfg, self.server, self.cfg.servers, step)
-        if self.rank == 0:
-            checkpoint.save(self.out, state["model"], state["optimizer"]["by_name"], step, self.cfg.to_dict(),
-                            keep=self.keep)
+        self._write(self.group, self.out, step, self.keep)  # server 0 is rank 0 of both
+
+    def full_state(self, comm, step: int, root: int | None = None) -> dict | None:
+        """The whole training state in checkpoint form, joined from the servers' shards (ranks 0..k-1 of
+        ``comm``): on ``root``, or on every rank when None; None elsewhere. Collective over ``comm``."""
+        joined = gather_shards(comm, self.server, self.cfg.servers, root)
+        if joined is None:
+            return None
+        values, flat = joined
+        model = copy.deepcopy(self.model)  # its structure and names; the values are the servers'
+        load_flat(model, values)
+        names = {p: n for n, p in model.named_parameters()}
+        by_name = {names[p]: st for p, st in param_states(flat, list(names)).items()} if flat else {}
+        return {"model": model.state_dict(), "optimizer": {"by_name": by_name}, "step": step,
+                "config": self.cfg.to_dict(), "torch_rng": torch.get_rng_state()}
+
+    def _write(self, comm, out, step: int, keep: int) -> None:
+        state = self.full_state(comm, step, root=0)
+        if state is not None:
+            checkpoint.save(out, state["model"], state["optimizer"]["by_name"], step, self.cfg.to_dict(), keep=keep)
 
     def save(self, out, step: int, keep: int = 1) -> None:
         """checkpoint.pt from rank 0: the model and the servers' optimizer shards, by name. Collective."""
-        flat = gather_optimizer_state(self.comm, self.layout, self.server)
-        if self.rank == 0:
-            names = {p: n for n, p in self.model.named_parameters()}
-            by_name = {names[p]: st for p, st in param_states(flat, list(names)).items()} if flat else {}
-            checkpoint.save(out, self.model.state_dict(), by_name, step, self.cfg.to_dict(), keep=keep)
+        self._write(self.comm, out, step, keep)
 
 
 class _Recorder:

@@ -89,12 +89,14 @@ def _span(timeline, name):
 
 class Server:
     def __init__(self, cfg, comm, servers_comm, layout: PSLayout, model, lr_at, record=None, start: int = 0,
-                 optimizer_state: dict | None = None, timeline=None, watchdog=None, checkpoint=None):
+                 optimizer_state: dict | None = None, timeline=None, watchdog=None, checkpoint=None,
+                 undoable: bool = False):
         """``servers_comm``: the server ranks alone (for the global gradient norm in sync mode);
         ``lr_at(step)``: the learning rate; ``record(losses, staleness, busy_s, version)``: called per
         step (server 0) with the step's worker losses and the running totals; ``start``: the step
         reached (resuming); ``optimizer_state``: {kind: flat tensor over the whole model} to resume from;
-        ``checkpoint(step)``: synchronous, called by every server after each step (collective over the servers)."""
+        ``checkpoint(step)``: synchronous, called by every server after each step (collective over the servers);
+        ``undoable``: keep the shard as it was before each synchronous step, so that ``rewind`` can undo it."""
         self.cfg, self.comm, self.layout, self.lr_at, self.record = cfg, comm, layout, lr_at, record
         self.start, self.timeline = start, timeline
         self.rank = comm.Get_rank()
@@ -114,7 +116,7 @@ class Server:
         self.staleness = Counter()
         self.outstanding = []  # (request, buffer) of replies in flight
         self.before = None  # synchronous: (values, optimizer state) before the last step, to undo it (rewind)
-        self.watchdog, self.checkpoint = watchdog, checkpoint
+        self.watchdog, self.checkpoint, self.undoable = watchdog, checkpoint, undoable
 
     def _reply(self, worker: int, stop: bool = False) -> None:
         """Send the shard (or a stop) without waiting for it to be received.
@@ -166,7 +168,8 @@ class Server:
             with _span(self.timeline, "apply"):
                 total /= len(workers)
                 self._clip_sync(total)
-                self.before = (self.params.clone(), self.opt.state())
+                if self.undoable:
+                    self.before = (self.params.clone(), self.opt.state())
                 self.opt.step(total, self.lr_at(t), self.params)
             self.version += 1
             if t < steps - 1:
@@ -310,11 +313,14 @@ def share_final_params(comm, layout: PSLayout, model, server: Server | None) -> 
     load_flat(model, torch.from_numpy(flat))
 
 
-def gather_optimizer_state(comm, layout: PSLayout, server: Server | None) -> dict | None:
-    """Rank 0: {kind: flat tensor over the whole model} from the servers' shards; None elsewhere. Collective."""
-    parts = comm.gather(server.opt.state() if server is not None else None, root=0)
-    if comm.Get_rank() != 0:
+def gather_shards(comm, server: Server | None, servers: int, root: int | None = None):
+    """(flat parameters, {kind: flat optimizer state}) over the whole model, joined from the shards of the
+    servers (ranks 0..servers-1 of ``comm``): on ``root``, or on every rank when None; None elsewhere. Collective."""
+    mine = (server.params.clone(), server.opt.state()) if server is not None else None
+    parts = comm.allgather(mine) if root is None else comm.gather(mine, root=root)
+    if parts is None:
         return None
-    shards = parts[:layout.servers]
-    return {kind: (shards[0][kind] if shards[0][kind].dim() == 0 else torch.cat([s[kind] for s in shards]))
-            for kind in shards[0]}
+    parts = parts[:servers]
+    kinds = parts[0][1]
+    return (torch.cat([values for values, _ in parts]),
+            {k: v if v.dim() == 0 else torch.cat([state[k] for _, state in parts]) for k, v in kinds.items()})

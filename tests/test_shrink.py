@@ -97,6 +97,13 @@ def test_a_synchronous_parameter_server_drops_a_dead_worker_and_recovers_a_dead_
     assert max_difference(one_process, checkpoint.load(out)["model"]) < 2e-5
 
 
+@needs_ulfm
+def test_torch_ddp_is_refused_before_any_work(tmp_path):
+    """gloo's process group runs over its own TCP connections, which ULFM cannot revoke or shrink."""
+    proc, _, _ = shrink(tmp_path, 2, "", "--engine", "torch-ddp")
+    assert proc.returncode == 2 and proc.stderr.count("use it with --engine explicit") == 1, describe(proc)
+
+
 def test_without_ulfm_shrink_is_refused_on_every_rank_naming_the_fix(tmp_path):
     proc = mpirun(2, ["-m", "parallel_lm.train", *TRAIN, "--on-failure", "shrink"])
     assert proc.returncode == 2, describe(proc)

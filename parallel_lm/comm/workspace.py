@@ -2,8 +2,9 @@
 
 A fresh 64 MiB temporary per call is above glibc's mmap threshold: new
 pages, and page faults on first touch, every call. The algorithms
-therefore borrow their receive buffer from here (docs/mpi-notes.md). One buffer per thread and array module: a training loop may
-all-reduce from a background thread while the main thread computes.
+therefore borrow their receive buffer from here (docs/mpi-notes.md).
+One buffer per thread and array module: a training loop may all-reduce
+from a background thread while the main thread computes.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
     mpiexec -n 4 python -m parallel_lm.bench -b 4K -e 64M -f 4
     mpiexec -n 4 python -m parallel_lm.bench --algorithms ring,mpi,torch_gloo --json bench.json
     mpiexec -n 2 python -m parallel_lm.bench --op pingpong -b 1 -e 4M
+    mpiexec -n 4 python -m parallel_lm.bench --op all_to_all -b 64 -e 16M
 
 Each row: buffer size, element count, dtype, algorithm, median time, algbw and
 busbw (nccl-tests definitions, see metrics.py), busbw relative to the library's
@@ -69,15 +70,20 @@ def _record(op, algorithm, dtype_name, size_bytes, count, p, t_med, t_min, error
 def _collective_point(comm, op, names, size, dtype, warmup, iters) -> list[dict]:
     """Time every algorithm at one (size, dtype), interleaved; then count each one's wrong elements."""
     count = size // dtype.itemsize
+    if op == "all_to_all":  # one whole block per rank
+        count -= count % comm.Get_size()
     src = make_input(count, dtype, comm.Get_rank())
     buf = src.copy()
-    runs = {name: runner(op, name, buf, comm) for name in names}
+    out = np.empty_like(buf) if op == "all_to_all" else buf
+    runs = {name: runner(op, name, buf, comm, out) for name in names}
     times = time_interleaved(comm, runs, lambda: np.copyto(buf, src), warmup, iters)
     records = []
     for name, run in runs.items():
         np.copyto(buf, src)
+        if out is not buf:
+            out[...] = 0  # a run that writes nothing cannot pass on the previous algorithm's result
         run()
-        errors = comm.allreduce(count_errors(op, buf, comm), op=MPI.MAX)
+        errors = comm.allreduce(count_errors(op, out, comm), op=MPI.MAX)
         records.append(_record(op, name, dtype.name, count * dtype.itemsize, count, comm.Get_size(), *times[name], errors))
     library = next((r for r in records if r["algorithm"] == "mpi"), None)
     for r in records:  # = busbw / library busbw, but also defined at p = 1, where busbw is 0

@@ -9,13 +9,14 @@ against the hardware's link bandwidth:
   reduce_scatter  busbw = algbw * (p-1)/p
   all_gather      busbw = algbw * (p-1)/p
   broadcast       busbw = algbw
+  all_to_all      busbw = algbw * (p-1)/p  (size = one rank's send buffer)
   pingpong        busbw = algbw  (size / half round trip, as OSU's osu_latency/osu_bw)
 """
 from __future__ import annotations
 
 from ..costmodel.formulas import bus_factor
 
-OPS = ("allreduce", "reduce_scatter", "all_gather", "broadcast", "pingpong")
+OPS = ("allreduce", "reduce_scatter", "all_gather", "broadcast", "all_to_all", "pingpong")
 
 
 def algbw_GBps(size_bytes: int, time_s: float) -> float:

@@ -12,9 +12,11 @@ import numpy as np
 from ..comm import (
     ALGORITHMS,
     ALL_GATHER_ALGORITHMS,
+    ALLTOALL_ALGORITHMS,
     BROADCAST_ALGORITHMS,
     REDUCE_SCATTER_ALGORITHMS,
     all_gather,
+    all_to_all,
     allreduce,
     broadcast,
     chunk_offsets,
@@ -27,6 +29,7 @@ REGISTRIES = {
     "reduce_scatter": list(REDUCE_SCATTER_ALGORITHMS),
     "all_gather": list(ALL_GATHER_ALGORITHMS),
     "broadcast": list(BROADCAST_ALGORITHMS),
+    "all_to_all": list(ALLTOALL_ALGORITHMS),
     "pingpong": ["mpi"],
 }
 
@@ -39,13 +42,15 @@ def make_input(count: int, dtype, rank: int) -> np.ndarray:
     return value(np.arange(count), rank).astype(dtype)
 
 
-def runner(op: str, algorithm: str, buf, comm):
-    """A no-argument callable that runs the collective on ``buf`` in place."""
+def runner(op: str, algorithm: str, buf, comm, out=None):
+    """A no-argument callable that runs the collective on ``buf`` in place (all-to-all: into ``out``)."""
     if algorithm == TORCH_GLOO:
         from ..parallel.torch_ddp import init_process_group
         from .gloo import gloo_allreduce
         init_process_group(comm, "gloo")
         return lambda: gloo_allreduce(buf)
+    if op == "all_to_all":
+        return lambda: all_to_all(buf, out, comm, algorithm=algorithm)
     fn = {"allreduce": allreduce, "reduce_scatter": reduce_scatter, "all_gather": all_gather}.get(op)
     if fn is not None:
         return lambda: fn(buf, comm, algorithm=algorithm)
@@ -53,7 +58,7 @@ def runner(op: str, algorithm: str, buf, comm):
 
 
 def count_errors(op: str, buf, comm) -> int:
-    """Elements of ``buf`` (after one run from ``make_input``) that differ from the exact result."""
+    """Elements of the result ``buf`` (after one run from ``make_input``) that differ from the exact result."""
     rank, p = comm.Get_rank(), comm.Get_size()
     index = np.arange(buf.size)
     if op == "allreduce":
@@ -67,6 +72,9 @@ def count_errors(op: str, buf, comm) -> int:
         offs = chunk_offsets(buf.size, p)
         owner = np.repeat(np.arange(p), np.diff(offs))
         want, got = value(index, owner), buf
+    elif op == "all_to_all":  # block s came from rank s: its elements for this rank
+        b = buf.size // p
+        want, got = value(rank * b + index % max(b, 1), index // max(b, 1)), buf
     else:  # broadcast from rank 0
         want, got = value(index, 0), buf
     return int(np.count_nonzero(got.astype(np.int64) != want))

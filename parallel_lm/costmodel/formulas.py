@@ -190,6 +190,20 @@ def allreduce_hierarchical_s(n: float, local: int, nodes: int, intra: Network, i
     return inside.time_s(intra) + allreduce_ring(n / local, nodes, segment_bytes).time_s(slow)
 
 
+def all_to_all_pairwise(n: float, p: int) -> Cost:
+    """(p-1).alpha + (p-1)/p.n.beta: one block of n/p bytes to each other rank, one step per rank."""
+    return Cost(p - 1, (p - 1) / p * n)
+
+
+def all_to_all_bruck(n: float, p: int) -> Cost:
+    """ceil(lg p).alpha + sum_k c_k.(n/p).beta, c_k = how many of 0..p-1 have bit k set.
+
+    For p = 2^m each step moves half the blocks: lg p.alpha + (lg p)/2.n.beta.
+    """
+    moved = sum(sum(1 for i in range(p) if i & (1 << k)) for k in range(_lg(p)))
+    return Cost(_lg(p), moved * n / p)
+
+
 def parameter_server_sync(n: float, workers: int, servers: int = 1) -> Cost:
     """One synchronous step: every worker pushes its gradient and pulls the parameters.
 
@@ -208,6 +222,7 @@ COSTS = {
     "reduce_scatter": {"ring": reduce_scatter_ring, "recursive_halving": reduce_scatter_recursive_halving},
     "all_gather": {"ring": all_gather_ring, "recursive_doubling": all_gather_recursive_doubling},
     "broadcast": {"binomial": broadcast_binomial},
+    "all_to_all": {"pairwise": all_to_all_pairwise, "bruck": all_to_all_bruck},
 }
 
 
@@ -215,8 +230,8 @@ def bus_factor(op: str, ranks: int) -> float:
     """busbw / algbw for ``op`` on ``ranks`` ranks (nccl-tests doc/PERFORMANCE.md)."""
     if op == "allreduce":
         return 2 * (ranks - 1) / ranks
-    if op in ("reduce_scatter", "all_gather"):
+    if op in ("reduce_scatter", "all_gather", "all_to_all"):
         return (ranks - 1) / ranks
     if op in ("broadcast", "pingpong"):
         return 1.0
-    raise ValueError(f"unknown op {op!r}; valid: allreduce, reduce_scatter, all_gather, broadcast, pingpong")
+    raise ValueError(f"unknown op {op!r}; valid: allreduce, reduce_scatter, all_gather, broadcast, all_to_all, pingpong")

@@ -1,8 +1,8 @@
 """Arrays the simulated ranks compute on.
 
 The algorithms in ``comm/collectives`` only slice their buffer, ask its
-``size``/``dtype``/``nbytes``, borrow scratch space (``workspace.scratch``)
-and add with ``local.add_into``. Two stand-ins answer exactly that:
+``size``/``dtype``/``nbytes``, borrow scratch space (``workspace.scratch``),
+add with ``local.add_into`` and copy with ``local.copy_into``. Two stand-ins answer exactly that:
 
 - ``VirtualArray`` (timing-only mode) holds no data, only a length, and the
   length may be one value per rank: a whole group of virtual ranks shares
@@ -120,6 +120,10 @@ class TimingNamespace(_Namespace):
     def add(acc, incoming, out=None):
         _charge(acc.nbytes)
 
+    @staticmethod
+    def copyto(dst, src):
+        pass
+
 
 class DataNamespace(_Namespace):
     """What ``array_module`` returns for a DataArray: real NumPy, and the bytes are counted."""
@@ -134,3 +138,7 @@ class DataNamespace(_Namespace):
     def add(acc, incoming, out=None):
         np.add(acc.data, incoming.data, out=acc.data)
         _charge(acc.nbytes)
+
+    @staticmethod
+    def copyto(dst, src):
+        np.copyto(dst.data, src.data)

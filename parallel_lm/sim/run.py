@@ -15,13 +15,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..comm.buffers import array_module
 from ..comm.collectives import (
     ALGORITHMS,
     ALL_GATHER_ALGORITHMS,
+    ALLTOALL_ALGORITHMS,
     BROADCAST_ALGORITHMS,
     REDUCE_SCATTER_ALGORITHMS,
 )
 from ..comm.collectives.hierarchical import allreduce_hierarchical
+from ..comm.collectives.local import copy_into
 from ..comm.topology import chunk_offsets
 from ..comm.workspace import release
 from ..costmodel.formulas import COSTS, allreduce_hierarchical_s
@@ -31,6 +34,18 @@ from .comm import NONE, DataComm, Exchange, GroupComm, Recorder, SimAbort
 from .network import Topology
 from .ranks import Diverge, RankVector
 
+
+
+def _in_place(all_to_all):
+    """An all-to-all run the way the simulator runs every op: on one buffer, which ends holding the result."""
+    def run(buf, comm):
+        recv = array_module(buf).empty(buf.size, buf.dtype)
+        all_to_all(buf, recv, comm)
+        copy_into(buf, recv)
+    run.__name__ = all_to_all.__name__
+    return run
+
+
 # The library's own collective ("mpi") has no code to run here. The hierarchical all-reduce takes
 # its node size from the topology (``simulate``).
 OPS = {
@@ -38,6 +53,7 @@ OPS = {
     "reduce_scatter": {k: v for k, v in REDUCE_SCATTER_ALGORITHMS.items() if k != "mpi"},
     "all_gather": {k: v for k, v in ALL_GATHER_ALGORITHMS.items() if k != "mpi"},
     "broadcast": {k: v for k, v in BROADCAST_ALGORITHMS.items() if k != "mpi"},
+    "all_to_all": {k: _in_place(v) for k, v in ALLTOALL_ALGORITHMS.items() if k != "mpi"},
 }
 DATA_MODE_MAX_RANKS = 512  # one thread per rank
 
@@ -119,6 +135,9 @@ def _inputs(op: str, size: int, count: int, dtype, seed: int) -> tuple[list[np.n
     elif op == "all_gather":
         full = np.concatenate([data[r][offs[r]:offs[r + 1]] for r in range(size)])
         want = [full] * size
+    elif op == "all_to_all":  # block r of every rank's buffer, in rank order
+        b = count // size
+        want = [np.concatenate([data[s][r * b:(r + 1) * b] for s in range(size)]) for r in range(size)]
     else:  # broadcast from rank 0
         want = [data[0]] * size
     return data, want
@@ -180,6 +199,9 @@ def simulate(op: str, algorithm: str, ranks: int, n_bytes: int, topology: Topolo
     if n_bytes < 0 or n_bytes % dtype.itemsize:
         raise ValueError(f"n_bytes={n_bytes} must be a non-negative multiple of the {dtype} item size {dtype.itemsize}")
     count = n_bytes // dtype.itemsize
+    if op == "all_to_all" and count % ranks:
+        raise ValueError(f"all_to_all sends one equal block to each rank: n_bytes={n_bytes} must hold a multiple "
+                         f"of {ranks} {dtype} elements")
     error = None
     if data:
         groups, error = _run_data(op, fn, ranks, count, dtype, seed)

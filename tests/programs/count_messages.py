@@ -8,7 +8,7 @@ import json
 import numpy as np
 from mpi4py import MPI
 
-from parallel_lm.comm.collectives import (ALGORITHMS, ALL_GATHER_ALGORITHMS, BROADCAST_ALGORITHMS,
+from parallel_lm.comm.collectives import (ALGORITHMS, ALL_GATHER_ALGORITHMS, ALLTOALL_ALGORITHMS, BROADCAST_ALGORITHMS,
                                           REDUCE_SCATTER_ALGORITHMS)
 from parallel_lm.comm.trace import CountingComm
 from parallel_lm.runtime import install_abort_hook
@@ -16,7 +16,7 @@ from parallel_lm.runtime import install_abort_hook
 install_abort_hook()
 comm = MPI.COMM_WORLD
 registries = {"allreduce": ALGORITHMS, "reduce_scatter": REDUCE_SCATTER_ALGORITHMS,
-              "all_gather": ALL_GATHER_ALGORITHMS, "broadcast": BROADCAST_ALGORITHMS}
+              "all_gather": ALL_GATHER_ALGORITHMS, "broadcast": BROADCAST_ALGORITHMS, "all_to_all": ALLTOALL_ALGORITHMS}
 # 840 = lcm(1..8): every chunk and block is whole for p <= 8; the 2.5 MiB case exercises ring segments.
 for count in (840 * 16, 840 * 800):
     for op, registry in registries.items():
@@ -24,7 +24,10 @@ for count in (840 * 16, 840 * 800):
             if name == "mpi":
                 continue
             counted = CountingComm(comm)
-            fn(np.ones(count, np.float32), counted)
+            if op == "all_to_all":
+                fn(np.ones(count, np.float32), np.empty(count, np.float32), counted)
+            else:
+                fn(np.ones(count, np.float32), counted)
             rounds = comm.allreduce(counted.rounds, op=MPI.MAX)
             round_bytes = comm.allreduce(counted.round_bytes, op=MPI.MAX)
             if comm.Get_rank() == 0:

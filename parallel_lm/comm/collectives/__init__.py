@@ -1,13 +1,16 @@
 """One module per algorithm; these registries map the names users type to functions.
 
-Every function takes ``(buf, comm)`` (broadcast also ``root``), works in
-place on a 1-D contiguous array and only calls the communicator's
-``Get_rank``, ``Get_size``, ``Send``, ``Recv`` and ``Sendrecv``, so the same
-code runs on a real MPI communicator or a simulated one. ``mpi`` is the
+Every function takes ``(buf, comm)`` (broadcast also ``root``) and works
+in place on a 1-D contiguous array; all-to-all takes ``(sendbuf, recvbuf,
+comm)``, or ``(sendbuf, sendcounts, recvbuf, recvcounts, comm)`` for
+variable counts. They only call the communicator's ``Get_rank``,
+``Get_size``, ``Send``, ``Recv`` and ``Sendrecv``, so the same code runs on a real MPI communicator or a simulated one. ``mpi`` is the
 exception: it calls the library's own collective.
 """
+from .alltoall_bruck import all_to_all_bruck, all_to_allv_bruck
+from .alltoall_pairwise import all_to_all_pairwise, all_to_allv_pairwise
 from .broadcast import broadcast_binomial
-from .mpi import all_gather_mpi, allreduce_mpi, broadcast_mpi, reduce_scatter_mpi
+from .mpi import all_gather_mpi, all_to_all_mpi, all_to_allv_mpi, allreduce_mpi, broadcast_mpi, reduce_scatter_mpi
 from .naive import allreduce_naive
 from .rabenseifner import allreduce_rabenseifner
 from .recursive_doubling import all_gather_recursive_doubling, allreduce_recursive_doubling
@@ -36,4 +39,14 @@ ALL_GATHER_ALGORITHMS = {
 BROADCAST_ALGORITHMS = {
     "binomial": broadcast_binomial,
     "mpi": broadcast_mpi,
+}
+ALLTOALL_ALGORITHMS = {
+    "pairwise": all_to_all_pairwise,
+    "bruck": all_to_all_bruck,
+    "mpi": all_to_all_mpi,
+}
+ALLTOALLV_ALGORITHMS = {  # the same names, variable counts
+    "pairwise": all_to_allv_pairwise,
+    "bruck": all_to_allv_bruck,
+    "mpi": all_to_allv_mpi,
 }

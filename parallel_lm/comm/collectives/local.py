@@ -1,4 +1,4 @@
-"""The local (gamma) part of every reduction: element-wise sum into a buffer."""
+"""The local work of the collectives: element-wise sum into a buffer (the gamma term), and copies."""
 from __future__ import annotations
 
 import sys
@@ -25,3 +25,9 @@ def add_into(acc, incoming) -> None:
         torch.from_numpy(acc).add_(torch.from_numpy(incoming))
         return
     array_module(acc).add(acc, incoming, out=acc)
+
+
+def copy_into(dst, src) -> None:
+    """dst[...] = src (numpy or cupy): the local block moves of all-to-all. Copies are not in the
+    alpha-beta-gamma formulas, and the simulator's timing mode does not charge them."""
+    array_module(dst).copyto(dst, src)

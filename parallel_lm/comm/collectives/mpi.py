@@ -1,7 +1,9 @@
 """The MPI library's own collectives: the baseline every explicit algorithm is measured against.
 
 MPI_Allreduce, MPI_Reduce_scatter, MPI_Allgatherv and MPI_Bcast, called
-in place on the same buffers. The library picks its own algorithm by
+in place on the same buffers, and MPI_Alltoall(v) on the send and receive
+buffers seen as bytes (nothing is reduced, so any dtype moves, float16
+included, in every library). The library picks its own algorithm by
 message size and p (MPICH: recursive doubling for short, Rabenseifner for
 long all-reduces); its cost is whichever of those formulas it picked.
 
@@ -12,6 +14,8 @@ the last bits from the explicit algorithms (and, for some libraries,
 between ranks).
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..buffers import array_module
 from ..topology import chunk_offsets
@@ -59,3 +63,17 @@ def all_gather_mpi(buf, comm):
 def broadcast_mpi(buf, comm, root: int = 0):
     comm.Bcast(buf, root=root)
     return buf
+
+
+def all_to_all_mpi(sendbuf, recvbuf, comm):
+    comm.Alltoall(sendbuf.view(np.uint8), recvbuf.view(np.uint8))
+    return recvbuf
+
+
+def all_to_allv_mpi(sendbuf, sendcounts, recvbuf, recvcounts, comm):
+    def spec(buf, counts):
+        nbytes = np.asarray(counts, dtype=np.int64) * buf.itemsize
+        displs = np.concatenate([[0], np.cumsum(nbytes)[:-1]])
+        return [buf.view(np.uint8), (nbytes.tolist(), displs.tolist()), _mpi().BYTE]
+    comm.Alltoallv(spec(sendbuf, sendcounts), spec(recvbuf, recvcounts))
+    return recvbuf

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 
 from .comm import ALGORITHMS
@@ -181,6 +182,7 @@ class TrainConfig:
             self.per_rank(workers)
         else:
             grid = self.grid(world)
+            self._check_nodes(grid.dp)
             grid.check_model(self.model.n_layer, self.model.n_head, self.model.n_embd, self.model.vocab_size)
             n_micro = self.per_rank(grid.dp)[2]
             if self.virtual_stages > 1:
@@ -205,6 +207,21 @@ class TrainConfig:
                              f"rank has {n_micro}: use --micro-batches (or --micro-batch-size) giving a multiple of {pp}")
         if self.schedule != "1f1b":
             raise ValueError(f"--virtual-stages runs the interleaved 1F1B schedule: drop --schedule {self.schedule}")
+
+    def _check_nodes(self, dp: int) -> None:
+        """Emulated nodes (comm/nodes.py) must divide the data-parallel ranks the hierarchical all-reduce runs on."""
+        from .comm.nodes import RAILS, RANKS_PER_NODE, rails
+        text = os.environ.get(RANKS_PER_NODE, "")
+        if self.allreduce != "hierarchical" or not text:
+            return
+        per_node = int(text) if text.isdigit() else 0
+        if per_node < 1 or dp % per_node:
+            raise ValueError(f"{RANKS_PER_NODE}={text} must be a positive divisor of the {dp} data-parallel ranks "
+                             "that --allreduce hierarchical runs on: set it to one, or unset it to use the real nodes")
+        try:
+            rails(per_node)
+        except ValueError as e:
+            raise ValueError(f"{e}; unset {RAILS} for one ring per local rank") from None
 
     def _combinations(self) -> list[tuple[bool, str]]:
         """The flag combinations that cannot work, each with its reason (README, "Which flags combine")."""

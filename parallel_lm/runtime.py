@@ -194,12 +194,22 @@ def netem_network(spec: str | None):
         raise ValueError(f"--netem: {e}") from None
 
 
-def emulated(comm, network):
-    """``comm`` whose point-to-point messages take as long as on ``network`` (None: ``comm`` itself)."""
+def netem_inside(spec: str | None):
+    """(intra-node Network, ranks per node) of a two-level --netem profile; (None, 0) for one level or no spec."""
+    if not spec:
+        return None, 0
+    from .costmodel.profiles import load_profile
+    profile = load_profile(spec)
+    return (profile.network(), profile.ranks_per_node) if profile.inter_node else (None, 0)
+
+
+def emulated(comm, network, inside=None, ranks_per_node: int = 0):
+    """``comm`` whose point-to-point messages take as long as on ``network`` (None: ``comm`` itself);
+    with ``inside`` and ``ranks_per_node``, messages within an emulated node take ``inside``'s time."""
     if network is None:
         return comm
     from .comm.netem import NetemComm
-    return NetemComm(comm, network.alpha_s, network.beta_s_per_byte)
+    return NetemComm(comm, network.alpha_s, network.beta_s_per_byte, inside, ranks_per_node)
 
 
 def size_option(ctx, param, text) -> int:

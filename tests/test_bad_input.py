@@ -124,6 +124,9 @@ CASES = [
     (1, G + ["--ckpt", "{run}", "--max-new-tokens", "0"], "'--max-new-tokens'"),
     # bench
     (1, B + ["--op", "gather"], "'--op'"),
+    (4, B + ["-a", "hierarchical", "--ranks-per-node", "3"], "--ranks-per-node 3 does not divide the 4 ranks"),
+    (4, B + ["--ranks-per-node", "2", "--rails", "3"], "--rails 3 must divide the 2 ranks per node"),
+    (2, B + ["--netem", "alpha=1,beta=1,inter_alpha=1"], "and for two levels also inter_alpha"),
     (1, B + ["-a", "magic"], "unknown allreduce algorithm magic"),
     (1, B + ["-b", "12Q"], "cannot read size '12Q'"),
     (1, B + ["-b", "1M", "-e", "1K"], "need 0 < min-bytes <= max-bytes"),

@@ -131,11 +131,3 @@ def test_rails_divide_the_inter_node_time():
     one, eight = (simulate("allreduce", "hierarchical", 32, 1 << 26, Topology(intra, inter, 8, True, rails))
                   for rails in (1, 8))
     assert one.time_s > 3 * eight.time_s
-
-
-@pytest.mark.parametrize("k", [1, 4, 6])
-def test_hierarchical_allreduce_equals_mpi_under_mpiexec(k):
-    proc = mpirun(k, ["tests/programs/check_hierarchical.py"])
-    assert proc.returncode == 0, describe(proc)
-    divisors = sum(1 for d in range(1, k + 1) if k % d == 0)
-    assert f"CHECKED {divisors * 5 * 2}" in proc.stdout

@@ -6,6 +6,8 @@ from conftest import PROGRAMS, describe, mpirun
 
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_k_ranks_match_one_rank_for_every_algorithm_accumulation_and_overlap(k):
-    proc = mpirun(k, [str(PROGRAMS / "train_equivalence.py")], timeout=300)
+    # on 4 ranks the hierarchical all-reduce runs on two emulated nodes of 2 (elsewhere: one real node)
+    env = {"PARALLEL_LM_RANKS_PER_NODE": "2"} if k == 4 else {}
+    proc = mpirun(k, [str(PROGRAMS / "train_equivalence.py")], env=env, timeout=300)
     assert proc.returncode == 0, describe(proc)
-    assert f"EQUIVALENCE {k} ranks: 27/27 ok" in proc.stdout, describe(proc)
+    assert f"EQUIVALENCE {k} ranks: 31/31 ok" in proc.stdout, describe(proc)

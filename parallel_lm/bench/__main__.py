@@ -4,6 +4,7 @@
     mpiexec -n 4 python -m parallel_lm.bench --algorithms ring,mpi,torch_gloo --json bench.json
     mpiexec -n 2 python -m parallel_lm.bench --op pingpong -b 1 -e 4M
     mpiexec -n 4 python -m parallel_lm.bench --op all_to_all -b 64 -e 16M
+    mpiexec -n 4 python -m parallel_lm.bench -a ring,hierarchical --ranks-per-node 2 --netem gpu-nodes-10g
 
 Each row: buffer size, element count, dtype, algorithm, median time, algbw and
 busbw (nccl-tests definitions, see metrics.py), busbw relative to the library's
@@ -20,7 +21,8 @@ import numpy as np
 from mpi4py import MPI
 
 from ..comm.buffers import SUPPORTED_DTYPES
-from ..runtime import emulated, main_guard, netem_network, print0, size_option, world
+from ..comm.nodes import RAILS, RANKS_PER_NODE
+from ..runtime import emulated, main_guard, netem_inside, netem_network, print0, size_option, world
 from ..sizes import format_size
 from .metrics import OPS, algbw_GBps, busbw_GBps, sweep
 from .pingpong import half_round_trip_s
@@ -110,15 +112,39 @@ def _pingpong_point(comm, size, warmup, iters) -> list[dict]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the records to this JSON file.")
 @click.option("--netem", default=None, metavar="PROFILE",
               help="Delay every message of the explicit algorithms like this network (a profile name, file, or "
-                   "alpha=S,beta=S_PER_B; two-level profiles use their inter-node level). 'mpi' is not delayed.")
-def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, json_path, netem):
+                   "alpha=S,beta=S_PER_B[,inter_alpha=S,inter_beta=S_PER_B,ranks_per_node=L]). A two-level profile "
+                   "emulates nodes of its L ranks (or --ranks-per-node) when they divide the ranks into several "
+                   "nodes: its intra-node level inside one, its inter-node level between; otherwise every message "
+                   "is inter-node. 'mpi' is not delayed.")
+@click.option("--ranks-per-node", type=click.IntRange(min=1), default=None,
+              help=f"Emulate nodes of this many consecutive ranks (sets {RANKS_PER_NODE}) for the hierarchical "
+                   "all-reduce and a two-level --netem; default: the real nodes (MPI's shared-memory split).")
+@click.option("--rails", type=click.IntRange(min=1), default=None,
+              help=f"Ranks per node that run a ring between nodes in the hierarchical all-reduce (sets {RAILS}); "
+                   "must divide the ranks per node. Default: all of them.")
+def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, json_path, netem, ranks_per_node, rails):
     """Time collective algorithms side by side with the MPI library (run under mpiexec)."""
-    try:
-        netem_net = netem_network(netem)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
     comm = world()
     p, rank = comm.Get_size(), comm.Get_rank()
+    try:
+        netem_net = netem_network(netem)
+        inside, profile_nodes = netem_inside(netem)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if not ranks_per_node and profile_nodes and p % profile_nodes == 0 and profile_nodes < p:
+        ranks_per_node = profile_nodes
+    if not ranks_per_node:
+        inside = None
+    if ranks_per_node:
+        if p % ranks_per_node:
+            raise click.UsageError(f"--ranks-per-node {ranks_per_node} does not divide the {p} ranks: "
+                                   f"run a multiple of {ranks_per_node} ranks, or pick a divisor of {p}")
+        os.environ[RANKS_PER_NODE] = str(ranks_per_node)
+    if rails:
+        per_node = ranks_per_node or int(os.environ.get(RANKS_PER_NODE, 0)) or p
+        if per_node % rails:
+            raise click.UsageError(f"--rails {rails} must divide the {per_node} ranks per node")
+        os.environ[RAILS] = str(rails)
     names = _names(algorithms, REGISTRIES[op], f"{op} algorithm")
     names.sort(key=lambda n: n != "mpi")  # the baseline heads each group of rows
     dtype_list = [np.dtype(d) for d in _names(dtypes, [str(d) for d in SUPPORTED_DTYPES], "dtype")]
@@ -133,15 +159,20 @@ def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, js
            f"warmup {warmup}, iters {iters} (median of the slowest rank's time; algorithms interleaved)")
     if netem_net:
         bandwidth = f"{1e-9 / netem_net.beta_s_per_byte:.3f} GB/s" if netem_net.beta_s_per_byte else "infinite bandwidth"
-        print0(f"# netem {netem}: every message of the explicit algorithms takes >= {netem_net.alpha_s * 1e6:.2f} us "
+        where = f"between emulated nodes of {ranks_per_node} ranks" if inside else "of the explicit algorithms"
+        print0(f"# netem {netem}: every message {where} takes >= {netem_net.alpha_s * 1e6:.2f} us "
                f"+ bytes / {bandwidth}")
+        if inside:
+            print0(f"# netem {netem}: inside a node >= {inside.alpha_s * 1e6:.2f} us + bytes / "
+                   f"{1e-9 / inside.beta_s_per_byte if inside.beta_s_per_byte else float('inf'):.3f} GB/s")
     print0("#" + HEADER[1:])
     records = []
     points = [(s, d) for s in sizes for d in (dtype_list if op != "pingpong" else dtype_list[:1])]
     with _progress(len(points), comm) as bar:
         for size, dtype in points:
             for rec in (_pingpong_point(comm, size, warmup, iters) if op == "pingpong"
-                        else _collective_point(emulated(comm, netem_net), op, names, size, dtype, warmup, iters)):
+                        else _collective_point(emulated(comm, netem_net, inside, ranks_per_node or 0), op, names, size, dtype,
+                                              warmup, iters)):
                 records.append(rec)
                 if rank == 0:
                     bar.write(_row(rec), file=sys.stdout)
@@ -153,6 +184,11 @@ def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, js
                     command=" ".join(["python -m parallel_lm.bench"] + sys.argv[1:]))
         if netem_net:
             meta["netem"] = {"profile": netem, "alpha_s": netem_net.alpha_s, "beta_s_per_byte": netem_net.beta_s_per_byte}
+            if inside:
+                meta["netem"].update(ranks_per_node=ranks_per_node, inside_alpha_s=inside.alpha_s,
+                                     inside_beta_s_per_byte=inside.beta_s_per_byte)
+        if ranks_per_node or rails:
+            meta["nodes"] = {"ranks_per_node": ranks_per_node, "rails": rails}
         tmp = f"{json_path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump({"meta": meta, "records": records}, f, indent=1)

@@ -175,19 +175,25 @@ def allreduce_rabenseifner(n: float, p: int) -> Cost:
 
 
 def allreduce_hierarchical_s(n: float, local: int, nodes: int, intra: Network, inter: Network, rails: int = 1,
-                             segment_bytes: float = RING_SEGMENT_BYTES) -> float:
+                             segment_bytes: float = RING_SEGMENT_BYTES, rings: int | None = None) -> float:
     """Seconds of ``comm/collectives/hierarchical.py`` on a two-level network.
 
     Ring reduce-scatter and all-gather among the ``local`` ranks of a node
-    on ``intra``, and a ring all-reduce of each rank's n/local chunk across
-    ``nodes`` nodes on ``inter``; with fewer ``rails`` (NICs per node) than
-    local ranks, the rings share the NICs and each byte takes local/rails
-    times longer. Gamma is the intra level's (reductions happen in memory).
+    on ``intra``, and ``rings`` ring all-reduces (default: one per local
+    rank) of n/rings bytes each across ``nodes`` nodes on ``inter``. With
+    fewer rings than local ranks, each ring's leader first receives its
+    members' chunks and afterwards sends them back: 2(local/rings - 1)
+    messages of n/local bytes on ``intra``. With fewer ``rails`` (NICs per
+    node) than rings, the rings share the NICs and each byte takes
+    rings/rails times longer. Gamma is the intra level's (reductions
+    happen in memory).
     """
-    share = max(1.0, local / rails) if nodes > 1 else 1.0
+    rings = local if rings is None else rings
+    share = max(1.0, rings / rails) if nodes > 1 else 1.0
     slow = Network(inter.alpha_s, inter.beta_s_per_byte * share, intra.gamma_s_per_byte)
-    inside = reduce_scatter_ring(n, local, segment_bytes) + all_gather_ring(n, local)
-    return inside.time_s(intra) + allreduce_ring(n / local, nodes, segment_bytes).time_s(slow)
+    handoff = 2 * (local // rings - 1)
+    inside = reduce_scatter_ring(n, local, segment_bytes) + all_gather_ring(n, local) + Cost(handoff, handoff * n / local)
+    return inside.time_s(intra) + allreduce_ring(n / rings, nodes, segment_bytes).time_s(slow)
 
 
 def all_to_all_pairwise(n: float, p: int) -> Cost:

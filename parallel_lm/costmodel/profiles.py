@@ -15,7 +15,8 @@ A profile is a JSON file: ``alpha_s``, ``beta_s_per_byte``,
 
 ``load_profile`` takes a shipped name (``PROFILE_NAMES``), a path, or an
 inline ``alpha=2e-6,beta=1e-10[,gamma=1e-11]`` (seconds and seconds per
-byte).
+byte); an inline two-level cluster adds ``inter_alpha=..,inter_beta=..,
+ranks_per_node=L``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .formulas import Network
 SHIPPED = Path(__file__).with_name("profiles")
 PROFILE_NAMES = sorted(p.stem for p in SHIPPED.glob("*.json"))
 INLINE_KEYS = {"alpha": "alpha_s", "beta": "beta_s_per_byte", "gamma": "gamma_s_per_byte"}
+INLINE_INTER = {"inter_alpha": "alpha_s", "inter_beta": "beta_s_per_byte"}
 
 
 @dataclass(frozen=True)
@@ -116,18 +118,26 @@ def _rails(d: dict, where: str) -> int:
 
 
 def parse_inline(spec: str) -> Profile:
-    values = {}
+    usage = (f"bad profile {spec!r}: write alpha=SECONDS,beta=SECONDS_PER_BYTE[,gamma=SECONDS_PER_BYTE], "
+             "and for two levels also inter_alpha=..,inter_beta=..,ranks_per_node=L")
+    values, inter = {}, {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
         key = key.strip()
-        if not sep or key not in INLINE_KEYS:
-            raise ValueError(f"bad profile {spec!r}: write alpha=SECONDS,beta=SECONDS_PER_BYTE[,gamma=SECONDS_PER_BYTE]")
+        if not sep or key not in {**INLINE_KEYS, **INLINE_INTER, "ranks_per_node": 0}:
+            raise ValueError(usage)
         try:
-            values[INLINE_KEYS[key]] = float(value)
+            number = int(value) if key == "ranks_per_node" else float(value)
         except ValueError:
             raise ValueError(f"bad profile {spec!r}: {key}={value!r} is not a number") from None
-    if "alpha_s" not in values or "beta_s_per_byte" not in values:
-        raise ValueError(f"bad profile {spec!r}: give at least alpha= and beta=")
+        if key in INLINE_INTER:
+            inter[INLINE_INTER[key]] = number
+        else:
+            values[INLINE_KEYS.get(key, key)] = number
+    if "alpha_s" not in values or "beta_s_per_byte" not in values or (inter and len(inter) != 2):
+        raise ValueError(usage)
+    if inter:
+        values["inter_node"] = inter
     return from_dict({"name": spec, "description": "given on the command line", **values}, spec)
 
 

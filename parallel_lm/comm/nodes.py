@@ -1,0 +1,79 @@
+"""Which ranks share a node: emulated on one machine, or asked of the MPI library.
+
+``ranks_per_node(comm)``:
+- ``PARALLEL_LM_RANKS_PER_NODE=L`` (set by ``bench --ranks-per-node``):
+  emulated nodes of L consecutive ranks, so one machine can run the
+  hierarchical all-reduce as a cluster would (with ``--netem`` making the
+  messages between emulated nodes slow);
+- otherwise ``MPI_Comm_split_type(COMM_TYPE_SHARED)``: the ranks that can
+  share memory, one group per real node. Remembered on the communicator
+  (an MPI attribute), since the split is itself a collective.
+
+The hierarchical all-reduce needs nodes of equal size numbered node by
+node (ranks 0..L-1 on the first node, and so on), which is how Open MPI
+and MPICH place ranks by default; anything else is refused with the
+flag that emulates a layout.
+
+``rails(L)``: how many of a node's L ranks run a ring between nodes
+(``PARALLEL_LM_RAILS``, default L: one ring per local rank, as NCCL runs
+one per NIC on a DGX). It must divide L.
+"""
+from __future__ import annotations
+
+import os
+
+RANKS_PER_NODE = "PARALLEL_LM_RANKS_PER_NODE"
+RAILS = "PARALLEL_LM_RAILS"
+_keyval = None
+
+
+def _positive(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={text!r} must be a positive whole number")
+    return value
+
+
+def _shared_memory_nodes(comm) -> int:
+    from mpi4py import MPI
+    global _keyval
+    if _keyval is None:
+        _keyval = MPI.Comm.Create_keyval()
+    cached = comm.Get_attr(_keyval)
+    if cached is not None:
+        return cached
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local, size = node.Get_rank(), node.Get_size()
+    node.Free()
+    first = comm.Get_rank() - local  # rank of this node's local rank 0, if nodes are numbered node by node
+    fits = int(first % size == 0 and comm.allgather(size)[first] == size)
+    sizes = comm.allreduce(size, op=MPI.MAX), comm.allreduce(size, op=MPI.MIN)
+    if sizes[0] != sizes[1] or not comm.allreduce(fits, op=MPI.MIN):
+        raise ValueError(f"the hierarchical all-reduce needs nodes of equal size with ranks numbered node by node "
+                         f"(node sizes here {sizes[1]}..{sizes[0]}): place ranks by node (mpiexec -ppn L, "
+                         f"or Open MPI's --map-by slot), or set {RANKS_PER_NODE}")
+    comm.Set_attr(_keyval, size)
+    return size
+
+
+def ranks_per_node(comm) -> int:
+    """L, the ranks per node, checked to divide ``comm``'s size."""
+    text = os.environ.get(RANKS_PER_NODE, "")
+    per_node = _positive(RANKS_PER_NODE, text) if text else _shared_memory_nodes(comm)
+    if comm.Get_size() % per_node:
+        raise ValueError(f"{per_node} ranks per node do not divide the {comm.Get_size()} ranks: "
+                         f"run a multiple of {per_node} ranks, or set {RANKS_PER_NODE} to a divisor of {comm.Get_size()}")
+    return per_node
+
+
+def rails(per_node: int) -> int:
+    """Rings between nodes per node (``PARALLEL_LM_RAILS``, default one per local rank)."""
+    text = os.environ.get(RAILS, "")
+    count = _positive(RAILS, text) if text else per_node
+    if per_node % count:
+        raise ValueError(f"{RAILS}={count} must divide the {per_node} ranks per node "
+                         f"(each rail serves the same number of local ranks)")
+    return count

@@ -1,7 +1,6 @@
 """The simulated cluster: same code as real MPI, same time as the formulas on a flat network."""
 import numpy as np
 import pytest
-from conftest import describe, mpirun
 
 from parallel_lm.costmodel.formulas import Network
 from parallel_lm.sim import OPS, Deadlock, Topology, replay, simulate

@@ -5,7 +5,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
-from .comm import ALGORITHMS
+from .comm import ALGORITHMS, ALLTOALL_ALGORITHMS
 from .model import GPTConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -59,6 +59,8 @@ class TrainConfig:
     zero: int = 0  # ZeRO stage: 0 off, 1 optimizer state, 2 and gradients, 3 and parameters
     virtual_stages: int = 1  # --virtual-stages v: each pipeline rank holds v chunks of layers (interleaved 1F1B)
     recompute: str = "none"  # activation recomputation: none, selective (attention core) or full (each block)
+    ep: int = 1  # expert-parallel degree: each mixture-of-experts block's experts spread over groups of ep dp ranks
+    alltoall: str = "pairwise"  # the all-to-all algorithm that carries tokens to their experts (--ep > 1)
 
     def _straggler(self) -> tuple[int, float] | None:
         """(rank, factor) from "RANK:FACTOR", None when unset; ValueError when malformed."""
@@ -169,7 +171,9 @@ class TrainConfig:
                                         "or 3 (and parameters)"),
             (self.recompute in RECOMPUTE, f"unknown --recompute {self.recompute!r}; valid: {', '.join(RECOMPUTE)}"),
             (self.virtual_stages >= 1, f"--virtual-stages {self.virtual_stages} must be >= 1"),
-        ] + self._combinations()
+            (self.alltoall in ALLTOALL_ALGORITHMS,
+             f"unknown --alltoall {self.alltoall!r}; valid: {', '.join(ALLTOALL_ALGORITHMS)}"),
+        ] + self._combinations() + self._expert_combinations()
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -183,6 +187,7 @@ class TrainConfig:
         else:
             grid = self.grid(world)
             self._check_nodes(grid.dp)
+            self._check_experts(grid.dp)
             grid.check_model(self.model.n_layer, self.model.n_head, self.model.n_embd, self.model.vocab_size)
             n_micro = self.per_rank(grid.dp)[2]
             if self.virtual_stages > 1:
@@ -222,6 +227,31 @@ class TrainConfig:
             rails(per_node)
         except ValueError as e:
             raise ValueError(f"{e}; unset {RAILS} for one ring per local rank") from None
+
+    def _check_experts(self, dp: int) -> None:
+        E, ep = self.model.n_experts, self.ep
+        if ep > 1 and E % ep:
+            raise ValueError(f"--ep {ep} must divide --n-experts {E}: each rank of an expert group holds the same "
+                             f"number of experts; use --ep among {', '.join(str(d) for d in range(1, E + 1) if E % d == 0)}")
+        if dp % ep:
+            raise ValueError(f"--ep {ep} must divide the {dp} data-parallel ranks, which it cuts into expert groups "
+                             f"of {ep}: run a multiple of {ep} data-parallel ranks, or change --ep")
+
+    def _expert_combinations(self) -> list[tuple[bool, str]]:
+        """Mixture of experts and expert parallelism: what they run with (README, "Experts")."""
+        moe, ep = self.model.n_experts > 0, self.ep
+        return [
+            (ep >= 1, f"--ep {ep} must be >= 1"),
+            (ep == 1 or moe, f"--ep {ep} spreads experts over ranks: give the model experts with --n-experts E"),
+            (not moe or (self.tp == self.pp == 1 and self.recompute != "full" and self.sync != "ps"),
+             "--n-experts runs with data parallelism (and --ep, --zero 1/2): not yet with --tp, --pp, "
+             "--recompute full or --sync ps"),
+            (ep == 1 or (not self.zero and self.engine == "explicit" and self.dp_sync == "bucketed"),
+             "--ep keeps each expert on its own ranks, so its gradients bypass the data-parallel sync: it runs "
+             "with the bucketed explicit sync, without --zero or --engine torch-ddp"),
+            (not moe or self.zero != 3, "--zero 3 gathers whole layers, and a mixture-of-experts layer runs its "
+                                        "experts one by one: use --zero 1 or 2 with --n-experts"),
+        ]
 
     def _combinations(self) -> list[tuple[bool, str]]:
         """The flag combinations that cannot work, each with its reason (README, "Which flags combine")."""

@@ -36,6 +36,7 @@ class StepRecord:
     updates: int | None = None  # parameter server: optimizer updates applied so far
     memory_mib: float | None = None  # rank 0's parameters, gradients, optimizer state and peak activations, measured
     memory_formula_mib: float | None = None  # the same by the formulas ((4+4+K)Ψ/N_d pieces, Korthikanti's activations)
+    experts: dict | None = None  # mixture of experts: tokens routed per expert (all layers), imbalance, dropped fraction
 
     def to_json(self) -> dict:
         """The contract's keys always; the others only where they apply."""

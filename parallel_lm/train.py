@@ -34,12 +34,14 @@ from .train_flags import train_options
 from .trainer import Trainer
 from .watchdog import watchdog
 
-MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size"}
+MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size",
+               "n_experts": "n-experts", "top_k": "top-k", "capacity_factor": "capacity-factor",
+               "aux_loss_coef": "aux-loss-coef"}
 TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "micro_batches", "schedule", "seed", "data", "data_max_mb", "lr", "min_lr",
                 "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp_sync", "bucket_mb",
                 "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every", "device",
-                "optimizer", "sync", "servers", "staleness", "ps_updates", "straggler")
-LAYOUT_FIELDS = ("dp", "tp", "pp", "zero", "virtual_stages", "recompute")  # how to run, not what to train: never taken from a checkpoint
+                "optimizer", "sync", "servers", "staleness", "ps_updates", "straggler", "alltoall")
+LAYOUT_FIELDS = ("dp", "tp", "pp", "zero", "virtual_stages", "recompute", "ep")  # how to run, not what to train: never taken from a checkpoint
 
 
 def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
@@ -93,6 +95,10 @@ def main(ctx, **params):
     if netem and (cfg.sync != "allreduce" or cfg.engine != "explicit" or cfg.allreduce == "mpi"):
         raise click.UsageError("--netem delays the explicit collectives' messages: use it with --sync allreduce, "
                                "--engine explicit and an --allreduce other than mpi")
+    if params["on_failure"] == "shrink" and cfg.ep > 1:
+        raise click.UsageError("--on-failure shrink needs every survivor able to take over a dead rank's work, and "
+                               "with --ep each rank holds experts no other rank has: use --on-failure abort with "
+                               "checkpoints (parallel_lm.elastic restarts them)")
     if params["on_failure"] == "shrink" and cfg.engine == "torch-ddp":
         raise click.UsageError("--on-failure shrink rebuilds the explicit collectives' communicators: use it with "
                                "--engine explicit (python -m parallel_lm.elastic restarts torch-ddp runs)")
@@ -163,7 +169,9 @@ def _report_step(rec, cfg, bar, interactive: bool, log_every: int) -> None:
     done = rec.step
     exposed = f", exposed comm {100 * rec.exposed_comm_s / rec.step_s:.0f}%" if rec.exposed_comm_s is not None else ""
     bubble = f", bubble {100 * rec.bubble:.0f}%" if rec.bubble is not None else ""
-    progress = f"loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s{exposed}{bubble}"
+    experts = f", experts max/mean {rec.experts['imbalance']:.2f}, dropped {100 * rec.experts['dropped']:.1f}%" \
+        if rec.experts else ""
+    progress = f"loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s{exposed}{bubble}{experts}"
     bar.set_postfix_str(progress, refresh=False)
     bar.update()
     say = (lambda line: bar.write(line, file=sys.stdout)) if interactive else print0
@@ -171,6 +179,14 @@ def _report_step(rec, cfg, bar, interactive: bool, log_every: int) -> None:
         say(f"step {done}: train loss {rec.loss:.4f}, val loss {rec.val_loss:.4f}")
     elif log_every and done % log_every == 0:
         say(f"step {done}/{cfg.steps}: {progress}")
+
+
+def expert_line(experts: dict, cfg) -> str:
+    """Assignments per expert in the last step (summed over layers and ranks), the imbalance and the drops."""
+    tokens = experts["tokens"]
+    return (f"experts: last step's token assignments per expert (all {cfg.model.n_layer} layers) "
+            f"{', '.join(str(t) for t in tokens)}; max/mean {experts['imbalance']:.2f}; "
+            f"{100 * experts['dropped']:.1f}% dropped over capacity (factor {cfg.model.capacity_factor})")
 
 
 def _checkpoint_due(cfg, out, done: int) -> bool:
@@ -272,6 +288,8 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, s
         print0(validation_line(val))
     if records:
         print0(utilization.utilization_line(cfg, trainer.flops_per_token, records, p, peak))
+    if records and records[-1].experts:
+        print0(expert_line(records[-1].experts, cfg))
     if probe and records:
         _report_prediction(cfg, comm, trainer.grid, n_micro, probe, profile, trainer, records, out, share)
     if out is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .comm import ALGORITHMS
+from .comm import ALGORITHMS, ALLTOALL_ALGORITHMS
 from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, SYNCS
 from .model import PRESETS
 from .shrink import MODES
@@ -30,6 +30,12 @@ OPTIONS = [
     click.option("--n-embd", type=click.IntRange(min=1), help="Override the preset's width (channels, >= 1)."),
     click.option("--block-size", type=click.IntRange(min=1), help="Override the preset's context length (bytes, >= 1; "
                  "memory grows with it: checked before training)."),
+    click.option("--n-experts", type=click.IntRange(min=0), help="Make each block's MLP a mixture of this many "
+                 "experts with a top-k router (0 or unset: the preset's dense MLP)."),
+    click.option("--top-k", type=click.IntRange(min=1), help="Experts per token (1..--n-experts; default 1)."),
+    click.option("--capacity-factor", type=float, help="Assignments an expert takes per sequence, as a multiple of "
+                 "T x k / E; the rest are dropped and counted (0: no limit; default 1.25)."),
+    click.option("--aux-loss-coef", type=float, help="Weight of the experts' load-balancing loss (default 0.01)."),
     click.option("--steps", default=200, type=click.IntRange(min=0), help="Optimizer step to reach (0: only evaluate)."),
     click.option("--global-batch-size", default=32, type=click.IntRange(min=1), help="Sequences per step, summed over ranks."),
     click.option("--micro-batch-size", type=click.IntRange(min=1), help="Sequences per forward/backward (gradient accumulation below the per-rank share)."),
@@ -52,6 +58,9 @@ OPTIONS = [
     click.option("--engine", type=click.Choice(ENGINES), default="explicit", help="explicit: our collectives; torch-ddp: torch DistributedDataParallel (gloo; not with --pp > 1 or --zero)."),
     click.option("--dp-sync", type=click.Choice(DP_MODES), default="bucketed", help="bucketed: flat buckets; naive: one all-reduce per parameter."),
     click.option("--dp", type=click.IntRange(min=1), help="Data-parallel degree (default: ranks / (tp x pp))."),
+    click.option("--ep", default=1, type=int, help="Expert parallelism: spread each block's experts over groups of "
+                 "this many data-parallel ranks, tokens carried by all-to-all (must divide --n-experts and dp)."),
+    click.option("--alltoall", default="pairwise", help=f"All-to-all algorithm for --ep: {', '.join(ALLTOALL_ALGORITHMS)}."),
     click.option("--tp", default=1, type=click.IntRange(min=1), help="Tensor-parallel degree (splits heads, MLP and vocabulary)."),
     click.option("--pp", default=1, type=click.IntRange(min=1), help="Pipeline stages (split the layers)."),
     click.option("--virtual-stages", default=1, type=click.IntRange(min=1), help="Interleaved 1F1B: each pipeline "

@@ -32,6 +32,7 @@ from .model import GPT
 from .model.recompute import set_recompute
 from .utilization import memory_mib
 from .watchdog import NoWatchdog
+from .parallel.expert_parallel import ExpertParallel, reset_routing, routing_summary
 from .parallel.grad_sync import GradSync, make_grad_sync
 from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
 from .parallel.pipeline import Pipeline, Stage
@@ -86,11 +87,15 @@ class Trainer:
         self.tp = TensorParallel(self.tp_comm, cfg.allreduce)
         self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
         set_recompute(self.model, cfg.recompute)
+        self.experts = ExpertParallel(self.model, self.dp_comm, cfg.ep, cfg.alltoall, cfg.allreduce) \
+            if cfg.ep > 1 else None  # before the parameters are listed: other ranks' experts are not trained here
         self.names = {id(p): name for name, p in self.model.named_parameters()}  # single-process names
         self.stage = Stage(self.model, grid.pp_rank, grid.pp, sharded=grid.tp > 1, virtual=cfg.virtual_stages)
         self.params = [p for p in self.stage.parameters() if p.requires_grad]
+        expert_ids = {id(p) for p in self.experts.params} if self.experts else set()
         if sync_grads:
-            self.sync = make_grad_sync(cfg, emulated(self.dp_comm, netem), self.stage, self.params, timeline, world=comm,
+            dense = [p for p in self.params if id(p) not in expert_ids]  # an expert's gradient: ExpertParallel's
+            self.sync = make_grad_sync(cfg, emulated(self.dp_comm, netem), self.stage, dense, timeline, world=comm,
                                        ddp_groups=grid.all_dp_groups(), ddp_mine=grid.pp_rank * grid.tp + grid.tp_rank)
         else:
             self.sync = GradSync(self.params)
@@ -146,6 +151,12 @@ class Trainer:
             skip += [p for p in self.params if not is_sharded(self.names[id(p)])]
         return skip
 
+    def _squares(self) -> float:
+        """This rank's share of the squared global gradient norm (summed over ``norm_comms`` by the caller)."""
+        if not self.experts:
+            return self.update.squares(self._counted_elsewhere())
+        return self.update.squares(self._counted_elsewhere() + self.experts.params) + self.experts.squares()
+
     def _forward_backward(self, step: int, scale: float) -> tuple[float, float, float]:
         """This rank's micro-batches through the pipeline: (loss on the last stage, compute_s, pipeline_s)."""
         maybe_fail(step)
@@ -181,16 +192,21 @@ class Trainer:
         cfg, t_step = self.cfg, time.perf_counter()
         self.watchdog.at(step, "forward/backward")
         self.sync.zero_grad()
+        if self.experts:
+            self.experts.zero_grad()
+        reset_routing(self.model)
         self.tp.seconds, self.tie_s = 0.0, 0.0
         loss, compute_s, pipe_s = self._forward_backward(step, self.scaler.scale if self.scaler else 1.0)
         self.watchdog.at(step, "gradient sync")
         comm_s, exposed_s = self.sync.finish(self._tie if self.grid.pp > 1 else None)
+        if self.experts:  # the experts' gradients: summed over the ranks holding the same experts, over dp
+            expert_s = self.experts.finish_gradients()
+            comm_s, exposed_s = (None, None) if comm_s is None else (comm_s + expert_s, exposed_s + expert_s)
         self.watchdog.at(step, "optimizer step")
         t_opt = time.perf_counter()
         applied = self.scaler.unscale_or_skip(self.update.grads(), self.comm) if self.scaler else True
         if applied:
-            coef = clip_coefficient(self.update.squares(self._counted_elsewhere()), cfg.grad_clip, self.norm_comms) \
-                if cfg.grad_clip > 0 else 1.0
+            coef = clip_coefficient(self._squares(), cfg.grad_clip, self.norm_comms) if cfg.grad_clip > 0 else 1.0
             gather_s = self.update.step(lr_at(cfg, step), coef)  # ZeRO: the all-gather of the updated shards
             if comm_s is not None:
                 comm_s, exposed_s = comm_s + gather_s + self.tie_s, exposed_s + gather_s + self.tie_s
@@ -215,6 +231,7 @@ class Trainer:
                           tp_comm_s=self.tp.seconds if grid.tp > 1 else None, bubble=bubble,
                           bubble_formula=bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None,
                           loss_scale=self.scaler.scale if self.scaler else None,
+                          experts=routing_summary(self.model, self.dp_comm),
                           skipped=(not applied) if self.scaler else None,
                           **dict(zip(("memory_mib", "memory_formula_mib"), memory_mib(self))))
 
@@ -236,6 +253,8 @@ class Trainer:
         with self.sync.full_parameters():  # ZeRO-3: gathered for the copy
             local = {k: v.clone() for k, v in self.model.state_dict().items()} if self.cfg.zero == 3 else \
                 self.model.state_dict()  # single-process names, in single-process order (shard_model keeps both)
+        if self.experts:  # every expert from the rank that trains it
+            local = self.experts.gather(local)
         full = checkpoint.gather({k: v for k, v in local.items() if self.stage.owns(k)}, self.grid, self.tp_comm,
                                  self.pp_comm)
         return None if full is None else {k: full[k] for k in local}
@@ -246,6 +265,8 @@ class Trainer:
         skip = {id(p) for p in self._tied_copy()}  # the first stage saves the tied weight's state
         mine = {f"{kind}:{self.names[id(p)]}": v for p, s in states.items() if id(p) not in skip
                 for kind, v in s.items()}
+        if self.experts:
+            mine = self.experts.gather(mine)
         full = checkpoint.gather(mine, self.grid, self.tp_comm, self.pp_comm)
         if full is None:
             return None
@@ -283,6 +304,7 @@ class Trainer:
     def communicators(self) -> list:
         """Every communicator this trainer (and its threads) may be blocked in: what a failure revokes."""
         found = [self.comm, self.dp_comm, self.tp_comm, self.pp_comm, getattr(self.sync, "thread_comm", None),
+                 *((self.experts.comm, self.experts.replicas) if self.experts else ()),
                  getattr(self.watchdog, "comm", None)]
         unique = {id(c): c for c in found if c is not None and c != MPI.COMM_SELF}
         return list(unique.values())

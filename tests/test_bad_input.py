@@ -49,6 +49,16 @@ CASES = [
     # train: choices and combinations
     (1, T + ["--preset", "huge"], "'--preset'"),
     (1, T + ["--allreduce", "magic"], "unknown --allreduce 'magic'"),
+    # train: experts
+    (1, T + ["--n-experts", "4", "--top-k", "5"], "--top-k 5 must be between 1 and --n-experts 4"),
+    (2, T + ["--n-experts", "4", "--ep", "3"], "--ep 3 must divide --n-experts 4"),
+    (3, T + ["--n-experts", "4", "--ep", "2"], "--ep 2 must divide the 3 data-parallel ranks"),
+    (2, T + ["--ep", "2"], "give the model experts with --n-experts E"),
+    (2, T + ["--n-experts", "4", "--tp", "2"], "not yet with --tp, --pp, --recompute full or --sync ps"),
+    (2, T + ["--n-experts", "4", "--ep", "2", "--zero", "1"], "without --zero or --engine torch-ddp"),
+    (1, T + ["--n-experts", "2", "--zero", "3"], "use --zero 1 or 2 with --n-experts"),
+    (2, T + ["--n-experts", "4", "--ep", "2", "--alltoall", "ring"], "unknown --alltoall 'ring'; valid: pairwise"),
+    (1, T + ["--n-experts", "4", "--capacity-factor", "-1"], "--capacity-factor -1.0 must be a finite number >= 0"),
     (1, T + ["--engine", "nccl"], "'--engine'"),
     (1, T + ["--precision", "fp8"], "'--precision'"),
     (1, T + ["--optimizer", "lion"], "'--optimizer'"),

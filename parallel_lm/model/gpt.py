@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .moe import ExpertMLP
 from .recompute import recomputed
 
 VOCAB_SIZE = 256  # byte-level tokens
@@ -31,10 +32,21 @@ class GPTConfig:
     n_embd: int = 64
     block_size: int = 64
     vocab_size: int = VOCAB_SIZE
+    n_experts: int = 0  # > 0: each block's MLP is a mixture of this many experts (model/moe.py)
+    top_k: int = 1  # experts per token
+    capacity_factor: float = 1.25  # assignments an expert takes per sequence, x T k / E (0: no limit)
+    aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the training loss
 
     def __post_init__(self):
         if min(self.n_layer, self.n_head, self.n_embd, self.block_size) < 1:
             raise ValueError(f"model sizes must be positive: {self}")
+        if self.n_experts < 0 or (self.n_experts and not 1 <= self.top_k <= self.n_experts):
+            raise ValueError(f"--top-k {self.top_k} must be between 1 and --n-experts {self.n_experts}: "
+                             "each token goes to that many of the experts")
+        if not (math.isfinite(self.capacity_factor) and self.capacity_factor >= 0):
+            raise ValueError(f"--capacity-factor {self.capacity_factor} must be a finite number >= 0 (0: no limit)")
+        if not (math.isfinite(self.aux_loss_coef) and self.aux_loss_coef >= 0):
+            raise ValueError(f"--aux-loss-coef {self.aux_loss_coef} must be a finite number >= 0")
         if self.n_embd % self.n_head:
             raise ValueError(f"--n-embd {self.n_embd} is not divisible by --n-head {self.n_head}: "
                              "each head gets n_embd / n_head channels")
@@ -96,7 +108,7 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
-        self.mlp = MLP(cfg)
+        self.mlp = ExpertMLP(cfg, MLP) if cfg.n_experts else MLP(cfg)
 
     def forward(self, x):
         return recomputed(self.layers, x) if self.recompute else self.layers(x)
@@ -104,6 +116,13 @@ class Block(nn.Module):
     def layers(self, x):
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
+
+
+def balance_term(blocks, cfg):
+    """aux_loss_coef x the balance losses of ``blocks``' last forward; 0 for dense blocks."""
+    if not cfg.n_experts or not cfg.aux_loss_coef:
+        return 0.0
+    return cfg.aux_loss_coef * sum(block.mlp.aux for block in blocks)
 
 
 class GPT(nn.Module):
@@ -156,7 +175,14 @@ class GPT(nn.Module):
         """
         cfg = self.cfg
         n = self.num_params() - self.pos_emb.weight.numel()
+        if cfg.n_experts:  # a token runs through k experts of E
+            per_expert = sum(p.numel() for p in self.blocks[0].mlp.experts[0].parameters())
+            n -= cfg.n_layer * (cfg.n_experts - cfg.top_k) * per_expert
         return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+    def balance_loss(self):
+        """aux_loss_coef x the sum over blocks of their last forward's balance loss (0 for a dense model)."""
+        return balance_term(self.blocks, self.cfg)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, generator=None):

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mpi4py import MPI
 
+from ..model.gpt import balance_term
 from .schedules import ops_for
 
 TAG_TIE, TAG_FIRST = 33, 100  # stage-to-stage messages: TAG_FIRST + 2 (virtual stage x m + micro-batch) + kind
@@ -42,7 +43,7 @@ class Chunk(nn.Module):
     def __init__(self, model, index: int, count: int, sharded: bool = False):
         super().__init__()
         per = model.cfg.n_layer // count
-        self.first, self.last, self.sharded = index == 0, index == count - 1, sharded
+        self.first, self.last, self.sharded, self.cfg = index == 0, index == count - 1, sharded, model.cfg
         self.lo = index * per
         self.blocks = nn.ModuleList(model.blocks[self.lo: self.lo + per])
         if self.first:
@@ -62,11 +63,14 @@ class Chunk(nn.Module):
         return self.head(self.ln_f(x)) if self.last else x
 
     def loss(self, logits, targets):
-        """Mean cross-entropy; over vocabulary slices when the head is tensor-parallel."""
+        """Mean cross-entropy; over vocabulary slices when the head is tensor-parallel. In training, a
+        mixture of experts adds its balance loss (one chunk holds every block: config.py refuses pp > 1)."""
         if self.sharded:
             from .tensor_parallel import vocab_parallel_ce
-            return vocab_parallel_ce(logits, targets, self.head)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+            ce = vocab_parallel_ce(logits, targets, self.head)
+        else:
+            ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return ce + balance_term(self.blocks, self.cfg) if self.training else ce
 
 
 class Stage(nn.Module):

@@ -32,6 +32,7 @@ STEPS, TOL = 6, 2e-5
 base = TrainConfig(model=GPTConfig(n_layer=4, n_head=4, n_embd=32, block_size=16), global_batch_size=24,
                    data="synthetic", steps=STEPS, warmup_steps=2, bucket_mb=0.02, decay_steps=4)
 batches = Batches.from_bytes(load_corpus("synthetic"), base.model.block_size, base.seed)
+MOE = GPTConfig(n_layer=4, n_head=4, n_embd=32, block_size=16, n_experts=4, top_k=2)  # a mixture of experts
 LAYOUTS = {
     "one": {}, "dp": {}, "naive": dict(dp_sync="naive"), "zero1": dict(zero=1), "zero2": dict(zero=2),
     "ddp": dict(engine="torch-ddp"), "fp16": dict(precision="fp16"), "tp2": dict(tp=2),
@@ -41,6 +42,7 @@ LAYOUTS = {
     "zero3": dict(zero=3), "dp2-pp2-zero3": dict(pp=2, micro_batches=2, zero=3),
     "pp2-v2": dict(pp=2, virtual_stages=2, micro_batches=2),
     "dp2-pp2-v2-zero3-recompute": dict(pp=2, virtual_stages=2, micro_batches=2, zero=3, recompute="full"),
+    "moe": dict(model=MOE), "moe-ep2": dict(model=MOE, ep=2), "moe-ep4": dict(model=MOE, ep=4, alltoall="bruck"),
 }
 
 # torch DDP regroups its buckets after its first step (in the order gradients became ready), so the first
@@ -49,7 +51,7 @@ NOT_BITWISE = {"ddp"}
 
 
 def config(name):
-    return TrainConfig(**{**base.to_dict(), "model": base.model, **LAYOUTS[name]})
+    return TrainConfig(**{**base.to_dict(), "model": base.model, **LAYOUTS[name]})  # a layout may bring its model
 
 
 def run(name, steps, state=None, on=comm):

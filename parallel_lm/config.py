@@ -59,6 +59,7 @@ class TrainConfig:
     zero: int = 0  # ZeRO stage: 0 off, 1 optimizer state, 2 and gradients, 3 and parameters
     virtual_stages: int = 1  # --virtual-stages v: each pipeline rank holds v chunks of layers (interleaved 1F1B)
     recompute: str = "none"  # activation recomputation: none, selective (attention core) or full (each block)
+    sequence_parallel: bool = False  # tp > 1: activations between the tensor-parallel regions cut along the sequence
     ep: int = 1  # expert-parallel degree: each mixture-of-experts block's experts spread over groups of ep dp ranks
     alltoall: str = "pairwise"  # the all-to-all algorithm that carries tokens to their experts (--ep > 1)
 
@@ -171,6 +172,12 @@ class TrainConfig:
                                         "or 3 (and parameters)"),
             (self.recompute in RECOMPUTE, f"unknown --recompute {self.recompute!r}; valid: {', '.join(RECOMPUTE)}"),
             (self.virtual_stages >= 1, f"--virtual-stages {self.virtual_stages} must be >= 1"),
+            (not self.sequence_parallel or self.tp > 1,
+             "--sequence-parallel cuts the activations along the sequence over the tensor-parallel ranks: "
+             "use it with --tp 2 or more"),
+            (not self.sequence_parallel or self.model.block_size % self.tp == 0,
+             f"--sequence-parallel gives each of the --tp {self.tp} ranks an equal part of the "
+             f"{self.model.block_size} tokens: use a --block-size that is a multiple of {self.tp}"),
             (self.alltoall in ALLTOALL_ALGORITHMS,
              f"unknown --alltoall {self.alltoall!r}; valid: {', '.join(ALLTOALL_ALGORITHMS)}"),
         ] + self._combinations() + self._expert_combinations()

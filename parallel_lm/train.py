@@ -41,7 +41,7 @@ TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "micro_batches
                 "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp_sync", "bucket_mb",
                 "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every", "device",
                 "optimizer", "sync", "servers", "staleness", "ps_updates", "straggler", "alltoall")
-LAYOUT_FIELDS = ("dp", "tp", "pp", "zero", "virtual_stages", "recompute", "ep")  # how to run, not what to train: never taken from a checkpoint
+LAYOUT_FIELDS = ("dp", "tp", "pp", "zero", "virtual_stages", "recompute", "ep", "sequence_parallel")  # how to run, not what to train: never taken from a checkpoint
 
 
 def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:

@@ -62,6 +62,9 @@ OPTIONS = [
                  "this many data-parallel ranks, tokens carried by all-to-all (must divide --n-experts and dp)."),
     click.option("--alltoall", default="pairwise", help=f"All-to-all algorithm for --ep: {', '.join(ALLTOALL_ALGORITHMS)}."),
     click.option("--tp", default=1, type=click.IntRange(min=1), help="Tensor-parallel degree (splits heads, MLP and vocabulary)."),
+    click.option("--sequence-parallel", is_flag=True, help="With --tp: cut the activations between the "
+                 "tensor-parallel regions (LayerNorms, residuals) along the sequence; all-gather and reduce-scatter "
+                 "replace the all-reduces (needs a --block-size divisible by tp)."),
     click.option("--pp", default=1, type=click.IntRange(min=1), help="Pipeline stages (split the layers)."),
     click.option("--virtual-stages", default=1, type=click.IntRange(min=1), help="Interleaved 1F1B: each pipeline "
                  "rank holds v chunks of layers, dividing the bubble by v (needs --pp > 1, layers divisible by pp x v, "

@@ -84,7 +84,7 @@ class Trainer:
             self.start_step = int(state["step"])
             saved_optimizer = checkpoint.optimizer_by_name(state["optimizer"], full)
         self.completed = self.start_step  # steps whose optimizer update this rank has applied
-        self.tp = TensorParallel(self.tp_comm, cfg.allreduce)
+        self.tp = TensorParallel(self.tp_comm, cfg.allreduce, cfg.sequence_parallel)
         self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
         set_recompute(self.model, cfg.recompute)
         self.experts = ExpertParallel(self.model, self.dp_comm, cfg.ep, cfg.alltoall, cfg.allreduce) \
@@ -127,8 +127,9 @@ class Trainer:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """(micro, T, C): the activations passed between pipeline stages."""
-        return self.micro, self.cfg.model.block_size, self.cfg.model.n_embd
+        """(micro, T, C): the activations passed between pipeline stages (T/tp tokens under sequence parallelism)."""
+        tokens = self.cfg.model.block_size // (self.grid.tp if self.cfg.sequence_parallel else 1)
+        return self.micro, tokens, self.cfg.model.n_embd
 
     def autocast(self):
         if self.cfg.precision == "fp32":

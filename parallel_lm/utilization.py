@@ -99,8 +99,8 @@ def activation_formula(cfg, grid, micro: int, first: bool, last: bool, layers: i
     around the blocks on the first and last stage (``ends_activation_bytes``)."""
     shape, w = shape_of(cfg.model), 4 if cfg.precision == "fp32" else 2
     layers = cfg.model.n_layer // grid.pp if layers is None else layers
-    return (layers * shape.layer_activation_bytes(micro, grid.tp, False, cfg.recompute, w)
-            + shape.ends_activation_bytes(micro, first, last, grid.tp, w))
+    return (layers * shape.layer_activation_bytes(micro, grid.tp, cfg.sequence_parallel, cfg.recompute, w)
+            + shape.ends_activation_bytes(micro, first, last, grid.tp, w, cfg.sequence_parallel))
 
 
 def activation_line(trainer, grid, micro: int) -> str:

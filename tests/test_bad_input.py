@@ -49,6 +49,8 @@ CASES = [
     # train: choices and combinations
     (1, T + ["--preset", "huge"], "'--preset'"),
     (1, T + ["--allreduce", "magic"], "unknown --allreduce 'magic'"),
+    (1, T + ["--sequence-parallel"], "use it with --tp 2 or more"),
+    (2, T + ["--tp", "2", "--sequence-parallel", "--block-size", "63"], "use a --block-size that is a multiple of 2"),
     # train: experts
     (1, T + ["--n-experts", "4", "--top-k", "5"], "--top-k 5 must be between 1 and --n-experts 4"),
     (2, T + ["--n-experts", "4", "--ep", "3"], "--ep 3 must divide --n-experts 4"),

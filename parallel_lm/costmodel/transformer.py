@@ -161,14 +161,16 @@ class ModelShape:
         return total
 
     def ends_activation_bytes(self, micro_batch: int, first: bool, last: bool, tp: int = 1,
-                              bytes_per_value: int = 2) -> float:
+                              bytes_per_value: int = 2, sequence_parallel: bool = False) -> float:
         """Bytes the layers around the blocks keep per micro-batch: the token ids (int64) on the
-        first stage; the final LayerNorm's and the head's inputs, the fp32 log-probabilities
-        (split over tensor ranks) and the targets on the last."""
+        first stage; the final LayerNorm's and the head's inputs (split over tensor ranks along the
+        sequence under sequence parallelism), the fp32 log-probabilities (split over tensor ranks)
+        and the targets on the last."""
         tokens = self.seq_len * micro_batch
         out = 8 * tokens if first else 0
         if last:
-            out += 2 * bytes_per_value * tokens * self.n_embd + 4 * tokens * self.vocab_size / tp + 8 * tokens
+            hidden = 2 * bytes_per_value * tokens * self.n_embd / (tp if sequence_parallel else 1)
+            out += hidden + 4 * tokens * self.vocab_size / tp + 8 * tokens
         return out
 
     def stored_micro_batches(self, pp: int, micro_batches: int, virtual_stages: int = 1,

@@ -27,6 +27,24 @@ How the GPT is cut (rank r of t):
   them on the same full activations, so their gradients agree without
   communication.
 
+Sequence parallelism (``--sequence-parallel``; Korthikanti et al. 2022,
+"Reducing Activation Recomputation in Large Transformer Models", section
+4.2.2): between the tensor-parallel regions the activations (B, T, C) are
+cut along the sequence, rank r holding tokens [r T/t, (r+1) T/t), so the
+LayerNorms, residual adds and biases run on T/t tokens and store T/t of
+their activations. Before a column-split layer an all-gather along the
+sequence rebuilds the full input (backward: a reduce-scatter of its
+gradient); after a row-split layer a reduce-scatter sums the partial
+outputs and leaves each rank its tokens (backward: an all-gather). An
+all-reduce is a reduce-scatter plus an all-gather, so the bytes moved are
+the same as without it, except that a column-split layer keeps only its
+rank's tokens for backward and gathers them again there (Megatron-LM's
+choice: one more all-gather per layer, T/t of the memory). The embedding's lookups are reduce-scattered the
+same way, and the head all-gathers its input. A replicated parameter used
+on the local tokens only (LayerNorm, the row-split layers' biases, the
+position embedding) sees a part of the batch, so its gradient is summed
+over the group in backward (``f`` applied to the parameter).
+
 ``shard_model(model, tp)`` replaces a full ``GPT``'s layers in place with
 these, slicing the full weights, so a model built from the same seed is
 split exactly. ``piece(key, full, rank, size)`` cuts any full tensor of a
@@ -43,18 +61,45 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from ..comm import allreduce
+from ..comm import ALL_GATHER_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS, all_gather, allreduce, reduce_scatter
 from ..comm.buffers import as_array
 from ..model.gpt import attention_core
 
 
 class TensorParallel:
-    """A tensor-parallel group: ``comm``, the all-reduce ``algorithm``, and ``seconds`` spent all-reducing."""
+    """A tensor-parallel group: ``comm``, the all-reduce ``algorithm``, and ``seconds`` spent communicating.
+    ``sequence_parallel``: activations between the tensor-parallel regions are cut along the sequence."""
 
-    def __init__(self, comm, algorithm: str = "ring"):
+    def __init__(self, comm, algorithm: str = "ring", sequence_parallel: bool = False):
         self.comm, self.algorithm = comm, algorithm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
+        self.sequence_parallel = sequence_parallel and self.size > 1
         self.seconds = 0.0
+
+    def _sequence_major(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> a flat fp32 copy in (T, B, C) order, where rank r's tokens are one contiguous chunk."""
+        return t.detach().float().transpose(0, 1).contiguous().view(-1)
+
+    def gather_sequence(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T/t, C) on each rank -> (B, T, C): the ranks' token ranges put together (all-gather)."""
+        t0 = time.perf_counter()
+        B, local, C = t.shape
+        full = torch.empty(local * self.size * B * C)
+        full.view(self.size, -1)[self.rank] = self._sequence_major(t)
+        algorithm = self.algorithm if self.algorithm in ALL_GATHER_ALGORITHMS else "ring"
+        all_gather(as_array(full), self.comm, algorithm)
+        self.seconds += time.perf_counter() - t0
+        return full.view(local * self.size, B, C).transpose(0, 1).to(t.dtype)
+
+    def scatter_sequence(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) partial sums on each rank -> (B, T/t, C): this rank's tokens, summed over ranks."""
+        t0 = time.perf_counter()
+        B, T, C = t.shape
+        flat = self._sequence_major(t).clone()
+        algorithm = self.algorithm if self.algorithm in REDUCE_SCATTER_ALGORITHMS else "ring"
+        mine = torch.from_numpy(reduce_scatter(as_array(flat), self.comm, algorithm).copy())
+        self.seconds += time.perf_counter() - t0
+        return mine.view(T // self.size, B, C).transpose(0, 1).to(t.dtype)
 
     def allreduce(self, t: torch.Tensor) -> torch.Tensor:
         """The sum of ``t`` over the group (fp32 on the wire), as a new tensor of t's dtype."""
@@ -90,6 +135,57 @@ class _AllreduceForwardIdentityBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad, None
+
+
+class _ScatterForwardGatherBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, tp):
+        ctx.tp = tp
+        return tp.scatter_sequence(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.tp.gather_sequence(grad), None
+
+
+class _GatheredLinear(torch.autograd.Function):
+    """x W^T + b over the all-gathered tokens, keeping only this rank's tokens for backward (gathered again
+    there), as Megatron-LM does: the full input would cost the memory sequence parallelism saves."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, tp):
+        ctx.tp, ctx.has_bias = tp, bias is not None
+        ctx.save_for_backward(x, weight)
+        return F.linear(tp.gather_sequence(x), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        full = ctx.tp.gather_sequence(x)
+        grad_w = grad.reshape(-1, grad.shape[-1]).t().matmul(full.reshape(-1, full.shape[-1]).to(grad.dtype))
+        grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+        grad_x = ctx.tp.scatter_sequence(grad.matmul(weight.to(grad.dtype)))
+        return grad_x, grad_w.to(weight.dtype), grad_b, None
+
+
+def column_linear(x, weight, bias, tp: TensorParallel):
+    """A column-split layer on the replicated input: f then x W_r^T + b_r; under sequence parallelism
+    the tokens are all-gathered first (and again in backward, ``_GatheredLinear``)."""
+    if tp.sequence_parallel:
+        return _GatheredLinear.apply(x, weight, bias, tp)
+    return F.linear(identity_forward_allreduce_backward(x, tp), weight, bias)
+
+
+def leave(x, tp: TensorParallel):
+    """Out of a row-split layer: g, or under sequence parallelism the reduce-scatter to each rank's tokens."""
+    return _ScatterForwardGatherBackward.apply(x, tp) if tp.sequence_parallel else \
+        allreduce_forward_identity_backward(x, tp)
+
+
+def local_tokens(param, tp: TensorParallel):
+    """A replicated parameter as used on this rank's tokens: under sequence parallelism its gradient is
+    summed over the group in backward (each rank saw a part of the tokens); otherwise the parameter."""
+    return identity_forward_allreduce_backward(param, tp) if tp.sequence_parallel else param
 
 
 def identity_forward_allreduce_backward(x, tp: TensorParallel):
@@ -166,10 +262,11 @@ class ParallelAttention(nn.Module):
 
     def forward(self, x):
         B, T, _ = x.shape
-        q, k, v = self.qkv(identity_forward_allreduce_backward(x, self.tp)).chunk(3, dim=2)  # each (B, T, C/t)
+        q, k, v = column_linear(x, self.qkv.weight, self.qkv.bias, self.tp).chunk(3, dim=2)  # each (B, T, C/t)
+        T = q.shape[1]  # the whole sequence, also when the input held this rank's tokens only
         q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
         y = attention_core(q, k, v, self.recompute_core).transpose(1, 2).reshape(B, T, -1)
-        return allreduce_forward_identity_backward(F.linear(y, self.proj.weight), self.tp) + self.proj.bias
+        return leave(F.linear(y, self.proj.weight), self.tp) + local_tokens(self.proj.bias, self.tp)
 
 
 class ParallelMLP(nn.Module):
@@ -185,8 +282,8 @@ class ParallelMLP(nn.Module):
         self.proj.bias = nn.Parameter(full.proj.bias.detach().clone())
 
     def forward(self, x):
-        h = F.gelu(self.fc(identity_forward_allreduce_backward(x, self.tp)))
-        return allreduce_forward_identity_backward(F.linear(h, self.proj.weight), self.tp) + self.proj.bias
+        h = F.gelu(column_linear(x, self.fc.weight, self.fc.bias, self.tp))
+        return leave(F.linear(h, self.proj.weight), self.tp) + local_tokens(self.proj.bias, self.tp)
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -199,7 +296,7 @@ class VocabParallelEmbedding(nn.Module):
     def forward(self, idx):
         mine = (idx >= self.rows.start) & (idx < self.rows.stop)
         local = F.embedding((idx - self.rows.start) * mine, self.weight) * mine.unsqueeze(-1)
-        return allreduce_forward_identity_backward(local, self.tp)
+        return leave(local, self.tp)
 
 
 class VocabParallelHead(nn.Module):
@@ -210,7 +307,31 @@ class VocabParallelHead(nn.Module):
         self.weight, self.tp, self.start = embedding.weight, embedding.tp, embedding.rows.start
 
     def forward(self, x):
-        return F.linear(identity_forward_allreduce_backward(x, self.tp), self.weight)
+        return column_linear(x, self.weight, None, self.tp)
+
+
+class SequenceParallelNorm(nn.Module):
+    """A replicated LayerNorm on this rank's tokens (sequence parallelism): its gradients summed over the group."""
+
+    def __init__(self, full: nn.LayerNorm, tp: TensorParallel):
+        super().__init__()
+        self.tp, self.shape, self.eps = tp, full.normalized_shape, full.eps
+        self.weight, self.bias = full.weight, full.bias
+
+    def forward(self, x):
+        return F.layer_norm(x, self.shape, local_tokens(self.weight, self.tp), local_tokens(self.bias, self.tp), self.eps)
+
+
+class SequenceParallelPositions(nn.Module):
+    """The position embedding of this rank's tokens (sequence parallelism), its gradient summed over the group."""
+
+    def __init__(self, full: nn.Embedding, tp: TensorParallel):
+        super().__init__()
+        self.tp, self.weight = tp, full.weight
+
+    def forward(self, pos):
+        local = len(pos) // self.tp.size
+        return F.embedding(pos[self.tp.rank * local:(self.tp.rank + 1) * local], local_tokens(self.weight, self.tp))
 
 
 class _VocabParallelCE(torch.autograd.Function):
@@ -255,6 +376,11 @@ def shard_model(model, tp: TensorParallel):
     for block in model.blocks:
         block.attn = ParallelAttention(block.attn, model.cfg.n_head, tp)
         block.mlp = ParallelMLP(block.mlp, tp)
+        if tp.sequence_parallel:
+            block.ln1, block.ln2 = SequenceParallelNorm(block.ln1, tp), SequenceParallelNorm(block.ln2, tp)
     model.tok_emb = VocabParallelEmbedding(model.tok_emb, tp)
     model.head = VocabParallelHead(model.tok_emb)
+    if tp.sequence_parallel:
+        model.ln_f = SequenceParallelNorm(model.ln_f, tp)
+        model.pos_emb = SequenceParallelPositions(model.pos_emb, tp)
     return model

@@ -35,7 +35,11 @@ CASES = {
     "zero1-sgd": dict(zero=1, optimizer="sgd", lr=0.1),
     "pp2-gpipe": dict(pp=2, micro_batches=4, schedule="gpipe"), "pp2-1f1b": dict(pp=2, micro_batches=4),
     "pp4-1f1b": dict(pp=4, micro_batches=3), "dp2-pp2-zero1": dict(pp=2, micro_batches=2, zero=1),
-    "tp2": dict(tp=2), "tp4": dict(tp=4), "dp2-tp2": dict(tp=2), "dp2-tp2-zero2": dict(tp=2, zero=2),
+    "tp2": dict(tp=2), "tp4": dict(tp=4), "tp2-sp": dict(tp=2, sequence_parallel=True),
+    "tp4-sp": dict(tp=4, sequence_parallel=True), "dp2-tp2-sp-zero1": dict(tp=2, sequence_parallel=True, zero=1),
+    "tp2-pp2-sp": dict(tp=2, pp=2, micro_batches=2, sequence_parallel=True),
+    "tp2-sp-recompute": dict(tp=2, sequence_parallel=True, recompute="full"),
+    "tp2-sp-bf16": dict(tp=2, sequence_parallel=True, precision="bf16", **LOW_PRECISION), "dp2-tp2": dict(tp=2), "dp2-tp2-zero2": dict(tp=2, zero=2),
     "dp2-tp2-pp2-zero1": dict(dp=2, tp=2, pp=2, zero=1, micro_batches=2),
     # ZeRO-3: parameters sharded, gathered layer by layer
     "zero3": dict(zero=3), "zero3-accum": dict(zero=3, micro_batch_size=2), "zero3-no-prefetch": dict(zero=3, overlap=False),

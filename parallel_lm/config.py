@@ -59,6 +59,7 @@ class TrainConfig:
     zero: int = 0  # ZeRO stage: 0 off, 1 optimizer state, 2 and gradients, 3 and parameters
     virtual_stages: int = 1  # --virtual-stages v: each pipeline rank holds v chunks of layers (interleaved 1F1B)
     recompute: str = "none"  # activation recomputation: none, selective (attention core) or full (each block)
+    cp: int = 1  # context-parallel degree: each sequence cut over cp ranks (within the data-parallel ranks)
     sequence_parallel: bool = False  # tp > 1: activations between the tensor-parallel regions cut along the sequence
     ep: int = 1  # expert-parallel degree: each mixture-of-experts block's experts spread over groups of ep dp ranks
     alltoall: str = "pairwise"  # the all-to-all algorithm that carries tokens to their experts (--ep > 1)
@@ -90,9 +91,20 @@ class TrainConfig:
         return cls(**d)
 
     def grid(self, world: int, rank: int = 0):
-        """The dp x tp x pp grid on ``world`` ranks (ValueError naming the fix when it does not fit)."""
+        """The dp x tp x pp grid on ``world`` ranks (ValueError naming the fix when it does not fit).
+
+        With --cp, the grid's dp counts every replica of the model: dp x cp, each group of cp consecutive
+        ones sharing sequences (``batch_ranks``)."""
         from .parallel.grid import Grid
-        return Grid.for_world(world, rank, self.dp, self.tp, self.pp)
+        if self.cp > 1 and (world // (self.tp * self.pp)) % self.cp:
+            raise ValueError(f"--cp {self.cp} must divide the {world // (self.tp * self.pp)} ranks left after "
+                             f"--tp {self.tp} x --pp {self.pp}: run a multiple of {self.cp * self.tp * self.pp} ranks")
+        return Grid.for_world(world, rank, self.dp * self.cp if self.dp else None, self.tp, self.pp)
+
+    def batch_ranks(self, replicas: int) -> int:
+        """How many ways the batch is cut among ``replicas`` data-parallel ranks: each context-parallel group
+        of cp ranks shares its sequences."""
+        return replicas // self.cp
 
     def straggler_ok(self, world: int) -> bool:
         try:
@@ -172,6 +184,14 @@ class TrainConfig:
                                         "or 3 (and parameters)"),
             (self.recompute in RECOMPUTE, f"unknown --recompute {self.recompute!r}; valid: {', '.join(RECOMPUTE)}"),
             (self.virtual_stages >= 1, f"--virtual-stages {self.virtual_stages} must be >= 1"),
+            (self.cp >= 1, f"--cp {self.cp} must be >= 1"),
+            (self.cp <= 1 or self.model.block_size % (2 * self.cp) == 0,
+             f"--cp {self.cp} cuts each sequence into 2 x {self.cp} = {2 * self.cp} equal chunks (an early and a late "
+             f"one per rank, for causal balance): use a --block-size that is a multiple of {2 * self.cp}"),
+            (self.cp <= 1 or (not self.sequence_parallel and self.sync != "ps" and self.engine == "explicit"
+                              and not self.model.n_experts),
+             "--cp runs with dp, tp, pp and ZeRO: not yet with --sequence-parallel, --n-experts, --sync ps or "
+             "--engine torch-ddp"),
             (not self.sequence_parallel or self.tp > 1,
              "--sequence-parallel cuts the activations along the sequence over the tensor-parallel ranks: "
              "use it with --tp 2 or more"),
@@ -196,7 +216,7 @@ class TrainConfig:
             self._check_nodes(grid.dp)
             self._check_experts(grid.dp)
             grid.check_model(self.model.n_layer, self.model.n_head, self.model.n_embd, self.model.vocab_size)
-            n_micro = self.per_rank(grid.dp)[2]
+            n_micro = self.per_rank(self.batch_ranks(grid.dp))[2]
             if self.virtual_stages > 1:
                 self._check_interleaving(grid.pp, n_micro)
         if self.device == "cuda":

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from .costmodel.layout import Layout, memory_per_gpu
-from .costmodel.transformer import ModelShape
+from .utilization import shape_of
 
 GIB = 2**30
 FIXES = {"activations": "lower --micro-batch-size (gradient accumulation keeps the global batch) or --block-size, "
@@ -36,8 +36,8 @@ FIXES = {"activations": "lower --micro-batch-size (gradient accumulation keeps t
 def estimate(cfg, grid) -> dict[str, float]:
     """Bytes per rank, by term, of the fullest rank of ``cfg``'s layout on ``grid``."""
     m = cfg.model
-    shape = ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size, dropout=False, fused_attention=True)
-    _, micro, n_micro = cfg.per_rank(grid.dp)
+    shape = shape_of(m, cfg.cp)
+    _, micro, n_micro = cfg.per_rank(cfg.batch_ranks(grid.dp))
     # the fullest rank's share as if every rank held it (a batch that does not divide leaves some one row short)
     layout = Layout(global_batch=grid.dp * micro * n_micro, micro_batch=micro, dp=grid.dp, tp=grid.tp, pp=grid.pp,
                     virtual_stages=cfg.virtual_stages, zero=cfg.zero, recompute=cfg.recompute, precision="fp32",
@@ -45,7 +45,7 @@ def estimate(cfg, grid) -> dict[str, float]:
     terms = memory_per_gpu(shape, layout)
     if cfg.precision != "fp32":  # autocast keeps most activations in 16 bits
         terms["activations"] /= 2
-    terms["logits"] = 2 * 4 * micro * m.block_size * m.vocab_size / grid.tp
+    terms["logits"] = 2 * 4 * micro * m.block_size // cfg.cp * m.vocab_size / grid.tp
     return terms
 
 
@@ -72,7 +72,7 @@ def check(cfg, grid, ranks_here: int, available: float | None) -> dict[str, floa
         where = "on the GPU" if cfg.device == "cuda" else "on this node"
         raise ValueError(
             f"this run needs ~{per_rank / GIB:.1f} GiB per rank ({name} {terms[name] / GIB:.1f} GiB at --block-size "
-            f"{cfg.model.block_size}, micro-batch {cfg.per_rank(grid.dp)[1]}), {ranks_here} rank(s) x that = "
+            f"{cfg.model.block_size}, micro-batch {cfg.per_rank(cfg.batch_ranks(grid.dp))[1]}), {ranks_here} rank(s) x that = "
             f"{per_rank * ranks_here / GIB:.1f} GiB, but {available / GIB:.1f} GiB are available {where}: "
             f"{FIXES[name]}; or pass --force to try anyway")
     return terms

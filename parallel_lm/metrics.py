@@ -26,6 +26,7 @@ class StepRecord:
     exposed_comm_s: float | None  # the part of comm_s not hidden behind backward
     tokens_per_s: float
     tp_comm_s: float | None = None  # tensor-parallel all-reduces, inside compute_s
+    cp_wait_s: float | None = None  # context parallelism: waiting for key/value blocks not hidden by attention
     bubble: float | None = None  # pipeline: measured idle fraction, mean over ranks
     bubble_formula: float | None = None  # (p-1)/(m+p-1)
     loss_scale: float | None = None  # fp16 loss scaling

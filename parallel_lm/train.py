@@ -41,7 +41,7 @@ TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "micro_batches
                 "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp_sync", "bucket_mb",
                 "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every", "device",
                 "optimizer", "sync", "servers", "staleness", "ps_updates", "straggler", "alltoall")
-LAYOUT_FIELDS = ("dp", "tp", "pp", "zero", "virtual_stages", "recompute", "ep", "sequence_parallel")  # how to run, not what to train: never taken from a checkpoint
+LAYOUT_FIELDS = ("dp", "tp", "pp", "zero", "virtual_stages", "recompute", "ep", "sequence_parallel", "cp")  # how to run, not what to train: never taken from a checkpoint
 
 
 def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
@@ -199,7 +199,7 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, s
     rank, p = comm.Get_rank(), comm.Get_size()
     batches = trainer.batches
     grid = cfg.grid(p)
-    rows, micro, n_micro = cfg.per_rank(grid.dp)
+    rows, micro, n_micro = cfg.per_rank(cfg.batch_ranks(grid.dp))
     print0(f"parallel_lm.train: {p} rank(s) x {torch.get_num_threads()} thread(s), engine {cfg.engine}"
            + (f", {cfg.dp_sync} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
               if cfg.engine == "explicit" else "")
@@ -207,20 +207,23 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, s
            + (f", netem {params['netem']}" if params.get("netem") else "")
            + (f", ZeRO stage {cfg.zero}" if cfg.zero else ""))
     print0(f"model: {trainer.n_params / 1e6:.2f}M parameters, {trainer.flops_per_token / 1e6:.2f} MFLOP/token, {cfg.model}")
-    B, dp = cfg.global_batch_size, grid.dp
+    B, dp = cfg.global_batch_size, cfg.batch_ranks(grid.dp)
     shares = f" = {dp} data-parallel rank(s) x {n_micro} micro-batch(es) x {micro} sequences" if B % dp == 0 and \
         rows == n_micro * micro else (f" over {dp} data-parallel rank(s) holding {B // dp}" +
                                       (f" or {B // dp + 1}" if B % dp else "") + " sequences")
     weighted = "" if B % dp == 0 and rows == n_micro * micro else \
         f" in {n_micro} micro-batch(es), each weighted by its rows"
+    context = f", each cut over {cfg.cp} context-parallel ranks ({cfg.model.block_size // cfg.cp} bytes each)" \
+        if cfg.cp > 1 else ""
     print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {B}{shares}"
-           f" of {cfg.model.block_size} bytes{weighted}")
-    if grid.tp > 1 or grid.pp > 1:
+           f" of {cfg.model.block_size} bytes{weighted}{context}")
+    if grid.tp > 1 or grid.pp > 1 or cfg.cp > 1:
         v = cfg.virtual_stages
         kind = f"interleaved 1F1B, {v} chunks per rank, bubble formula (p-1)/(v m+p-1)" if v > 1 else \
             f"{cfg.schedule} schedule, bubble formula (p-1)/(m+p-1)"
-        print0(f"layout: {grid.describe()}" + (f", {kind} = {bubble_formula(grid.pp, n_micro, v):.3f}"
-                                               if grid.pp > 1 else ""))
+        layout = grid.describe() if cfg.cp == 1 else \
+            f"dp {grid.dp // cfg.cp} x cp {cfg.cp} x tp {grid.tp} x pp {grid.pp}"
+        print0(f"layout: {layout}" + (f", {kind} = {bubble_formula(grid.pp, n_micro, v):.3f}" if grid.pp > 1 else ""))
     if trainer.start_step:
         print0(f"resumed from {params['resume']} at step {trainer.start_step}")
 

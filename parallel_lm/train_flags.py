@@ -58,10 +58,13 @@ OPTIONS = [
     click.option("--engine", type=click.Choice(ENGINES), default="explicit", help="explicit: our collectives; torch-ddp: torch DistributedDataParallel (gloo; not with --pp > 1 or --zero)."),
     click.option("--dp-sync", type=click.Choice(DP_MODES), default="bucketed", help="bucketed: flat buckets; naive: one all-reduce per parameter."),
     click.option("--dp", type=click.IntRange(min=1), help="Data-parallel degree (default: ranks / (tp x pp))."),
-    click.option("--ep", default=1, type=int, help="Expert parallelism: spread each block's experts over groups of "
+    click.option("--ep", default=1, type=click.IntRange(min=1), help="Expert parallelism: spread each block's experts over groups of "
                  "this many data-parallel ranks, tokens carried by all-to-all (must divide --n-experts and dp)."),
     click.option("--alltoall", default="pairwise", help=f"All-to-all algorithm for --ep: {', '.join(ALLTOALL_ALGORITHMS)}."),
     click.option("--tp", default=1, type=click.IntRange(min=1), help="Tensor-parallel degree (splits heads, MLP and vocabulary)."),
+    click.option("--cp", default=1, type=click.IntRange(min=1), help="Context parallelism: cut every sequence over this many ranks "
+                 "(ring attention; each takes an early and a late chunk of 2 x cp); --block-size must be a multiple "
+                 "of 2 x cp. Ranks = dp x cp x tp x pp."),
     click.option("--sequence-parallel", is_flag=True, help="With --tp: cut the activations between the "
                  "tensor-parallel regions (LayerNorms, residuals) along the sequence; all-gather and reduce-scatter "
                  "replace the all-reduces (needs a --block-size divisible by tp)."),

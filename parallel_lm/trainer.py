@@ -32,6 +32,7 @@ from .model import GPT
 from .model.recompute import set_recompute
 from .utilization import memory_mib
 from .watchdog import NoWatchdog
+from .parallel.context_parallel import ContextParallel
 from .parallel.expert_parallel import ExpertParallel, reset_routing, routing_summary
 from .parallel.grad_sync import GradSync, make_grad_sync
 from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
@@ -65,14 +66,15 @@ class Trainer:
             self.tp_comm, self.dp_comm, self.pp_comm = MPI.COMM_SELF, comm, MPI.COMM_SELF
         else:
             self.tp_comm, self.dp_comm, self.pp_comm = grid.split(comm)
-        self.sizes = cfg.micro_rows(grid.dp, grid.dp_rank)  # rows of each micro-batch of this rank
-        self.lo, self.rows = cfg.rows_of(grid.dp, grid.dp_rank)
+        data, data_rank = cfg.batch_ranks(grid.dp), grid.dp_rank // cfg.cp  # context-parallel ranks share rows
+        self.sizes = cfg.micro_rows(data, data_rank)  # rows of each micro-batch of this rank
+        self.lo, self.rows = cfg.rows_of(data, data_rank)
         self.micro, self.n_micro = max(self.sizes), len(self.sizes)
         # a global batch that does not divide over dp: each micro-batch's loss weighted by its rows (rows x dp / B),
         # so that averaging over the ranks gives the mean over the batch; None: equal shares (1/m, as always)
-        even = cfg.global_batch_size % grid.dp == 0 and len(set(self.sizes)) == 1
-        self.weights = None if even else [n * grid.dp / cfg.global_batch_size for n in self.sizes]
-        self.share = self.rows * grid.dp / cfg.global_batch_size  # this rank's loss in the mean over ranks
+        even = cfg.global_batch_size % data == 0 and len(set(self.sizes)) == 1
+        self.weights = None if even else [n * data / cfg.global_batch_size for n in self.sizes]
+        self.share = self.rows * data / cfg.global_batch_size  # this rank's loss in the mean over ranks
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)  # same seed on every rank: identical initial weights
         full = GPT(cfg.model)
@@ -87,6 +89,11 @@ class Trainer:
         self.tp = TensorParallel(self.tp_comm, cfg.allreduce, cfg.sequence_parallel)
         self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
         set_recompute(self.model, cfg.recompute)
+        self.context = None
+        if cfg.cp > 1:  # the ranks sharing this one's sequences: consecutive data-parallel ranks
+            self.context = ContextParallel(self.dp_comm.Split(color=grid.dp_rank // cfg.cp, key=grid.dp_rank % cfg.cp),
+                                           cfg.model.block_size)
+            self.context.install(self.model)
         self.experts = ExpertParallel(self.model, self.dp_comm, cfg.ep, cfg.alltoall, cfg.allreduce) \
             if cfg.ep > 1 else None  # before the parameters are listed: other ranks' experts are not trained here
         self.names = {id(p): name for name, p in self.model.named_parameters()}  # single-process names
@@ -128,7 +135,7 @@ class Trainer:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(micro, T, C): the activations passed between pipeline stages (T/tp tokens under sequence parallelism)."""
-        tokens = self.cfg.model.block_size // (self.grid.tp if self.cfg.sequence_parallel else 1)
+        tokens = self.cfg.model.block_size // (self.grid.tp if self.cfg.sequence_parallel else 1) // self.cfg.cp
         return self.micro, tokens, self.cfg.model.n_embd
 
     def autocast(self):
@@ -138,7 +145,12 @@ class Trainer:
 
     def _micro_batches(self, step: int):
         starts = [self.lo + sum(self.sizes[:i]) for i in range(self.n_micro + 1)]
-        return [self.batches.rows(step, "train", self.cfg.global_batch_size, a, b) for a, b in zip(starts, starts[1:])]
+        return [self._mine(*self.batches.rows(step, "train", self.cfg.global_batch_size, a, b))
+                for a, b in zip(starts, starts[1:])]
+
+    def _mine(self, x, y):
+        """This rank's tokens of the rows (x, y): all of them, or under --cp its context-parallel share."""
+        return (x, y) if self.context is None else (self.context.local(x), self.context.local(y))
 
     def _tied_copy(self) -> list:
         """[the tied embedding weight] on the last stage of a pipeline, whose first stage holds the same values."""
@@ -197,6 +209,8 @@ class Trainer:
             self.experts.zero_grad()
         reset_routing(self.model)
         self.tp.seconds, self.tie_s = 0.0, 0.0
+        if self.context:
+            self.context.seconds = 0.0
         loss, compute_s, pipe_s = self._forward_backward(step, self.scaler.scale if self.scaler else 1.0)
         self.watchdog.at(step, "gradient sync")
         comm_s, exposed_s = self.sync.finish(self._tie if self.grid.pp > 1 else None)
@@ -230,6 +244,7 @@ class Trainer:
                           step_s=step_s, compute_s=compute_s, comm_s=comm_s, exposed_comm_s=exposed_s,
                           tokens_per_s=tokens / step_s,
                           tp_comm_s=self.tp.seconds if grid.tp > 1 else None, bubble=bubble,
+                          cp_wait_s=self.context.seconds if self.context else None,
                           bubble_formula=bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None,
                           loss_scale=self.scaler.scale if self.scaler else None,
                           experts=routing_summary(self.model, self.dp_comm),
@@ -242,7 +257,7 @@ class Trainer:
         lo, hi = self.lo, self.lo + self.rows
         self.stage.eval()
         for i in range(self.cfg.eval_batches):
-            x, y = self.batches.rows(i, "val", self.cfg.global_batch_size, lo, hi)
+            x, y = self._mine(*self.batches.rows(i, "val", self.cfg.global_batch_size, lo, hi))
             total += self.pipeline.forward_only(x, y, (self.rows,) + self.shape[1:], self.autocast)
         self.stage.train()
         mean = np.array([total / self.cfg.eval_batches * self.share])
@@ -306,6 +321,7 @@ class Trainer:
         """Every communicator this trainer (and its threads) may be blocked in: what a failure revokes."""
         found = [self.comm, self.dp_comm, self.tp_comm, self.pp_comm, getattr(self.sync, "thread_comm", None),
                  *((self.experts.comm, self.experts.replicas) if self.experts else ()),
+                 *((self.context.comm,) if self.context else ()),
                  getattr(self.watchdog, "comm", None)]
         unique = {id(c): c for c in found if c is not None and c != MPI.COMM_SELF}
         return list(unique.values())

@@ -21,10 +21,13 @@ from .parallel.zero import memory_formula
 from .runtime import quiet_barrier
 
 
-def shape_of(model_cfg) -> ModelShape:
-    """parallel_lm's GPT as the cost model sees it: no dropout, a fused attention kernel."""
+def shape_of(model_cfg, cp: int = 1) -> ModelShape:
+    """parallel_lm's GPT as the cost model sees it: no dropout, a fused attention kernel. With ``cp``, the
+    T/cp tokens one context-parallel rank holds: everything it keeps for backward is per token (ring
+    attention keeps Q, K, V, its output and one log-sum-exp per row, as a fused kernel does)."""
     m = model_cfg
-    return ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size, dropout=False, fused_attention=True)
+    return ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size // cp, m.vocab_size, dropout=False,
+                      fused_attention=True)
 
 
 def matmul_peak(threads: int, n: int = 1024, seconds: float = 0.3) -> float:
@@ -97,7 +100,7 @@ def activation_formula(cfg, grid, micro: int, first: bool, last: bool, layers: i
     for this model: fp32 values (2 bytes under bf16/fp16, roughly: LayerNorm
     inputs stay fp32), no dropout, a fused attention kernel; plus the layers
     around the blocks on the first and last stage (``ends_activation_bytes``)."""
-    shape, w = shape_of(cfg.model), 4 if cfg.precision == "fp32" else 2
+    shape, w = shape_of(cfg.model, cfg.cp), 4 if cfg.precision == "fp32" else 2
     layers = cfg.model.n_layer // grid.pp if layers is None else layers
     return (layers * shape.layer_activation_bytes(micro, grid.tp, cfg.sequence_parallel, cfg.recompute, w)
             + shape.ends_activation_bytes(micro, first, last, grid.tp, w, cfg.sequence_parallel))

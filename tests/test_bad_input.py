@@ -51,6 +51,11 @@ CASES = [
     (1, T + ["--allreduce", "magic"], "unknown --allreduce 'magic'"),
     (1, T + ["--sequence-parallel"], "use it with --tp 2 or more"),
     (2, T + ["--tp", "2", "--sequence-parallel", "--block-size", "63"], "use a --block-size that is a multiple of 2"),
+    (2, T + ["--cp", "2", "--block-size", "30"], "use a --block-size that is a multiple of 4"),
+    (3, T + ["--cp", "2"], "--cp 2 must divide the 3 ranks left after --tp 1 x --pp 1"),
+    (4, T + ["--cp", "2", "--tp", "2", "--sequence-parallel"], "not yet with --sequence-parallel"),
+    (1, T + ["--cp", "0"], "'--cp'"),
+    (1, T + ["--ep", "0"], "'--ep'"),
     # train: experts
     (1, T + ["--n-experts", "4", "--top-k", "5"], "--top-k 5 must be between 1 and --n-experts 4"),
     (2, T + ["--n-experts", "4", "--ep", "3"], "--ep 3 must divide --n-experts 4"),

@@ -129,3 +129,22 @@ def test_sequence_parallel_cuts_activation_memory_as_the_formula_says():
     assert have == pytest.approx(want, rel=0.02) and have_sp == pytest.approx(want_sp, rel=0.02)
     # LayerNorm and GEMM inputs (4 of Korthikanti's 10 sbh-sized terms here) drop to T/t per rank
     assert have_sp < 0.6 * have
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_ring_attention_equals_full_causal_attention_forward_and_backward(k):
+    proc = mpirun(k, [str(PROGRAMS / "ring_attention.py")], timeout=120)
+    assert proc.returncode == 0 and f"RING {k} ranks: max error" in proc.stdout, describe(proc)
+
+
+def test_context_parallel_trains_like_one_process():
+    run_cases(2, "cp2", "cp2-zero2", "cp2-recompute")
+    run_cases(4, "cp4", "cp2-dp2", "cp2-tp2", "cp2-pp2")
+
+
+def test_context_parallel_cuts_activation_memory_by_cp():
+    runs = [train(cp, "--cp", str(cp), "--preset", "small", "--global-batch-size", "8") for cp in (1, 2, 4)]
+    assert all(r.returncode == 0 for r in runs), describe(runs[-1])
+    (one, f1), (two, f2), (four, f4) = (_activations(r) for r in runs)
+    assert two == pytest.approx(one / 2, rel=0.1) and four == pytest.approx(one / 4, rel=0.1)
+    assert f2 == pytest.approx(f1 / 2, rel=0.01) and two == pytest.approx(f2, rel=0.1)

@@ -68,13 +68,16 @@ def causal_attention(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def attention_core(q, k, v, recompute: bool):
-    """``causal_attention``, recomputed in backward when ``recompute`` (--recompute selective)."""
-    return recomputed(causal_attention, q, k, v) if recompute else causal_attention(q, k, v)
+def attention_core(q, k, v, recompute: bool, context=None):
+    """``causal_attention``, recomputed in backward when ``recompute`` (--recompute selective); with a
+    ``context`` (parallel/context_parallel.py) the ranks' blocks of the sequence meet around a ring."""
+    core = context.attention if context is not None else causal_attention
+    return recomputed(core, q, k, v) if recompute else core(q, k, v)
 
 
 class CausalSelfAttention(nn.Module):
     recompute_core = False  # --recompute selective (recompute.set_recompute)
+    context = None  # --cp: a ContextParallel group (parallel/context_parallel.py)
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -86,7 +89,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = attention_core(q, k, v, self.recompute_core)  # (B, nh, T, hs)
+        y = attention_core(q, k, v, self.recompute_core, self.context)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
 
 

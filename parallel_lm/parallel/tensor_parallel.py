@@ -246,6 +246,7 @@ def _param(full: nn.Parameter, key: str, tp: TensorParallel) -> nn.Parameter:
 
 class ParallelAttention(nn.Module):
     recompute_core = False  # --recompute selective
+    context = None  # --cp
 
     def __init__(self, full, n_head: int, tp: TensorParallel):
         super().__init__()
@@ -265,7 +266,7 @@ class ParallelAttention(nn.Module):
         q, k, v = column_linear(x, self.qkv.weight, self.qkv.bias, self.tp).chunk(3, dim=2)  # each (B, T, C/t)
         T = q.shape[1]  # the whole sequence, also when the input held this rank's tokens only
         q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        y = attention_core(q, k, v, self.recompute_core).transpose(1, 2).reshape(B, T, -1)
+        y = attention_core(q, k, v, self.recompute_core, self.context).transpose(1, 2).reshape(B, T, -1)
         return leave(F.linear(y, self.proj.weight), self.tp) + local_tokens(self.proj.bias, self.tp)
 
 

@@ -39,6 +39,9 @@ CASES = {
     "tp4-sp": dict(tp=4, sequence_parallel=True), "dp2-tp2-sp-zero1": dict(tp=2, sequence_parallel=True, zero=1),
     "tp2-pp2-sp": dict(tp=2, pp=2, micro_batches=2, sequence_parallel=True),
     "tp2-sp-recompute": dict(tp=2, sequence_parallel=True, recompute="full"),
+    "cp2": dict(cp=2), "cp4": dict(cp=4), "cp2-dp2": dict(cp=2),
+    "cp2-tp2": dict(cp=2, tp=2), "cp2-pp2": dict(cp=2, pp=2, micro_batches=2),
+    "cp2-zero2": dict(cp=2, zero=2), "cp2-recompute": dict(cp=2, recompute="selective"),
     "tp2-sp-bf16": dict(tp=2, sequence_parallel=True, precision="bf16", **LOW_PRECISION), "dp2-tp2": dict(tp=2), "dp2-tp2-zero2": dict(tp=2, zero=2),
     "dp2-tp2-pp2-zero1": dict(dp=2, tp=2, pp=2, zero=1, micro_batches=2),
     # ZeRO-3: parameters sharded, gathered layer by layer
@@ -101,7 +104,7 @@ for name in sys.argv[1:]:
     cfg = TrainConfig(**{**base.to_dict(), "model": base.model, **(LOW_PRECISION if low else {}), **CASES[name]})
     ref_cfg = TrainConfig(**{**cfg.to_dict(), "model": cfg.model, "zero": 0, "tp": 1, "pp": 1, "dp": None,
                              "engine": "explicit", "comm_dtype": "fp32", "virtual_stages": 1,
-                             "recompute": "none"})  # one process: nothing to communicate, nothing recomputed
+                             "recompute": "none", "cp": 1, "sequence_parallel": False})  # one process: nothing to communicate, nothing recomputed
     reference = comm.bcast(train(ref_cfg, MPI.COMM_SELF)[0] if rank == 0 else None, root=0)
     state, memory = train(cfg, comm)
     if rank == 0 and set(state) == set(reference):

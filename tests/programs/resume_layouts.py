@@ -42,6 +42,7 @@ LAYOUTS = {
     "zero3": dict(zero=3), "dp2-pp2-zero3": dict(pp=2, micro_batches=2, zero=3),
     "pp2-v2": dict(pp=2, virtual_stages=2, micro_batches=2),
     "dp2-pp2-v2-zero3-recompute": dict(pp=2, virtual_stages=2, micro_batches=2, zero=3, recompute="full"),
+    "cp2": dict(cp=2), "cp4": dict(cp=4), "cp2-tp2": dict(cp=2, tp=2),
     "moe": dict(model=MOE), "moe-ep2": dict(model=MOE, ep=2), "moe-ep4": dict(model=MOE, ep=4, alltoall="bruck"),
 }
 

@@ -1,0 +1,160 @@
+"""Context parallelism: every sequence cut over cp ranks, attention computed by passing keys and values around a ring.
+
+Each rank of a context-parallel group holds T/cp of the tokens of every
+sequence in its batch. Everything but attention is per token and needs
+nothing from the other ranks. Attention needs every earlier token, so the
+key/value blocks travel around the ring of the group. On step s, rank r
+holds the block of rank r - s: it attends its queries to that block while
+the next block is already on its way (``Isend``/``Irecv``, overlapped with
+the computation). After cp steps it has seen every block (Liu et al.,
+"Ring Attention with Blockwise Transformers", 2023).
+
+**Online softmax** (Milakov & Gimelshein 2018; FlashAttention). Blocks
+arrive one at a time, so the softmax is accumulated per query row: a
+running maximum m, a running sum l of exp(score - m) and a running output
+o. A block with a larger maximum m' rescales both by exp(m - m') before
+adding its own terms. After the last block, out = o / l, and
+lse = m + log l is kept for backward.
+
+**Backward** is exact: with lse saved, each block's probabilities
+P = exp(QKᵀ/√d - lse) are recomputed. dV_j += PᵀdO, dS = P ∘ (dO Vⱼᵀ - D)
+with D = rowsum(dO ∘ O), dQ += dS Kⱼ/√d, dKⱼ += dSᵀQ/√d. The key/value
+blocks go around the ring once more, carrying their dK and dV
+accumulators. The last step brings every block home with the gradient
+from every rank's queries.
+
+**Causal load balancing.** With causal attention, a rank holding the end
+of the sequence has more to attend to than one holding the start. So
+each sequence is cut into 2·cp chunks, and rank r takes chunks r and
+2·cp-1-r (an early and a late one): every rank does the same work. The
+masks come from the tokens' positions in the sequence, which this object
+knows for every rank.
+
+Requires T divisible by 2·cp. The loss on each rank is the mean over its
+tokens; every rank holds as many as the others, so the mean over the
+group is the sequence's. The data-parallel all-reduce runs over dp x cp
+ranks, averaging the gradients of every parameter.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mpi4py import MPI
+
+TAG = 41
+
+
+def balanced_positions(seq_len: int, size: int, rank: int) -> torch.Tensor:
+    """Positions of rank ``rank``'s tokens: chunks r and 2·size-1-r of 2·size equal chunks."""
+    n = seq_len // (2 * size)
+    late = 2 * size - 1 - rank
+    return torch.cat([torch.arange(rank * n, (rank + 1) * n), torch.arange(late * n, (late + 1) * n)])
+
+
+class ContextParallel:
+    """A context-parallel group over ``comm``: which tokens each rank holds, and ring attention among them."""
+
+    def __init__(self, comm, seq_len: int):
+        self.comm, self.size, self.rank = comm, comm.Get_size(), comm.Get_rank()
+        self.positions_of = [balanced_positions(seq_len, self.size, r) for r in range(self.size)]
+        self.positions = self.positions_of[self.rank]
+        self.seconds = 0.0  # waiting for key/value blocks (not hidden behind the computation)
+
+    def local(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids or targets -> (B, T/cp): this rank's tokens."""
+        return t[:, self.positions]
+
+    def install(self, model) -> None:
+        """Route ``model``'s attention through the ring and its position embedding through this rank's positions."""
+        for block in model.blocks:
+            block.attn.context = self
+        model.pos_emb = ContextPositions(model.pos_emb, self)
+
+    def attention(self, q, k, v):
+        return RingAttention.apply(q, k, v, self)
+
+    def _mask(self, source: int, device) -> torch.Tensor:
+        """(Tq, Tk): which keys of rank ``source``'s block each of my queries may see (causal, by position)."""
+        return (self.positions_of[source].to(device)[None, :] <= self.positions.to(device)[:, None])
+
+    def _pass(self, blocks: list[torch.Tensor]):
+        """Start sending ``blocks`` (one packed fp32 buffer) to the right and receiving the left's: (wait, unpack)."""
+        send = torch.cat([b.detach().float().reshape(-1) for b in blocks]).cpu().numpy()
+        recv = np.empty_like(send)
+        right, left = (self.rank + 1) % self.size, (self.rank - 1) % self.size
+        requests = [self.comm.Irecv(recv, source=left, tag=TAG), self.comm.Isend(send, dest=right, tag=TAG)]
+
+        def finish():
+            t0 = time.perf_counter()
+            MPI.Request.Waitall(requests)
+            self.seconds += time.perf_counter() - t0
+            flat = torch.from_numpy(recv).to(blocks[0].device)
+            return [piece.view_as(b) for piece, b in zip(flat.split([b.numel() for b in blocks]), blocks)]
+        return finish
+
+
+class RingAttention(torch.autograd.Function):
+    """softmax(QKᵀ/√d + causal mask)V over the whole sequence, with this rank's queries, keys and values."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cp: ContextParallel):
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        qf, block = q.float(), [k.float(), v.float()]
+        B, H, T, D = q.shape
+        out = torch.zeros(B, H, T, D, device=q.device)
+        high = torch.full((B, H, T), -math.inf, device=q.device)
+        total = torch.zeros(B, H, T, device=q.device)
+        for step in range(cp.size):
+            pending = cp._pass(block) if step < cp.size - 1 else None
+            kb, vb = block
+            scores = (qf @ kb.transpose(-1, -2) * scale).masked_fill(~cp._mask((cp.rank - step) % cp.size, q.device),
+                                                                     -math.inf)
+            new_high = torch.maximum(high, scores.amax(-1))
+            finite = torch.where(torch.isinf(new_high), torch.zeros_like(new_high), new_high)  # rows with nothing yet
+            p = torch.exp(scores - finite.unsqueeze(-1))
+            rescale = torch.exp(high - finite)
+            total = total * rescale + p.sum(-1)
+            out = out * rescale.unsqueeze(-1) + p @ vb
+            high = new_high
+            if pending:
+                block = pending()
+        out = out / total.unsqueeze(-1)
+        ctx.cp, ctx.scale = cp, scale
+        ctx.save_for_backward(q, k, v, out, high + total.log())
+        return out.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        cp, scale = ctx.cp, ctx.scale
+        qf, do = q.float(), grad_out.float()
+        delta = (do * out).sum(-1, keepdim=True)
+        dq = torch.zeros_like(qf)
+        block = [k.float(), v.float(), torch.zeros_like(qf), torch.zeros_like(qf)]  # k, v, dk, dv travel together
+        for step in range(cp.size):
+            kb, vb, dkb, dvb = block
+            scores = qf @ kb.transpose(-1, -2) * scale
+            p = torch.exp(scores - lse.unsqueeze(-1)) * cp._mask((cp.rank - step) % cp.size, q.device)
+            dvb = dvb + p.transpose(-1, -2) @ do
+            ds = p * (do @ vb.transpose(-1, -2) - delta)
+            dq = dq + ds @ kb * scale
+            dkb = dkb + ds.transpose(-1, -2) @ qf * scale
+            block = cp._pass([kb, vb, dkb, dvb])()  # after cp steps every block is home with all its gradient
+        _, _, dk, dv = block
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+
+
+class ContextPositions(nn.Module):
+    """The position embedding looked up at this rank's positions (the model asks for 0..T/cp-1)."""
+
+    def __init__(self, full: nn.Embedding, cp: ContextParallel):
+        super().__init__()
+        self.cp, self.weight = cp, full.weight
+
+    def forward(self, pos):
+        return F.embedding(self.cp.positions.to(pos.device), self.weight)

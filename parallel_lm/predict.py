@@ -125,20 +125,21 @@ def model_shape(preset: str, dims: dict, dropout: bool) -> ModelShape:
 def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layout: dict, dp: int | None,
               profile_name: str) -> list[dict]:
     """Print and return ``predict_run`` for each GPU count (dp = GPUs / (tp pp) unless --dp is given)."""
-    tp, pp = layout["tp"], layout["pp"]
+    tp, pp, cp = layout["tp"], layout["pp"], layout["cp"]
     dev = cluster.device
     if dp is None:
-        uneven = [g for g in rank_counts if g % (tp * pp)]
+        uneven = [g for g in rank_counts if g % (tp * pp * cp)]
         if uneven:
-            raise click.UsageError(f"--ranks {uneven[0]} is not divisible by --tp {tp} x --pp {pp}: "
-                                   f"use a multiple of {tp * pp}")
-    layouts = [Layout(dp=dp or max(1, gpus // (tp * pp)), **layout) for gpus in rank_counts]
+            raise click.UsageError(f"--ranks {uneven[0]} is not divisible by " + (f"--cp {cp} x " if cp > 1 else "")
+                                   + f"--tp {tp} x --pp {pp}: use a multiple of {tp * pp * cp}")
+    layouts = [Layout(dp=dp or max(1, gpus // (tp * pp * cp)), **layout) for gpus in rank_counts]
     errors = [f"--ranks {gpus}: " + "; ".join(lay.problems(shape, gpus))
               for gpus, lay in zip(rank_counts, layouts) if lay.problems(shape, gpus)]
     if errors:
         raise click.UsageError("\n".join(errors))
     print(f"# model: {shape.n_layer} layers, hidden {shape.n_embd}, {shape.n_head} heads"
           + (f" ({shape.kv_heads} kv)" if shape.kv_heads != shape.n_head else "")
+          + (f", {shape.n_experts} experts (top-{shape.top_k})" if shape.n_experts else "")
           + f", ffn {shape.ffn}, seq {shape.seq_len}, vocab {shape.vocab_size}: {shape.params() / 1e9:.3f}B parameters")
     print(f"# device: {dev.name}, {dev.flops(layout['precision']) / 1e12:.0f} TFLOP/s {layout['precision']} peak, "
           f"{dev.memory_bytes / 2**30:.0f} GiB; GEMMs at {dev.gemm_efficiency:.2f} of peak + "
@@ -147,15 +148,18 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
     print(f"# layout: tp {tp}, pp {pp}, virtual stages {layout['virtual_stages']}, micro-batch {layout['micro_batch']}, "
           f"global batch {layout['global_batch']}, ZeRO {layout['zero']}, recompute {layout['recompute']}"
           + (", sequence parallel" if layout["sequence_parallel"] else "")
+          + (f", context parallel {cp}" if cp > 1 else "") + (f", expert parallel {layout['ep']}" if layout["ep"] > 1 else "")
           + f", data-parallel sync {'behind backward' if layout['dp_overlap'] else 'after backward'}")
+    extra = cp > 1 or layout["ep"] > 1
     print(f"{'gpus':>6} {'dp':>5} {'step_s':>9} {'TFLOP/s':>8} {'MFU':>6} {'tokens/s':>11} {'compute':>8} {'tp':>7} "
-          f"{'pp':>7} {'bubble':>7} {'dp':>7} {'GiB/GPU':>8} fits")
+          + (f"{'cp':>7} {'a2a':>7} " if extra else "") + f"{'pp':>7} {'bubble':>7} {'dp':>7} {'GiB/GPU':>8} fits")
     rows = []
     for gpus, lay in zip(rank_counts, layouts):
         pred = predict_run(shape, lay, cluster)
         t = pred.terms_s
         print(f"{gpus:>6} {lay.dp:>5} {pred.step_s:>9.4g} {pred.tflops_per_gpu:>8.1f} {pred.mfu:>6.3f} "
-              f"{pred.tokens_per_s:>11.4g} {t['compute_s']:>8.4g} {t['tp_comm_s']:>7.3g} {t['pp_comm_s']:>7.3g} "
+              f"{pred.tokens_per_s:>11.4g} {t['compute_s']:>8.4g} {t['tp_comm_s']:>7.3g} "
+              + (f"{t['cp_comm_exposed_s']:>7.3g} {t['ep_all_to_all_s']:>7.3g} " if extra else "") + f"{t['pp_comm_s']:>7.3g} "
               f"{t['bubble_s']:>7.3g} {t['dp_comm_exposed_s']:>7.3g} {pred.memory_gib_per_gpu:>8.2f} "
               f"{'yes' if pred.fits else 'NO'}")
         mem = {k: v / 2**30 for k, v in pred.memory_bytes.items()}
@@ -199,6 +203,12 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
 @click.option("--recompute", type=click.Choice(RECOMPUTE), default="none",
               help="Activation recomputation: full (every block's forward again) or selective (attention core only).")
 @click.option("--sequence-parallel", is_flag=True, help="Split LayerNorm/dropout activations over tensor ranks too.")
+@click.option("--cp", type=click.IntRange(min=1), default=1,
+              help="Context parallelism: each sequence cut over this many GPUs (ring attention); GPUs = dp x cp x tp x pp.")
+@click.option("--n-experts", type=click.IntRange(min=0), default=0, help="Mixture of experts per MLP (0: dense).")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, help="Experts per token (--n-experts).")
+@click.option("--ep", type=click.IntRange(min=1), default=1,
+              help="Expert parallelism: each mixture's experts spread over this many of the dp x cp GPUs (all-to-all).")
 @click.option("--dp-overlap/--no-dp-overlap", default=True, help="Data-parallel sync behind the last micro-batch's backward.")
 @click.option("--micro-batches", type=click.IntRange(min=1), default=1,
               help="Micro-batches per step (per-token model; the GPU model derives them from the batch sizes).")
@@ -218,7 +228,7 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the predictions here.")
 def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_size, dropout, ranks, profile, device,
          precision, global_batch_size, micro_batch_size, dp, tp, pp, virtual_stages, zero, recompute,
-         sequence_parallel, dp_overlap, micro_batches, topology, strategy, algorithm, servers, mfu, bucket_mb,
+         sequence_parallel, cp, n_experts, top_k, ep, dp_overlap, micro_batches, topology, strategy, algorithm, servers, mfu, bucket_mb,
          comm_dtype, devices, json_path):
     """Predict step time, TFLOP/s, MFU, memory per GPU and whether it fits, for a model and a layout.
 
@@ -239,10 +249,12 @@ def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--device") from None
         shape = model_shape(preset, {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_kv_head": n_kv_head,
-                                     "ffn_hidden": ffn_hidden, "seq_len": seq_len, "vocab_size": vocab_size}, dropout)
+                                     "ffn_hidden": ffn_hidden, "seq_len": seq_len, "vocab_size": vocab_size,
+                                     "n_experts": n_experts, "top_k": top_k}, dropout)
         layout = {"global_batch": global_batch_size, "micro_batch": micro_batch_size, "tp": tp, "pp": pp,
                   "virtual_stages": virtual_stages, "zero": zero, "recompute": recompute,
-                  "sequence_parallel": sequence_parallel, "precision": precision, "dp_overlap": dp_overlap}
+                  "sequence_parallel": sequence_parallel, "cp": cp, "ep": ep, "precision": precision,
+                  "dp_overlap": dp_overlap}
         try:
             dev.flops(precision)
         except ValueError as e:
@@ -254,6 +266,9 @@ def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_
     n_params, flops_per_token, block = model_numbers(preset)
     flops, device_mfu, device_text = device_flops(device, preset)
     mfu = device_mfu or mfu
+    if cp > 1 or ep > 1 or n_experts:
+        raise click.UsageError("--cp, --ep and --n-experts are priced by the GPU model: give --device a GPU "
+                               f"({', '.join(DEVICE_NAMES)}) or a device JSON file")
     if tp > 1 or pp > 1 or zero:
         rows = layout_table(preset, prof, rank_counts, tp, pp, micro_batches, zero, global_batch_size, algorithm,
                             n_params, flops_per_token, flops, mfu, devices, device_text)

@@ -37,10 +37,10 @@ flight).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .devices import GIB, Device
-from .formulas import Network, all_gather_ring, allreduce_hierarchical_s, allreduce_ring
+from .formulas import Network, all_gather_ring, all_to_all_pairwise, allreduce_hierarchical_s, allreduce_ring
 from .memory import zero_shard
 from .transformer import RECOMPUTE, ModelShape
 
@@ -68,10 +68,12 @@ def value_bytes(precision: str) -> int:
     return 2 if mixed(precision) else 4
 
 
-def stage_params(shape: ModelShape, pp: int) -> int:
-    """Parameters of the fullest pipeline stage: its blocks and the embedding (the first stage holds it,
-    the last its tied copy for the head)."""
-    return shape.n_layer // pp * shape.layer_params() + shape.embedding_params()
+def stage_params(shape: ModelShape, pp: int, ep: int = 1, experts: bool = True) -> int:
+    """Parameters of the fullest pipeline stage on one GPU: its blocks (with E/ep experts each) and the
+    embedding (the first stage holds it, the last its tied copy for the head); ``experts=False``: only
+    what every data-parallel rank holds alike (no experts)."""
+    held = shape.n_experts // ep if experts else 0
+    return shape.n_layer // pp * shape.layer_params(held) + shape.embedding_params()
 
 
 @dataclass(frozen=True)
@@ -85,13 +87,15 @@ class Layout:
     zero: int = 0
     recompute: str = "none"
     sequence_parallel: bool = False
+    cp: int = 1  # context parallelism: each sequence cut over cp GPUs (ring attention)
+    ep: int = 1  # expert parallelism: each mixture's experts spread over ep of the dp x cp GPUs
     precision: str = "bf16"
     dp_overlap: bool = True  # gradient sync behind the last micro-batch's backward
     scatter_gather: bool = True  # pipeline messages split over the tensor ranks' NICs
 
     @property
     def gpus(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.cp * self.tp * self.pp
 
     @property
     def micro_batches(self) -> int:
@@ -101,8 +105,8 @@ class Layout:
         """Every reason this layout cannot run, each with what to change."""
         out = []
         if gpus is not None and self.gpus != gpus:
-            out.append(f"--dp {self.dp} x --tp {self.tp} x --pp {self.pp} needs {self.gpus} GPUs, but --ranks is {gpus}: "
-                       f"make the product equal the GPU count")
+            out.append(f"--dp {self.dp} x --cp {self.cp} x --tp {self.tp} x --pp {self.pp} needs {self.gpus} GPUs, "
+                       f"but --ranks is {gpus}: make the product equal the GPU count")
         if shape.n_head % self.tp:
             out.append(f"--tp {self.tp} must divide --n-head {shape.n_head}: use a divisor of {shape.n_head}")
         elif shape.kv_heads % self.tp:
@@ -120,6 +124,12 @@ class Layout:
             out.append("--virtual-stages needs a pipeline: use --pp 2 or more")
         if self.sequence_parallel and self.tp == 1:
             out.append("--sequence-parallel splits along the tensor-parallel ranks: use --tp 2 or more")
+        if self.cp > 1 and shape.seq_len % (2 * self.cp):
+            out.append(f"--cp {self.cp} cuts each sequence into {2 * self.cp} chunks: use a --seq-len that is a "
+                       f"multiple of {2 * self.cp}")
+        if self.ep > 1 and (not shape.n_experts or shape.n_experts % self.ep or (self.dp * self.cp) % self.ep):
+            out.append(f"--ep {self.ep} must divide --n-experts ({shape.n_experts}) and the {self.dp * self.cp} "
+                       "data-parallel GPUs")
         if self.recompute not in RECOMPUTE:
             out.append(f"--recompute {self.recompute!r}: valid: {', '.join(RECOMPUTE)}")
         return out
@@ -204,10 +214,14 @@ def layer_times(shape: ModelShape, lay: Layout, dev: Device) -> dict:
     """Forward GEMM time, attention-core GEMM time and element-wise bytes of one block, one micro-batch, one GPU."""
     t, w, prec = lay.tp, value_bytes(lay.precision), lay.precision
     b, s, h, f, kv = lay.micro_batch, shape.seq_len, shape.n_embd, shape.ffn, shape.kv_width
-    tokens, heads, hd = b * s, shape.n_head / t, shape.head_dim
+    q_len = s / lay.cp  # this GPU's queries; they attend to all s keys (ring attention)
+    tokens, heads, hd = b * q_len, shape.n_head / t, shape.head_dim
+    routed = tokens * shape.active_mlps  # rows through the MLPs (balanced experts: the same on every GPU)
     weights = (_gemm(dev, prec, tokens, (h + 2 * kv) / t, h, w=w) + _gemm(dev, prec, tokens, h, h / t, w=w)
-               + _gemm(dev, prec, tokens, f / t, h, w=w) + _gemm(dev, prec, tokens, h, f / t, w=w))
-    core = _gemm(dev, prec, s, s, hd, b * heads, w) + _gemm(dev, prec, s, hd, s, b * heads, w)
+               + _gemm(dev, prec, routed, f / t, h, w=w) + _gemm(dev, prec, routed, h, f / t, w=w))
+    if shape.n_experts:
+        weights += _gemm(dev, prec, tokens, shape.n_experts, h, w=w)  # the router
+    core = _gemm(dev, prec, q_len, s, hd, b * heads, w) + _gemm(dev, prec, q_len, hd, s, b * heads, w)
     return {"weights_s": weights, "core_s": core, **elementwise_bytes(shape, lay, w)}
 
 
@@ -222,10 +236,11 @@ def elementwise_bytes(shape: ModelShape, lay: Layout, w: int) -> dict:
     output gradient in, input gradient out).
     """
     b, s, h, t = lay.micro_batch, shape.seq_len, shape.n_embd, lay.tp
+    q_len = s / lay.cp
     mask = 1 if shape.dropout else 0
-    hidden = b * s * h / (t if lay.sequence_parallel else 1)
-    scores = b * shape.n_head / t * s * s
-    rest = 2 * (2 * w * hidden) + 2 * ((3 * w + mask) * hidden) + 2 * w * b * s * shape.ffn / t
+    hidden = b * q_len * h / (t if lay.sequence_parallel else 1)
+    scores = b * shape.n_head / t * q_len * s
+    rest = 2 * (2 * w * hidden) + 2 * ((3 * w + mask) * hidden) + 2 * w * b * q_len * shape.ffn * shape.active_mlps / t
     core = 2 * w * scores + ((2 * w + mask) * scores if shape.dropout else 0)
     return {"rest_bytes": rest, "core_bytes": core}
 
@@ -239,23 +254,28 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
     w = value_bytes(prec)
     b, s, h = lay.micro_batch, shape.seq_len, shape.n_embd
     m = lay.micro_batches
-    tokens = b * s
+    tokens = b * s // lay.cp  # this GPU's
     lt = layer_times(shape, lay, dev)
 
     # tensor-parallel collectives: ranks consecutive, so inside a node while t <= ranks per node
     tp_local, tp_nodes = cluster.group(t, 1)
     act = tokens * h * w
     tp_ar = cluster.allreduce_s(act, tp_local, tp_nodes) if t > 1 else 0.0
-    fwd = lt["weights_s"] + lt["core_s"] + dev.memory_s(lt["rest_bytes"] + lt["core_bytes"]) + 2 * tp_ar
-    bwd = 2 * (lt["weights_s"] + lt["core_s"]) + dev.memory_s(2 * (lt["rest_bytes"] + lt["core_bytes"])) + 2 * tp_ar
+    cp_fwd, cp_bwd = ring_attention_s(shape, lay, cluster, lt["core_s"])
+    a2a = expert_all_to_all_s(shape, lay, cluster)
+    fwd = lt["weights_s"] + lt["core_s"] + dev.memory_s(lt["rest_bytes"] + lt["core_bytes"]) + 2 * tp_ar \
+        + cp_fwd + 2 * a2a
+    bwd = 2 * (lt["weights_s"] + lt["core_s"]) + dev.memory_s(2 * (lt["rest_bytes"] + lt["core_bytes"])) + 2 * tp_ar \
+        + cp_bwd + 2 * a2a
     recompute = {"none": 0.0, "full": fwd, "selective": lt["core_s"] + dev.memory_s(lt["core_bytes"])}[lay.recompute]
 
     # ZeRO-3: each layer's parameters all-gathered before its forward, again before backward (and recompute)
-    dp_local, dp_nodes = cluster.group(lay.dp, t)
-    layer_param_bytes = shape.layer_params() / t * w
+    replicas = lay.dp * lay.cp  # GPUs holding the same (non-expert) parameters
+    dp_local, dp_nodes = cluster.group(replicas, t)
+    layer_param_bytes = shape.layer_params(shape.n_experts // lay.ep) / t * w
     zero3_exposed = 0.0
-    if lay.zero == 3 and lay.dp > 1:
-        gather = all_gather_ring(layer_param_bytes, lay.dp).time_s(cluster.inter if dp_nodes > 1 else cluster.intra)
+    if lay.zero == 3 and replicas > 1:
+        gather = all_gather_ring(layer_param_bytes, replicas).time_s(cluster.inter if dp_nodes > 1 else cluster.intra)
         gathers = 2 + (lay.recompute == "full")
         zero3_exposed = gathers * overlap(gather, fwd, 0.0)  # prefetched behind the previous layer
 
@@ -285,16 +305,20 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
         p2p *= 2 * v
     pipeline = m * (stage_max + p2p) + (pp - 1) / v * stage_mean
 
-    # data-parallel gradient sync of this rank's share of the fullest stage, gradients in the training precision
-    params = stage_params(shape, pp)
-    grad_bytes = params / t * w
+    # data-parallel gradient sync of this rank's share of the fullest stage, gradients in the training precision;
+    # an expert's gradient only over the GPUs holding the same experts
+    params = stage_params(shape, pp, lay.ep)
+    grad_bytes = stage_params(shape, pp, lay.ep, experts=False) / t * w
+    expert_bytes = params / t * w - grad_bytes
     dp_comm = 0.0
-    if lay.dp > 1:
+    if replicas > 1:
         dp_comm = cluster.allreduce_s(grad_bytes, dp_local, dp_nodes)  # ZeRO's reduce-scatter + all-gather: same bytes
+        if expert_bytes and replicas // lay.ep > 1:
+            dp_comm += cluster.allreduce_s(expert_bytes, *cluster.group(replicas // lay.ep, t * lay.ep))
         bucket = min(grad_bytes, 25 * 2 ** 20 * w / 4)
         last_bucket = cluster.allreduce_s(bucket, dp_local, dp_nodes)
         dp_comm = overlap(dp_comm, layers * (bwd + recompute), last_bucket, lay.dp_overlap)
-    owned = params / t / (lay.dp if lay.zero >= 1 else 1)
+    owned = params / t / (replicas if lay.zero >= 1 else 1)
     optimizer = dev.memory_s(OPTIMIZER_TRAFFIC[state_kind(prec)] * owned)
     step = pipeline + dp_comm + optimizer
 
@@ -307,7 +331,10 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
     tp_comm = m * layers * (4 + 2 * (lay.recompute == "full")) * tp_ar
     bubble = (pp - 1) / v * stage_mean
     zero3 = m * layers * zero3_exposed
-    terms = {"compute_s": pipeline - tp_comm - m * p2p - bubble - zero3, "tp_comm_s": tp_comm, "pp_comm_s": m * p2p,
+    cp_comm = m * layers * (cp_fwd + cp_bwd + (cp_fwd if lay.recompute == "full" else 0.0))
+    ep_comm = m * layers * a2a * (4 + 2 * (lay.recompute == "full"))
+    terms = {"compute_s": pipeline - tp_comm - cp_comm - ep_comm - m * p2p - bubble - zero3, "tp_comm_s": tp_comm,
+             "cp_comm_exposed_s": cp_comm, "ep_all_to_all_s": ep_comm, "pp_comm_s": m * p2p,
              "bubble_s": bubble, "dp_comm_exposed_s": dp_comm, "zero3_gather_exposed_s": zero3,
              "optimizer_s": optimizer}
     return RunPrediction(gpus, m, step, hw_flops / step / gpus / 1e12, model_flops / step / gpus / peak,
@@ -315,13 +342,45 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
                          dev.memory_bytes / GIB, total <= dev.memory_bytes)
 
 
+def ring_attention_s(shape: ModelShape, lay: Layout, cluster: Cluster, core_s: float) -> tuple[float, float]:
+    """Exposed seconds of one layer's ring attention (forward, backward) on one micro-batch.
+
+    Forward: cp - 1 key/value blocks (2·b·s/cp·kv/t values) arrive, each
+    while the previous block is attended (core_s / cp); only what the
+    computation does not hide is exposed. Backward: cp steps carrying K,
+    V, dK and dV, behind twice the forward's attention each. The ring runs
+    over the cp GPUs of a context-parallel group (tensor ranks innermost).
+    """
+    cp = lay.cp
+    if cp == 1:
+        return 0.0, 0.0
+    block = 2 * lay.micro_batch * shape.seq_len / cp * shape.kv_width / lay.tp * value_bytes(lay.precision)
+    net = cluster.inter if cluster.group(cp, lay.tp)[1] > 1 else cluster.intra
+    send = lambda n: net.alpha_s + n * net.beta_s_per_byte
+    step = core_s / cp
+    return (cp - 1) * max(0.0, send(block) - step), cp * max(0.0, send(2 * block) - 2 * step)
+
+
+def expert_all_to_all_s(shape: ModelShape, lay: Layout, cluster: Cluster) -> float:
+    """Seconds of one of a layer's four all-to-alls (dispatch and combine, forward and backward): each GPU
+    sends its tokens' top-k rows of h values, spread over the ep GPUs (pairwise exchange)."""
+    if not shape.n_experts or lay.ep == 1:
+        return 0.0
+    rows = lay.micro_batch * shape.seq_len / lay.cp * shape.top_k
+    local, nodes = cluster.group(lay.ep, lay.tp)
+    net = cluster.inter if nodes > 1 else cluster.intra
+    return all_to_all_pairwise(rows * shape.n_embd / lay.tp * value_bytes(lay.precision), lay.ep).time_s(net)
+
+
 def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
     """Bytes on the first pipeline stage's GPU (the fullest: embedding and the most micro-batches in flight)."""
-    params = stage_params(shape, lay.pp) / lay.tp
+    params = stage_params(shape, lay.pp, lay.ep) / lay.tp
+    shape = replace(shape, seq_len=shape.seq_len // lay.cp)  # the activations of this GPU's tokens
     act_w = value_bytes(lay.precision)
     per_layer = shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, lay.recompute, act_w)
     held = shape.stored_micro_batches(lay.pp, lay.micro_batches, lay.virtual_stages)
     activations = shape.n_layer // lay.pp * per_layer * held
     if lay.recompute == "full":  # one block's full activations live while it is recomputed
         activations += shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, "none", act_w)
-    return {**zero_shard(STATE_BYTES[state_kind(lay.precision)], params, lay.dp, lay.zero), "activations": activations}
+    return {**zero_shard(STATE_BYTES[state_kind(lay.precision)], params, lay.dp * lay.cp, lay.zero),
+            "activations": activations}

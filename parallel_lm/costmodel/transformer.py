@@ -42,6 +42,8 @@ class ModelShape:
     ffn_hidden: int | None = None  # None: 4 x n_embd
     dropout: bool = True  # Megatron's GPT keeps dropout masks; parallel_lm's own GPT has none
     fused_attention: bool = False  # a fused attention kernel keeps a log-sum-exp per row, not the a·s² scores
+    n_experts: int = 0  # > 0: each MLP is a mixture of this many experts, top_k of them per token
+    top_k: int = 1
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "n_head", "seq_len", "vocab_size"):
@@ -54,6 +56,17 @@ class ModelShape:
             raise ValueError(f"--n-kv-head {self.n_kv_head} must divide --n-head {self.n_head}")
         if self.ffn < 1:
             raise ValueError(f"--ffn-hidden must be positive, got {self.ffn_hidden}")
+        if self.n_experts < 0 or (self.n_experts and not 1 <= self.top_k <= self.n_experts):
+            raise ValueError(f"--top-k {self.top_k} must be between 1 and --n-experts {self.n_experts}")
+
+    @property
+    def active_mlps(self) -> int:
+        """MLPs a token runs through: 1, or top_k of a mixture of experts."""
+        return self.top_k if self.n_experts else 1
+
+    def mlp_params(self) -> int:
+        """One MLP's weights and biases (one expert's, in a mixture)."""
+        return 2 * self.n_embd * self.ffn + self.ffn + self.n_embd
 
     @property
     def kv_heads(self) -> int:
@@ -73,11 +86,14 @@ class ModelShape:
         return self.ffn_hidden or 4 * self.n_embd
 
     # -- parameters -------------------------------------------------------------------------
-    def layer_params(self) -> int:
-        """Weights and biases of one block: QKV, output projection, MLP, two LayerNorms."""
-        h, f, kv = self.n_embd, self.ffn, self.kv_width
+    def layer_params(self, experts_held: int | None = None) -> int:
+        """Weights and biases of one block: QKV, output projection, MLP (or the router and ``experts_held``
+        of the experts, default all), two LayerNorms."""
+        h, kv = self.n_embd, self.kv_width
         qkv = h * (h + 2 * kv) + h + 2 * kv
-        return qkv + h * h + h + (h * f + f) + (f * h + h) + 4 * h
+        mlp = self.mlp_params() if not self.n_experts else \
+            h * self.n_experts + self.mlp_params() * (self.n_experts if experts_held is None else experts_held)
+        return qkv + h * h + h + mlp + 4 * h
 
     def embedding_params(self) -> int:
         """Token and learned position embeddings (the head is tied to the token embedding)."""
@@ -91,7 +107,7 @@ class ModelShape:
     def layer_forward_flops(self, tokens: float) -> float:
         """Matmul FLOPs of one block's forward over ``tokens`` tokens in sequences of seq_len."""
         h, f, kv, s = self.n_embd, self.ffn, self.kv_width, self.seq_len
-        weights = 2 * tokens * h * (h + 2 * kv + h + 2 * f)
+        weights = 2 * tokens * h * (h + 2 * kv + h + 2 * f * self.active_mlps + self.n_experts)  # + the router
         attention = 4 * tokens * s * h  # Q Kᵀ and (scores) V, each 2·s·h per token
         return weights + attention
 
@@ -150,7 +166,7 @@ class ModelShape:
                       + 2 * mask * sbh)  # attention-output and MLP-output dropout masks
         split = (w * tokens * (self.n_embd + 2 * self.kv_width)  # Q, K, V
                  + w * sbh  # attention output: the projection's input
-                 + 2 * w * tokens * self.ffn)  # GeLU input and the second MLP GEMM's input
+                 + 2 * w * tokens * self.ffn * self.active_mlps)  # GeLU input and the second MLP GEMM's input
         scores = self.n_head * self.seq_len ** 2 * micro_batch
         core = (w + mask + (w if self.dropout else 0)) * scores  # softmax out, mask, dropout out
         if self.fused_attention:

@@ -1,7 +1,7 @@
-"""Memory layouts side by side: ZeRO stages, activation recomputation and the interleaved pipeline.
+"""Memory layouts side by side: ZeRO stages, recomputation, cutting the sequence, the interleaved pipeline.
 
-    python benchmarks/memory_layouts.py                 # all three tables, about 5 minutes on 2 cores
-    python benchmarks/memory_layouts.py --part zero     # one of them: zero | recompute | bubble
+    python benchmarks/memory_layouts.py                 # all four tables, about 7 minutes on 2 cores
+    python benchmarks/memory_layouts.py --part zero     # one of them: zero | recompute | sequence | bubble
 
 Every row is one ``mpiexec -n K python -m parallel_lm.train`` run on the
 synthetic corpus; the settings of a table alternate and repeat
@@ -16,6 +16,9 @@ measured beside theirs.
   pieces, the whole layers ZeRO-3 holds at once, and tokens/s;
 - recompute: none, selective, full on one rank: activation MiB per
   micro-batch (and the formula), step time, and the ratios to none;
+- sequence: tensor parallelism with and without --sequence-parallel, and
+  --cp 2 and 4, on 4 ranks: activation MiB per micro-batch per rank
+  against Korthikanti's formula (with T/cp tokens for --cp), and tokens/s;
 - bubble: pp 2 and 4, v 1 and 2, m 8: the measured idle fraction against
   (p-1)/(v m+p-1), for a model whose chunks compute for well under a
   millisecond (tiny) and one whose chunks compute for tens (--bubble-preset).
@@ -95,6 +98,26 @@ def recompute_table(mpiexec, repeats):
               flush=True)
 
 
+def sequence_table(mpiexec, repeats):
+    common = ["--preset", "small", "--steps", "6", "--global-batch-size", "8"]
+    settings = {"data parallel": (4, common), "--tp 4": (4, common + ["--tp", "4"]),
+                "--tp 4 --sequence-parallel": (4, common + ["--tp", "4", "--sequence-parallel"]),
+                "--cp 2 (dp 2)": (4, common + ["--cp", "2"]), "--cp 4": (4, common + ["--cp", "4"])}
+    results = repeated(mpiexec, settings, repeats)
+    print("| layout (4 ranks, small, 8 x 128 tokens) | sequences per rank | activations MiB per rank | formula "
+          "| vs formula | tokens/s |")
+    print("|---|---|---|---|---|---|")
+    for name, runs in results.items():
+        stdout = runs[0][0]
+        have, want = map(float, re.search(r"measured ([\d.]+) MiB per micro-batch, formula ([\d.]+) MiB",
+                                          stdout).groups())
+        share = re.search(r"global batch 8 = \d+ data-parallel rank\(s\) x \d+ micro-batch\(es\) x (\d+) sequences",
+                          stdout).group(1)
+        tokens = statistics.median(median_of(rows, "tokens_per_s") for _, rows in runs)
+        print(f"| {name} | {share} | {have:.2f} | {want:.2f} | {100 * (have / want - 1):+.1f}% | {tokens:,.0f} |",
+              flush=True)
+
+
 def bubble_table(mpiexec, repeats, preset):
     print("| model | p | v | measured bubble | formula (p-1)/(v m+p-1) | step ms |")
     print("|---|---|---|---|---|---|")
@@ -112,7 +135,8 @@ def bubble_table(mpiexec, repeats, preset):
 
 
 @click.command()
-@click.option("--part", type=click.Choice(["all", "zero", "recompute", "bubble"]), default="all", show_default=True)
+@click.option("--part", type=click.Choice(["all", "zero", "recompute", "sequence", "bubble"]), default="all",
+              show_default=True)
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--bubble-preset", default="small", show_default=True, help="The heavier model of the bubble table.")
 @click.option("--mpiexec", default=str(Path(sys.executable).parent / "mpiexec"), show_default=True)
@@ -122,6 +146,9 @@ def main(part, repeats, bubble_preset, mpiexec):
     if part in ("all", "recompute"):
         print()
         recompute_table(mpiexec, repeats)
+    if part in ("all", "sequence"):
+        print()
+        sequence_table(mpiexec, repeats)
     if part in ("all", "bubble"):
         print()
         bubble_table(mpiexec, repeats, bubble_preset)

@@ -134,7 +134,9 @@ def parse_inline(spec: str) -> Profile:
             inter[INLINE_INTER[key]] = number
         else:
             values[INLINE_KEYS.get(key, key)] = number
-    if "alpha_s" not in values or "beta_s_per_byte" not in values or (inter and len(inter) != 2):
+    if "alpha_s" not in values or "beta_s_per_byte" not in values:
+        raise ValueError(f"bad profile {spec!r}: give at least alpha= and beta=")
+    if inter and len(inter) != 2:
         raise ValueError(usage)
     if inter:
         values["inter_node"] = inter

@@ -145,14 +145,15 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
 
 
 def _model_parallel(flags: list[str]) -> int:
-    """tp x pp of the train flags: the ranks one model replica needs."""
-    return int(_flag(flags, "--tp") or 1) * int(_flag(flags, "--pp") or 1)
+    """cp x tp x pp of the train flags: the ranks one data-parallel share of the batch needs."""
+    return int(_flag(flags, "--cp") or 1) * int(_flag(flags, "--tp") or 1) * int(_flag(flags, "--pp") or 1)
 
 
 def _fewer(ranks: int, flags: list[str]) -> int:
-    """The most ranks below ``ranks`` that hold whole replicas (a multiple of tp x pp)."""
-    mp = _model_parallel(flags)
-    return (ranks - 1) // mp * mp
+    """The most ranks below ``ranks`` that hold whole replicas (a multiple of cp x tp x pp, and of ep
+    data-parallel ranks when experts are spread over ep)."""
+    unit = _model_parallel(flags) * int(_flag(flags, "--ep") or 1)
+    return (ranks - 1) // unit * unit
 
 
 def _with_dp(flags: list[str], ranks: int) -> list[str]:

@@ -95,10 +95,11 @@ def main(ctx, **params):
     if netem and (cfg.sync != "allreduce" or cfg.engine != "explicit" or cfg.allreduce == "mpi"):
         raise click.UsageError("--netem delays the explicit collectives' messages: use it with --sync allreduce, "
                                "--engine explicit and an --allreduce other than mpi")
-    if params["on_failure"] == "shrink" and cfg.ep > 1:
-        raise click.UsageError("--on-failure shrink needs every survivor able to take over a dead rank's work, and "
-                               "with --ep each rank holds experts no other rank has: use --on-failure abort with "
-                               "checkpoints (parallel_lm.elastic restarts them)")
+    if params["on_failure"] == "shrink" and (cfg.ep > 1 or cfg.cp > 1):
+        raise click.UsageError("--on-failure shrink rebuilds the grid on the survivors in place, which it does not "
+                               "yet do for --ep (each rank holds experts no other rank has) or --cp (groups of "
+                               "ranks share sequences): use --on-failure abort with checkpoints; "
+                               "python -m parallel_lm.elastic restarts them on a rank count that fits")
     if params["on_failure"] == "shrink" and cfg.engine == "torch-ddp":
         raise click.UsageError("--on-failure shrink rebuilds the explicit collectives' communicators: use it with "
                                "--engine explicit (python -m parallel_lm.elastic restarts torch-ddp runs)")

@@ -71,5 +71,8 @@ def test_a_kill_mid_checkpoint_or_a_corrupted_newest_checkpoint_falls_back_and_s
 def test_a_restart_keeps_whole_model_replicas_and_an_explicit_dp_in_step():
     from parallel_lm.elastic import _fewer, _with_dp
     assert [_fewer(r, flags) for r, flags in [(4, []), (4, ["--tp", "2"]), (8, ["--tp", "2", "--pp=2"])]] == [3, 2, 4]
+    assert [_fewer(8, ["--cp", "2"]), _fewer(8, ["--ep", "4", "--n-experts", "8"]), _fewer(12, ["--cp=2", "--tp", "2"])] \
+        == [6, 4, 8]
+    assert _with_dp(["--dp", "3", "--cp", "2"], 4) == ["--dp", "2", "--cp", "2"]
     assert _with_dp(["--dp", "4", "--tp", "2", "--steps", "3"], 6) == ["--dp", "3", "--tp", "2", "--steps", "3"]
     assert _with_dp(["--dp=4"], 3) == ["--dp=3"] and _with_dp(["--steps", "3"], 2) == ["--steps", "3"]

@@ -27,6 +27,7 @@ class StepRecord:
     tokens_per_s: float
     tp_comm_s: float | None = None  # tensor-parallel all-reduces, inside compute_s
     cp_wait_s: float | None = None  # context parallelism: waiting for key/value blocks not hidden by attention
+    ep_comm_s: float | None = None  # expert parallelism: the forward all-to-alls (counts, dispatch, combine)
     bubble: float | None = None  # pipeline: measured idle fraction, mean over ranks
     bubble_formula: float | None = None  # (p-1)/(m+p-1)
     loss_scale: float | None = None  # fp16 loss scaling

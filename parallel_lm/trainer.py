@@ -209,8 +209,9 @@ class Trainer:
             self.experts.zero_grad()
         reset_routing(self.model)
         self.tp.seconds, self.tie_s = 0.0, 0.0
-        if self.context:
-            self.context.seconds = 0.0
+        for part in (self.context, self.experts):
+            if part:
+                part.seconds = 0.0
         loss, compute_s, pipe_s = self._forward_backward(step, self.scaler.scale if self.scaler else 1.0)
         self.watchdog.at(step, "gradient sync")
         comm_s, exposed_s = self.sync.finish(self._tie if self.grid.pp > 1 else None)
@@ -245,6 +246,7 @@ class Trainer:
                           tokens_per_s=tokens / step_s,
                           tp_comm_s=self.tp.seconds if grid.tp > 1 else None, bubble=bubble,
                           cp_wait_s=self.context.seconds if self.context else None,
+                          ep_comm_s=self.experts.seconds if self.experts else None,
                           bubble_formula=bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None,
                           loss_scale=self.scaler.scale if self.scaler else None,
                           experts=routing_summary(self.model, self.dp_comm),

@@ -74,7 +74,8 @@ class ExpertParallel:
 
     def __init__(self, model, dp_comm, ep: int, algorithm: str, allreduce_algorithm: str = "ring"):
         dp_rank, self.dp = dp_comm.Get_rank(), dp_comm.Get_size()
-        self.algorithm, self.allreduce_algorithm, self.seconds = algorithm, allreduce_algorithm, 0.0
+        self.algorithm, self.allreduce_algorithm = algorithm, allreduce_algorithm
+        self.seconds = 0.0  # in the forward all-to-alls this step (backward's are inside autograd)
         self.comm = dp_comm.Split(color=dp_rank // ep, key=dp_rank % ep)  # the ranks my tokens' experts live on
         self.replicas = dp_comm.Split(color=dp_rank % ep, key=dp_rank // ep)  # the ranks holding my experts too
         self.ep, self.rank = ep, self.comm.Get_rank()

@@ -74,11 +74,11 @@ def quiet_barrier(comm, poll_s: float = 1e-4) -> None:
         time.sleep(poll_s)
 
 
-def abort(code: int = 1) -> None:
-    """End the whole job now: every rank, even those waiting in a collective."""
+def abort(code: int = 1, comm=None) -> None:
+    """End the whole job now: every rank, even those waiting in a collective (of ``comm``, default the job's)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    comm = world()
+    comm = world() if comm is None else comm
     if comm.Get_size() > 1:
         # Give the launcher a moment to forward what this rank just wrote: MPI_Abort
         # makes it kill every process, and a message still in a pipe can be lost.

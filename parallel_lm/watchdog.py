@@ -37,6 +37,8 @@ import time
 
 from mpi4py import MPI
 
+from .runtime import abort
+
 TAG = 77
 DEFAULT_TIMEOUT = 300.0  # s; a healthy step, evaluation or checkpoint of the presets here takes well under a minute
 OPERATIONS = ("start", "forward/backward", "gradient sync", "optimizer step", "evaluation", "checkpoint write", "end")
@@ -94,8 +96,7 @@ class Watchdog:
                         return
                     sys.stderr.write(f"[rank {self.rank}] watchdog: {verdict}; ending the job (--timeout "
                                      f"{self.timeout:g} s; 0 turns the watchdog off)\n")
-                    sys.stderr.flush()
-                    MPI.COMM_WORLD.Abort(3)
+                    abort(3, MPI.COMM_WORLD)  # after a pause that lets the launcher forward the message
                     os._exit(3)
             time.sleep(self.period)
         for r in range(self.size):  # the last word: this rank is done, and will never be silent by accident

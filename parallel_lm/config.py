@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 
 from .comm import ALGORITHMS, ALLTOALL_ALGORITHMS
@@ -242,13 +241,14 @@ class TrainConfig:
 
     def _check_nodes(self, dp: int) -> None:
         """Emulated nodes (comm/nodes.py) must divide the data-parallel ranks the hierarchical all-reduce runs on."""
-        from .comm.nodes import RAILS, RANKS_PER_NODE, rails
-        text = os.environ.get(RANKS_PER_NODE, "")
-        if self.allreduce != "hierarchical" or not text:
+        from .comm.nodes import RAILS, RANKS_PER_NODE, emulated_ranks_per_node, rails
+        if self.allreduce != "hierarchical":
             return
-        per_node = int(text) if text.isdigit() else 0
-        if per_node < 1 or dp % per_node:
-            raise ValueError(f"{RANKS_PER_NODE}={text} must be a positive divisor of the {dp} data-parallel ranks "
+        per_node = emulated_ranks_per_node()
+        if per_node is None:
+            return
+        if dp % per_node:
+            raise ValueError(f"{RANKS_PER_NODE}={per_node} must be a positive divisor of the {dp} data-parallel ranks "
                              "that --allreduce hierarchical runs on: set it to one, or unset it to use the real nodes")
         try:
             rails(per_node)
@@ -258,8 +258,9 @@ class TrainConfig:
     def _check_experts(self, dp: int) -> None:
         E, ep = self.model.n_experts, self.ep
         if ep > 1 and E % ep:
+            divisors = ", ".join(str(d) for d in range(1, E + 1) if E % d == 0)
             raise ValueError(f"--ep {ep} must divide --n-experts {E}: each rank of an expert group holds the same "
-                             f"number of experts; use --ep among {', '.join(str(d) for d in range(1, E + 1) if E % d == 0)}")
+                             f"number of experts; use --ep among {divisors}")
         if dp % ep:
             raise ValueError(f"--ep {ep} must divide the {dp} data-parallel ranks, which it cuts into expert groups "
                              f"of {ep}: run a multiple of {ep} data-parallel ranks, or change --ep")

@@ -59,13 +59,19 @@ def _shared_memory_nodes(comm) -> int:
     return size
 
 
+def emulated_ranks_per_node() -> int | None:
+    """``PARALLEL_LM_RANKS_PER_NODE`` as a positive number, or None when it is not set."""
+    text = os.environ.get(RANKS_PER_NODE, "")
+    return _positive(RANKS_PER_NODE, text) if text else None
+
+
 def ranks_per_node(comm) -> int:
     """L, the ranks per node, checked to divide ``comm``'s size."""
-    text = os.environ.get(RANKS_PER_NODE, "")
-    per_node = _positive(RANKS_PER_NODE, text) if text else _shared_memory_nodes(comm)
-    if comm.Get_size() % per_node:
-        raise ValueError(f"{per_node} ranks per node do not divide the {comm.Get_size()} ranks: "
-                         f"run a multiple of {per_node} ranks, or set {RANKS_PER_NODE} to a divisor of {comm.Get_size()}")
+    per_node = emulated_ranks_per_node() or _shared_memory_nodes(comm)
+    size = comm.Get_size()
+    if size % per_node:
+        raise ValueError(f"{per_node} ranks per node do not divide the {size} ranks: "
+                         f"run a multiple of {per_node} ranks, or set {RANKS_PER_NODE} to a divisor of {size}")
     return per_node
 
 

@@ -157,6 +157,10 @@ class Cluster:
         """``hierarchical_allreduce_s`` on this cluster."""
         return hierarchical_allreduce_s(n_bytes, local, nodes, self.intra, self.inter, self.rails)
 
+    def network_of(self, size: int, stride: int) -> Network:
+        """The network a group of ``size`` ranks ``stride`` apart talks over: between nodes if it spans several."""
+        return self.inter if self.group(size, stride)[1] > 1 else self.intra
+
     def group(self, size: int, stride: int) -> tuple[int, int]:
         """(ranks per node, nodes) of a group of ``size`` ranks ``stride`` apart (rank = node x ranks_per_node + local)."""
         local = max(1, min(size, self.ranks_per_node // stride)) if stride < self.ranks_per_node else 1
@@ -275,7 +279,7 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
     layer_param_bytes = shape.layer_params(shape.n_experts // lay.ep) / t * w
     zero3_exposed = 0.0
     if lay.zero == 3 and replicas > 1:
-        gather = all_gather_ring(layer_param_bytes, replicas).time_s(cluster.inter if dp_nodes > 1 else cluster.intra)
+        gather = all_gather_ring(layer_param_bytes, replicas).time_s(cluster.network_of(replicas, t))
         gathers = 2 + (lay.recompute == "full")
         zero3_exposed = gathers * overlap(gather, fwd, 0.0)  # prefetched behind the previous layer
 
@@ -355,7 +359,7 @@ def ring_attention_s(shape: ModelShape, lay: Layout, cluster: Cluster, core_s: f
     if cp == 1:
         return 0.0, 0.0
     block = 2 * lay.micro_batch * shape.seq_len / cp * shape.kv_width / lay.tp * value_bytes(lay.precision)
-    net = cluster.inter if cluster.group(cp, lay.tp)[1] > 1 else cluster.intra
+    net = cluster.network_of(cp, lay.tp)
     send = lambda n: net.alpha_s + n * net.beta_s_per_byte
     step = core_s / cp
     return (cp - 1) * max(0.0, send(block) - step), cp * max(0.0, send(2 * block) - 2 * step)
@@ -367,8 +371,7 @@ def expert_all_to_all_s(shape: ModelShape, lay: Layout, cluster: Cluster) -> flo
     if not shape.n_experts or lay.ep == 1:
         return 0.0
     rows = lay.micro_batch * shape.seq_len / lay.cp * shape.top_k
-    local, nodes = cluster.group(lay.ep, lay.tp)
-    net = cluster.inter if nodes > 1 else cluster.intra
+    net = cluster.network_of(lay.ep, lay.tp)
     return all_to_all_pairwise(rows * shape.n_embd / lay.tp * value_bytes(lay.precision), lay.ep).time_s(net)
 
 

@@ -92,7 +92,13 @@ class ExpertMLP(nn.Module):
         return out.view(B, T, C)
 
 
+def through_experts(experts, rows: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Rows grouped by expert (``counts[i]`` rows for ``experts[i]``, in order) through their experts."""
+    if not rows.numel():
+        return rows * 0
+    return torch.cat([expert(piece) for expert, piece in zip(experts, rows.split(counts))])
+
+
 def run_experts(moe: ExpertMLP, rows: torch.Tensor, per_expert: list[int]) -> torch.Tensor:
-    """Rows grouped by expert (``per_expert[e]`` rows for expert e, in order) through their experts, in one process."""
-    pieces = rows.split(per_expert)
-    return torch.cat([moe.experts[e](piece) for e, piece in enumerate(pieces)]) if rows.numel() else rows * 0
+    """``ExpertMLP.dispatch`` in one process: every expert is here."""
+    return through_experts(moe.experts, rows, per_expert)

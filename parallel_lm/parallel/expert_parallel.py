@@ -37,7 +37,7 @@ import torch
 from mpi4py import MPI
 
 from ..comm import all_to_all, all_to_allv, allreduce
-from ..model.moe import ExpertMLP
+from ..model.moe import ExpertMLP, through_experts
 
 
 def _exchange(x: torch.Tensor, send_rows, recv_rows, comm, algorithm: str) -> torch.Tensor:
@@ -104,12 +104,9 @@ class ExpertParallel:
         expert_of_row = torch.repeat_interleave(torch.arange(self.local).repeat(self.ep),
                                                 torch.from_numpy(incoming.reshape(-1))).to(rows.device)
         order = torch.argsort(expert_of_row, stable=True)  # by expert; by source within one
-        if arrived.numel():
-            pieces = arrived[order].split(incoming.sum(0).tolist())
-            outputs = torch.cat([moe.experts[self.first + e](piece) for e, piece in enumerate(pieces)])
-            back = torch.empty_like(outputs).index_copy(0, order, outputs)  # in arrival order again
-        else:
-            back = arrived * 0
+        mine = moe.experts[self.first:self.first + self.local]
+        outputs = through_experts(mine, arrived[order], incoming.sum(0).tolist())
+        back = torch.empty_like(outputs).index_copy(0, order, outputs)  # in arrival order again
         t0 = time.perf_counter()
         result = AllToAll.apply(back, recv_rows, send_rows, self.comm, self.algorithm)
         self.seconds += time.perf_counter() - t0

@@ -2,7 +2,8 @@
 
 The algorithms in ``comm/collectives`` only slice their buffer, ask its
 ``size``/``dtype``/``nbytes``, borrow scratch space (``workspace.scratch``),
-add with ``local.add_into`` and copy with ``local.copy_into``. Two stand-ins answer exactly that:
+add with ``local.add_into`` and copy with ``local.copy_into``. Two
+stand-ins answer exactly that:
 
 - ``VirtualArray`` (timing-only mode) holds no data, only a length, and the
   length may be one value per rank: a whole group of virtual ranks shares

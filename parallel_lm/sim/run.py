@@ -35,7 +35,6 @@ from .network import Topology
 from .ranks import Diverge, RankVector
 
 
-
 def _in_place(all_to_all):
     """An all-to-all run the way the simulator runs every op: on one buffer, which ends holding the result."""
     def run(buf, comm):

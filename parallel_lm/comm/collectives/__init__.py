@@ -4,8 +4,9 @@ Every function takes ``(buf, comm)`` (broadcast also ``root``) and works
 in place on a 1-D contiguous array; all-to-all takes ``(sendbuf, recvbuf,
 comm)``, or ``(sendbuf, sendcounts, recvbuf, recvcounts, comm)`` for
 variable counts. They only call the communicator's ``Get_rank``,
-``Get_size``, ``Send``, ``Recv`` and ``Sendrecv``, so the same code runs on a real MPI communicator or a simulated one. ``mpi`` is the
-exception: it calls the library's own collective.
+``Get_size``, ``Send``, ``Recv`` and ``Sendrecv``, so the same code runs
+on a real MPI communicator or a simulated one. ``mpi`` is the exception:
+it calls the library's own collective.
 """
 from .alltoall_bruck import all_to_all_bruck, all_to_allv_bruck
 from .alltoall_pairwise import all_to_all_pairwise, all_to_allv_pairwise

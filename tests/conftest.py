@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from parallel_lm.runtime import default_mpiexec
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "tests" / "programs"
@@ -17,8 +18,7 @@ PROGRAMS = ROOT / "tests" / "programs"
 
 def mpiexec_path() -> str:
     """``$PARALLEL_LM_MPIEXEC``, else the one beside this Python (mpich wheel), else PATH's."""
-    found = os.environ.get("PARALLEL_LM_MPIEXEC") or shutil.which("mpiexec", path=str(Path(sys.executable).parent)) \
-        or shutil.which("mpiexec")
+    found = default_mpiexec()
     if not found:
         pytest.fail("no mpiexec found: pip install 'parallel_lm[mpich]' or put a system MPI's mpiexec on PATH")
     return found

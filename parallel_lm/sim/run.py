@@ -185,10 +185,15 @@ def _run_data(op: str, fn, size: int, count: int, dtype, seed: int):
     return [(np.array([r]), recorders[r]) for r in range(size)], err
 
 
-def simulate(op: str, algorithm: str, ranks: int, n_bytes: int, topology: Topology, *,
+def simulate(op: str, algorithm, ranks: int, n_bytes: int, topology: Topology, *,
              dtype="float32", data: bool = False, seed: int = 0) -> SimResult:
-    """Simulate one collective; see the module docstring."""
-    fn = lookup(op, algorithm)
+    """Simulate one collective; see the module docstring.
+
+    ``algorithm``: a name from ``OPS[op]``, or any function ``fn(buf, comm)`` written like them
+    (the graded exercises run a learner's code this way).
+    """
+    fn = algorithm if callable(algorithm) else lookup(op, algorithm)
+    algorithm = getattr(fn, "__name__", str(fn))
     if fn is allreduce_hierarchical:
         # fewer ranks than a node holds: they share one node
         fn = functools.partial(fn, ranks_per_node=min(topology.ranks_per_node or ranks, ranks))

@@ -1,0 +1,1 @@
+"""Graded exercises for the lessons: ``python -m parallel_lm.exercises`` (see __main__.py)."""

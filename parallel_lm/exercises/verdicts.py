@@ -1,0 +1,37 @@
+"""What the checkers share: every rank's data drawn from one generator, and hints that name the element."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def every_rank(rng, p: int, n: int) -> list[np.ndarray]:
+    """p float64 arrays of n small integers: every sum is exact, in any order of addition."""
+    return [rng.integers(-8, 9, n).astype(np.float64) for _ in range(p)]
+
+
+def mismatch(got, want, what: str, rtol: float = 0.0, atol: float = 0.0) -> str | None:
+    """None if ``got`` equals ``want`` (within rtol/atol), else which element differs and how."""
+    if got is None:
+        return f"{what}: got None, expected an array of shape {np.shape(want)}"
+    got = np.asarray(got)
+    want = np.asarray(want)
+    if got.shape != want.shape:
+        return f"{what}: got shape {got.shape}, expected {want.shape}"
+    bad = ~np.isclose(got, want, rtol=rtol, atol=atol) if (rtol or atol) else got != want
+    if not np.any(bad):
+        return None
+    i = tuple(int(x) for x in np.argwhere(bad)[0])
+    where = i[0] if len(i) == 1 else i
+    return f"{what}: element {where} is {got[i]!r}, expected {want[i]!r} ({int(bad.sum())} of {bad.size} differ)"
+
+
+def at_most(count: int, limit: int, what: str, formula: str) -> str | None:
+    return None if count <= limit else f"{what}: {count}, but the formula {formula} allows {limit}"
+
+
+def exactly(count: int, want: int, what: str, formula: str) -> str | None:
+    return None if count == want else f"{what}: {count}, expected {want} = {formula}"
+
+
+def first(*failures) -> str | None:
+    return next((f for f in failures if f), None)

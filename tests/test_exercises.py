@@ -1,0 +1,187 @@
+"""The graded exercises: each checker fails the untouched stub, fails plausible wrong solutions, passes the reference.
+
+A wrong solution is the reference with one mistake a learner makes (a
+mutation: old text -> new text), or a whole wrong function where the
+mistake is a different algorithm. Each must fail ``check``; the reference
+must pass it, and the stub must fail it without hanging.
+"""
+import ast
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from parallel_lm.exercises.catalog import EXERCISES, find
+from parallel_lm.exercises.stubs import make_stub
+
+SEED = 7  # fixed cases for the suite; learners get fresh ones on every run
+
+NAIVE_REDUCE = '''
+def tree_reduce(buf, comm, root=0):
+    p, r = comm.Get_size(), comm.Get_rank()
+    if r != root:
+        comm.Send(buf, dest=root)
+        return None
+    acc, incoming = buf.copy(), np.empty_like(buf)
+    for source in range(p):
+        if source != root:
+            comm.Recv(incoming, source=source)
+            acc += incoming
+    return acc
+'''
+POWER_OF_TWO_ONLY = '''
+def recursive_doubling_allreduce(buf, comm):
+    p, r = comm.Get_size(), comm.Get_rank()
+    incoming, mask = np.empty_like(buf), 1
+    while mask < p:
+        partner = r ^ mask
+        if partner < p:
+            comm.Sendrecv(buf, dest=partner, recvbuf=incoming, source=partner)
+            buf += incoming
+        mask <<= 1
+    return buf
+'''
+PLAIN_LEAST_SQUARES = '''
+def fit_alpha_beta(sizes, times):
+    beta, alpha = np.polyfit(sizes, times, 1)
+    return max(alpha, 0.0), max(beta, 0.0)
+'''
+ONE_ALLREDUCE_PER_TENSOR = '''
+def bucketed_allreduce(grads, comm, cap_bytes):
+    for g in grads:
+        comm.Allreduce(MPI.IN_PLACE, g, op=MPI.SUM)
+'''
+SAVE_IN_PLACE = '''
+def save_atomic(state, path):
+    torch.save(state, path)
+'''
+
+# exercise -> [(why it is wrong, old text, new text)]; old None: append new, a replacement of the function
+WRONG = {
+    "01.1": [("receives from the right instead of the left", "dest=(r + 1) % p, recvbuf=out, source=(r - 1) % p",
+              "dest=(r - 1) % p, recvbuf=out, source=(r + 1) % p")],
+    "02.1": [("naive: the root receives p - 1 messages", None, NAIVE_REDUCE),
+             ("ignores the root", "    v = (r - root) % p\n", "    v = r\n")],
+    "03.1": [("skips the last all-gather step", "for step in range(p - 1):\n        send, recv = ring.all_gather",
+              "for step in range(p - 2):\n        send, recv = ring.all_gather")],
+    "04.1": [("assumes a power of two", None, POWER_OF_TWO_ONLY)],
+    "05.1": [("unweighted least squares, clipped", None, PLAIN_LEAST_SQUARES)],
+    "06.1": [("forgets to divide by K", "        grad /= p\n", "")],
+    "07.1": [("one all-reduce per tensor", None, ONE_ALLREDUCE_PER_TENSOR)],
+    "08.1": [("averages over p, server included", "total / (p - 1)", "total / p")],
+    "09.1": [("forgets to sum the partial products", "    comm.Allreduce(MPI.IN_PLACE, y, op=MPI.SUM)\n", "")],
+    "10.1": [("drops the last micro-batch", "for x in micro_batches:", "for x in micro_batches[:-1]:")],
+    "11.1": [("forgets to divide by p", "momentum += mine / p", "momentum += mine")],
+    "12.1": [("sends the chunks of the reduce-scatter", "ring.all_gather_chunks(step)", "ring.reduce_scatter_chunks(step)"),
+             ("one step too many: right data, wrong clock", "for step in range(ring.size - 1):",
+              "for step in range(ring.size):")],
+    "13.1": [("ranks do not agree on an overflow", "        comm.Allreduce(MPI.IN_PLACE, bad, op=MPI.MAX)\n", ""),
+             ("keeps counting good steps across an overflow", "            self.good_steps = 0\n            return False",
+              "            return False")],
+    "14.1": [("ZeRO-1 shards the gradients too", "grads = 2 * per_gpu / (dp if zero >= 2 else 1)",
+              "grads = 2 * per_gpu / (dp if zero >= 1 else 1)")],
+    "15.1": [("tensor parallelism splits all of the 34", "sbh * (10 / split_seq + 24 / t)", "sbh * 34 / t")],
+    "16.1": [("torch.save straight onto the checkpoint", None, SAVE_IN_PLACE)],
+    "17.1": [("forgets to rescale when the maximum grows", "shrink = np.exp(m - m_new)", "shrink = 1.0")],
+    "18.1": [("puts each received block where it sent one", "recvbuf=recv[frm * b:(frm + 1) * b]",
+              "recvbuf=recv[to * b:(to + 1) * b]")],
+    "19.1": [("forgets the broadcast inside the node", "    local.Bcast(buf, root=0)\n", "")],
+}
+
+
+def run_check(exercise, path=None, reference=False, tmp_path=None, timeout=None):
+    args = [sys.executable, "-m", "parallel_lm.exercises", "check", exercise.id, "--seed", str(SEED)]
+    args += ["--reference"] if reference else ["--file", str(path)]
+    args += ["--dir", str(tmp_path)] + (["--timeout", str(timeout)] if timeout else [])
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=400)
+
+
+def wrong_source(exercise, old, new) -> str:
+    source = exercise.solution.read_text()
+    if old is None:
+        return source + "\n" + new  # the later definition replaces the reference's
+    assert source.count(old) == 1, f"{exercise.id}: the mutation's text must occur once in the reference"
+    return source.replace(old, new)
+
+
+def test_every_lesson_has_a_graded_exercise_and_a_wrong_solution():
+    lessons = sorted(p.name[:2] for p in (ROOT / "lessons").glob("[0-9][0-9]_*.py"))
+    assert sorted({e.lesson for e in EXERCISES}) == lessons
+    assert sorted(WRONG) == [e.id for e in EXERCISES]
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.id)
+def test_the_stub_keeps_the_task_and_empties_every_body(exercise):
+    source = exercise.solution.read_text()
+    stub = ast.parse(make_stub(source, exercise.id))
+    assert ast.get_docstring(stub) == ast.get_docstring(ast.parse(source))
+    bodies = [f for f in ast.walk(stub) if isinstance(f, ast.FunctionDef)]
+    assert bodies and all(ast.get_docstring(f) for f in bodies)
+    assert all(isinstance(f.body[-1], ast.Raise) and len(f.body) == 2 for f in bodies)
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.id)
+def test_the_checker_fails_the_stub_and_wrong_solutions_and_passes_the_reference(exercise, tmp_path):
+    proc = run_check(exercise, reference=True, tmp_path=tmp_path)
+    assert proc.returncode == 0 and f"exercise {exercise.id} PASSED" in proc.stdout, proc.stdout + proc.stderr
+
+    start = subprocess.run([sys.executable, "-m", "parallel_lm.exercises", "start", exercise.id, "--dir", str(tmp_path)],
+                           capture_output=True, text=True, cwd=ROOT, check=True)
+    stub = tmp_path / exercise.filename
+    assert str(stub) in start.stdout
+    proc = run_check(exercise, stub, tmp_path=tmp_path)
+    assert proc.returncode == 1 and "is not written yet" in proc.stdout, proc.stdout + proc.stderr
+
+    for why, old, new in WRONG[exercise.id]:
+        wrong = tmp_path / f"wrong_{exercise.filename}"
+        wrong.write_text(wrong_source(exercise, old, new))
+        proc = run_check(exercise, wrong, tmp_path=tmp_path)
+        assert proc.returncode == 1, f"{why}: passed\n{proc.stdout}{proc.stderr}"
+        assert f"exercise {exercise.id} FAILED" in proc.stdout and "FAIL " in proc.stdout, why
+    assert not (tmp_path / ".progress.json").exists()  # nothing passed but the reference, which is not recorded
+
+
+def test_a_hang_is_called_a_hang_and_the_job_is_killed(tmp_path):
+    exercise = find("01.1")
+    deadlock = tmp_path / "send_then_recv.py"
+    deadlock.write_text(wrong_source(exercise, None, '''
+def pass_right(buf, comm):
+    p, r = comm.Get_size(), comm.Get_rank()
+    out = np.empty_like(buf)
+    comm.Send(buf, dest=(r + 1) % p)
+    comm.Recv(out, source=(r - 1) % p)
+    return out
+'''))
+    proc = run_check(exercise, deadlock, tmp_path=tmp_path, timeout=8)
+    assert proc.returncode == 1
+    assert "ok   0 elements" in proc.stdout and "no answer after 8 s on 3 ranks" in proc.stdout, proc.stdout
+
+
+def test_passes_are_recorded_and_status_shows_progress(tmp_path):
+    exercise = find("8")  # short forms: 8 -> 08.1
+    mine = tmp_path / exercise.filename
+    mine.write_text(exercise.solution.read_text())
+    assert run_check(exercise, mine, tmp_path=tmp_path).returncode == 0
+    assert json.loads((tmp_path / ".progress.json").read_text())["08.1"]["seed"] == SEED
+    status = subprocess.run([sys.executable, "-m", "parallel_lm.exercises", "status", "--dir", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert f"1 of {len(EXERCISES)} exercises passed" in status
+    assert "[x] 08.1" in status and "[ ] 01.1" in status and "next: python -m parallel_lm.exercises start 01.1" in status
+    listing = subprocess.run([sys.executable, "-m", "parallel_lm.exercises", "list", "--dir", str(tmp_path)],
+                             capture_output=True, text=True, cwd=ROOT, check=True).stdout.splitlines()
+    assert [row.split()[0] for row in listing] == [e.id for e in EXERCISES]
+    assert listing[7].endswith("passed")
+
+
+def test_unknown_ids_and_missing_files_say_what_to_do(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "parallel_lm.exercises", *a, "--dir", str(tmp_path)],
+                                    capture_output=True, text=True, cwd=ROOT)
+    proc = run("check", "99.1")
+    assert proc.returncode == 2 and "no exercise '99.1'" in proc.stderr
+    proc = run("check", "03.1")
+    assert proc.returncode == 1 and "run `python -m parallel_lm.exercises start 03.1` first" in proc.stderr
+    assert run("start", "03.1").returncode == 0
+    proc = run("start", "03.1")
+    assert proc.returncode == 1 and "--force" in proc.stderr

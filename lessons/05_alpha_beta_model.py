@@ -11,8 +11,11 @@ is a sum of such terms (costmodel/formulas.py): the ring all-reduce is
 
 The model is only as good as its three numbers, so we measure them:
 1. every rank exchanges messages with a partner at once (what a ring step
-   is), over a sweep of sizes, and fit alpha and beta by least squares
-   (``python -m parallel_lm.calibrate`` does this more thoroughly);
+   is), over a sweep of sizes: alpha is what the short messages take, beta
+   the slope through the long ones (``python -m parallel_lm.calibrate``
+   does this more thoroughly). One least-squares line through all sizes,
+   printed beside it, lets the long messages decide alpha too: on a busy
+   machine it says alpha = 0 (graded exercise 05.1 is about this);
 2. time acc += x for gamma;
 3. time a tiny ring all-reduce: each of its steps costs more than a bare
    MPI message, because Python slices, adds and loops around every
@@ -23,7 +26,10 @@ network emulator (comm/netem.py): now the network dominates, as on a
 real cluster, and the model's error shrinks.
 
 On a 2-core laptop with 4 ranks, two ranks share each core: expect errors
-of tens of percent on bare shared memory, a few percent under emulation.
+of tens of percent on bare shared memory, 10-20% under emulation on an
+idle machine and more on a busy one. The lesson checks what holds even
+then: no emulated run beats the emulated network's own time; it reports
+the errors, and says so when the machine is too busy for them to mean much.
 """
 
 import numpy as np
@@ -32,10 +38,10 @@ from mpi4py import MPI
 from parallel_lm.sizes import format_size
 from parallel_lm.bench.pingpong import exchange_s, reduce_s
 from parallel_lm.bench.timing import time_collective
-from parallel_lm.calibrate import software_overhead_s
+from parallel_lm.calibrate import ring_step_s
 from parallel_lm.comm import allreduce
 from parallel_lm.comm.netem import NetemComm
-from parallel_lm.costmodel.calibration import fit_line, fit_piecewise
+from parallel_lm.costmodel.calibration import fit_line, latency_and_bandwidth
 from parallel_lm.costmodel.formulas import COSTS, Network
 from parallel_lm.costmodel.profiles import load_profile
 from parallel_lm.runtime import check, install_abort_hook, print0
@@ -48,14 +54,15 @@ check(p >= 2, "run this lesson with at least 2 ranks: mpiexec -n 4 python lesson
 # 1. alpha and beta from pairwise exchanges
 sizes = [64 << k for k in range(0, 20, 2)]  # 64 B .. 16 MiB
 times = [exchange_s(comm, n, warmup=2, iters=9) for n in sizes]
-fit = fit_piecewise(sizes, times)
-large = fit.pieces[-1]
+alpha, beta = latency_and_bandwidth(sizes, times)
 print0(f"1. exchange with a partner, all {p} ranks at once: " + ", ".join(
     f"{format_size(n)} {t * 1e6:.1f}us" for n, t in zip(sizes[::3], times[::3])))
-for piece in fit.pieces:
-    print0(f"   fit for [{format_size(int(piece.min_bytes))}, ...): alpha = {piece.alpha_s * 1e6:.2f} us, "
-           f"beta = {piece.beta_s_per_byte * 1e12:.1f} ps/byte ({1e-9 / piece.beta_s_per_byte:.2f} GB/s)")
-check(large.beta_s_per_byte > 0, "the exchange times do not grow with size: no bandwidth term to fit")
+print0(f"   alpha = {alpha * 1e6:.2f} us (sizes <= 4K), beta = {beta * 1e12:.1f} ps/byte ({1e-9 / beta:.2f} GB/s, "
+       "sizes >= 64K)" if beta > 0 else f"   alpha = {alpha * 1e6:.2f} us, and no bandwidth term")
+line_alpha, line_beta, _ = fit_line(sizes, times)
+print0(f"   one least-squares line through all sizes instead: alpha = {line_alpha * 1e6:.2f} us, "
+       f"beta = {line_beta * 1e12:.1f} ps/byte")
+check(beta > 0, "the exchange times do not grow with size: no bandwidth term to fit")
 
 # 2. gamma from local additions (buffers big enough to leave the cache, like the collectives' below)
 g_sizes = [1 << 20, 4 << 20, 16 << 20]
@@ -63,32 +70,42 @@ gamma = fit_line(g_sizes, [reduce_s(comm, n, warmup=1, iters=5) for n in g_sizes
 print0(f"2. gamma = {gamma * 1e12:.1f} ps/byte ({1e-9 / gamma:.1f} GB/s of float32 adds per rank)")
 
 # 3. the software overhead per step
-overhead, step = software_overhead_s(comm, fit, warmup=2, iters=15)
-print0(f"3. one step of a tiny ring all-reduce: {step * 1e6:.1f} us = MPI's {step * 1e6 - overhead * 1e6:.1f} us "
-       f"+ {overhead * 1e6:.1f} us of Python and scheduling")
-net = Network(large.alpha_s + overhead, large.beta_s_per_byte, gamma)
+step = ring_step_s(comm, warmup=2, iters=15)
+overhead = max(0.0, step - alpha)
+if overhead > 0:
+    print0(f"3. one step of a tiny ring all-reduce: {step * 1e6:.1f} us = the bare exchange's {alpha * 1e6:.1f} us "
+           f"+ {overhead * 1e6:.1f} us of Python and scheduling")
+else:
+    print0(f"3. one step of a tiny ring all-reduce: {step * 1e6:.1f} us, no more than the bare exchange's "
+           f"{alpha * 1e6:.1f} us: no overhead measurable above this machine's noise")
+net = Network(alpha + overhead, beta, gamma)
 
 
-def measure_and_predict(net: Network, names, sizes, on=comm) -> list[float]:
-    errors = []
+def measure_and_predict(net: Network, names, sizes, on=comm) -> dict:
+    """{(size, algorithm): measured seconds}, printing each against the prediction from ``net``."""
+    measured = {}
     print0(f"   {'size':>6} {'algorithm':>18} {'measured':>10} {'predicted':>10} {'error':>7}")
     for n in sizes:
         src = np.ones(n // 4, dtype=np.float32)
         buf = src.copy()
         for name in names:
-            measured, _ = time_collective(comm, lambda: allreduce(buf, on, algorithm=name),
-                                          lambda: np.copyto(buf, src), warmup=1, iters=5)
+            t, _ = time_collective(comm, lambda: allreduce(buf, on, algorithm=name),
+                                   lambda: np.copyto(buf, src), warmup=1, iters=5)
             predicted = COSTS["allreduce"][name](n, p).time_s(net)
-            errors.append(predicted / measured - 1)
-            print0(f"   {format_size(n):>6} {name:>18} {measured * 1e3:>8.2f}ms {predicted * 1e3:>8.2f}ms "
-                   f"{100 * errors[-1]:>+6.0f}%")
-    return errors
+            measured[n, name] = t
+            print0(f"   {format_size(n):>6} {name:>18} {t * 1e3:>8.2f}ms {predicted * 1e3:>8.2f}ms "
+                   f"{100 * (predicted / t - 1):>+6.0f}%")
+    return measured
+
+
+def median_error(net: Network, measured: dict) -> float:
+    return float(np.median([abs(COSTS["allreduce"][name](n, p).time_s(net) / t - 1) for (n, name), t in measured.items()]))
 
 
 names = list(COSTS["allreduce"])  # the algorithms with a one-level formula (not mpi, not hierarchical)
 print0("4. predicted vs measured on this machine's shared memory")
 bare = measure_and_predict(net, names, [256 << 10, 4 << 20])
-print0(f"   median |error| {100 * np.median(np.abs(bare)):.0f}%")
+print0(f"   median |error| {100 * median_error(net, bare):.0f}%")
 
 # 5. the same under network emulation: every message takes 10 GbE's alpha + n.beta
 eth = load_profile("eth-10g").network()
@@ -96,9 +113,16 @@ emulated = Network(eth.alpha_s + overhead, eth.beta_s_per_byte, gamma)
 print0("5. the same with every message delayed to 10 Gb Ethernet (20 us, 1.25 GB/s)")
 under_netem = measure_and_predict(emulated, ["ring", "rabenseifner"], [1 << 20, 4 << 20],
                                   NetemComm(comm, eth.alpha_s, eth.beta_s_per_byte))
-median = float(np.median(np.abs(under_netem)))
-print0(f"   median |error| {100 * median:.0f}%")
-check(median < 0.35, f"under emulation the model should be close (median error {100 * median:.0f}%)")
+median = median_error(emulated, under_netem)
+print0(f"   median |error| {100 * median:.0f}%" + ("" if median < 0.35 else
+       ": this machine is busy (other work shares its cores), so every step waits longer than the model says"))
+# What holds however busy the machine: the emulator delays every message, so no run beats the
+# emulated network's own time. (Even "4M takes longer than 1M" fails when other work takes the cores.)
+for (n, name), t in under_netem.items():
+    network_only = COSTS["allreduce"][name](n, p).time_s(eth)
+    check(t > 0.9 * network_only, f"{name} at {format_size(n)} took {t * 1e3:.2f} ms under emulation, less than "
+          f"the emulated network alone ({network_only * 1e3:.2f} ms)")
+print0("   every emulated run took at least the emulated network's own time")
 print0("lesson 05 OK")
 
 # Exercises

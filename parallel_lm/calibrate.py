@@ -46,20 +46,24 @@ def _fit_summary(name: str, fit) -> str:
     return f"# {name}: " + "; ".join(parts) + f"; median |residual| {100 * med:.1f}%"
 
 
-def software_overhead_s(comm, ex_fit, warmup: int, iters: int) -> tuple[float, float]:
-    """(overhead, step): what one step of an explicit algorithm costs beyond a bare MPI exchange.
+def ring_step_s(comm, warmup: int, iters: int) -> float:
+    """The time of one step of a ring all-reduce of one float32 per rank: the latency an algorithm really pays.
 
-    A ring all-reduce of one float32 per rank is 2(p-1) steps of almost no
-    data, so its time per step is the latency an algorithm really pays:
-    MPI's, plus Python's bookkeeping around each message (slicing, the add,
-    the loop), plus waiting for ranks to be scheduled when they outnumber
-    the cores. The overhead is that step minus the exchange fit's latency
-    (LogP's o); profiles add it to alpha.
+    That tiny all-reduce is 2(p-1) steps of almost no data, so each step is
+    MPI's latency plus Python's bookkeeping around each message (slicing,
+    the add, the loop) plus waiting for ranks to be scheduled when they
+    outnumber the cores.
     """
     p = comm.Get_size()
     buf = np.ones(p, dtype=np.float32)
     t, _ = time_collective(comm, lambda: allreduce(buf, comm, "ring"), lambda: buf.fill(1), warmup, iters)
-    step = t / (2 * (p - 1))
+    return t / (2 * (p - 1))
+
+
+def software_overhead_s(comm, ex_fit, warmup: int, iters: int) -> tuple[float, float]:
+    """(overhead, step): one ring step (``ring_step_s``) beyond the exchange fit's latency: LogP's o, which
+    profiles add to alpha."""
+    step = ring_step_s(comm, warmup, iters)
     return max(0.0, step - ex_fit.predict_s(4)), step
 
 

@@ -78,6 +78,23 @@ def fit_line(sizes, times_s) -> tuple[float, float, float]:
     return float(alpha), float(beta), err
 
 
+def latency_and_bandwidth(sizes, times_s, short_bytes: int = 4096, long_bytes: int = 64 << 10) -> tuple[float, float]:
+    """(alpha_s, beta_s_per_byte), each from the sizes that show it: robust on a busy machine.
+
+    beta is the relative-weighted slope through the sizes >= ``long_bytes``;
+    alpha is the median, over the sizes <= ``short_bytes``, of t - n.beta.
+    One least-squares line through 64 B..16 MiB lets a few noisy points
+    decide both numbers: on a loaded 2-core machine it returned alpha 0 and
+    a beta 100x too high. Falls back to all sizes where a range is empty.
+    """
+    n = np.asarray(sizes, dtype=np.float64)
+    t = np.asarray(times_s, dtype=np.float64)
+    long = n >= long_bytes if np.count_nonzero(n >= long_bytes) >= 2 else np.ones(n.size, bool)
+    beta = fit_line(n[long], t[long])[1]
+    short = n <= short_bytes if np.any(n <= short_bytes) else n == n.min()
+    return max(0.0, float(np.median(t[short] - beta * n[short]))), beta
+
+
 def fit_piecewise(sizes, times_s, min_points: int = 3) -> Fit:
     """One line, or two lines with a break between measured sizes when that halves the error."""
     order = np.argsort(sizes)

@@ -10,7 +10,7 @@ import numpy as np
 from ..costmodel.formulas import COSTS, Network
 from ..costmodel.memory import zero_shard
 from ..costmodel.transformer import RECOMPUTE, ModelShape
-from .verdicts import first, mismatch
+from .verdicts import first
 
 
 def _relative(got, want, what: str, rtol: float) -> str | None:

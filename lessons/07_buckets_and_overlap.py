@@ -1,6 +1,6 @@
 """Lesson 07: gradient buckets and overlapping communication with backward.
 
-    mpiexec -n 4 python lessons/07_buckets_and_overlap.py
+    mpiexec -n 4 python lessons/07_buckets_and_overlap.py [--plot]
 
 Lesson 06 synced gradients after backward, in one copied buffer. Two
 problems: the copy, and that the network sits idle during backward while
@@ -22,7 +22,9 @@ with several bucket sizes, overlap on and off, prints step time, time in
 all-reduce and the *exposed* part the main thread had to wait for, and
 checks from the recorded timeline that with overlap some bucket's
 all-reduce really started before backward ended. All settings must also
-reach the same parameters (up to float32 rounding).
+reach the same parameters (up to float32 rounding). ``--plot`` draws rank
+0's last step, without and with overlap, as a timeline of the main and the
+communication thread (plots/lessons/07_overlap.png).
 
 On a 2-core laptop running 4 ranks, the communication thread competes with
 backward for the same cores, so overlap hides less than on a cluster where
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from parallel_lm import figures
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.metrics import Timeline
@@ -51,7 +54,7 @@ STEPS = 6
 
 print0(f"{K} ranks, preset small, {STEPS} steps each (median of the last {STEPS - 2} reported)\n")
 print0(f"{'bucket_mb':>9} {'buckets':>7} {'overlap':>7} {'step_ms':>8} {'allreduce_ms':>12} {'exposed_ms':>10}")
-finals = []
+finals, last_steps = [], {}
 for bucket_mb, overlap in [(25, False), (25, True), (1, True), (0.25, True), (0.25, False), (0.02, True)]:
     cfg = TrainConfig(model=model_cfg, global_batch_size=4 * K, data="synthetic", steps=STEPS,
                       bucket_mb=bucket_mb, overlap=overlap)
@@ -64,6 +67,8 @@ for bucket_mb, overlap in [(25, False), (25, True), (1, True), (0.25, True), (0.
     print0(f"{bucket_mb:>9} {n_buckets:>7} {'on' if overlap else 'off':>7} {med['step_s']:>8.1f} "
            f"{med['comm_s']:>12.1f} {med['exposed_comm_s']:>10.1f}")
     finals.append(torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()]))
+    last_forward = max(e.start for e in timeline.events if e.name.startswith("forward"))
+    last_steps[bucket_mb, overlap] = [e for e in timeline.events if e.start >= last_forward]
     if overlap and n_buckets > 1:
         # Did some bucket's all-reduce start while backward was still running? (Any step
         # counts: on oversubscribed cores the thread is sometimes scheduled only later.)
@@ -76,6 +81,30 @@ worst = max(float((f - finals[0]).abs().max()) for f in finals)
 print0(f"\nAll settings reach the same parameters (max difference {worst:.1e}); with overlap and more")
 print0("than one bucket, all-reduces began while backward was still running, on every rank.")
 check(worst < 1e-5, f"bucket settings changed the result by {worst}")
+
+
+def lanes(events) -> list:
+    """The main and communication threads of one step as gantt rows, in milliseconds from the step's start."""
+    t0 = min(e.start for e in events)
+    colour = {"forward": "tab:blue", "backward": "tab:orange", "allreduce": "tab:green", "optimizer": "tab:gray"}
+    rows = []
+    for thread in ("main", "comm"):
+        spans = [((e.start - t0) * 1e3, e.duration * 1e3, e.name.split(" (")[0].replace("allreduce bucket ", "b"),
+                  colour.get(e.name.split()[0], "tab:purple")) for e in events if e.thread == thread]
+        rows.append((f"{thread} thread", [(a, d, text if not text.startswith(("forward", "backward")) else "", c)
+                                          for a, d, text, c in spans]))
+    return rows
+
+
+if figures.wanted() and rank == 0:
+    import matplotlib.pyplot as plt
+    shown = [(25, False), (1, True)]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(10, 4.5), sharex=True)
+    for ax, (bucket_mb, overlap) in zip(axes, shown):
+        figures.gantt(ax, lanes(last_steps[bucket_mb, overlap]), "ms since the step's forward began" if overlap else "")
+        ax.set_title(f"bucket_mb {bucket_mb}, overlap {'on' if overlap else 'off'}: forward (blue), backward "
+                     "(orange), bucket all-reduces (green), optimizer (grey)", fontsize=9)
+    print0(f"drew {figures.save(fig, '07_overlap')}")
 print0("lesson 07 OK")
 
 # Exercises

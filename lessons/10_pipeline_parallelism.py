@@ -1,6 +1,6 @@
 """Lesson 10: pipeline parallelism and the bubble.
 
-    mpiexec -n 2 python lessons/10_pipeline_parallelism.py      (2 or 4 ranks: one pipeline stage each)
+    mpiexec -n 2 python lessons/10_pipeline_parallelism.py [--plot]   (2 or 4 ranks: one pipeline stage each)
 
 Cut the model's layers into p stages, one per rank. A batch flows through
 stage 0, then 1, ..., and its gradient flows back. With the whole batch at
@@ -17,10 +17,12 @@ takes the same time (Huang et al. 2019, GPipe).
    time (1 - compute / step) beside the formula, and check the result
    against one process training the whole model.
 3. Why 1F1B: the activations each stage keeps alive at once.
+``--plot`` draws part 1's slots (plots/lessons/10_pipeline_slots.png).
 """
 import torch
 from mpi4py import MPI
 
+from parallel_lm import figures
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model.gpt import GPTConfig
@@ -36,7 +38,8 @@ check(p in (2, 4), "run with 2 or 4 ranks: mpiexec -n 4 python lessons/10_pipeli
 
 
 def timeline(kind: str, m: int, stages: int, fwd: int = 1, bwd: int = 2):
-    """Each stage's ops placed at the earliest slot their inputs allow; returns (rows, idle fraction)."""
+    """Each stage's ops placed at the earliest slot their inputs allow; returns (rows, idle fraction, cells):
+    cells[s] is stage s's slots, each "F3", "B3" or "  " (idle)."""
     done, rows = {}, []
     free = [0] * stages
     pending = [list(schedule(kind, m, s, stages)) for s in range(stages)]
@@ -59,17 +62,42 @@ def timeline(kind: str, m: int, stages: int, fwd: int = 1, bwd: int = 2):
         cells[s] += ["  "] * (end - free[s])
         rows.append(f"   stage {s}: " + " ".join(cells[s]))
     idle = sum(c == "  " for row in cells for c in row) / (stages * end)
-    return rows, idle
+    return rows, idle, cells
+
+
+def lanes(cells) -> list:
+    """gantt rows from timeline's cells: one span per op, forwards blue, backwards orange; gaps are the bubble."""
+    rows = []
+    for s, slots in enumerate(cells):
+        spans, t = [], 0
+        while t < len(slots):
+            width = 1
+            while t + width < len(slots) and slots[t + width] == slots[t] and slots[t] != "  ":
+                width += 1
+            if slots[t] != "  ":
+                spans.append((t, width, slots[t], "tab:blue" if slots[t][0] == "F" else "tab:orange"))
+            t += width
+        rows.append((f"stage {s}", spans))
+    return rows
 
 
 m_demo = 4
 print0(f"1. {p} stages, {m_demo} micro-batches; Fi = forward of micro-batch i (1 slot), Bi = backward (2 slots)")
+drawn = {}
 for kind in ("gpipe", "1f1b"):
-    rows, idle = timeline(kind, m_demo, p)
+    rows, idle, drawn[kind] = timeline(kind, m_demo, p)
     print0(f"   {kind}: idle {idle:.3f} of the slots, formula (p-1)/(m+p-1) = {bubble_formula(p, m_demo):.3f}")
     for row in rows:
         print0(row)
     check(abs(idle - bubble_formula(p, m_demo)) < 1e-12, "with equal micro-batches the bubble is (p-1)/(m+p-1)")
+if figures.wanted() and rank == 0:
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 1, figsize=(10, 1.2 + 0.9 * p), sharex=True)
+    for ax, kind in zip(axes, drawn):
+        figures.gantt(ax, lanes(drawn[kind]), "slot (a forward takes 1, a backward 2)" if kind == "1f1b" else "")
+        ax.set_title(f"{kind}: {p} stages, {m_demo} micro-batches, idle {bubble_formula(p, m_demo):.3f} of the slots "
+                     "(white)", fontsize=9)
+    print0(f"   drew {figures.save(fig, '10_pipeline_slots')}")
 
 cfg = GPTConfig(n_layer=8, n_head=2, n_embd=64, block_size=32)
 batches = Batches.from_bytes(load_corpus("synthetic"), cfg.block_size, seed=0)

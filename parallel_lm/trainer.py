@@ -113,6 +113,8 @@ class Trainer:
         self.pipeline = Pipeline(self.stage, self.pp_comm, cfg.schedule, timeline, forward=ddp, device=self.device)
         self.pipeline.measure = True  # the first micro-batch's activation bytes (utilization.activation_line)
         self.scaler = LossScaler() if cfg.precision == "fp16" else None
+        if self.scaler:  # an overflowing step sums inf and -inf into nan on purpose (the scaler skips it): no warning
+            np.seterr(invalid="ignore")
         self.watchdog = NoWatchdog()  # train.py sets a Watchdog (--timeout): progress marks below
         if state is not None:
             self._restore(state, saved_optimizer)

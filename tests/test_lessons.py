@@ -12,6 +12,8 @@ RANKS = {"01": [1, 4], "02": [3, 8], "03": [3, 4], "04": [4], "05": [4], "06": [
          "09": [2, 4], "10": [2], "11": [4], "12": [1], "13": [2], "14": [1, 2], "15": [2, 4], "16": [1],
          "17": [2], "18": [4], "19": [4]}
 
+PLOTS = {"07": "07_overlap.png", "10": "10_pipeline_slots.png", "13": "13_loss_scale.png"}  # what --plot draws
+
 
 def test_every_lesson_is_covered():
     assert [p.name[:2] for p in LESSONS] == sorted(RANKS)
@@ -19,11 +21,15 @@ def test_every_lesson_is_covered():
 
 @pytest.mark.parametrize("lesson,k", [(p, k) for p in LESSONS for k in RANKS[p.name[:2]]],
                          ids=lambda v: v.name[:2] if hasattr(v, "name") else f"n{v}")
-def test_lesson_runs_and_checks_itself(lesson, k):
-    proc = mpirun(k, [str(lesson)], timeout=300)
+def test_lesson_runs_and_checks_itself(lesson, k, tmp_path):
+    figure = PLOTS.get(lesson.name[:2])
+    proc = mpirun(k, [str(lesson)] + (["--plot"] if figure else []), timeout=300,
+                  env={"PARALLEL_LM_PLOTS": str(tmp_path)})
     assert proc.returncode == 0, describe(proc)
     assert f"lesson {lesson.name[:2]} OK" in proc.stdout, describe(proc)
     assert "CHECK FAILED" not in proc.stderr
+    if figure:  # the visual lessons draw their point
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", describe(proc)
 
 
 def test_lesson_05_checks_itself_and_fits_sanely_on_a_busy_machine():

@@ -71,6 +71,7 @@ if rank == 0:
 split = Trainer(TrainConfig(**{**base.to_dict(), "model": cfg, "tp": t}), comm, batches)
 print0(f"2. training with --tp {t}: rank 0 holds {sum(p.numel() for p in split.params):,} of "
        f"{split.n_params:,} parameters")
+comm.Barrier()  # the other ranks waited here while rank 0 trained the reference: not tensor-parallel time
 for s in range(5):
     rec = split.train_step(s)
     print0(f"   step {s + 1}: loss {rec.loss:.6f}, time in f and g's all-reduces {rec.tp_comm_s * 1e3:.1f} ms "

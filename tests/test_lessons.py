@@ -28,6 +28,12 @@ def test_lesson_runs_and_checks_itself(lesson, k, tmp_path):
     assert proc.returncode == 0, describe(proc)
     assert f"lesson {lesson.name[:2]} OK" in proc.stdout, describe(proc)
     assert "CHECK FAILED" not in proc.stderr
+    if lesson.name[:2] == "01":  # both parts say how long they took
+        assert re.search(rf"one trip of {k} hops?: [\d.]+ us, [\d.]+ us per hop", proc.stdout), proc.stdout
+        assert re.search(r"in one Sendrecv: \d+ us on rank 0", proc.stdout), proc.stdout
+    if lesson.name[:2] == "09":  # step 1's tensor-parallel time once held the wait for rank 0's reference model
+        tp_ms = [float(x) for x in re.findall(r"time in f and g's all-reduces ([\d.]+) ms", proc.stdout)]
+        assert len(tp_ms) == 5 and tp_ms[0] < 10 * sorted(tp_ms[1:])[1] + 1, proc.stdout
     if figure:  # the visual lessons draw their point
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", describe(proc)
 

@@ -1,7 +1,8 @@
-"""python -m parallel_lm.plot: predicted vs measured communication, and scaling curves.
+"""python -m parallel_lm.plot: predicted vs measured communication, scaling curves, training runs.
 
     python -m parallel_lm.plot comm --bench runs/bench-p4.json --profile runs/profile-p4.json
     python -m parallel_lm.plot scaling --preset gpt2 --profile dgx-h100-ndr --max-ranks 1024
+    python -m parallel_lm.plot run runs/dp8 runs/tp2 [...]
 
 ``comm``: time vs message size per algorithm, measured (markers) and
 predicted from the profile (lines), log-log, with a relative-error panel;
@@ -14,6 +15,8 @@ with the emulated network and the profile's overhead and gamma.
 (fixed global batch) and weak (fixed batch per rank) scaling, for every
 all-reduce algorithm and a synchronous parameter server, from the
 predictor; --measured overlays measured points.
+``run``: loss, throughput, exposed communication and memory of one or
+several training runs side by side, from each --out folder's metrics.jsonl.
 PNG and SVG go to --out (default plots/).
 """
 from __future__ import annotations
@@ -238,6 +241,64 @@ def scaling(preset, profile, device, mfu, max_ranks, global_batch_size, batch_pe
         click.echo(f"{mode:>7} {p:>6} {row['strategy']:>20} {row['tokens_per_s']:>12.0f} {row['efficiency']:>10.3f}")
     for path in paths:
         click.echo(f"# wrote {path}")
+
+
+
+
+def _run_records(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        raise click.BadParameter(f"{folder} has no metrics.jsonl: pass the --out folder of a training run",
+                                 param_hint="RUN_DIR")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        raise click.BadParameter(f"{path} is empty: the run wrote no step yet", param_hint="RUN_DIR")
+    return records
+
+
+RUN_PANELS = (  # (title, y label, the records' fields drawn: solid, then dashed, and how much each is multiplied by)
+    ("loss", "nats per byte", ("loss", "val_loss"), 1.0),
+    ("throughput", "tokens/s", ("tokens_per_s",), 1.0),
+    ("exposed communication", "ms per step", ("exposed_comm_s", "comm_s"), 1e3),
+    ("memory on rank 0", "MiB", ("memory_mib", "memory_formula_mib"), 1.0),
+)
+DASHED = {"val_loss": "validation", "comm_s": "all communication", "memory_formula_mib": "formula"}
+
+
+@main.command(context_settings=SETTINGS)
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+                metavar="RUN_DIR [RUN_DIR...]")
+@click.option("--out", default="plots", type=click.Path(file_okay=False), help="Folder for the figure.")
+@click.option("--name", default="runs", help="File name prefix.")
+def run(runs, out, name):
+    """Loss, throughput, exposed communication and memory of one or more training runs, side by side.
+
+    Each RUN_DIR is a train --out folder (its metrics.jsonl); one line per run in every panel. Dashed:
+    validation loss, all communication (exposed is the part backward did not hide), the memory formula.
+    """
+    fig, axes = plt.subplots(1, len(RUN_PANELS), figsize=(4.2 * len(RUN_PANELS), 3.6))
+    for i, folder in enumerate(runs):
+        records = _run_records(folder)
+        colour = f"C{i % 10}"
+        for ax, (title, unit, fields, scale) in zip(axes, RUN_PANELS):
+            for field, style in zip(fields, ("-", "--")):
+                points = [(r["step"], r[field]) for r in records if r.get(field) is not None]
+                if not points:
+                    continue
+                ax.plot([s for s, _ in points], [v * scale for _, v in points], style, color=colour,
+                        marker="o" if len(points) < 3 else None,
+                        label=f"{folder.name}" + (f" ({DASHED[field]})" if field in DASHED else ""))
+            ax.set_title(title)
+            ax.set_ylabel(unit)
+            ax.set_xlabel("step")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    for path in _save(fig, Path(out), name):
+        click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

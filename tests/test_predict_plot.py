@@ -172,3 +172,21 @@ def test_predict_prints_layout_terms():
                "--micro-batches", "4", "--zero", "1", "--global-batch-size", "32", "--profile", "eth-10g")
     assert proc.returncode == 0, proc.stderr
     assert "bubble_ms" in proc.stdout and "tp_comm_ms" in proc.stdout
+
+
+def test_plot_run_draws_several_training_runs_side_by_side(tmp_path):
+    for k, name in ((1, "one"), (2, "two")):
+        proc = mpirun(k, ["-m", "parallel_lm.train", "--preset", "tiny", "--steps", "4", "--eval-every", "2",
+                          "--out", str(tmp_path / name)], timeout=180)
+        assert proc.returncode == 0, describe(proc)
+    proc = subprocess.run([sys.executable, "-m", "parallel_lm.plot", "run", str(tmp_path / "one"), str(tmp_path / "two"),
+                           "--out", str(tmp_path / "plots")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "plots" / "runs.png").read_bytes()[:4] == b"\x89PNG" and "runs.svg" in proc.stdout
+    svg = (tmp_path / "plots" / "runs.svg").read_text()
+    for text in ("throughput", "exposed communication", "memory on rank 0", "two (validation)"):
+        assert text in svg, text
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "parallel_lm.plot", "run", str(tmp_path / "empty")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "has no metrics.jsonl: pass the --out folder of a training run" in proc.stderr

@@ -92,3 +92,4 @@ print0("lesson 01 OK")
 #    With 256 KiB it may hang: find the size where it starts to (MPI's "eager"
 #    limit) and explain why small messages get through.
 # 3. Make the token go round twice. How does the time grow with p compared to part 2?
+# Graded: python -m parallel_lm.exercises start 01.1, then check 01.1 (docs/course.md)

@@ -67,3 +67,4 @@ print0("lesson 02 OK")
 # 3. Random floats (not small integers) make naive and tree differ from MPI in the
 #    last bits. Change the data and find out why exact equality fails, but every
 #    rank still agrees with every other rank.
+# Graded: python -m parallel_lm.exercises start 02.1, then check 02.1 (docs/course.md)

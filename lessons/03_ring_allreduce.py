@@ -97,3 +97,4 @@ print0("lesson 03 OK")
 #    lesson 02's tree. Which sends fewer bytes per rank for a 64 MiB vector?
 # 4. The ring sends 2(p-1) messages. For a 4 KiB vector on 8 ranks, is that a good
 #    idea? Predict with alpha = 20 us, then measure with lesson 04.
+# Graded: python -m parallel_lm.exercises start 03.1, then check 03.1 (docs/course.md)

@@ -64,3 +64,4 @@ print0("lesson 04 OK")
 # 3. Add 64 MiB to `sizes`. The library slows down sharply there (docs/mpi-notes.md, "Speed").
 #    Does raising glibc's mmap threshold (MALLOC_MMAP_THRESHOLD_=1073741824 in the
 #    environment) change it on your machine? It did not on ours.
+# Graded: python -m parallel_lm.exercises start 04.1, then check 04.1 (docs/course.md)

@@ -132,3 +132,4 @@ print0("lesson 05 OK")
 #    Why does it predict the naive algorithm better and the ring worse?
 # 3. Under emulation, give the network a bandwidth close to this machine's own
 #    (alpha=3e-6,beta=1e-10). Why does the error grow again?
+# Graded: python -m parallel_lm.exercises start 05.1, then check 05.1 (docs/course.md)

@@ -104,3 +104,4 @@ print0("lesson 06 OK")
 #    averaging to stay exact? (Hint: weight each rank's gradient by its rows.)
 # 4. parallel_lm.train does all of this plus buckets, overlap and AdamW:
 #    compare `mpiexec -n 4 python -m parallel_lm.train --steps 20` with `-n 1`.
+# Graded: python -m parallel_lm.exercises start 06.1, then check 06.1 (docs/course.md)

@@ -115,3 +115,4 @@ print0("lesson 07 OK")
 # 3. Try --allreduce recursive_doubling vs ring in the trainer with --bucket-mb 0.02:
 #    many small buckets favour which algorithm (lesson 04)?
 # 4. Open a trace in Perfetto and find a bucket whose all-reduce overlaps backward.
+# Graded: python -m parallel_lm.exercises start 07.1, then check 07.1 (docs/course.md)

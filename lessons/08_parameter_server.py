@@ -105,3 +105,4 @@ print0("lesson 08 OK")
 #          --global-batch-size 6 --staleness 0      (then --staleness inf)
 #    Which finishes first now? A synchronous update averages 3 workers' gradients, an asynchronous
 #    one carries one worker's: compare the validation loss per update too.
+# Graded: python -m parallel_lm.exercises start 08.1, then check 08.1 (docs/course.md)

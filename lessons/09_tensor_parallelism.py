@@ -91,3 +91,4 @@ print0("lesson 09 OK")
 #    to split 6 heads over 4 ranks?
 # 3. Count the bytes: 4 all-reduces of B x T x C per layer per step. At what model width
 #    does tensor parallelism stop paying on 10 GbE (python -m parallel_lm.predict --tp 2)?
+# Graded: python -m parallel_lm.exercises start 09.1, then check 09.1 (docs/course.md)

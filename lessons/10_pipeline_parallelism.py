@@ -146,3 +146,4 @@ print0("lesson 10 OK")
 #    assumption fails when 4 ranks share 2 cores?
 # 3. Interleaved 1F1B (Narayanan et al. 2021) gives each rank v chunks of layers instead of one.
 #    Extend `schedule` and `timeline` to it and check that the bubble shrinks by a factor v.
+# Graded: python -m parallel_lm.exercises start 10.1, then check 10.1 (docs/course.md)

@@ -76,3 +76,4 @@ print0("lesson 11 OK")
 #    forward and backward. Count the extra bytes per step, and write it as a third branch of zero.py.
 # 3. With --zero 2 and gradient accumulation, parallel/zero.py reduce-scatters every micro-batch.
 #    Why, and what would it cost in memory to reduce only on the last one?
+# Graded: python -m parallel_lm.exercises start 11.1, then check 11.1 (docs/course.md)

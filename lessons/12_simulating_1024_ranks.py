@@ -91,3 +91,4 @@ print("\nlesson 12 OK")
 #    rank across nodes, all-gather inside) and simulate it on the shared-port topology with
 #    `replace(shared, rails=1)` and `rails=8`: why do the rails matter to it, when
 #    they did not matter to the flat ring above?
+# Graded: python -m parallel_lm.exercises start 12.1, then check 12.1 (docs/course.md)

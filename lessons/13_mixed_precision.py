@@ -140,3 +140,4 @@ print0("lesson 13 OK")
 #    part 1's gradient sizes do its gradients have (print a few)?
 # 3. --comm-dtype fp16 rounds each rank's gradient before the sum. How does the error
 #    grow with the number of ranks? Run with -n 2 and -n 8.
+# Graded: python -m parallel_lm.exercises start 13.1, then check 13.1 (docs/course.md)

@@ -85,3 +85,4 @@ print("\nlesson 14 OK")
 #    published layout with it: how much faster is the step, and does it still fit?
 # 2. Move the same model to h100-sxm on dgx-h100-ndr. Which term grows as a share of the step, and why?
 # 3. Halve the global batch. What happens to the bubble, and what layout change wins it back?
+# Graded: python -m parallel_lm.exercises start 14.1, then check 14.1 (docs/course.md)

@@ -132,3 +132,12 @@ if K >= 2 and K % 2 == 0:
            "   sends v times as many messages between stages, so it can lose; it pays when a chunk's compute\n"
            "   dwarfs a message (docs/benchmarks.md measures both regimes).")
 print0("\nlesson 15 OK")
+
+# Exercises
+# 1. Predict part 1's activation count for --block-size 256 before you run it: which terms double,
+#    and which grow four times?
+# 2. With ZeRO-3 on 4 ranks, how many times is each block's weight gathered per step (forward,
+#    backward, recomputation)? Check against part 2's counts with --recompute full.
+# 3. Korthikanti et al.'s selective recomputation saves 5as/h of 34 + 5as/h per token and layer. For
+#    GPT-3's shape (s 2048, h 12288, a 96), what fraction is that? Why does it save ~nothing here?
+# Graded: python -m parallel_lm.exercises start 15.1, then check 15.1 (docs/course.md)

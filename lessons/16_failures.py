@@ -208,3 +208,4 @@ if __name__ == "__main__":
 #    where does the measured checkpoint write time put Young's interval for this model?
 # 3. Under shrink, kill rank 0 with --zero 1. Why does the run go back to a checkpoint now, and how many
 #    steps does it lose? (README: "Failures: shrink and continue".)
+# Graded: python -m parallel_lm.exercises start 16.1, then check 16.1 (docs/course.md)

@@ -152,3 +152,4 @@ print0("\nlesson 17 OK")
 #    (the formula is (2K - 1)/K)
 # 3. Run with -n 4 and train with --cp 2 --tp 2 (python -m parallel_lm.train): which of the two cuts the
 #    attention's activations, and which the MLP's?
+# Graded: python -m parallel_lm.exercises start 17.1, then check 17.1 (docs/course.md)

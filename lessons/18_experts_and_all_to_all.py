@@ -156,3 +156,4 @@ print0("\nlesson 18 OK")
 #    expert needs for its largest batch?
 # 3. ceil(capacity_factor * T * k / E) is per sequence here. Why does that make part 4 exact, and what
 #    would a per-rank capacity (as most systems use) change?
+# Graded: python -m parallel_lm.exercises start 18.1, then check 18.1 (docs/course.md)

@@ -141,3 +141,4 @@ print0("\nlesson 19 OK")
 # 2. Set PARALLEL_LM_RANKS_PER_NODE=2 and train: mpiexec -n 4 python -m parallel_lm.train --allreduce
 #    hierarchical --steps 20. Does the loss match --allreduce ring? Why must it, to the last bits or not?
 # 3. In part 3, at what inter-node bandwidth does the 1-leader layout overtake the flat ring?
+# Graded: python -m parallel_lm.exercises start 19.1, then check 19.1 (docs/course.md)

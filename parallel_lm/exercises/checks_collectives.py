@@ -51,7 +51,9 @@ def check_ring_allreduce(module, comm, rng):
         chunk = math.ceil(n / p) * 8
         yield f"{n} elements", first(
             mismatch(got, library, "the sum (MPI_Allreduce's)"),
-            exactly(counting.sent, 2 * (p - 1), "messages sent", "2(p-1)"),
+            # with n < p some chunks are empty, and a ring may skip those messages on both sides
+            exactly(counting.sent, 2 * (p - 1), "messages sent", "2(p-1)") if n >= p else
+            at_most(counting.sent, 2 * (p - 1), "messages sent", "2(p-1)"),
             at_most(counting.bytes_sent, 2 * (p - 1) * chunk, "bytes sent", "2(p-1) chunks of ceil(n/p)"))
 
 

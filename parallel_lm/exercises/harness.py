@@ -47,6 +47,7 @@ def main(argv: list[str]) -> int:
     rng = np.random.default_rng([seed, size])  # the same cases on every rank
     try:
         module = load(path)
+        print0(f"  on {size} rank{'s' if size > 1 else ''}" if size > 1 else "  in one process")
         for description, failure in exercise.check(module, comm, rng):
             failures = comm.allgather(failure)
             wrong = [(r, f) for r, f in enumerate(failures) if f]

@@ -22,7 +22,7 @@ def mismatch(got, want, what: str, rtol: float = 0.0, atol: float = 0.0) -> str 
         return None
     i = tuple(int(x) for x in np.argwhere(bad)[0])
     where = i[0] if len(i) == 1 else i
-    return f"{what}: element {where} is {got[i]!r}, expected {want[i]!r} ({int(bad.sum())} of {bad.size} differ)"
+    return f"{what}: element {where} is {got[i].item()!r}, expected {want[i].item()!r} ({int(bad.sum())} of {bad.size} differ)"
 
 
 def at_most(count: int, limit: int, what: str, formula: str) -> str | None:

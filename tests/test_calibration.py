@@ -124,11 +124,11 @@ def test_simulate_rails_set_the_ports_per_node(tmp_path):
 
 def test_latency_and_bandwidth_stay_sane_where_one_line_through_noise_does_not():
     """Lesson 05 once printed "alpha = 0.00 us, beta = 285627.5 ps/byte" on a busy machine: there, the short
-    messages' times grew with size through noise alone, and a fit through them was all slope."""
+    messages' times grew with size through scheduling delays alone, and a fit through them was all slope."""
     sizes = [64 << 2 * k for k in range(10)]  # 64 B .. 16 MiB
-    times = np.array([16, 25, 40, 60, 80, 100, 190, 420, 1400, 5200]) * 1e-6
+    times = np.array([18, 70, 290, 60, 80, 100, 190, 420, 1400, 5200]) * 1e-6
     short_piece = fit_piecewise(sizes, times).pieces[0]
-    assert short_piece.alpha_s < 5e-6 and short_piece.beta_s_per_byte > 1e-8  # the nonsense, reproduced
+    assert short_piece.alpha_s < 1e-6 and short_piece.beta_s_per_byte > 2e-7  # the nonsense, reproduced
     alpha, beta = latency_and_bandwidth(sizes, times)
-    assert 15e-6 < alpha < 60e-6
+    assert 10e-6 < alpha < 100e-6  # the short messages' typical time
     assert 0.25e-9 < beta < 0.4e-9  # 2.5-4 GB/s: the slope of the long messages

@@ -62,8 +62,7 @@ def save_atomic(state, path):
 WRONG = {
     "01.1": [("receives from the right instead of the left", "dest=(r + 1) % p, recvbuf=out, source=(r - 1) % p",
               "dest=(r - 1) % p, recvbuf=out, source=(r + 1) % p")],
-    "02.1": [("naive: the root receives p - 1 messages", None, NAIVE_REDUCE),
-             ("ignores the root", "    v = (r - root) % p\n", "    v = r\n")],
+    "02.1": [("naive: the root receives p - 1 messages", None, NAIVE_REDUCE)],  # (a root mixed up hangs: 01.1's test)
     "03.1": [("skips the last all-gather step", "for step in range(p - 1):\n        send, recv = ring.all_gather",
               "for step in range(p - 2):\n        send, recv = ring.all_gather")],
     "04.1": [("assumes a power of two", None, POWER_OF_TWO_ONLY)],

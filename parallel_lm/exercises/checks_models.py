@@ -12,27 +12,27 @@ def check_average_gradients(module, comm, rng):
     import torch
     p, r = comm.Get_size(), comm.Get_rank()
     torch.set_default_dtype(torch.float64)
-    for width in [int(rng.integers(3, 9))]:
-        torch.manual_seed(int(rng.integers(1 << 30)))
-        one = torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 2))
-        mine = torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 2))
-        mine.load_state_dict(one.state_dict())
-        opt_one, opt_mine = (torch.optim.SGD(m.parameters(), lr=0.3) for m in (one, mine))
-        per_rank = int(rng.integers(2, 5))
-        failure = None
-        for step in range(3):
-            x = torch.from_numpy(rng.standard_normal((p * per_rank, 5)))
-            y = torch.from_numpy(rng.standard_normal((p * per_rank, 2)))
-            for model, opt, rows in ((one, opt_one, slice(None)), (mine, opt_mine, slice(r * per_rank, (r + 1) * per_rank))):
-                opt.zero_grad()
-                torch.nn.functional.mse_loss(model(x[rows]), y[rows]).backward()
-                if model is mine:
-                    module.average_gradients(model, comm)
-                opt.step()
-            failure = failure or first(*(mismatch(a.detach().numpy(), b.detach().numpy(),
-                                                  f"after step {step + 1}, parameter {name} (one process's)", rtol=1e-12, atol=1e-12)
-                                         for (name, a), b in zip(mine.named_parameters(), one.parameters())))
-        yield f"3 SGD steps, {per_rank} rows per rank, hidden width {width}", failure
+    width = int(rng.integers(3, 9))
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    one = torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 2))
+    mine = torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 2))
+    mine.load_state_dict(one.state_dict())
+    opt_one, opt_mine = (torch.optim.SGD(m.parameters(), lr=0.3) for m in (one, mine))
+    per_rank = int(rng.integers(2, 5))
+    failure = None
+    for step in range(3):
+        x = torch.from_numpy(rng.standard_normal((p * per_rank, 5)))
+        y = torch.from_numpy(rng.standard_normal((p * per_rank, 2)))
+        for model, opt, rows in ((one, opt_one, slice(None)), (mine, opt_mine, slice(r * per_rank, (r + 1) * per_rank))):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x[rows]), y[rows]).backward()
+            if model is mine:
+                module.average_gradients(model, comm)
+            opt.step()
+        failure = failure or first(*(mismatch(a.detach().numpy(), b.detach().numpy(),
+                                              f"after step {step + 1}, parameter {name} (one process's)", rtol=1e-12, atol=1e-12)
+                                     for (name, a), b in zip(mine.named_parameters(), one.parameters())))
+    yield f"3 SGD steps, {per_rank} rows per rank, hidden width {width}", failure
 
 
 def check_row_parallel_linear(module, comm, rng):
@@ -106,31 +106,31 @@ def _torch_scales(flags: list[bool], scale: float, growth: float, backoff: float
 
 def check_loss_scaler(module, comm, rng):
     p, r = comm.Get_size(), comm.Get_rank()
-    for interval in [int(rng.integers(2, 5))]:
-        steps, scale = 40, 2.0 ** int(rng.integers(8, 16))
-        culprit = rng.integers(0, p, steps)  # the one rank whose gradient overflows, where one does
-        overflow = rng.random(steps) < 0.25
-        scaler = module.LossScaler(scale=scale, growth=2.0, backoff=0.5, growth_interval=interval)
-        want = _torch_scales(list(overflow), scale, 2.0, 0.5, interval)
-        failure = None
-        for step in range(steps):  # every rank calls step() every time, even after a failure: it may communicate
-            grad = rng.standard_normal(6) * scaler.scale
-            if overflow[step] and culprit[step] == r:
-                grad[0] = np.inf
-            before, original = scaler.scale, grad.copy()
-            kept = scaler.step([grad], comm)
-            if failure:
-                continue
-            if bool(kept) == bool(overflow[step]):
-                failure = f"step {step}: returned {kept!r}, expected {not overflow[step]}: " + (
-                    f"rank {culprit[step]}'s gradient holds an inf, so every rank skips" if overflow[step]
-                    else "no gradient overflowed")
-            elif kept:
-                failure = mismatch(grad, original / before, f"step {step}: the unscaled gradient", rtol=1e-15)
-            if not failure and not np.isclose(scaler.scale, want[step]):
-                failure = (f"step {step}: scale {scaler.scale:g}, expected {want[step]:g} "
-                           f"(torch.amp's rule, growth interval {interval})")
-        yield f"{steps} steps, growth interval {interval}, an overflow on one rank in 1 of 4", failure
+    interval = int(rng.integers(2, 5))
+    steps, scale = 40, 2.0 ** int(rng.integers(8, 16))
+    culprit = rng.integers(0, p, steps)  # the one rank whose gradient overflows, where one does
+    overflow = rng.random(steps) < 0.25
+    scaler = module.LossScaler(scale=scale, growth=2.0, backoff=0.5, growth_interval=interval)
+    want = _torch_scales(list(overflow), scale, 2.0, 0.5, interval)
+    failure = None
+    for step in range(steps):  # every rank calls step() every time, even after a failure: it may communicate
+        grad = rng.standard_normal(6) * scaler.scale
+        if overflow[step] and culprit[step] == r:
+            grad[0] = np.inf
+        before, original = scaler.scale, grad.copy()
+        kept = scaler.step([grad], comm)
+        if failure:
+            continue
+        if bool(kept) == bool(overflow[step]):
+            failure = f"step {step}: returned {kept!r}, expected {not overflow[step]}: " + (
+                f"rank {culprit[step]}'s gradient holds an inf, so every rank skips" if overflow[step]
+                else "no gradient overflowed")
+        elif kept:
+            failure = mismatch(grad, original / before, f"step {step}: the unscaled gradient", rtol=1e-15)
+        if not failure and not np.isclose(scaler.scale, want[step]):
+            failure = (f"step {step}: scale {scaler.scale:g}, expected {want[step]:g} "
+                       f"(torch.amp's rule, growth interval {interval})")
+    yield f"{steps} steps, growth interval {interval}, an overflow on one rank in 1 of 4", failure
 
 
 def check_ring_attention(module, comm, rng):

@@ -193,7 +193,8 @@ def simulate(op: str, algorithm, ranks: int, n_bytes: int, topology: Topology, *
     (the graded exercises run a learner's code this way).
     """
     fn = algorithm if callable(algorithm) else lookup(op, algorithm)
-    algorithm = getattr(fn, "__name__", str(fn))
+    if callable(algorithm):  # named after the function (SimResult.formula_s has no formula for it)
+        algorithm = getattr(fn, "__name__", repr(fn))
     if fn is allreduce_hierarchical:
         # fewer ranks than a node holds: they share one node
         fn = functools.partial(fn, ranks_per_node=min(topology.ranks_per_node or ranks, ranks))

@@ -184,3 +184,21 @@ def test_unknown_ids_and_missing_files_say_what_to_do(tmp_path):
     assert run("start", "03.1").returncode == 0
     proc = run("start", "03.1")
     assert proc.returncode == 1 and "--force" in proc.stderr
+
+
+def test_an_exception_on_one_rank_is_shown_with_its_line_and_ends_the_job(tmp_path):
+    exercise = find("01.1")
+    broken = tmp_path / "one_rank_raises.py"
+    broken.write_text(wrong_source(exercise, None, '''
+def pass_right(buf, comm):
+    p, r = comm.Get_size(), comm.Get_rank()
+    out = np.empty_like(buf)
+    if r == 1:
+        raise ValueError("rank 1 gives up")
+    comm.Sendrecv(buf, dest=(r + 1) % p, recvbuf=out, source=(r - 1) % p)
+    return out
+'''))
+    proc = run_check(exercise, broken, tmp_path=tmp_path, timeout=60)
+    assert proc.returncode == 1 and "no answer after" not in proc.stdout, proc.stdout  # ended, not timed out
+    assert "FAIL rank 1 of 3: ValueError: rank 1 gives up" in proc.stdout, proc.stdout
+    assert 'raise ValueError("rank 1 gives up")' in proc.stdout and str(broken) in proc.stdout

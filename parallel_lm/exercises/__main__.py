@@ -70,7 +70,7 @@ def main():
     """Graded exercises: start one, write it, check it on cases you have not seen."""
 
 
-@main.command("list")
+@main.command("list", short_help="Every exercise, and your progress.")
 @FOLDER
 def list_(folder):
     """Every exercise: ID, lesson, what it asks, the rank counts it is checked on, your progress."""
@@ -81,7 +81,7 @@ def list_(folder):
         click.echo(f"{e.id}  lesson {e.lesson}  {e.title:<66} {how:<20} {_state(folder, e, progress)}".rstrip())
 
 
-@main.command()
+@main.command(short_help="Write exercise ID's task into your folder.")
 @EXERCISE
 @FOLDER
 @click.option("--force", is_flag=True, help="overwrite a file you already started")
@@ -111,7 +111,7 @@ def _launch(mpiexec: str, exercise, path: Path, ranks: int, seed: int, timeout_s
         return False
 
 
-@main.command()
+@main.command(short_help="Check your solution on cases you have not seen.")
 @EXERCISE
 @click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="check this file instead of the one in your folder")
@@ -142,7 +142,7 @@ def check(exercise, path, reference, seed, timeout_s, folder):
         _record_pass(folder, exercise, seed)
 
 
-@main.command()
+@main.command(short_help="Your progress through the course.")
 @FOLDER
 def status(folder):
     """Your progress: passed, started and untouched exercises, lesson by lesson."""

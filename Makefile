@@ -21,14 +21,15 @@ EXTRAS ?= $(MPI),test,tensorboard
 MPIEXEC ?= $(VENV)/bin/mpiexec
 # make test-openmpi: the MPI tests that best cover the runtime (collectives bitwise against the library, training
 # equal to one process on 2-4 ranks, the watchdog's aborts, checkpoint integrity, dp x tp x pp, ZeRO-3, and
-# surviving dead ranks with ULFM: --on-failure shrink), under Open MPI
+# surviving dead ranks with ULFM: --on-failure shrink; a graded exercise's hang and crash), under Open MPI
 OPENMPI_TESTS ?= tests/test_collectives_mpi.py tests/test_alltoall.py::test_all_to_all_equals_the_library_bytewise \
 	tests/test_train_equivalence.py tests/test_watchdog.py::test_a_stopped_rank_is_named_and_the_job_ends \
 	tests/test_watchdog.py::test_a_rank_stuck_in_its_main_thread_is_named_with_its_operation_and_step \
 	tests/test_checkpoint_integrity.py --deselect tests/test_checkpoint_integrity.py::test_generate_falls_back_too \
 	tests/test_layouts.py::test_the_full_grid_from_the_command_line \
 	tests/test_memory_features.py::test_zero3_trains_like_one_process_holding_a_shard_and_at_most_two_layers \
-	tests/test_shrink.py
+	tests/test_shrink.py tests/test_exercises.py::test_a_hang_is_called_a_hang_and_the_job_is_killed \
+	tests/test_exercises.py::test_an_exception_on_one_rank_is_shown_with_its_line_and_ends_the_job
 RANKS ?= 8
 STEPS ?= 300
 

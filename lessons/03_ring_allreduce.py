@@ -1,6 +1,6 @@
 """Lesson 03: the ring all-reduce, step by step.
 
-    mpiexec -n 4 python lessons/03_ring_allreduce.py
+    mpiexec -n 4 python lessons/03_ring_allreduce.py [ELEMENTS]     (default 2 per rank)
 
 Cut each rank's vector into p chunks. Two phases, p - 1 steps each, and on
 every step *every* rank sends one chunk to its right neighbour and
@@ -26,6 +26,8 @@ The code below is the same loop as ``parallel_lm/comm/collectives/ring.py``
 with printing added; at the end the lesson checks its result against the
 library's MPI_Allreduce and against ``allreduce(..., algorithm="ring")``.
 """
+import sys
+
 import numpy as np
 from mpi4py import MPI
 
@@ -37,8 +39,7 @@ install_abort_hook()
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
 ring = Ring(rank, p)
-per_chunk = 2
-n = per_chunk * p
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 2 * p  # elements; fewer than p leaves chunks empty (exercise 2)
 offs = chunk_offsets(n, p)
 buf = np.full(n, 2 ** rank, dtype=np.int64)  # (n,) int64: this rank's bit in every element
 original = buf.copy()
@@ -86,13 +87,14 @@ comm.Allreduce(MPI.IN_PLACE, library, op=MPI.SUM)
 check(np.array_equal(buf, library), "ring result differs from MPI_Allreduce")
 packaged = allreduce(original.copy(), comm, algorithm="ring")
 check(np.array_equal(packaged, library), "parallel_lm's ring differs from MPI_Allreduce")
-print0(f"\n{2 * (p - 1)} steps, {2 * (p - 1)} messages of {per_chunk} elements per rank; "
+print0(f"\n{2 * (p - 1)} steps, {2 * (p - 1)} messages of at most {offs[1] - offs[0]} elements per rank; "
        "result equals MPI_Allreduce and parallel_lm's ring")
 print0("lesson 03 OK")
 
 # Exercises
 # 1. Run with -n 3 and -n 5 (not powers of two): nothing in the ring cares. Why not?
-# 2. Set per_chunk = 1 and n = p - 1: one chunk is empty. Does the table still end full?
+# 2. Run with fewer elements than ranks (mpiexec -n 4 ... 03_ring_allreduce.py 3): one chunk is
+#    empty. Does the table still end full? And with 7, where chunks differ in length?
 # 3. With PARALLEL_LM_TRACE=1, count the messages per rank for p = 8 and compare with
 #    lesson 02's tree. Which sends fewer bytes per rank for a 64 MiB vector?
 # 4. The ring sends 2(p-1) messages. For a 4 KiB vector on 8 ranks, is that a good

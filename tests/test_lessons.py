@@ -1,4 +1,5 @@
 """Every lesson runs under mpiexec, checks itself and says OK (CI runs them all)."""
+import ast
 import re
 import subprocess
 import sys
@@ -36,6 +37,27 @@ def test_lesson_runs_and_checks_itself(lesson, k, tmp_path):
         assert len(tp_ms) == 5 and tp_ms[0] < 10 * sorted(tp_ms[1:])[1] + 1, proc.stdout
     if figure:  # the visual lessons draw their point
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", describe(proc)
+
+
+def test_every_command_that_runs_a_lesson_uses_the_rank_count_its_docstring_gives():
+    """Lesson 10's docstring once said -n 4 where README and docs/lessons.md said -n 2."""
+    own = {}
+    for lesson in LESSONS:
+        m = re.search(r"(?:mpiexec -n (\d+) )?python lessons/" + lesson.name, ast.get_docstring(ast.parse(lesson.read_text())))
+        assert m, f"{lesson.name}: its docstring must say how to run it"
+        own[lesson.name] = m.group(1)
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for k, name in re.findall(r"(?:mpiexec -n (\d+) )?\S*python lessons/(\d\d_\w+\.py)", path.read_text()):
+            assert (k or None) == own[name], f"{path.name} runs {name} with -n {k or '(none)'}, its docstring with {own[name]}"
+
+
+def test_lesson_03_runs_with_empty_and_uneven_chunks():
+    """Its exercise 2 (fewer elements than ranks) once raised IndexError on the empty chunk."""
+    for elements, last_row in ((3, "{0,1,2,3} {0,1,2,3} {0,1,2,3}         -"),
+                               (7, "{0,1,2,3} {0,1,2,3} {0,1,2,3} {0,1,2,3}")):
+        proc = mpirun(4, [str(ROOT / "lessons" / "03_ring_allreduce.py"), str(elements)], timeout=120)
+        assert proc.returncode == 0 and "lesson 03 OK" in proc.stdout, describe(proc)
+        assert proc.stdout.split("\n\n")[-2].splitlines()[-1].endswith(last_row), proc.stdout  # "-": the empty chunk
 
 
 def test_lesson_05_checks_itself_and_fits_sanely_on_a_busy_machine():

@@ -7,8 +7,11 @@ must pass it, and the stub must fail it without hanging.
 """
 import ast
 import json
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -202,3 +205,38 @@ def pass_right(buf, comm):
     assert proc.returncode == 1 and "no answer after" not in proc.stdout, proc.stdout  # ended, not timed out
     assert "FAIL rank 1 of 3: ValueError: rank 1 gives up" in proc.stdout, proc.stdout
     assert 'raise ValueError("rank 1 gives up")' in proc.stdout and str(broken) in proc.stdout
+
+
+def _running(text: str) -> list[int]:
+    """Processes whose command line holds ``text``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_ctrl_c_during_a_check_ends_every_rank_too(tmp_path):
+    """The ranks run in their own process group (so that a hang can be killed whole): they do not get the
+    terminal's Ctrl-C, so check must end them itself."""
+    exercise = find("01.1")
+    deadlock = tmp_path / "hangs_until_interrupted.py"
+    deadlock.write_text(wrong_source(exercise, None, '''
+def pass_right(buf, comm):
+    import time
+    time.sleep(600)
+'''))
+    proc = subprocess.Popen([sys.executable, "-m", "parallel_lm.exercises", "check", "01.1", "--file", str(deadlock),
+                             "--dir", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while len(_running(str(deadlock))) < 4 and time.time() < deadline:  # check itself and 3 ranks
+        time.sleep(0.2)
+    assert len(_running(str(deadlock))) >= 4
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    time.sleep(1)
+    assert _running(str(deadlock)) == []

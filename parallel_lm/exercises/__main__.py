@@ -99,12 +99,15 @@ def start(exercise, folder, force):
 def _launch(mpiexec: str, exercise, path: Path, ranks: int, seed: int, timeout_s: float) -> bool:
     cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "parallel_lm.exercises.harness", exercise.id, str(path),
            str(seed)]
+    # Its own process group, so that a hang can be killed whole: mpiexec and every rank.
     proc = subprocess.Popen(cmd, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         return proc.wait(timeout=timeout_s) == 0
-    except subprocess.TimeoutExpired:
+    except BaseException as e:  # the timeout, or Ctrl-C (which the ranks in their own group do not get)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        if not isinstance(e, subprocess.TimeoutExpired):
+            raise
         click.echo(f"  FAIL no answer after {timeout_s:g} s on {ranks} ranks: a rank waits for a message "
                    "that is never sent (a Recv without its Send, every rank in Send before any Recv, or ranks "
                    "calling different collectives)")

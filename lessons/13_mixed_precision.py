@@ -41,6 +41,7 @@ from parallel_lm import figures
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model import PRESETS
+from parallel_lm.model.gpt import GPT
 from parallel_lm.parallel.optim import LossScaler
 from parallel_lm.runtime import check, install_abort_hook, print0, threads_per_rank
 from parallel_lm.trainer import Trainer
@@ -61,18 +62,21 @@ for g, h, s in zip(grads, as_fp16, scaled):
 check(as_fp16[3] == 0 and scaled[3] != 0, "expected 1e-9 to vanish in fp16 and survive with scaling")
 print0(f"float16 largest value {np.finfo(np.float16).max:.0f}; smallest subnormal {np.finfo(np.float16).smallest_subnormal:.1e}\n")
 
-# ... and in this model: one fp16 backward with the loss unscaled, and scaled by 2^16
+# ... and in this model: one fp16 backward of 16 sequences with the loss unscaled, and scaled by 2^16
 STEPS = 60
 model_cfg = PRESETS["tiny"]
 batches = Batches.from_bytes(load_corpus("stdlib", 1 << 20), model_cfg.block_size, seed=0)
-probe = Trainer(TrainConfig(model=model_cfg, global_batch_size=16 * K, steps=1, precision="fp16"), comm, batches)
+torch.manual_seed(0)
+probe = GPT(model_cfg)
+x, y = batches.rows(0, "train", 16, 0, 16)
 zeros = {}
 for scale in (1.0, 2.0 ** 16):
-    probe.sync.zero_grad()
-    probe._forward_backward(0, scale)  # the gradients stay multiplied by scale: we only count zeros
-    g = torch.cat([p.grad.reshape(-1) for p in probe.model.parameters() if p.grad is not None])
+    probe.zero_grad()
+    with torch.autocast("cpu", dtype=torch.float16):  # the matmuls, and so their gradients, in float16
+        loss = probe(x, y)[1]
+    (loss * scale).backward()  # the gradients stay multiplied by scale: we only count zeros
+    g = torch.cat([p.grad.reshape(-1) for p in probe.parameters()])
     zeros[scale] = int((g == 0).sum())
-probe.close()
 print0(f"this model's gradients in one fp16 backward: {zeros[1.0]} of {g.numel()} underflow to 0 with the loss "
        f"unscaled, {zeros[2.0 ** 16]} with it scaled by 2^16")
 check(zeros[1.0] > zeros[2.0 ** 16], "expected some of the model's gradients to underflow without scaling")

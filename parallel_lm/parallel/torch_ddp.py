@@ -1,6 +1,7 @@
 """The framework baseline: torch.distributed (gloo on CPU, nccl on GPU) started on the MPI ranks."""
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 
@@ -23,6 +24,10 @@ def init_process_group(comm, backend: str = "gloo") -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(comm.bcast(port, root=0))
     dist.init_process_group(backend, rank=comm.Get_rank(), world_size=comm.Get_size())
+    # Tear it down before the interpreter does: left to the end, Gloo's worker threads can still be
+    # running while Python finalizes, and one of them aborted a finished run (exit 134, "terminate
+    # called without an active exception" from ProcessGroupGloo::runLoop, seen once under Open MPI).
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 
 
 class TorchDDP(GradSync):

@@ -3,12 +3,21 @@
 - ``TraceComm`` (``PARALLEL_LM_TRACE=1``): prints every message as one whole
   line on stderr, e.g. ``[trace] rank 1 -> 2  256 B | rank 1 <- 0  256 B  (Sendrecv)``,
   to watch the chunks move.
-- ``CountingComm``: counts messages, rounds and bytes (lessons, cost-model tests).
+- ``CountingComm``: counts messages, rounds and bytes (lessons, cost-model tests,
+  the graded exercises' checkers), and the calls of the library's collectives.
 """
 from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
+
+
+def nbytes(buf) -> int:
+    """Bytes of an mpi4py buffer argument: an array, or a [array, ...] buffer spec; 0 for a pickled object."""
+    if isinstance(buf, (list, tuple)) and buf and hasattr(buf[0], "nbytes"):
+        buf = buf[0]
+    return int(getattr(buf, "nbytes", 0))
 
 
 def tracing_enabled() -> bool:
@@ -49,9 +58,9 @@ class TraceComm(ObservedComm):
     def observe(self, call, sendbuf=None, dest=None, recvbuf=None, source=None):
         parts = []
         if sendbuf is not None:
-            parts.append(f"-> {dest}  {sendbuf.nbytes} B")
+            parts.append(f"-> {dest}  {nbytes(sendbuf)} B")
         if recvbuf is not None:
-            parts.append(f"<- {source}  {recvbuf.nbytes} B")
+            parts.append(f"<- {source}  {nbytes(recvbuf)} B")
         sys.stderr.write(f"[trace] rank {self._rank} " + f" | rank {self._rank} ".join(parts) + f"  ({call})\n")
         sys.stderr.flush()
 
@@ -64,17 +73,47 @@ class CountingComm(ObservedComm):
     ``round_bytes``: bytes per round summed (the larger direction of a
     Sendrecv). The busiest rank's rounds and round_bytes are the alpha and
     beta coefficients of the cost formulas (tests/test_costmodel.py).
+
+    Code that is not ours (a learner's exercise) may send in other ways:
+    the non-blocking and the pickling calls count as messages too, though
+    not as rounds, and ``calls`` counts each of them and each call of the
+    library's collectives by name (``collective_calls``).
     """
+
+    SENDS = {"Isend", "Ssend", "Sendrecv_replace", "send", "isend", "sendrecv"}
+    RECEIVES = {"Irecv", "Sendrecv_replace", "recv", "irecv", "sendrecv"}
+    COLLECTIVES = {"Allreduce", "Iallreduce", "Reduce", "Bcast", "Ibcast", "Allgather", "Allgatherv", "Reduce_scatter",
+                   "Reduce_scatter_block", "Alltoall", "Alltoallv", "Gather", "Scatter", "allreduce", "reduce", "bcast",
+                   "allgather", "alltoall", "gather", "scatter"}
 
     def __init__(self, comm):
         super().__init__(comm)
         self.sent = self.received = self.bytes_sent = self.rounds = self.round_bytes = 0
+        self.calls: Counter = Counter()
 
     def observe(self, call, sendbuf=None, dest=None, recvbuf=None, source=None):
         self.rounds += 1
-        self.round_bytes += max(b.nbytes for b in (sendbuf, recvbuf) if b is not None)
+        self.round_bytes += max(nbytes(b) for b in (sendbuf, recvbuf) if b is not None)
         if sendbuf is not None:
             self.sent += 1
-            self.bytes_sent += sendbuf.nbytes
+            self.bytes_sent += nbytes(sendbuf)
         if recvbuf is not None:
             self.received += 1
+
+    def __getattr__(self, name):
+        attr = getattr(self._comm, name)
+        if name not in self.SENDS | self.RECEIVES | self.COLLECTIVES:
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            if name in self.SENDS:
+                self.sent += 1
+                self.bytes_sent += nbytes(args[0] if args else kwargs.get("buf", kwargs.get("obj")))
+            if name in self.RECEIVES:
+                self.received += 1
+            return attr(*args, **kwargs)
+        return counted
+
+    def collective_calls(self, *names: str) -> int:
+        return sum(self.calls[n] for n in names)

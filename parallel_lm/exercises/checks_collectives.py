@@ -6,7 +6,7 @@ import math
 import numpy as np
 from mpi4py import MPI
 
-from .counting import CountingComm
+from ..comm.trace import CountingComm
 from .verdicts import at_most, every_rank, exactly, first, mismatch
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..comm.topology import chunk_offsets
-from .counting import CountingComm
+from ..comm.trace import CountingComm
 from .verdicts import at_most, exactly, first, mismatch
 
 

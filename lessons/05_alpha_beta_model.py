@@ -81,9 +81,9 @@ else:
 net = Network(alpha + overhead, beta, gamma)
 
 
-def measure_and_predict(net: Network, names, sizes, on=comm) -> dict:
-    """{(size, algorithm): measured seconds}, printing each against the prediction from ``net``."""
-    measured = {}
+def measure_and_predict(net: Network, names, sizes, on=comm) -> tuple[dict, float]:
+    """({(size, algorithm): measured seconds}, median |error|), printing each against the prediction from ``net``."""
+    measured, errors = {}, []
     print0(f"   {'size':>6} {'algorithm':>18} {'measured':>10} {'predicted':>10} {'error':>7}")
     for n in sizes:
         src = np.ones(n // 4, dtype=np.float32)
@@ -93,27 +93,22 @@ def measure_and_predict(net: Network, names, sizes, on=comm) -> dict:
                                    lambda: np.copyto(buf, src), warmup=1, iters=5)
             predicted = COSTS["allreduce"][name](n, p).time_s(net)
             measured[n, name] = t
+            errors.append(predicted / t - 1)
             print0(f"   {format_size(n):>6} {name:>18} {t * 1e3:>8.2f}ms {predicted * 1e3:>8.2f}ms "
-                   f"{100 * (predicted / t - 1):>+6.0f}%")
-    return measured
-
-
-def median_error(net: Network, measured: dict) -> float:
-    return float(np.median([abs(COSTS["allreduce"][name](n, p).time_s(net) / t - 1) for (n, name), t in measured.items()]))
+                   f"{100 * errors[-1]:>+6.0f}%")
+    return measured, float(np.median(np.abs(errors)))
 
 
 names = list(COSTS["allreduce"])  # the algorithms with a one-level formula (not mpi, not hierarchical)
 print0("4. predicted vs measured on this machine's shared memory")
-bare = measure_and_predict(net, names, [256 << 10, 4 << 20])
-print0(f"   median |error| {100 * median_error(net, bare):.0f}%")
+print0(f"   median |error| {100 * measure_and_predict(net, names, [256 << 10, 4 << 20])[1]:.0f}%")
 
 # 5. the same under network emulation: every message takes 10 GbE's alpha + n.beta
 eth = load_profile("eth-10g").network()
 emulated = Network(eth.alpha_s + overhead, eth.beta_s_per_byte, gamma)
 print0("5. the same with every message delayed to 10 Gb Ethernet (20 us, 1.25 GB/s)")
-under_netem = measure_and_predict(emulated, ["ring", "rabenseifner"], [1 << 20, 4 << 20],
-                                  NetemComm(comm, eth.alpha_s, eth.beta_s_per_byte))
-median = median_error(emulated, under_netem)
+under_netem, median = measure_and_predict(emulated, ["ring", "rabenseifner"], [1 << 20, 4 << 20],
+                                          NetemComm(comm, eth.alpha_s, eth.beta_s_per_byte))
 print0(f"   median |error| {100 * median:.0f}%" + ("" if median < 0.35 else
        ": this machine is busy (other work shares its cores), so every step waits longer than the model says"))
 # What holds however busy the machine: the emulator delays every message, so no run beats the

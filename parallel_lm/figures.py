@@ -3,7 +3,8 @@
     mpiexec -n 4 python lessons/07_buckets_and_overlap.py --plot
 
 Only rank 0 draws. ``gantt`` draws rows of spans (a thread's or a
-pipeline stage's work over time); ``save`` writes the figure and says where.
+pipeline stage's work over time); ``save`` writes the figure and says where
+(through ``write``, which ``python -m parallel_lm.plot`` uses too).
 """
 from __future__ import annotations
 
@@ -26,13 +27,19 @@ def wanted() -> bool:
     return "--plot" in sys.argv[1:]
 
 
-def save(fig, name: str) -> Path:
-    out = out_dir()
+def write(fig, out: Path, stem: str, formats=("png", "svg"), dpi: int = 130) -> list[Path]:
+    """Save ``fig`` as out/STEM.FORMAT for each format and close it (``plot``'s figures too)."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    paths = [out / f"{stem}.{kind}" for kind in formats]
+    for path in paths:
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return paths
+
+
+def save(fig, name: str) -> Path:
+    """A lesson's figure: out_dir()/NAME.png."""
+    return write(fig, out_dir(), name, ("png",), dpi=120)[0]
 
 
 def gantt(ax, rows: list[tuple[str, list[tuple[float, float, str, str]]]], unit: str) -> None:

@@ -31,6 +31,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from .figures import write
 from .sizes import format_size
 from .costmodel.compare import compare, error_table, format_table
 from .costmodel.formulas import COSTS, Network
@@ -40,15 +41,6 @@ from .metrics import write_atomic
 from .runtime import size_option
 
 SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
-
-
-def _save(fig, out: Path, stem: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
-    for path in paths:
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return paths
 
 
 @click.group(context_settings=SETTINGS)
@@ -117,7 +109,7 @@ def comm(bench_files, profiles, min_bytes, out, name):
         bottom.set_xticks(sizes, [format_size(s) for s in sizes], fontsize=7)
         bottom.minorticks_off()
         bottom.grid(True, alpha=0.3)
-        written += _save(fig, Path(out), f"{name}_p{ranks}")
+        written += write(fig, Path(out), f"{name}_p{ranks}")
     rows = error_table(points, min_bytes)
     table = format_table(rows, min_bytes)
     click.echo(table)
@@ -228,7 +220,7 @@ def scaling(preset, profile, device, mfu, max_ranks, global_batch_size, batch_pe
     fig.suptitle(f"{preset} ({n_params / 1e6:.1f}M parameters) on {prof.name}; device {device}: "
                  f"{flops / 1e12:.3g} TFLOP/s x MFU {mfu:.2f}{shared}", fontsize=9)
     stem = f"scaling_{preset}_{Path(prof.name).stem if '=' not in prof.name else 'custom'}"
-    paths = _save(fig, Path(out), stem)
+    paths = write(fig, Path(out), stem)
     write_atomic(Path(out) / f"{stem}.json", lambda tmp: tmp.write_text(json.dumps({"rows": table}, indent=1) + "\n"))
     best = {}
     for row in table:
@@ -297,7 +289,7 @@ def run(runs, out, name):
         else:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    for path in _save(fig, Path(out), name):
+    for path in write(fig, Path(out), name):
         click.echo(f"wrote {path}")
 
 

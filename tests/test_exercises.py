@@ -93,11 +93,26 @@ WRONG = {
 }
 
 
+COMMAND = [sys.executable, "-m", "parallel_lm.exercises"]
+
+
+def exercises(tmp_path, *args, check=False) -> subprocess.CompletedProcess:
+    """``python -m parallel_lm.exercises ARGS --dir TMP_PATH``, output captured."""
+    return subprocess.run([*COMMAND, *args, "--dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=400, check=check)
+
+
 def run_check(exercise, path=None, reference=False, tmp_path=None, timeout=None):
-    args = [sys.executable, "-m", "parallel_lm.exercises", "check", exercise.id, "--seed", str(SEED)]
-    args += ["--reference"] if reference else ["--file", str(path)]
-    args += ["--dir", str(tmp_path)] + (["--timeout", str(timeout)] if timeout else [])
-    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=400)
+    args = ["check", exercise.id, "--seed", str(SEED)] + (["--reference"] if reference else ["--file", str(path)])
+    return exercises(tmp_path, *args, *(["--timeout", str(timeout)] if timeout else []))
+
+
+def broken_pass_right(tmp_path, name: str, body: str):
+    """A file for exercise 01.1 whose pass_right is ``body`` (indented code), and the exercise."""
+    exercise = find("01.1")
+    path = tmp_path / name
+    path.write_text(wrong_source(exercise, None, "\ndef pass_right(buf, comm):\n" + body))
+    return exercise, path
 
 
 def wrong_source(exercise, old, new) -> str:
@@ -129,8 +144,7 @@ def test_the_checker_fails_the_stub_and_wrong_solutions_and_passes_the_reference
     proc = run_check(exercise, reference=True, tmp_path=tmp_path)
     assert proc.returncode == 0 and f"exercise {exercise.id} PASSED" in proc.stdout, proc.stdout + proc.stderr
 
-    start = subprocess.run([sys.executable, "-m", "parallel_lm.exercises", "start", exercise.id, "--dir", str(tmp_path)],
-                           capture_output=True, text=True, cwd=ROOT, check=True)
+    start = exercises(tmp_path, "start", exercise.id, check=True)
     stub = tmp_path / exercise.filename
     assert str(stub) in start.stdout
     proc = run_check(exercise, stub, tmp_path=tmp_path)
@@ -146,16 +160,13 @@ def test_the_checker_fails_the_stub_and_wrong_solutions_and_passes_the_reference
 
 
 def test_a_hang_is_called_a_hang_and_the_job_is_killed(tmp_path):
-    exercise = find("01.1")
-    deadlock = tmp_path / "send_then_recv.py"
-    deadlock.write_text(wrong_source(exercise, None, '''
-def pass_right(buf, comm):
+    exercise, deadlock = broken_pass_right(tmp_path, "send_then_recv.py", '''
     p, r = comm.Get_size(), comm.Get_rank()
     out = np.empty_like(buf)
     comm.Send(buf, dest=(r + 1) % p)
     comm.Recv(out, source=(r - 1) % p)
     return out
-'''))
+''')
     proc = run_check(exercise, deadlock, tmp_path=tmp_path, timeout=8)
     assert proc.returncode == 1
     assert "ok   0 elements" in proc.stdout and "no answer after 8 s on 3 ranks" in proc.stdout, proc.stdout
@@ -167,19 +178,16 @@ def test_passes_are_recorded_and_status_shows_progress(tmp_path):
     mine.write_text(exercise.solution.read_text())
     assert run_check(exercise, mine, tmp_path=tmp_path).returncode == 0
     assert json.loads((tmp_path / ".progress.json").read_text())["08.1"]["seed"] == SEED
-    status = subprocess.run([sys.executable, "-m", "parallel_lm.exercises", "status", "--dir", str(tmp_path)],
-                            capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    status = exercises(tmp_path, "status", check=True).stdout
     assert f"1 of {len(EXERCISES)} exercises passed" in status
     assert "[x] 08.1" in status and "[ ] 01.1" in status and "next: python -m parallel_lm.exercises start 01.1" in status
-    listing = subprocess.run([sys.executable, "-m", "parallel_lm.exercises", "list", "--dir", str(tmp_path)],
-                             capture_output=True, text=True, cwd=ROOT, check=True).stdout.splitlines()
+    listing = exercises(tmp_path, "list", check=True).stdout.splitlines()
     assert [row.split()[0] for row in listing] == [e.id for e in EXERCISES]
     assert listing[7].endswith("passed")
 
 
 def test_unknown_ids_and_missing_files_say_what_to_do(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "parallel_lm.exercises", *a, "--dir", str(tmp_path)],
-                                    capture_output=True, text=True, cwd=ROOT)
+    run = lambda *a: exercises(tmp_path, *a)
     proc = run("check", "99.1")
     assert proc.returncode == 2 and "no exercise '99.1'" in proc.stderr
     proc = run("check", "03.1")
@@ -190,17 +198,14 @@ def test_unknown_ids_and_missing_files_say_what_to_do(tmp_path):
 
 
 def test_an_exception_on_one_rank_is_shown_with_its_line_and_ends_the_job(tmp_path):
-    exercise = find("01.1")
-    broken = tmp_path / "one_rank_raises.py"
-    broken.write_text(wrong_source(exercise, None, '''
-def pass_right(buf, comm):
+    exercise, broken = broken_pass_right(tmp_path, "one_rank_raises.py", '''
     p, r = comm.Get_size(), comm.Get_rank()
     out = np.empty_like(buf)
     if r == 1:
         raise ValueError("rank 1 gives up")
     comm.Sendrecv(buf, dest=(r + 1) % p, recvbuf=out, source=(r - 1) % p)
     return out
-'''))
+''')
     proc = run_check(exercise, broken, tmp_path=tmp_path, timeout=60)
     assert proc.returncode == 1 and "no answer after" not in proc.stdout, proc.stdout  # ended, not timed out
     assert "FAIL rank 1 of 3: ValueError: rank 1 gives up" in proc.stdout, proc.stdout
@@ -222,15 +227,12 @@ def _running(text: str) -> list[int]:
 def test_ctrl_c_during_a_check_ends_every_rank_too(tmp_path):
     """The ranks run in their own process group (so that a hang can be killed whole): they do not get the
     terminal's Ctrl-C, so check must end them itself."""
-    exercise = find("01.1")
-    deadlock = tmp_path / "hangs_until_interrupted.py"
-    deadlock.write_text(wrong_source(exercise, None, '''
-def pass_right(buf, comm):
+    exercise, deadlock = broken_pass_right(tmp_path, "hangs_until_interrupted.py", '''
     import time
     time.sleep(600)
-'''))
-    proc = subprocess.Popen([sys.executable, "-m", "parallel_lm.exercises", "check", "01.1", "--file", str(deadlock),
-                             "--dir", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+''')
+    proc = subprocess.Popen([*COMMAND, "check", exercise.id, "--file", str(deadlock), "--dir", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while len(_running(str(deadlock))) < 4 and time.time() < deadline:  # check itself and 3 ranks
         time.sleep(0.2)

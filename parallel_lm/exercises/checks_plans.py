@@ -10,13 +10,7 @@ import numpy as np
 from ..costmodel.formulas import COSTS, Network
 from ..costmodel.memory import zero_shard
 from ..costmodel.transformer import RECOMPUTE, ModelShape
-from .verdicts import first
-
-
-def _relative(got, want, what: str, rtol: float) -> str | None:
-    if got is None or not np.isfinite(got):
-        return f"{what}: got {got!r}, expected {want:.6g}"
-    return None if abs(got - want) <= rtol * abs(want) else f"{what}: got {got:.6g}, expected {want:.6g}"
+from .verdicts import first, within
 
 
 def check_fit_alpha_beta(module, comm, rng):
@@ -28,7 +22,7 @@ def check_fit_alpha_beta(module, comm, rng):
         a, b = (float(x) for x in got)
         failure = None if a >= 0 and b >= 0 else f"alpha {a:.3g} s and beta {b:.3g} s/byte: neither may be negative"
         yield (f"alpha {alpha * 1e6:.1f} us, beta {1 / beta / 1e9:.2f} GB/s, {noise:.0%} noise over 8 B-64 MiB",
-               first(failure, _relative(a, alpha, "alpha (s)", 0.25), _relative(b, beta, "beta (s/byte)", 0.25)))
+               first(failure, within(a, alpha, "alpha (s)", 0.25), within(b, beta, "beta (s/byte)", 0.25)))
 
 
 def check_ring_all_gather(module, comm, rng):
@@ -46,7 +40,7 @@ def check_ring_all_gather(module, comm, rng):
         run = simulate("all_gather", fn, p, n_bytes, Topology.flat(net))
         formula = COSTS["all_gather"]["ring"](n_bytes, p).time_s(net)
         yield f"{p} virtual ranks, {n_bytes} bytes, flat network: time against (p-1).alpha + (p-1)/p.n.beta", \
-            _relative(run.time_s, formula, f"simulated time (s), {run.messages} messages", 1e-6)
+            within(run.time_s, formula, f"simulated time (s), {run.messages} messages", 1e-6)
 
 
 def check_model_state_bytes(module, comm, rng):
@@ -57,7 +51,7 @@ def check_model_state_bytes(module, comm, rng):
             params, zero = float(rng.integers(1, 2000)) * 1e8, int(rng.integers(0, 4))
             want = sum(zero_shard((2, 2, 12), params / (tp * pp), dp, zero).values())
             cases.append((params, dp, tp, pp, zero, want))
-        failure = first(*(_relative(module.model_state_bytes(params, dp, tp, pp, zero), want,
+        failure = first(*(within(module.model_state_bytes(params, dp, tp, pp, zero), want,
                                     f"{params:.3g} parameters, dp {dp}, tp {tp}, pp {pp}, ZeRO-{zero}", 1e-9)
                           for params, dp, tp, pp, zero, want in cases))
         yield "8 layouts of mixed-precision Adam", failure
@@ -71,7 +65,7 @@ def check_activation_bytes(module, comm, rng):
             shape = ModelShape(n_layer=1, n_embd=a * h_per_head, n_head=a, seq_len=s, vocab_size=50304)
             want = shape.layer_activation_bytes(b, tp=t, sequence_parallel=sp, recompute=recompute)
             got = module.activation_bytes(s, b, a * h_per_head, a, t=t, sequence_parallel=sp, recompute=recompute)
-            yield f"recompute {recompute}, sequence parallel {sp}", _relative(
+            yield f"recompute {recompute}, sequence parallel {sp}", within(
                 got, want, f"s {s}, b {b}, h {a * h_per_head}, a {a}, t {t}", 1e-9)
 
 

@@ -25,6 +25,13 @@ def mismatch(got, want, what: str, rtol: float = 0.0, atol: float = 0.0) -> str 
     return f"{what}: element {where} is {got[i].item()!r}, expected {want[i].item()!r} ({int(bad.sum())} of {bad.size} differ)"
 
 
+def within(got, want: float, what: str, rtol: float) -> str | None:
+    """None if the number ``got`` is within ``rtol`` of ``want``, relative."""
+    if got is None or not np.isfinite(got):
+        return f"{what}: got {got!r}, expected {want:.6g}"
+    return None if abs(got - want) <= rtol * abs(want) else f"{what}: got {got:.6g}, expected {want:.6g}"
+
+
 def at_most(count: int, limit: int, what: str, formula: str) -> str | None:
     return None if count <= limit else f"{what}: {count}, but the formula {formula} allows {limit}"
 

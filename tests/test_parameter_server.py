@@ -54,6 +54,8 @@ def test_a_crashing_worker_ends_the_job(staleness):
 
 BASE = FAST[:4] + ["--quiet", "--eval-every", "0", "--eval-batches", "1"]
 PS = BASE + ["--global-batch-size", "8", "--sync", "ps"]
+SGD = ["--optimizer", "sgd"]
+TOL = 1e-6  # SGD: the parameters differ by lr x a few fp32 roundings of the gradient; one step moves them ~1e-4
 
 
 def _losses(folder):
@@ -84,15 +86,17 @@ def test_a_synchronous_parameter_server_resumes_bitwise_and_writes_a_trace(tmp_p
 
 
 def test_parameter_server_fp16_matches_data_parallel_fp16(tmp_path):
-    """Each worker scales its own loss (a power of two: unscaling is exact), so the sum matches all-reduce's."""
+    """Each worker scales its own loss (a power of two: unscaling is exact), so the sum matches all-reduce's.
+
+    SGD: the point is the sum; AdamW would amplify fp32 rounding by a CPU-dependent amount (programs/noise.py)."""
     import torch
-    proc = mpirun(3, PS + ["--steps", "3", "--precision", "fp16", "--out", str(tmp_path / "ps")], timeout=120)
+    proc = mpirun(3, PS + SGD + ["--steps", "3", "--precision", "fp16", "--out", str(tmp_path / "ps")], timeout=120)
     assert proc.returncode == 0, describe(proc)
-    proc = mpirun(2, BASE + ["--global-batch-size", "8", "--steps", "3", "--precision", "fp16", "--out",
-                             str(tmp_path / "dp")], timeout=120)
+    proc = mpirun(2, BASE + SGD + ["--global-batch-size", "8", "--steps", "3", "--precision", "fp16", "--out",
+                                   str(tmp_path / "dp")], timeout=120)
     assert proc.returncode == 0, describe(proc)
     a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "dp"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-5
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < TOL
 
 
 @pytest.mark.parametrize("staleness,servers", [("inf", 1), ("2", 2), ("0", 1)])
@@ -108,9 +112,10 @@ def test_an_update_budget_ends_the_job_after_n_updates(staleness, servers):
 def test_a_synchronous_parameter_server_splits_an_uneven_batch_like_one_process(tmp_path):
     """10 sequences over 3 workers (4, 3, 3): each worker's loss weighted by its rows, the server's mean exact."""
     import torch
-    proc = mpirun(4, PS + ["--steps", "3", "--global-batch-size", "10", "--out", str(tmp_path / "ps")], timeout=120)
+    proc = mpirun(4, PS + SGD + ["--steps", "3", "--global-batch-size", "10", "--out", str(tmp_path / "ps")], timeout=120)
     assert proc.returncode == 0 and "(or 4, each worker's loss weighted by its rows)" in proc.stdout, describe(proc)
-    proc = mpirun(1, BASE + ["--global-batch-size", "10", "--steps", "3", "--out", str(tmp_path / "one")], timeout=120)
+    proc = mpirun(1, BASE + SGD + ["--global-batch-size", "10", "--steps", "3", "--out", str(tmp_path / "one")],
+                  timeout=120)
     assert proc.returncode == 0, describe(proc)
     a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "one"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-5
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < TOL

@@ -2,6 +2,11 @@
 
 Each case kills ranks on purpose (parallel_lm/faults.py) and compares the parameters after 8 steps with one
 process that trained the same global batch uninterrupted. Elsewhere (MPICH) the flag is refused, naming the fix.
+
+The point is the protocol (no step lost, the survivors' rows summed), so the runs use SGD: its parameters differ
+from one process's by lr x a few fp32 roundings of the gradient (7e-9 measured for 5 -> 4 -> 3 ranks), whatever the
+CPU, while one lost step moves them by 3.4e-4. AdamW would amplify the rounding of near-zero gradients by a CPU-
+dependent amount (5e-6 on one machine, 4.5e-5 on an AVX-512 one); tests/programs/noise.py measures that instead.
 """
 import json
 
@@ -10,7 +15,9 @@ import pytest
 from conftest import describe, mpirun, open_mpi
 from parallel_lm import checkpoint
 
-TRAIN = ["--steps", "8", "--data", "synthetic", "--global-batch-size", "12", "--eval-every", "0", "--quiet"]
+TRAIN = ["--steps", "8", "--data", "synthetic", "--global-batch-size", "12", "--eval-every", "0", "--quiet",
+         "--optimizer", "sgd"]
+TOL = 1e-6  # SGD: 100x the fp32 noise measured, 1/300 of one step
 ULFM = ("--with-ft", "ulfm")
 needs_ulfm = pytest.mark.skipif(not open_mpi(), reason="ULFM: run under Open MPI (make test-openmpi)")
 
@@ -51,7 +58,7 @@ def test_survivors_of_plain_data_parallelism_lose_no_step_and_end_like_one_proce
     assert proc.stdout.count("[shrink]") == len(dead) and "no completed step lost" in proc.stdout
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
     state = checkpoint.load(out)
-    assert state["step"] == 8 and max_difference(one_process, state["model"]) < 2e-5
+    assert state["step"] == 8 and max_difference(one_process, state["model"]) < TOL
 
 
 @needs_ulfm
@@ -61,7 +68,7 @@ def test_a_layout_that_lost_a_slice_goes_on_from_the_checkpoint_and_says_so(tmp_
     assert proc.returncode == 0, describe(proc)
     assert "from the checkpoint at step 4: the dead rank's tensor/pipeline slice is lost" in proc.stdout, describe(proc)
     assert len(log) == 1 and log[0]["restart_step"] == 4 and len(log[0]["ranks_after"]) == 4
-    assert max_difference(one_process, checkpoint.load(out)["model"]) < 2e-5
+    assert max_difference(one_process, checkpoint.load(out)["model"]) < TOL
 
 
 def test_which_layouts_go_on_in_place_and_what_survivors_can_hold():
@@ -94,7 +101,7 @@ def test_a_synchronous_parameter_server_drops_a_dead_worker_and_recovers_a_dead_
     assert proc.returncode == 0, describe(proc)
     assert how in proc.stdout and len(log) == 1 and log[0]["steps_lost"] == lost, describe(proc)
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
-    assert max_difference(one_process, checkpoint.load(out)["model"]) < 2e-5
+    assert max_difference(one_process, checkpoint.load(out)["model"]) < TOL
 
 
 @needs_ulfm

@@ -1,7 +1,7 @@
 """A global batch that does not divide over the ranks: B // K or B // K + 1 sequences each, weighted by their rows,
 so K ranks train what one process would, and a checkpoint resumes on any rank count."""
 
-from conftest import describe, mpirun
+from conftest import describe, mpirun, noise_tolerance
 from parallel_lm import checkpoint
 from test_layouts import run_cases
 
@@ -25,4 +25,4 @@ def test_a_four_rank_checkpoint_resumes_on_three_ranks_and_ends_where_four_ranks
     assert proc.returncode == 0, describe(proc)
     assert "global batch 32 over 3 data-parallel rank(s) holding 10 or 11 sequences" in proc.stdout, describe(proc)
     a, b = checkpoint.load(unbroken)["model"], checkpoint.load(resumed)["model"]
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-5
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= noise_tolerance(tmp_path, args[2:])

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 from mpi4py import MPI
+from noise import tolerance
 
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
@@ -41,21 +42,28 @@ def say(text):
 for optimizer in ("adamw", "sgd"):
     cfg = TrainConfig(model=model, global_batch_size=4 * workers * 3, steps=5, warmup_steps=2, seed=7, lr=0.05 if optimizer == "sgd" else 3e-3,
                       data="synthetic", optimizer=optimizer, sync="ps", servers=servers, staleness=0)
-    reference = None
-    if rank == 0:
-        ref = Trainer(TrainConfig(**{**cfg.to_dict(), "model": model, "sync": "allreduce"}), MPI.COMM_SELF, batches)
-        for s in range(cfg.steps):
+
+    def one(c):
+        ref = Trainer(c, MPI.COMM_SELF, batches)
+        for s in range(c.steps):
             ref.train_step(s)
-        reference = flat_params(ref.model).numpy()
+        params = {"params": flat_params(ref.model).clone()}
         ref.close()
-    reference = comm.bcast(reference, root=0)
+        return params
+
+    # SGD: the parameters differ by lr x a few fp32 roundings of the gradient on any CPU; AdamW: noise.py
+    ref_cfg = TrainConfig(**{**cfg.to_dict(), "model": model, "sync": "allreduce"})
+    reference, tol = (one(ref_cfg), 2e-5) if rank == 0 else (None, None)
+    if rank == 0 and optimizer == "adamw":
+        tol = tolerance(one, ref_cfg, reference)
+    reference, tol = comm.bcast((reference["params"].numpy() if rank == 0 else None, tol), root=0)
     run = PSRun(cfg, comm, batches)
     run.train(cfg.steps)
     diff = float(np.abs(flat_params(run.model).numpy() - reference).max())
     worst = comm.allreduce(diff, op=MPI.MAX)
-    ok = worst < 2e-5 and run.pushes == run.applied == cfg.steps * workers * servers
+    ok = worst <= tol and run.pushes == run.applied == cfg.steps * workers * servers
     say(f"{'ok  ' if ok else 'FAIL'} sync PS ({optimizer}, {servers} server(s), {workers} workers) vs 1 rank: "
-        f"max |param diff| {worst:.2e}; pushes {run.pushes} applied {run.applied}")
+        f"max |param diff| {worst:.2e} (tol {tol:.1e}); pushes {run.pushes} applied {run.applied}")
     if not ok:
         failures.append(optimizer)
 

@@ -1,7 +1,8 @@
 """Will the run fit? Peak memory per rank, estimated before any model is built, from the predictor's formulas.
 
 The terms are costmodel/layout.py's ``memory_per_gpu`` for this run's
-layout (fp32 weights, gradients and AdamW moments, each divided over the
+layout (fp32 weights, gradients and optimizer state in costmodel/memory.py's
+``state_bytes``, each divided over the
 data-parallel ranks from the ZeRO stage that shards it; the activations
 of the first pipeline stage's layers for the micro-batches 1F1B keeps in
 flight, under the run's --recompute) plus the logits and their fp32 copy on
@@ -40,7 +41,7 @@ def estimate(cfg, grid) -> dict[str, float]:
     _, micro, n_micro = cfg.per_rank(cfg.batch_ranks(grid.dp))
     # the fullest rank's share as if every rank held it (a batch that does not divide leaves some one row short)
     layout = Layout(global_batch=grid.dp * micro * n_micro, micro_batch=micro, dp=grid.dp, tp=grid.tp, pp=grid.pp,
-                    virtual_stages=cfg.virtual_stages, zero=cfg.zero, recompute=cfg.recompute, precision="fp32",
+                    virtual_stages=cfg.virtual_stages, zero=cfg.zero, recompute=cfg.recompute, precision="fp32", optimizer=cfg.optimizer,
                     sequence_parallel=cfg.sequence_parallel)
     terms = memory_per_gpu(shape, layout)
     if cfg.precision != "fp32":  # autocast keeps most activations in 16 bits

@@ -20,8 +20,35 @@ def test_activations_grow_with_the_block_and_zero_shards_the_optimizer():
     assert long["logits"] == pytest.approx(10 * short["logits"])
     zero = replace(cfg, global_batch_size=32, zero=1)
     plain, sharded = memory_check.estimate(cfg, cfg.grid(4)), memory_check.estimate(zero, zero.grid(4))
-    assert sharded["optimizer"] == pytest.approx(plain["optimizer"] / 4)
+    assert sharded["optimizer"] == pytest.approx(plain["optimizer"] * 12 / 8 / 4)  # + the owned shard's fp32 copy
     assert sharded["weights"] == plain["weights"] and sharded["gradients"] == plain["gradients"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("zero", [0, 1, 2, 3])
+def test_the_check_the_training_formula_and_the_tensors_held_agree_per_parameter(zero, optimizer):
+    """One table (costmodel/memory.py's state_bytes) for all three: AdamW 4 + 4 + 8, and 12 under ZeRO, whose
+    owned shard is an fp32 copy; SGD 4 + 4 + 0, and 4 under ZeRO. Counted from the tensors a run holds."""
+    from mpi4py import MPI
+
+    from parallel_lm.data import Batches, load_corpus
+    from parallel_lm.model import GPT
+    from parallel_lm.parallel.zero import memory_formula
+    from parallel_lm.trainer import Trainer
+    from parallel_lm.costmodel.layout import stage_params
+    from parallel_lm.utilization import shape_of
+    cfg = replace(config(), global_batch_size=2, data="synthetic", zero=zero, optimizer=optimizer)
+    trainer = Trainer(cfg, MPI.COMM_SELF, Batches.from_bytes(load_corpus("synthetic"), cfg.model.block_size, cfg.seed))
+    trainer.train_step(0)
+    held = trainer.memory()
+    trainer.close()
+    n = GPT(cfg.model).num_params()
+    formula = memory_formula(n, zero, 1, optimizer)
+    estimate = memory_check.estimate(cfg, cfg.grid(1))
+    per_param = {"weights": 4, "gradients": 4, "optimizer": {"adamw": 8, "sgd": 0}[optimizer] + 4 * (zero > 0)}
+    for ours, theirs in (("params", "weights"), ("grads", "gradients"), ("optimizer", "optimizer")):
+        assert held[ours] == formula[ours] == per_param[theirs] * n, (ours, held, formula)
+        assert estimate[theirs] == per_param[theirs] * stage_params(shape_of(cfg.model), 1), (theirs, estimate)
 
 
 def test_a_run_that_cannot_fit_is_refused_naming_the_largest_term_and_the_fix():

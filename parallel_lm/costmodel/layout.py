@@ -30,7 +30,7 @@ ZeRO-3's per-layer parameter all-gathers are prefetched one layer ahead and
 hide behind that layer's compute.
 
 Memory per GPU: weights, gradients and optimizer state by precision and
-ZeRO stage (``STATE_BYTES``), plus the first stage's activations
+ZeRO stage (memory.py's ``state_bytes``), plus the first stage's activations
 (``ModelShape.layer_activation_bytes`` x layers per stage x micro-batches in
 flight).
 """
@@ -41,14 +41,9 @@ from dataclasses import asdict, dataclass, replace
 
 from .devices import GIB, Device
 from .formulas import Network, all_gather_ring, all_to_all_pairwise, allreduce_hierarchical_s, allreduce_ring
-from .memory import zero_shard
+from .memory import state_bytes, zero_shard
 from .transformer import RECOMPUTE, ModelShape
 
-# Bytes per parameter: (weights, gradients, optimizer state).
-# Mixed precision (Micikevicius et al. 2018, as Megatron-LM runs it): 16-bit weights (2), fp32 gradient
-# accumulation buffer (4), fp32 master weights + Adam's two moments (4 + 4 + 4) = 18 bytes per parameter,
-# the figure behind Korthikanti et al. 2022's Figure 1. Pure fp32: 4 + 4 + (4 + 4) = 16 (Rajbhandari et al. 2020).
-STATE_BYTES = {"mixed": (2, 4, 12), "fp32": (4, 4, 8)}
 # Adam step, bytes read + written per parameter: mixed: grad, master, m, v read (16), master, m, v written (12),
 # 16-bit weights written (2), plus the grad-norm read (4) and zeroing the gradient (4); fp32: 16 + 12 + 4 + 4.
 OPTIMIZER_TRAFFIC = {"mixed": 38, "fp32": 36}
@@ -59,7 +54,7 @@ def mixed(precision: str) -> bool:
 
 
 def state_kind(precision: str) -> str:
-    """The row of STATE_BYTES and OPTIMIZER_TRAFFIC a precision trains with."""
+    """The kind of memory.state_bytes and the row of OPTIMIZER_TRAFFIC a precision trains with."""
     return "mixed" if mixed(precision) else "fp32"
 
 
@@ -90,6 +85,7 @@ class Layout:
     cp: int = 1  # context parallelism: each sequence cut over cp GPUs (ring attention)
     ep: int = 1  # expert parallelism: each mixture's experts spread over ep of the dp x cp GPUs
     precision: str = "bf16"
+    optimizer: str = "adamw"  # memory.MOMENT_BYTES: the optimizer state per parameter
     dp_overlap: bool = True  # gradient sync behind the last micro-batch's backward
     scatter_gather: bool = True  # pipeline messages split over the tensor ranks' NICs
 
@@ -385,5 +381,5 @@ def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
     activations = shape.n_layer // lay.pp * per_layer * held
     if lay.recompute == "full":  # one block's full activations live while it is recomputed
         activations += shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, "none", act_w)
-    return {**zero_shard(STATE_BYTES[state_kind(lay.precision)], params, lay.dp * lay.cp, lay.zero),
+    return {**zero_shard(state_bytes(state_kind(lay.precision), lay.optimizer, lay.zero), params, lay.dp * lay.cp, lay.zero),
             "activations": activations}

@@ -29,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .formulas import Network, parameter_server_sync
-from .layout import STATE_BYTES
+from .memory import state_bytes
 from .layout import overlap as hidden_behind
 
 DEFAULT_MFU = 0.462
-# fp32 weights, fp32 grads, AdamW m and v: the fp32 row of layout.STATE_BYTES
-BYTES_PER_PARAM = dict(zip(("params", "grads", "optimizer"), STATE_BYTES["fp32"]))
+# fp32 weights, fp32 grads, AdamW m and v, no ZeRO: memory.state_bytes("fp32")
+BYTES_PER_PARAM = dict(zip(("params", "grads", "optimizer"), state_bytes("fp32")))
 
 
 @dataclass(frozen=True)

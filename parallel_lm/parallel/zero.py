@@ -48,7 +48,7 @@ from mpi4py import MPI
 from ..comm import all_gather, reduce_scatter
 from ..comm.buffers import as_array
 from ..comm.topology import chunk_offsets
-from ..costmodel.memory import zero_shard
+from ..costmodel.memory import state_bytes, zero_shard
 from .data_parallel import bucket_groups
 from .grad_sync import GradSync
 from .optim import ShardOptimizer, decay_mask, flat_state, param_states
@@ -63,10 +63,9 @@ def memory_formula(n_params: int, stage: int, dp: int, optimizer: str = "adamw")
 
     AdamW keeps two moments (8 bytes per parameter), plain SGD none; under
     ZeRO the owned shard's fp32 copy (4 bytes) counts as optimizer state.
-    What each stage divides by dp is costmodel/memory.py's rule.
+    The bytes and what each stage divides by dp are costmodel/memory.py's.
     """
-    moments = 8 if optimizer == "adamw" else 0
-    held = zero_shard((4, 4, moments + (4 if stage else 0)), n_params, dp, stage)
+    held = zero_shard(state_bytes("fp32", optimizer, stage), n_params, dp, stage)
     return {"params": held["weights"], "grads": held["gradients"], "optimizer": held["optimizer"]}
 
 

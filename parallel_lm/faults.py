@@ -7,8 +7,9 @@ fails that (world) rank when it starts that step (0-based), HOW being
 - ``hang``: the main thread sleeps for ever (stuck I/O, a deadlock);
 - ``killwrite``: SIGKILL in the middle of the next checkpoint write (after its
   bytes are written, before the rename);
-- ``killcomm``: SIGKILL inside the next explicit collective, after its first
-  message (the others are mid-algorithm);
+- ``killcomm``: SIGKILL inside the next explicit collective on a
+  communicator passed through ``in_collectives`` (the trainer's
+  data-parallel one), after its first message (the others are mid-algorithm);
 - ``corrupt``: truncate the file PARALLEL_LM_CORRUPT names (the newest
   checkpoint), then SIGKILL.
 
@@ -27,6 +28,7 @@ from mpi4py import MPI
 
 _kill_in_write = False
 _kill_in_collective = False
+_sent_since_armed = 0
 
 
 def _once(rank: int, step: int) -> bool:
@@ -68,18 +70,24 @@ def maybe_kill_in_write() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def in_collective(comm):
-    """``comm``, or (``killcomm`` armed) a communicator that SIGKILLs this rank after its first message."""
-    if not _kill_in_collective:
+def in_collectives(comm):
+    """``comm``, or, when PARALLEL_LM_FAIL_AT names a ``killcomm``, ``comm`` wrapped so that once that fault is
+    armed this rank is SIGKILLed at its next message after the first (the others mid-algorithm). The caller
+    wraps the communicator explicitly; comm/ knows nothing of faults."""
+    if "killcomm" not in os.environ.get("PARALLEL_LM_FAIL_AT", ""):
         return comm
     from .comm.trace import ObservedComm
 
-    class Dying(ObservedComm):
-        sent = 0
-
+    class DiesInCollective(ObservedComm):
         def observe(self, call, sendbuf=None, dest=None, recvbuf=None, source=None):
-            if self.sent:
+            global _sent_since_armed
+            if not _kill_in_collective:
+                return
+            if _sent_since_armed:
                 os.kill(os.getpid(), signal.SIGKILL)
-            self.sent += 1
+            _sent_since_armed += 1
 
-    return Dying(comm)
+        def Dup(self):  # the communication thread's copy dies the same way
+            return DiesInCollective(self._comm.Dup())
+
+    return DiesInCollective(comm)

@@ -2,7 +2,7 @@
 
     model = shard_model(GPT(cfg), tp)              # parallel/tensor_parallel.py; no-op at tp = 1
     stage = Stage(model, pp_rank, pp)              # parallel/pipeline.py; pp = 1 is one stage
-    sync  = make_grad_sync(cfg, dp_comm, stage)    # parallel/grad_sync.py: naive | bucketed | torch-ddp | ZeRO
+    sync  = make_grad_sync(cfg, dp_comm, stage)    # parallel/choose_sync.py: naive | bucketed | torch-ddp | ZeRO
     step:   sync.zero_grad(); pipeline.run(micro_batches); sync.finish(tie)
             unscale (fp16); clip by the global norm over every model-parallel rank; optimizer step
 
@@ -26,7 +26,7 @@ from mpi4py import MPI
 
 from . import checkpoint
 from .config import TrainConfig
-from .faults import maybe_fail
+from .faults import in_collectives, maybe_fail
 from .metrics import StepRecord, Timeline
 from .model import GPT
 from .model.recompute import set_recompute
@@ -34,7 +34,8 @@ from .utilization import memory_mib
 from .watchdog import NoWatchdog
 from .parallel.context_parallel import ContextParallel
 from .parallel.expert_parallel import ExpertParallel, reset_routing, routing_summary
-from .parallel.grad_sync import GradSync, make_grad_sync
+from .parallel.choose_sync import make_grad_sync
+from .parallel.grad_sync import GradSync
 from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
 from .parallel.pipeline import Pipeline, Stage
 from .parallel.schedules import bubble_formula
@@ -102,7 +103,8 @@ class Trainer:
         expert_ids = {id(p) for p in self.experts.params} if self.experts else set()
         if sync_grads:
             dense = [p for p in self.params if id(p) not in expert_ids]  # an expert's gradient: ExpertParallel's
-            self.sync = make_grad_sync(cfg, emulated(self.dp_comm, netem), self.stage, dense, timeline, world=comm,
+            sync_comm = in_collectives(emulated(self.dp_comm, netem))  # --netem delays it; faults.py's killcomm kills in it
+            self.sync = make_grad_sync(cfg, sync_comm, self.stage, dense, timeline, world=comm,
                                        ddp_groups=grid.all_dp_groups(), ddp_mine=grid.pp_rank * grid.tp + grid.tp_rank)
         else:
             self.sync = GradSync(self.params)

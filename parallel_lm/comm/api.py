@@ -17,7 +17,6 @@ import os
 
 import numpy as np
 
-from .. import faults
 from .buffers import SUPPORTED_DTYPES, StreamSyncComm, cuda_aware_mpi, is_device_array
 from .collectives import (
     ALGORITHMS,
@@ -101,12 +100,12 @@ def _checking() -> bool:
 
 
 def _execute(call, comm, bufs) -> None:
-    """``call(comm, *bufs)`` with tracing and fault injection; the last buffer is the result.
+    """``call(comm, *bufs)`` with tracing; the last buffer is the result.
 
     GPU buffers go to the algorithm as they are when the MPI library is
     CUDA-aware; otherwise through host copies, and the result is written back.
     """
-    run_on = faults.in_collective(TraceComm(comm) if tracing_enabled() else comm)
+    run_on = TraceComm(comm) if tracing_enabled() else comm
     if not is_device_array(bufs[-1]):
         call(run_on, *bufs)
     elif cuda_aware_mpi():

@@ -1,6 +1,6 @@
 """Gradient synchronization over the data-parallel group: one interface, five implementations.
 
-Every layout's training step calls, on the object ``make_grad_sync`` returns:
+Every layout's training step calls, on the object ``make_grad_sync`` (choose_sync.py) returns:
 
     sync.zero_grad()                   # before the step
     sync.forward_context(last)         # around each micro-batch's forward (torch DDP's no_sync)
@@ -58,30 +58,3 @@ class GradSync:
     def abandon(self):
         """Stop any communication thread without a collective call (the communicators are revoked: ranks died)."""
         self.close()
-
-
-def make_grad_sync(cfg, dp_comm, stage, params, timeline=None, world=None, ddp_groups=None, ddp_mine=0):
-    """The gradient synchronization ``cfg`` asks for, over ``dp_comm``, of ``stage``'s ``params``.
-
-    torch DDP starts torch.distributed on ``world`` and builds its own process
-    groups: ``ddp_groups`` lists every data-parallel group's world ranks,
-    ``ddp_mine`` is this rank's index among them.
-    """
-    if cfg.zero == 3:
-        from .zero3 import Zero3
-        return Zero3(stage, dp_comm, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.allreduce, cfg.comm_dtype, timeline,
-                     prefetch=cfg.overlap)
-    if cfg.zero:
-        from .zero import Zero
-        deferred = [stage.tied] if stage.tied is not None and not (stage.first and stage.last) else []
-        return Zero(params, dp_comm, cfg.zero, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.bucket_mb,
-                    cfg.allreduce, cfg.comm_dtype, timeline, deferred=deferred)
-    if cfg.engine == "torch-ddp":
-        from .torch_ddp import TorchDDP
-        world = world or dp_comm
-        return TorchDDP(stage, world, ddp_groups or [list(range(world.Get_size()))], ddp_mine, cfg.bucket_mb,
-                        cfg.comm_dtype)
-    from .data_parallel import BucketedDataParallel, NaiveDataParallel
-    if cfg.dp_sync == "naive":
-        return NaiveDataParallel(params, dp_comm, cfg.allreduce, cfg.comm_dtype, timeline)
-    return BucketedDataParallel(params, dp_comm, cfg.allreduce, cfg.bucket_mb, cfg.overlap, cfg.comm_dtype, timeline)

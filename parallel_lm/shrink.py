@@ -52,6 +52,7 @@ import click
 from mpi4py import MPI
 
 from . import checkpoint
+from .config_checks import validate
 from .runtime import print0, set_world
 
 MODES = ("abort", "shrink")
@@ -106,7 +107,7 @@ def fit(cfg, ranks: int):
                          f"{model_parallel} ranks): run under python -m parallel_lm.elastic, which restarts the job "
                          "from its checkpoint on a number of ranks that fits")
     new = replace(cfg, dp=None if cfg.dp is None else ranks // model_parallel)
-    new.validate(ranks)
+    validate(new, ranks)
     return new
 
 

@@ -24,41 +24,30 @@ from mpi4py import MPI
 
 from . import checkpoint, memory_check, run_prediction, shrink, utilization
 from .costmodel.profiles import load_profile
-from .config import TrainConfig
+from .config import LAYOUT_FIELDS, TrainConfig
+from .config_checks import validate
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
 from .model import PRESETS
 from .parallel.schedules import bubble_formula
 from .runtime import agree, main_guard, netem_network, node_share, print0, quiet_barrier, threads_per_rank, world
-from .train_flags import train_options
+from .train_flags import ModelFlags, split, train_options
 from .trainer import Trainer
 from .watchdog import watchdog
 
-MODEL_FLAGS = {"n_layer": "n-layer", "n_head": "n-head", "n_embd": "n-embd", "block_size": "block-size",
-               "n_experts": "n-experts", "top_k": "top-k", "capacity_factor": "capacity-factor",
-               "aux_loss_coef": "aux-loss-coef"}
-TRAIN_FIELDS = ("steps", "global_batch_size", "micro_batch_size", "micro_batches", "schedule", "seed", "data", "data_max_mb", "lr", "min_lr",
-                "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "allreduce", "engine", "dp_sync", "bucket_mb",
-                "overlap", "precision", "comm_dtype", "eval_every", "eval_batches", "ckpt_every", "device",
-                "optimizer", "sync", "servers", "staleness", "ps_updates", "straggler", "alltoall")
-LAYOUT_FIELDS = ("dp", "tp", "pp", "zero", "virtual_stages", "recompute", "ep", "sequence_parallel", "cp")  # how to run, not what to train: never taken from a checkpoint
-
-
-def resolve_config(ctx, params: dict, saved: dict | None) -> TrainConfig:
-    """The run's TrainConfig from the flags, on top of a checkpoint's config when resuming."""
-    given = {k for k in params if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+def resolve_config(given: set, model: ModelFlags, values: dict, saved: dict | None) -> TrainConfig:
+    """The run's TrainConfig from the flags (``given``: the names set on the command line), on top of a checkpoint's
+    config when resuming: the checkpoint's model and training settings stay unless given; the layout is the flags'."""
     if saved is None:
-        base = PRESETS[params["preset"]]
-        model = replace(base, **{k: params[k] for k in MODEL_FLAGS if params[k] is not None})
-        return TrainConfig(model=model, **{k: params[k] for k in TRAIN_FIELDS + LAYOUT_FIELDS})
+        return TrainConfig(model=replace(PRESETS[model.preset], **model.overrides()), **values)
     cfg = TrainConfig.from_dict(saved)
-    for k in MODEL_FLAGS:
-        if k in given and params[k] != getattr(cfg.model, k):
-            raise ValueError(f"--{MODEL_FLAGS[k]} {params[k]} does not match the checkpoint's {getattr(cfg.model, k)}: "
+    for k, v in model.overrides().items():
+        if k in given and v != getattr(cfg.model, k):
+            raise ValueError(f"--{k.replace('_', '-')} {v} does not match the checkpoint's {getattr(cfg.model, k)}: "
                              "drop the flag to resume, or start a fresh run with another --out")
-    if "preset" in given and PRESETS[params["preset"]] != cfg.model:
-        raise ValueError(f"--preset {params['preset']} does not match the checkpoint's model {cfg.model}")
-    return replace(cfg, **{k: params[k] for k in TRAIN_FIELDS if k in given}, **{k: params[k] for k in LAYOUT_FIELDS})
+    if "preset" in given and PRESETS[model.preset] != cfg.model:
+        raise ValueError(f"--preset {model.preset} does not match the checkpoint's model {cfg.model}")
+    return replace(cfg, **{k: v for k, v in values.items() if k in given or k in LAYOUT_FIELDS})
 
 
 def _check_tensorboard() -> None:
@@ -81,63 +70,65 @@ def _make_out_dir(out: Path) -> None:
 def main(ctx, **params):
     """Train a byte-level GPT across MPI ranks (or alone): data, tensor and pipeline parallelism, ZeRO, or a
     parameter server, all through one training loop."""
+    model, values, opts = split(params)
+    given = {k for k in params if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     comm = world()
-    if params["on_failure"] == "shrink":
+    if opts.on_failure == "shrink":
         agree(comm, shrink.check_available)
         comm = shrink.fault_tolerant_world()
     rank, p = comm.Get_rank(), comm.Get_size()
-    state = agree(comm, lambda: checkpoint.load(params["resume"], on_fallback=print0)) if params["resume"] else None
-    cfg = agree(comm, lambda: resolve_config(ctx, params, state["config"] if state else None))
+    state = agree(comm, lambda: checkpoint.load(opts.resume, on_fallback=print0)) if opts.resume else None
+    cfg = agree(comm, lambda: resolve_config(given, model, values, state["config"] if state else None))
     if state is not None:
-        agree(comm, lambda: checkpoint.check_model(state, cfg.model, params["resume"]))
-    agree(comm, lambda: cfg.validate(p))
-    netem = agree(comm, lambda: netem_network(params["netem"]))
+        agree(comm, lambda: checkpoint.check_model(state, cfg.model, opts.resume))
+    agree(comm, lambda: validate(cfg, p))
+    netem = agree(comm, lambda: netem_network(opts.netem))
     if netem and (cfg.sync != "allreduce" or cfg.engine != "explicit" or cfg.allreduce == "mpi"):
         raise click.UsageError("--netem delays the explicit collectives' messages: use it with --sync allreduce, "
                                "--engine explicit and an --allreduce other than mpi")
-    if params["on_failure"] == "shrink" and (cfg.ep > 1 or cfg.cp > 1):
+    if opts.on_failure == "shrink" and (cfg.ep > 1 or cfg.cp > 1):
         raise click.UsageError("--on-failure shrink rebuilds the grid on the survivors in place, which it does not "
                                "yet do for --ep (each rank holds experts no other rank has) or --cp (groups of "
                                "ranks share sequences): use --on-failure abort with checkpoints; "
                                "python -m parallel_lm.elastic restarts them on a rank count that fits")
-    if params["on_failure"] == "shrink" and cfg.engine == "torch-ddp":
+    if opts.on_failure == "shrink" and cfg.engine == "torch-ddp":
         raise click.UsageError("--on-failure shrink rebuilds the explicit collectives' communicators: use it with "
                                "--engine explicit (python -m parallel_lm.elastic restarts torch-ddp runs)")
-    profile = agree(comm, lambda: load_profile(params["predict_profile"])) if params["predict_profile"] else None
+    profile = agree(comm, lambda: load_profile(opts.predict_profile)) if opts.predict_profile else None
     if profile and cfg.sync == "ps":
         raise click.UsageError("--predict covers --sync allreduce runs; for the parameter server use "
                                "python -m parallel_lm.predict --strategy parameter_server")
-    out = Path(params["out"] or params["resume"]) if (params["out"] or params["resume"]) else None
-    if params["trace"] and out is None:
+    out = Path(opts.folder) if opts.folder else None
+    if opts.trace and out is None:
         raise click.UsageError("--trace needs --out DIR to write trace.json into")
-    if params["tensorboard"]:
+    if opts.tensorboard:
         if out is None:
             raise click.UsageError("--tensorboard needs --out DIR: the events go to DIR/tb")
         agree(comm, _check_tensorboard)
     if out is not None:
         agree(comm, lambda: _make_out_dir(out) if rank == 0 else None)
     share = node_share(comm)  # (ranks on this node, its cores): threads, the memory check, --predict
-    torch.set_num_threads(threads_per_rank(comm, params["threads"], share))
+    torch.set_num_threads(threads_per_rank(comm, opts.threads, share))
     if cfg.device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())  # several ranks may share one GPU
-    available = None if params["force"] else memory_check.available_bytes(cfg.device)
+    available = None if opts.force else memory_check.available_bytes(cfg.device)
     memory = agree(comm, lambda: memory_check.check(cfg, cfg.grid(cfg.data_ranks(p)), share[0], available))
 
     batches = agree(comm, lambda: Batches.from_bytes(load_corpus(cfg.data, int(cfg.data_max_mb * 2**20)),
                                                        cfg.model.block_size, cfg.seed))
-    timeline = Timeline() if params["trace"] else None
+    timeline = Timeline() if opts.trace else None
     before_mib = memory_check.peak_mib()
     if cfg.sync == "ps":
         from . import trainer_ps
-        trainer_ps.run(cfg, comm, batches, out, state, timeline, params["resume"], params["tensorboard"],
-                       params["keep_checkpoints"], params["timeout"],
-                       shrink.Survivors(comm, out) if params["on_failure"] == "shrink" else None)
+        trainer_ps.run(cfg, comm, batches, out, state, timeline, opts.resume, opts.tensorboard,
+                       opts.keep_checkpoints, opts.timeout,
+                       shrink.Survivors(comm, out) if opts.on_failure == "shrink" else None)
     else:
         def make_trainer(cfg, comm, state):
             return Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(comm.Get_rank()),
                            netem=netem)
-        survivors = shrink.Survivors(comm, out) if params["on_failure"] == "shrink" else None
-        trainer = run(cfg, comm, make_trainer(cfg, comm, state), params, state, out, timeline, share, profile,
+        survivors = shrink.Survivors(comm, out) if opts.on_failure == "shrink" else None
+        trainer = run(cfg, comm, make_trainer(cfg, comm, state), opts, state, out, timeline, share, profile,
                       survivors, make_trainer)
         trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
     print0(memory_check.report(memory, before_mib))
@@ -194,7 +185,7 @@ def _checkpoint_due(cfg, out, done: int) -> bool:
     return out is not None and done > 0 and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps)
 
 
-def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, survivors=None, make_trainer=None):
+def run(cfg, comm, trainer, opts, state, out, timeline, share, profile=None, survivors=None, make_trainer=None):
     """The training loop; returns the trainer it ends with (--on-failure shrink: the survivors' own, built by
     ``make_trainer(cfg, comm, state)``)."""
     rank, p = comm.Get_rank(), comm.Get_size()
@@ -205,7 +196,7 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, s
            + (f", {cfg.dp_sync} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
               if cfg.engine == "explicit" else "")
            + f", precision {cfg.precision}, comm {cfg.comm_dtype}, device {cfg.device}"
-           + (f", netem {params['netem']}" if params.get("netem") else "")
+           + (f", netem {opts.netem}" if opts.netem else "")
            + (f", ZeRO stage {cfg.zero}" if cfg.zero else ""))
     print0(f"model: {trainer.n_params / 1e6:.2f}M parameters, {trainer.flops_per_token / 1e6:.2f} MFLOP/token, {cfg.model}")
     B, dp = cfg.global_batch_size, cfg.batch_ranks(grid.dp)
@@ -226,22 +217,22 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, s
             f"dp {grid.dp // cfg.cp} x cp {cfg.cp} x tp {grid.tp} x pp {grid.pp}"
         print0(f"layout: {layout}" + (f", {kind} = {bubble_formula(grid.pp, n_micro, v):.3f}" if grid.pp > 1 else ""))
     if trainer.start_step:
-        print0(f"resumed from {params['resume']} at step {trainer.start_step}")
+        print0(f"resumed from {opts.resume} at step {trainer.start_step}")
 
     probe = _probe_compute(cfg, comm, micro) if profile else None
-    peak = utilization.peak_per_rank(comm, share, params.get("peak_tflops"))
+    peak = utilization.peak_per_rank(comm, share, opts.peak_tflops)
     records = []
-    tensorboard = out / "tb" if params["tensorboard"] else None
+    tensorboard = out / "tb" if opts.tensorboard else None
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,
                             tensorboard=tensorboard, resumed_step=trainer.start_step)
-    trainer.watchdog = watchdog(comm, params["timeout"], kill=survivors is not None)
+    trainer.watchdog = watchdog(comm, opts.timeout, kill=survivors is not None)
     comm.Barrier()
     if timeline:
         timeline.t0 = time.perf_counter()  # after the barrier: tracks of all ranks line up
     from tqdm import tqdm
     # A live bar on a terminal; in a log (not a TTY) a plain line every tenth of the run instead.
-    interactive = rank == 0 and not params["quiet"] and sys.stderr.isatty()
-    log_every = max(1, (cfg.steps - trainer.start_step) // 10) if not params["quiet"] and not interactive else 0
+    interactive = rank == 0 and not opts.quiet and sys.stderr.isatty()
+    log_every = max(1, (cfg.steps - trainer.start_step) // 10) if not opts.quiet and not interactive else 0
     bar = tqdm(total=cfg.steps, initial=trainer.start_step, unit="step", file=sys.stderr, mininterval=0.5,
                disable=not interactive, dynamic_ncols=True)
     val, step, first = None, trainer.start_step, trainer.start_step
@@ -264,20 +255,20 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, s
             _report_step(rec, cfg, bar, interactive, log_every)
             if _checkpoint_due(cfg, out, done):
                 trainer.watchdog.at(step, "checkpoint write")
-                trainer.save(out, done, params["keep_checkpoints"])  # collective: every rank sends its part, unsharded, by single-process name
+                trainer.save(out, done, opts.keep_checkpoints)  # collective: every rank sends its part, unsharded, by single-process name
             step = done
         except MPI.Exception as error:
             if survivors is None or not shrink.is_failure(error):
                 raise
             trainer, record = survivors.recover(trainer, error, records[-1] if records else None, make_trainer)
             comm, rank, p = trainer.comm, trainer.comm.Get_rank(), trainer.comm.Get_size()
-            trainer.watchdog = watchdog(comm, params["timeout"], kill=True)
+            trainer.watchdog = watchdog(comm, opts.timeout, kill=True)
             metrics = metrics.reopened(out / "metrics.jsonl" if out is not None and rank == 0 else None, tensorboard,
                                        trainer.start_step, record)
             step = trainer.start_step
             records = [r for r in records if r.step <= step]  # a checkpoint's survivors do the steps after again
             if _checkpoint_due(cfg, out, step):  # the write may have been what the dead rank was doing
-                trainer.save(out, step, params["keep_checkpoints"])
+                trainer.save(out, step, opts.keep_checkpoints)
     bar.close()
     trainer.watchdog.close()
     metrics.close()
@@ -299,7 +290,7 @@ def run(cfg, comm, trainer, params, state, out, timeline, share, profile=None, s
     if out is not None:
         files = ["metrics.jsonl", "checkpoint.pt"] + (["prediction.json"] if probe and records else []) \
             + (["trace.json"] if timeline else []) + (["tb/ (tensorboard --logdir " + str(out.parent) + ")"]
-                                                      if params["tensorboard"] else [])
+                                                      if opts.tensorboard else [])
         print0(f"wrote {', '.join(str(out / f) for f in files)}" + (" (open trace.json in ui.perfetto.dev)" if timeline else ""))
     return trainer
 

@@ -30,7 +30,7 @@ from .faults import in_collectives, maybe_fail
 from .metrics import StepRecord, Timeline
 from .model import GPT
 from .model.recompute import set_recompute
-from .utilization import memory_mib
+from .utilization import formula_mib, held_mib
 from .watchdog import NoWatchdog
 from .parallel.context_parallel import ContextParallel
 from .parallel.expert_parallel import ExpertParallel, reset_routing, routing_summary
@@ -87,6 +87,7 @@ class Trainer:
             self.start_step = int(state["step"])
             saved_optimizer = checkpoint.optimizer_by_name(state["optimizer"], full)
         self.completed = self.start_step  # steps whose optimizer update this rank has applied
+        self.formula_mib = None  # utilization.formula_mib, computed at the first record
         self.tp = TensorParallel(self.tp_comm, cfg.allreduce, cfg.sequence_parallel)
         self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
         set_recompute(self.model, cfg.recompute)
@@ -211,7 +212,8 @@ class Trainer:
         self.sync.zero_grad()
         if self.experts:
             self.experts.zero_grad()
-        reset_routing(self.model)
+        if cfg.model.n_experts:
+            reset_routing(self.model)
         self.tp.seconds, self.tie_s = 0.0, 0.0
         for part in (self.context, self.experts):
             if part:
@@ -253,9 +255,15 @@ class Trainer:
                           ep_comm_s=self.experts.seconds if self.experts else None,
                           bubble_formula=bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None,
                           loss_scale=self.scaler.scale if self.scaler else None,
-                          experts=routing_summary(self.model, self.dp_comm),
+                          experts=routing_summary(self.model, self.dp_comm) if cfg.model.n_experts else None,
                           skipped=(not applied) if self.scaler else None,
-                          **dict(zip(("memory_mib", "memory_formula_mib"), memory_mib(self))))
+                          memory_mib=held_mib(self), memory_formula_mib=self._formula_mib())
+
+    def _formula_mib(self) -> float:
+        """utilization.formula_mib, once: the formulas do not change from step to step."""
+        if self.formula_mib is None:
+            self.formula_mib = formula_mib(self)
+        return self.formula_mib
 
     def evaluate(self) -> float:
         """Mean validation loss (nats per byte) over ``eval_batches`` fixed global batches, sharded over dp ranks."""

@@ -118,16 +118,23 @@ def activation_line(trainer, grid, micro: int) -> str:
             f"in flight: {live * have / 2**20:.2f} MiB")
 
 
-def memory_mib(trainer) -> tuple[float, float]:
-    """(measured, formula) MiB this rank holds: model state (``Trainer.memory``: parameters, gradients,
-    optimizer state, and what is in flight: a ZeRO-2 bucket, ZeRO-3's whole layers) and the activations
-    of the micro-batches its schedule holds at once."""
-    cfg, grid, pipe = trainer.cfg, trainer.grid, trainer.pipeline
-    have, want, _ = _model_state(trainer)
-    held, formula = sum(have.values()), sum(want.values())
+def held_mib(trainer) -> float:
+    """MiB this rank holds now: model state (``Trainer.memory``: parameters, gradients, optimizer state, and what
+    is in flight: a ZeRO-2 bucket, ZeRO-3's whole layers) and the activations of the micro-batches its schedule
+    holds at once."""
+    pipe = trainer.pipeline
+    held = sum(trainer.memory().values())
     if pipe.activation_bytes:
-        live = pipe.peak_in_flight(trainer.n_micro)
+        held += pipe.peak_in_flight(trainer.n_micro) * pipe.activation_bytes
+    return held / 2**20
+
+
+def formula_mib(trainer) -> float:
+    """``held_mib`` by the formulas: the same for every step once the first has measured the activations."""
+    cfg, grid, pipe = trainer.cfg, trainer.grid, trainer.pipeline
+    formula = sum(_model_state(trainer)[1].values())
+    if pipe.activation_bytes:
         chunk = trainer.stage.chunks[pipe.activation_chunk]
-        held += live * pipe.activation_bytes
-        formula += live * activation_formula(cfg, grid, trainer.micro, chunk.first, chunk.last, len(chunk.blocks))
-    return held / 2**20, formula / 2**20
+        formula += pipe.peak_in_flight(trainer.n_micro) * activation_formula(
+            cfg, grid, trainer.micro, chunk.first, chunk.last, len(chunk.blocks))
+    return formula / 2**20

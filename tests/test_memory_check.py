@@ -72,8 +72,31 @@ def test_a_run_prints_the_estimate_beside_the_measured_peak():
     assert 0 < estimated and 0 < measured
 
 
-def test_force_trains_past_the_check():
-    # --block-size 2000 with a tiny model fits anywhere; --force must simply be accepted and train
-    proc = mpirun(1, ["-m", "parallel_lm.train", "--steps", "1", "--quiet", "--eval-every", "0", "--eval-batches", "1",
-                      "--data", "synthetic", "--block-size", "200", "--force"], timeout=120)
-    assert proc.returncode == 0, describe(proc)
+def on_a_small_node(tmp_path, args):
+    """Train with ``args`` on one rank where /proc/meminfo says 2 MiB are available (a private mount namespace
+    binds a fake file over it, so only this process tree sees it); skipped where mount namespaces are refused."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT, mpiexec_path
+    fake = tmp_path / "meminfo"
+    fake.write_text("MemTotal:        1048576 kB\nMemFree:          524288 kB\nMemAvailable:       2048 kB\n")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode:
+        pytest.skip("needs a private mount namespace (unshare -m, as root) to show the run a small node")
+    command = " ".join([mpiexec_path(), "-n", "1", sys.executable, "-m", "parallel_lm.train", *args])
+    return subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {fake} /proc/meminfo && exec {command}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_force_trains_past_the_check(tmp_path):
+    """The tiny model's ~4 MiB estimate does not fit in 2 MiB: refused without --force, trained with it."""
+    args = ["--steps", "1", "--quiet", "--eval-every", "0", "--eval-batches", "1", "--data", "synthetic"]
+    refused = on_a_small_node(tmp_path, args)
+    assert refused.returncode == 2, describe(refused)
+    assert "but 0.0 GiB are available on this node" in refused.stderr and "--force" in refused.stderr, \
+        describe(refused)
+    forced = on_a_small_node(tmp_path, args + ["--force"])
+    assert forced.returncode == 0, describe(forced)
+    assert "memory per rank: estimated" in forced.stdout, describe(forced)

@@ -1,0 +1,112 @@
+"""The package's structure as docs/architecture.md states it: imports point downward, comm/ knows nothing above
+itself, a flag is declared once, and the architecture document names only files that exist."""
+import ast
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "parallel_lm"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports(name: str) -> set[str]:
+    """The package's modules that module ``name`` imports (at any depth of its code). ``from . import x`` names
+    the submodule x, not the package that holds it (importing a submodule runs its package first anyway)."""
+    path = MODULES[name]
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in MODULES}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) \
+                if node.level else node.module
+            subs = {f"{base}.{a.name}" for a in node.names} & MODULES.keys()
+            found |= subs or ({base} & MODULES.keys())
+    return found - {name}
+
+
+def cycles() -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    graph = {name: imports(name) for name in MODULES}
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle():
+    assert cycles() == []
+
+
+def test_the_cycle_finder_sees_a_cycle(monkeypatch):
+    """The check above can fail: two modules importing each other are found."""
+    monkeypatch.setitem(MODULES, "parallel_lm.fake_a", None)
+    monkeypatch.setitem(MODULES, "parallel_lm.fake_b", None)
+    fake = {"parallel_lm.fake_a": {"parallel_lm.fake_b"}, "parallel_lm.fake_b": {"parallel_lm.fake_a"}}
+    monkeypatch.setattr(__import__(__name__), "imports", lambda name: fake.get(name, set()))
+    assert cycles() == [["parallel_lm.fake_a", "parallel_lm.fake_b"]]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("parallel_lm.comm")))
+def test_comm_imports_nothing_above_itself(name):
+    above = {m for m in imports(name) if not m.startswith("parallel_lm.comm")}
+    assert not above, f"{name} imports {above}: comm/ knows nothing of the layers above it"
+
+
+def test_a_flag_is_declared_once_and_no_flags_mean_the_config_defaults():
+    """Parsing no flags and resolving them gives TrainConfig's own defaults, on the tiny preset: no second copy of
+    a default anywhere; and every field of the run's description is a flag."""
+    from parallel_lm.config import LAYOUT_FIELDS, TrainConfig, flag_fields
+    from parallel_lm.model import PRESETS
+    from parallel_lm.train import main, resolve_config
+    from parallel_lm.train_flags import ModelFlags, RunOptions, split
+    ctx = main.make_context("train", [])
+    model, values, opts = split(ctx.params)
+    assert resolve_config(set(), model, values, None) == TrainConfig(model=PRESETS["tiny"])
+    assert model == ModelFlags() and opts == RunOptions()
+    assert {f.name for f in flag_fields(TrainConfig)} == {f.name for f in fields(TrainConfig)} - {"model"}
+    assert set(LAYOUT_FIELDS) == {"dp", "tp", "pp", "zero", "virtual_stages", "recompute", "ep", "sequence_parallel",
+                                  "cp"}
+
+
+def test_the_architecture_document_names_only_files_that_exist():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`((?:parallel_lm|tests|lessons|benchmarks|docs)/[\w/.]+\.(?:py|md))`", text))
+    assert len(named) >= 20, named
+    missing = sorted(n for n in named if not (ROOT / n).exists())
+    assert not missing, f"docs/architecture.md names files that do not exist: {missing}"

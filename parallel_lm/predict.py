@@ -39,7 +39,7 @@ def model_numbers(preset: str) -> tuple[int, float, int]:
     """(parameters, training FLOPs per token, context length) of a preset, built on torch's meta device."""
     import torch
 
-    from .model.gpt import GPT, PRESETS
+    from .model import GPT, PRESETS
     with torch.device("meta"):
         model = GPT(PRESETS[preset])
     return model.num_params(), model.flops_per_token(), PRESETS[preset].block_size
@@ -53,7 +53,7 @@ def measured_flops_per_s(preset: str, batch: int = 32, steps: int = 5) -> float:
     import torch
 
     from .config import TrainConfig
-    from .model.gpt import PRESETS
+    from .model import PRESETS
     from .run_prediction import measure_compute
     cfg = TrainConfig(model=PRESETS[preset])
     probe = measure_compute(cfg, batch, torch.get_num_threads(), reps=steps)
@@ -79,7 +79,7 @@ def device_flops(device: str, preset: str) -> tuple[float, float | None, str]:
 def layout_table(preset, prof, rank_counts, tp, pp, m, zero, global_batch, algorithm, n_params, flops_per_token,
                  flops, mfu, devices, device_text) -> list[dict]:
     """Print and return predict_layout's terms for each rank count (dp = ranks / (tp pp))."""
-    from .model.gpt import PRESETS
+    from .model import PRESETS
     cfg = PRESETS[preset]
     inner, outer = prof.network(), prof.slowest()  # tensor groups inside a node; data and pipeline across
 
@@ -112,7 +112,7 @@ def layout_table(preset, prof, rank_counts, tp, pp, m, zero, global_batch, algor
 
 def model_shape(preset: str, dims: dict, dropout: bool) -> ModelShape:
     """The preset's shape with every dimension given on the command line put over it."""
-    from .model.gpt import PRESETS
+    from .model import PRESETS
     cfg = PRESETS[preset]
     base = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "seq_len": cfg.block_size,
             "vocab_size": cfg.vocab_size}

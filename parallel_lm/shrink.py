@@ -51,7 +51,6 @@ from pathlib import Path
 import click
 from mpi4py import MPI
 
-from . import checkpoint
 from .config_checks import validate
 from .runtime import print0, set_world
 
@@ -206,6 +205,7 @@ class Survivors:
             f": {why}"
 
     def _checkpoint(self) -> dict | None:
+        from . import checkpoint  # torch: imported when a failure needs it, not when the flags are checked
         if self.out is None or not checkpoint.available(self.out):
             return None
         return checkpoint.load(self.out, on_fallback=print0)

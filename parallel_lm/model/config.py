@@ -1,0 +1,46 @@
+"""The model's shape and the presets: plain data, no torch, so a command line can offer them and check them
+before anything heavy is imported."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+VOCAB_SIZE = 256  # byte-level tokens
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int = 2
+    n_head: int = 2
+    n_embd: int = 64
+    block_size: int = 64
+    vocab_size: int = VOCAB_SIZE
+    n_experts: int = 0  # > 0: each block's MLP is a mixture of this many experts (model/moe.py)
+    top_k: int = 1  # experts per token
+    capacity_factor: float = 1.25  # assignments an expert takes per sequence, x T k / E (0: no limit)
+    aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the training loss
+
+    def __post_init__(self):
+        if min(self.n_layer, self.n_head, self.n_embd, self.block_size) < 1:
+            raise ValueError(f"model sizes must be positive: {self}")
+        if self.n_experts < 0 or (self.n_experts and not 1 <= self.top_k <= self.n_experts):
+            raise ValueError(f"--top-k {self.top_k} must be between 1 and --n-experts {self.n_experts}: "
+                             "each token goes to that many of the experts")
+        if not (math.isfinite(self.capacity_factor) and self.capacity_factor >= 0):
+            raise ValueError(f"--capacity-factor {self.capacity_factor} must be a finite number >= 0 (0: no limit)")
+        if not (math.isfinite(self.aux_loss_coef) and self.aux_loss_coef >= 0):
+            raise ValueError(f"--aux-loss-coef {self.aux_loss_coef} must be a finite number >= 0")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"--n-embd {self.n_embd} is not divisible by --n-head {self.n_head}: "
+                             "each head gets n_embd / n_head channels")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64),       # 0.12M parameters
+    "small": GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=128),    # 0.84M
+    "medium": GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256),   # 10.8M (the size of nanoGPT's shakespeare-char)
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # GPT-2 small: 86M with 256 byte tokens
+}

@@ -3,6 +3,7 @@ turns a deadlock into a failure)."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,23 @@ def open_mpi() -> bool:
 
 def describe(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+
+
+def cases(proc: subprocess.CompletedProcess) -> dict[str, dict]:
+    """The results a test program reported, one per case (programs/report.py), by name."""
+    return {r["name"]: r for r in (json.loads(line[5:]) for line in proc.stdout.splitlines()
+                                   if line.startswith("CASE "))}
+
+
+def assert_cases(proc: subprocess.CompletedProcess, names) -> dict[str, dict]:
+    """Every case in ``names`` was reported and passed, and the program exited 0; a failure names the cases
+    missing or failed with what they measured."""
+    got = cases(proc)
+    missing = [n for n in names if n not in got]
+    failed = {n: got[n] for n in names if n in got and not got[n]["ok"]}
+    assert not missing and not failed and proc.returncode == 0, \
+        f"missing: {missing}; failed: {failed}; unexpected: {sorted(set(got) - set(names))}\n{describe(proc)}"
+    return got
 
 
 def noise_tolerance(tmp_path: Path, train_args: list[str]) -> float:

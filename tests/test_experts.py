@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import PROGRAMS, describe, mpirun
+from conftest import PROGRAMS, assert_cases, describe, mpirun
 from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.model.moe import balance_loss, within_capacity
 
@@ -48,10 +48,11 @@ def test_a_mixture_of_experts_model_trains_every_part_and_counts_active_flops():
 
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_expert_parallel_training_equals_one_process(k):
-    proc = mpirun(k, [str(PROGRAMS / "experts_equivalence.py")], timeout=400)
-    assert proc.returncode == 0, describe(proc)
-    cases = 2 * (2 + 3 * sum(1 for ep in (2, 4) if k % ep == 0))
-    assert f"EXPERTS {k} ranks: {cases}/{cases} ok" in proc.stdout, describe(proc)
+    from parallel_lm.comm import ALLTOALL_ALGORITHMS
+    names = [f"top-{top_k} ep {ep} {algorithm} zero {zero}" for top_k in (1, 2)
+             for ep, algorithm, zero in [(1, "pairwise", 0), (1, "pairwise", 1)]
+             + [(ep, algorithm, 0) for ep in (2, 4) if k % ep == 0 for algorithm in ALLTOALL_ALGORITHMS]]
+    assert_cases(mpirun(k, [str(PROGRAMS / "experts_equivalence.py")], timeout=400), names)
 
 
 def test_train_prints_the_routing_and_generate_reads_the_experts(tmp_path):

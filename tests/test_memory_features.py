@@ -11,8 +11,8 @@ from test_layouts import run_cases
 def test_zero3_trains_like_one_process_holding_a_shard_and_at_most_two_layers():
     """Parameters, gradients and optimizer state at 1/dp each (the formula, to 0.00%); whole layers only
     while they run and while the next one is prefetched; accumulation, no prefetch, SGD, recompute."""
-    proc = run_cases(4, "zero3", "zero3-accum", "zero3-no-prefetch", "zero3-sgd", "zero3-recompute")
-    assert proc.stdout.count("worst 0.00% off") == 5, describe(proc)
+    results = run_cases(4, "zero3", "zero3-accum", "zero3-no-prefetch", "zero3-sgd", "zero3-recompute")
+    assert all(r["memory_worst"] < 5e-5 for r in results.values()), results  # "0.00% off" the formula
 
 
 def test_zero3_on_three_ranks():
@@ -24,8 +24,8 @@ def test_zero3_composes_with_pipelines_tensor_parallelism_interleaving_and_mixed
 
 
 def test_recomputation_gives_the_gradients_of_the_run_without_it_bitwise():
-    proc = run_cases(1, "recompute-full", "recompute-selective")
-    assert proc.stdout.count("= 0.00e+00") == 2, describe(proc)
+    results = run_cases(1, "recompute-full", "recompute-selective")
+    assert all(r["diff"] == 0.0 for r in results.values()), results
 
 
 def test_recomputation_composes_with_tensor_and_pipeline_parallelism():

@@ -1,7 +1,7 @@
 """Checkpoints of every layout resume exactly: bitwise under the same layout, within fp32 noise under another."""
 import pytest
 
-from conftest import PROGRAMS, describe, mpirun
+from conftest import PROGRAMS, assert_cases, mpirun
 
 
 @pytest.mark.parametrize("k,pairs", [
@@ -13,6 +13,4 @@ from conftest import PROGRAMS, describe, mpirun
     (8, ["dp2-tp2-pp2-zero1:zero2"]),
 ])
 def test_every_layout_resumes_exactly(k, pairs):
-    proc = mpirun(k, [str(PROGRAMS / "resume_layouts.py"), *pairs], timeout=400)
-    assert proc.returncode == 0, describe(proc)
-    assert proc.stdout.count("ok  ") == len(pairs), describe(proc)
+    assert_cases(mpirun(k, [str(PROGRAMS / "resume_layouts.py"), *pairs], timeout=400), pairs)

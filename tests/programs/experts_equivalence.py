@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 from noise import tolerance
+from report import case
 
 from parallel_lm.comm import ALLTOALL_ALGORITHMS
 from parallel_lm.config import TrainConfig
@@ -54,9 +55,11 @@ for top_k in (1, 2):
             diff = max(float((state[k] - reference[0][k]).abs().max()) for k in reference[0])
             loss_diff = float(np.max(np.abs(np.array(losses) - reference[1])))
             ok = diff <= TOL and loss_diff <= TOL and routed["tokens"] == reference[2]["tokens"]
-            print(f"{'ok  ' if ok else 'FAIL'} top-{top_k} ep {ep} of dp {p}, {algorithm:8s} zero {zero}: "
-                  f"max|param - 1-process| = {diff:.2e} (tol {TOL:.1e}), losses {loss_diff:.1e}, tokens per expert {routed['tokens']} "
-                  f"(1 process {reference[2]['tokens']}), dropped {100 * routed['dropped']:.1f}%", flush=True)
+            name = f"top-{top_k} ep {ep} {algorithm} zero {zero}"
+            case(name, ok, f"top-{top_k} ep {ep} of dp {p}, {algorithm:8s} zero {zero}: max|param - 1-process| = "
+                 f"{diff:.2e} (tol {TOL:.1e}), losses {loss_diff:.1e}, tokens per expert {routed['tokens']} "
+                 f"(1 process {reference[2]['tokens']}), dropped {100 * routed['dropped']:.1f}%",
+                 diff=diff, tol=TOL, loss_diff=loss_diff, tokens=routed["tokens"])
         failures += comm.bcast(0 if rank else int(not ok), root=0)
 if rank == 0:
     print(f"EXPERTS {p} ranks: {total - failures}/{total} ok", flush=True)

@@ -13,6 +13,7 @@ import sys
 
 import torch
 from noise import tolerance
+from report import case
 from mpi4py import MPI
 
 from parallel_lm.config import TrainConfig
@@ -132,11 +133,12 @@ for name in sys.argv[1:]:
     diff, rel = comm.bcast((diff, rel) if rank == 0 else None, root=0)
     if low:
         ok = rel <= LOW_TOL
-        line = (f"{'ok  ' if ok else 'FAIL'} {name:14s} |update - 1-rank update| / |1-rank update| = {rel:.2e} "
+        line = (f"{name:14s} |update - 1-rank update| / |1-rank update| = {rel:.2e} "
                 f"(tol {LOW_TOL:.0e}, SGD), max|param diff| {diff:.1e}")
     else:
         ok = diff <= tol
-        line = f"{'ok  ' if ok else 'FAIL'} {name:14s} max|param - 1-rank param| = {diff:.2e} (tol {tol:.1e})"
+        line = f"{name:14s} max|param - 1-rank param| = {diff:.2e} (tol {tol:.1e})"
+    worst = None  # ZeRO without model parallelism: the largest relative gap of memory per rank to the formula
     if cfg.zero and cfg.tp == 1 and cfg.pp == 1:
         n = GPT(cfg.model).num_params()  # the tied embedding once (state_dict lists it twice)
         want = memory_formula(n, cfg.zero, p, cfg.optimizer)
@@ -150,5 +152,5 @@ for name in sys.argv[1:]:
             line += f", live layers {memory['live_layers'] / 1e3:.1f} kB (<= 2 blocks {2 * largest / 1e3:.1f})"
     failures += not ok
     if rank == 0:
-        print(line, flush=True)
+        case(name, ok, line, diff=diff, relative_update_diff=rel, memory_worst=worst)
 sys.exit(1 if comm.allreduce(failures, op=MPI.MAX) else 0)

@@ -4,7 +4,7 @@
 2. with random artificial delays on the workers, bounded (2) and unbounded staleness:
    every pushed gradient applied exactly once, the lead over the slowest worker within the bound,
    200 asynchronous steps without deadlock.
-Prints "PS CHECK ok" on rank 0 when all hold; exits 1 otherwise.
+Reports one result per case (report.py) on rank 0; exits 1 if any fails.
 """
 import random
 import sys
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 from noise import tolerance
+from report import case
 
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
@@ -34,9 +35,9 @@ batches = Batches.from_bytes(load_corpus("synthetic"), model.block_size, 7)
 failures = []
 
 
-def say(text):
+def report(name, ok, line, **measured):
     if rank == 0:
-        print(text, flush=True)
+        case(name, ok, line, **measured)
 
 
 for optimizer in ("adamw", "sgd"):
@@ -62,8 +63,9 @@ for optimizer in ("adamw", "sgd"):
     diff = float(np.abs(flat_params(run.model).numpy() - reference).max())
     worst = comm.allreduce(diff, op=MPI.MAX)
     ok = worst <= tol and run.pushes == run.applied == cfg.steps * workers * servers
-    say(f"{'ok  ' if ok else 'FAIL'} sync PS ({optimizer}, {servers} server(s), {workers} workers) vs 1 rank: "
-        f"max |param diff| {worst:.2e} (tol {tol:.1e}); pushes {run.pushes} applied {run.applied}")
+    report(f"sync {optimizer}", ok, f"sync PS ({optimizer}, {servers} server(s), {workers} workers) vs 1 rank: "
+           f"max |param diff| {worst:.2e} (tol {tol:.1e}); pushes {run.pushes} applied {run.applied}",
+           diff=worst, tol=tol, pushes=run.pushes, applied=run.applied)
     if not ok:
         failures.append(optimizer)
 
@@ -85,11 +87,11 @@ for staleness, steps in ((2, 60), (None, 200)):
     ok = run.pushes == run.applied == steps * workers * servers and bound_ok
     same = len(set(comm.allgather(flat_params(run.model).numpy().tobytes()))) == 1
     ok = ok and same
-    say(f"{'ok  ' if ok else 'FAIL'} staleness {staleness}: {steps} steps x {workers} workers in {time.perf_counter() - t0:.1f} s; "
-        f"pushes {run.pushes} applied {run.applied}; max lead {run.max_lead} (bound {staleness}); "
-        f"max staleness {run.max_staleness} updates; final params equal on all ranks: {same}")
+    report(f"staleness {staleness}", ok, f"staleness {staleness}: {steps} steps x {workers} workers in "
+           f"{time.perf_counter() - t0:.1f} s; pushes {run.pushes} applied {run.applied}; max lead {run.max_lead} "
+           f"(bound {staleness}); max staleness {run.max_staleness} updates; final params equal on all ranks: {same}",
+           pushes=run.pushes, applied=run.applied, max_lead=run.max_lead, same_on_all_ranks=same)
     if not ok:
         failures.append(f"staleness {staleness}")
 
-say(f"PS CHECK {'ok' if not failures else 'FAILED: ' + ', '.join(failures)}")
 sys.exit(1 if failures else 0)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from mpi4py import MPI
 from noise import tolerance
+from report import case
 
 from parallel_lm import checkpoint
 from parallel_lm.config import TrainConfig
@@ -114,7 +115,7 @@ for pair in sys.argv[1:]:
              and same(resumed["optimizer"], full["optimizer"]) and same(resumed.get("loss_scaler"), full.get("loss_scaler")))
     has_moments = all("exp_avg" in s for s in full["optimizer"]["by_name"].values())
     ok = (exact or (source in NOT_BITWISE and worst(resumed["model"], full["model"]) <= TOL)) and has_moments
-    line = (f"{'ok  ' if ok else 'FAIL'} {pair:24s} resumed under {source}: bitwise {exact} "
+    line = (f"{pair:24s} resumed under {source}: bitwise {exact} "
             f"(max|param diff| {worst(resumed['model'], full['model']):.1e}), optimizer saved {has_moments}")
     if target:
         on = MPI.COMM_SELF if target == "one" else comm
@@ -124,5 +125,5 @@ for pair in sys.argv[1:]:
         line += f"; under {target}: max|param diff| {diff:.1e} (tol {TOL:.1e})"
     failures += not ok
     if rank == 0:
-        print(line, flush=True)
+        case(pair, ok, line, bitwise=exact, optimizer_saved=has_moments, other_layout_diff=diff if target else None)
 sys.exit(1 if comm.allreduce(failures, op=MPI.MAX) else 0)

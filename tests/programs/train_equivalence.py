@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 from noise import tolerance
+from report import case
 
 from parallel_lm.comm import ALGORITHMS
 from parallel_lm.config import TrainConfig
@@ -85,8 +86,9 @@ for name, overrides in cases:
     ok = diff <= tol and gdiff <= gtol and same
     failures += not ok
     if rank == 0:
-        print(f"{'ok  ' if ok else 'FAIL'} {name:40s} max|param - 1-rank param| = {diff:.2e} (tol {tol:.1e}), "
-              f"step-1 grads rel {gdiff:.1e}, ranks bitwise equal: {same}, final loss {losses[-1]:.4f} vs {reference[1][-1]:.4f}", flush=True)
+        case(name, ok, f"{name:40s} max|param - 1-rank param| = {diff:.2e} (tol {tol:.1e}), step-1 grads rel "
+             f"{gdiff:.1e}, ranks bitwise equal: {same}, final loss {losses[-1]:.4f} vs {reference[1][-1]:.4f}",
+             diff=diff, tol=tol, grads_rel=gdiff, bitwise_across_ranks=same)
 if rank == 0:
     print(f"EQUIVALENCE {p} ranks: {len(cases) - failures}/{len(cases)} ok", flush=True)
 sys.exit(1 if failures else 0)

@@ -82,16 +82,23 @@ def _write(path: Path, state: dict) -> None:
                                f"{path.parent} is untouched: free space or pass another --out") from None
 
 
+def training_state(model_state: dict, optimizer_by_name: dict, step: int, config: dict,
+                   loss_scaler: dict | None = None) -> dict:
+    """A checkpoint's contents (this module's docstring says each key): the one place every writer builds them,
+    the trainer's, the parameter server's and a shrinking survivor's."""
+    return {"model": model_state, "optimizer": {"by_name": optimizer_by_name}, "step": step, "config": config,
+            "torch_rng": torch.get_rng_state(), **({"loss_scaler": loss_scaler} if loss_scaler else {})}
+
+
 def save(out_dir: Path, model_state: dict, optimizer_by_name: dict, step: int, config: dict,
-         extra: dict | None = None, keep: int = 1) -> Path:
+         loss_scaler: dict | None = None, keep: int = 1) -> Path:
     """Write checkpoint.pt atomically from full (single-process) model and optimizer states, with its checksum;
     ``keep`` > 1: as checkpoint-STEP.pt, checkpoint.pt linking to it, the newest ``keep`` kept."""
     out_dir = Path(out_dir)
     path = out_dir / FILENAME
     for stale in out_dir.glob(".checkpoint*.pt.tmp*"):  # left by a job killed mid-write
         stale.unlink(missing_ok=True)
-    state = {"model": model_state, "optimizer": {"by_name": optimizer_by_name}, "step": step,
-             "config": config, "torch_rng": torch.get_rng_state(), **(extra or {})}
+    state = training_state(model_state, optimizer_by_name, step, config, loss_scaler)
     state["meta"] = {"format": FORMAT, "version": VERSION, "step": step, "sha256": digest(state)}
     if keep <= 1:
         _write(path, state)

@@ -310,11 +310,10 @@ class Trainer:
         """This rank's whole training state in checkpoint form, no communication: for a replica that holds
         everything (plain data parallelism), the state a survivor hands the others (shrink.py)."""
         states = self.update.state_by_param()
-        return {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-                "optimizer": {"by_name": {self.names[id(p)]: {k: v.detach().cpu().clone() for k, v in s.items()}
-                                          for p, s in states.items()}},
-                "step": self.completed, "config": self.cfg.to_dict(), "torch_rng": torch.get_rng_state(),
-                **({"loss_scaler": self.scaler.state_dict()} if self.scaler else {})}
+        return checkpoint.training_state(
+            {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            {self.names[id(p)]: {k: v.detach().cpu().clone() for k, v in s.items()} for p, s in states.items()},
+            self.completed, self.cfg.to_dict(), self.scaler.state_dict() if self.scaler else None)
 
     def save(self, out, step: int, keep: int = 1) -> None:
         """Write OUT/checkpoint.pt at ``step``, keeping the newest ``keep`` (collective: every rank sends its
@@ -322,7 +321,7 @@ class Trainer:
         model_state, optimizer_state = self.full_state_dict(), self.optimizer_state()
         if self.comm.Get_rank() == 0:
             checkpoint.save(out, model_state, optimizer_state, step, self.cfg.to_dict(),
-                            {"loss_scaler": self.scaler.state_dict()} if self.scaler else None, keep)
+                            self.scaler.state_dict() if self.scaler else None, keep)
 
     def memory(self) -> dict:
         """Bytes of parameters, gradients and optimizer state this rank holds (after a step)."""

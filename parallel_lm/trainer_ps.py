@@ -130,8 +130,7 @@ class PSRun:
         load_flat(model, values)
         names = {p: n for n, p in model.named_parameters()}
         by_name = {names[p]: st for p, st in param_states(flat, list(names)).items()} if flat else {}
-        return {"model": model.state_dict(), "optimizer": {"by_name": by_name}, "step": step,
-                "config": self.cfg.to_dict(), "torch_rng": torch.get_rng_state()}
+        return checkpoint.training_state(model.state_dict(), by_name, step, self.cfg.to_dict())
 
     def _write(self, comm, out, step: int, keep: int) -> None:
         state = self.full_state(comm, step, root=0)

@@ -1,33 +1,31 @@
-"""Tensor- and pipeline-parallel tokens/s before and after the one training loop (bucketed, overlapped dp sync).
+"""Training tokens/s of two versions of the code, side by side: dp, tp, pp and ZeRO-3 layouts on 4 ranks.
 
-    python benchmarks/loop_before_after.py --before 26b090f --after c378a10   # about 8 minutes on 2 cores
+    python benchmarks/loop_before_after.py --before 7337d6e                   # about 8 minutes on 2 cores
+    python benchmarks/loop_before_after.py --before 26b090f --after c378a10   # the one-loop change
 
-Before the one loop, tp and pp runs averaged their gradients over the
-data-parallel group with one flat all-reduce after the pipeline (concatenate,
-all-reduce, copy back). Now they go through the same bucketed sync as plain
-data parallelism, all-reduced during backward. This runs both versions of the
-code side by side: ``--before REV`` (and ``--after REV``, else the working
-tree) is checked out into a temporary git worktree, and each layout runs
-alternately on the two trees,
+A restructuring of the training code must not cost speed. ``--before REV``
+(and ``--after REV``, else the working tree) is checked out into a temporary
+git worktree, and each layout runs alternately on the two trees,
 ``--repeats`` times, so a slow spell of the machine hits both alike. Every
 point is one ``python -m parallel_lm.train`` under mpiexec, the median
 tokens/s of its steps after the first 3; the table shows the median over
-repeats and the ratio after / before. Prints a markdown table for
-docs/benchmarks.md.
+repeats and the ratio after / before. A second table times a refused
+launch (``--lr nan`` on 4 ranks: how long bad input takes to end the job).
+Prints markdown tables for docs/benchmarks.md.
 """
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYOUTS = {"dp 2 x tp 2": ["--tp", "2"], "dp 2 x pp 2 (m 2)": ["--pp", "2", "--micro-batches", "2"],
-           "dp 2 x tp 2, bucket 0.25 MB": ["--tp", "2", "--bucket-mb", "0.25"],
-           "dp 2 x pp 2 (m 2), bucket 0.25 MB": ["--pp", "2", "--micro-batches", "2", "--bucket-mb", "0.25"]}
+LAYOUTS = {"dp 4": [], "dp 2 x tp 2": ["--tp", "2"], "dp 2 x pp 2 (m 2)": ["--pp", "2", "--micro-batches", "2"],
+           "dp 4, ZeRO-3": ["--zero", "3"]}
 
 
 def tokens_per_s(mpiexec, tree: Path, args) -> float:
@@ -41,9 +39,18 @@ def tokens_per_s(mpiexec, tree: Path, args) -> float:
     return statistics.median(r["tokens_per_s"] for r in recs)
 
 
+def refusal_s(mpiexec, tree: Path) -> float:
+    """Wall seconds of ``mpiexec -n 4 python -m parallel_lm.train --lr nan`` ending with its error (exit 2)."""
+    start = time.perf_counter()
+    proc = subprocess.run([mpiexec, "-n", "4", sys.executable, "-m", "parallel_lm.train", "--lr", "nan"], cwd=tree,
+                          capture_output=True, env={"PYTHONPATH": str(tree), "PATH": str(Path(sys.executable).parent)})
+    assert proc.returncode == 2, proc.stderr
+    return time.perf_counter() - start
+
+
 @click.command()
-@click.option("--before", required=True, help="The git revision to compare with (the last one before the one loop).")
-@click.option("--after", help="The revision with the one loop (default: this working tree).")
+@click.option("--before", required=True, help="The git revision to compare with.")
+@click.option("--after", help="The revision to compare it with (default: this working tree).")
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--mpiexec", default=str(Path(sys.executable).parent / "mpiexec"), show_default=True)
 def main(before, after, repeats, mpiexec):
@@ -66,6 +73,13 @@ def main(before, after, repeats, mpiexec):
                     runs["after"].append(tokens_per_s(mpiexec, new, args))
                 b, a = statistics.median(runs["before"]), statistics.median(runs["after"])
                 print(f"| {name} | {b:,.0f} | {a:,.0f} | {a / b:.2f} |", flush=True)
+            runs = {"before": [], "after": []}
+            for _ in range(repeats):
+                runs["before"].append(refusal_s(mpiexec, old))
+                runs["after"].append(refusal_s(mpiexec, new))
+            b, a = statistics.median(runs["before"]), statistics.median(runs["after"])
+            print(f"\n| refused launch (4 ranks, --lr nan) | before s | after s | after / before |\n|---|---|---|---|\n"
+                  f"| wall time to exit 2 | {b:.2f} | {a:.2f} | {a / b:.2f} |")
         finally:
             for tree in trees:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)

@@ -41,8 +41,8 @@ def estimate(cfg, grid) -> dict[str, float]:
     _, micro, n_micro = cfg.per_rank(cfg.batch_ranks(grid.dp))
     # the fullest rank's share as if every rank held it (a batch that does not divide leaves some one row short)
     layout = Layout(global_batch=grid.dp * micro * n_micro, micro_batch=micro, dp=grid.dp, tp=grid.tp, pp=grid.pp,
-                    virtual_stages=cfg.virtual_stages, zero=cfg.zero, recompute=cfg.recompute, precision="fp32", optimizer=cfg.optimizer,
-                    sequence_parallel=cfg.sequence_parallel)
+                    virtual_stages=cfg.virtual_stages, zero=cfg.zero, recompute=cfg.recompute, precision="fp32",
+                    optimizer=cfg.optimizer, sequence_parallel=cfg.sequence_parallel)
     terms = memory_per_gpu(shape, layout)
     if cfg.precision != "fp32":  # autocast keeps most activations in 16 bits
         terms["activations"] /= 2

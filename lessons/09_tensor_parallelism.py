@@ -24,7 +24,9 @@ from parallel_lm.comm.trace import CountingComm
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model.gpt import MLP, GPTConfig
-from parallel_lm.parallel.tensor_parallel import ParallelMLP, TensorParallel, join
+from parallel_lm.parallel.tensor_parallel import ParallelMLP
+from parallel_lm.parallel.tensor_parallel_comm import TensorParallel
+from parallel_lm.parallel.tensor_parallel_sharding import join
 from parallel_lm.runtime import check, install_abort_hook, print0
 from parallel_lm.trainer import Trainer
 

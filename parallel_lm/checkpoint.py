@@ -22,7 +22,7 @@ checkpoint.pt is truncated, corrupt or foreign, and says so.
 
 ``gather`` assembles the full tensors from the pieces a layout holds
 (tensor-parallel slices joined, pipeline stages merged); ``piece`` in
-parallel/tensor_parallel.py cuts them back out on load.
+parallel/tensor_parallel_sharding.py cuts them back out on load.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import torch
 
 from .faults import maybe_kill_in_write
 from .parallel.optim import decays
-from .parallel.tensor_parallel import join
+from .parallel.tensor_parallel_sharding import join
 
 FILENAME = "checkpoint.pt"
 FORMAT, VERSION = "parallel_lm checkpoint", 1

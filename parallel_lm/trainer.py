@@ -39,7 +39,9 @@ from .parallel.grad_sync import GradSync
 from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
 from .parallel.pipeline import Pipeline, Stage
 from .parallel.schedules import bubble_formula
-from .parallel.tensor_parallel import TensorParallel, is_sharded, piece, shard_model
+from .parallel.tensor_parallel import shard_model
+from .parallel.tensor_parallel_comm import TensorParallel
+from .parallel.tensor_parallel_sharding import is_sharded, piece
 from .parallel.torch_ddp import TorchDDP
 from .runtime import emulated
 

@@ -1,15 +1,9 @@
-"""Tensor parallelism (Megatron-LM, Shoeybi et al. 2019): each layer's matrices split over tp ranks.
+"""Tensor parallelism (Megatron-LM, Shoeybi et al. 2019): the GPT's layers with their matrices split over tp ranks.
 
-Two operators carry all the communication, as autograd functions over a
-``TensorParallel`` group (its communicator, the --allreduce algorithm, and
-the seconds its all-reduces took, which the trainer reports per step):
-- ``identity_forward_allreduce_backward`` (Megatron's ``f``): marks where a
-  replicated activation enters a column-split layer. Forward passes it on;
-  each rank's slice of the layer contributes part of the input's gradient,
-  so backward sums those over the group.
-- ``allreduce_forward_identity_backward`` (Megatron's ``g``): sums the
-  partial outputs of a row-split layer; the gradient of a sum reaches every
-  part unchanged.
+The communication is two operators and their sequence-parallel forms
+(tensor_parallel_comm.py: Megatron's ``f``, identity forward and all-reduce
+backward, where a replicated activation enters a column-split layer; ``g``,
+all-reduce forward and identity backward, after a row-split layer).
 
 How the GPT is cut (rank r of t):
 - attention: heads [r nh/t, (r+1) nh/t); qkv keeps those heads' rows of q,
@@ -27,217 +21,21 @@ How the GPT is cut (rank r of t):
   them on the same full activations, so their gradients agree without
   communication.
 
-Sequence parallelism (``--sequence-parallel``; Korthikanti et al. 2022,
-"Reducing Activation Recomputation in Large Transformer Models", section
-4.2.2): between the tensor-parallel regions the activations (B, T, C) are
-cut along the sequence, rank r holding tokens [r T/t, (r+1) T/t), so the
-LayerNorms, residual adds and biases run on T/t tokens and store T/t of
-their activations. Before a column-split layer an all-gather along the
-sequence rebuilds the full input (backward: a reduce-scatter of its
-gradient); after a row-split layer a reduce-scatter sums the partial
-outputs and leaves each rank its tokens (backward: an all-gather). An
-all-reduce is a reduce-scatter plus an all-gather, so the bytes moved are
-the same as without it, except that a column-split layer keeps only its
-rank's tokens for backward and gathers them again there (Megatron-LM's
-choice: one more all-gather per layer, T/t of the memory). The embedding's lookups are reduce-scattered the
-same way, and the head all-gathers its input. A replicated parameter used
-on the local tokens only (LayerNorm, the row-split layers' biases, the
-position embedding) sees a part of the batch, so its gradient is summed
-over the group in backward (``f`` applied to the parameter).
-
 ``shard_model(model, tp)`` replaces a full ``GPT``'s layers in place with
 these, slicing the full weights, so a model built from the same seed is
-split exactly. ``piece(key, full, rank, size)`` cuts any full tensor of a
-parameter (its value or its optimizer moments) the same way, and
-``join(key, pieces)`` puts the pieces back together, so checkpoints keep
-single-process keys and shapes whatever the layout.
+split exactly. tensor_parallel_sharding.py's ``piece`` says how each parameter is cut, and
+its ``join`` puts the pieces back together for checkpoints.
 """
 from __future__ import annotations
-
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from ..comm import ALL_GATHER_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS, all_gather, allreduce, reduce_scatter
-from ..comm.buffers import as_array
 from ..model.gpt import attention_core
-
-
-class TensorParallel:
-    """A tensor-parallel group: ``comm``, the all-reduce ``algorithm``, and ``seconds`` spent communicating.
-    ``sequence_parallel``: activations between the tensor-parallel regions are cut along the sequence."""
-
-    def __init__(self, comm, algorithm: str = "ring", sequence_parallel: bool = False):
-        self.comm, self.algorithm = comm, algorithm
-        self.size, self.rank = comm.Get_size(), comm.Get_rank()
-        self.sequence_parallel = sequence_parallel and self.size > 1
-        self.seconds = 0.0
-
-    def _sequence_major(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> a flat fp32 copy in (T, B, C) order, where rank r's tokens are one contiguous chunk."""
-        return t.detach().float().transpose(0, 1).contiguous().view(-1)
-
-    def gather_sequence(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, T/t, C) on each rank -> (B, T, C): the ranks' token ranges put together (all-gather)."""
-        t0 = time.perf_counter()
-        B, local, C = t.shape
-        full = torch.empty(local * self.size * B * C)
-        full.view(self.size, -1)[self.rank] = self._sequence_major(t)
-        algorithm = self.algorithm if self.algorithm in ALL_GATHER_ALGORITHMS else "ring"
-        all_gather(as_array(full), self.comm, algorithm)
-        self.seconds += time.perf_counter() - t0
-        return full.view(local * self.size, B, C).transpose(0, 1).to(t.dtype)
-
-    def scatter_sequence(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) partial sums on each rank -> (B, T/t, C): this rank's tokens, summed over ranks."""
-        t0 = time.perf_counter()
-        B, T, C = t.shape
-        flat = self._sequence_major(t).clone()
-        algorithm = self.algorithm if self.algorithm in REDUCE_SCATTER_ALGORITHMS else "ring"
-        mine = torch.from_numpy(reduce_scatter(as_array(flat), self.comm, algorithm).copy())
-        self.seconds += time.perf_counter() - t0
-        return mine.view(T // self.size, B, C).transpose(0, 1).to(t.dtype)
-
-    def allreduce(self, t: torch.Tensor) -> torch.Tensor:
-        """The sum of ``t`` over the group (fp32 on the wire), as a new tensor of t's dtype."""
-        t0 = time.perf_counter()
-        out = t.detach().float().contiguous().clone()
-        allreduce(as_array(out.view(-1)), self.comm, self.algorithm)
-        self.seconds += time.perf_counter() - t0
-        return out.to(t.dtype)
-
-    def host_allreduce(self, t: torch.Tensor, op) -> torch.Tensor:
-        """``t`` reduced in place with MPI ``op`` (the library's, for MAX) through host memory."""
-        host = t.cpu()
-        self.comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=op)
-        return host.to(t.device)
-
-
-class _IdentityForwardAllreduceBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, tp):
-        ctx.tp = tp
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return ctx.tp.allreduce(grad), None
-
-
-class _AllreduceForwardIdentityBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, tp):
-        return tp.allreduce(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-class _ScatterForwardGatherBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, tp):
-        ctx.tp = tp
-        return tp.scatter_sequence(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return ctx.tp.gather_sequence(grad), None
-
-
-class _GatheredLinear(torch.autograd.Function):
-    """x W^T + b over the all-gathered tokens, keeping only this rank's tokens for backward (gathered again
-    there), as Megatron-LM does: the full input would cost the memory sequence parallelism saves."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, tp):
-        ctx.tp, ctx.has_bias = tp, bias is not None
-        ctx.save_for_backward(x, weight)
-        return F.linear(tp.gather_sequence(x), weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        full = ctx.tp.gather_sequence(x)
-        grad_w = grad.reshape(-1, grad.shape[-1]).t().matmul(full.reshape(-1, full.shape[-1]).to(grad.dtype))
-        grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
-        grad_x = ctx.tp.scatter_sequence(grad.matmul(weight.to(grad.dtype)))
-        return grad_x, grad_w.to(weight.dtype), grad_b, None
-
-
-def column_linear(x, weight, bias, tp: TensorParallel):
-    """A column-split layer on the replicated input: f then x W_r^T + b_r; under sequence parallelism
-    the tokens are all-gathered first (and again in backward, ``_GatheredLinear``)."""
-    if tp.sequence_parallel:
-        return _GatheredLinear.apply(x, weight, bias, tp)
-    return F.linear(identity_forward_allreduce_backward(x, tp), weight, bias)
-
-
-def leave(x, tp: TensorParallel):
-    """Out of a row-split layer: g, or under sequence parallelism the reduce-scatter to each rank's tokens."""
-    return _ScatterForwardGatherBackward.apply(x, tp) if tp.sequence_parallel else \
-        allreduce_forward_identity_backward(x, tp)
-
-
-def local_tokens(param, tp: TensorParallel):
-    """A replicated parameter as used on this rank's tokens: under sequence parallelism its gradient is
-    summed over the group in backward (each rank saw a part of the tokens); otherwise the parameter."""
-    return identity_forward_allreduce_backward(param, tp) if tp.sequence_parallel else param
-
-
-def identity_forward_allreduce_backward(x, tp: TensorParallel):
-    """Megatron's f: x unchanged forward; its gradient summed over the group backward."""
-    return _IdentityForwardAllreduceBackward.apply(x, tp)
-
-
-def allreduce_forward_identity_backward(x, tp: TensorParallel):
-    """Megatron's g: partial results summed over the group forward; the gradient passed through backward."""
-    return _AllreduceForwardIdentityBackward.apply(x, tp)
-
-
-def _part(n: int, rank: int, size: int) -> slice:
-    return slice(rank * n // size, (rank + 1) * n // size)
-
-
-# how each sharded key is cut and joined: along which dimension, and for qkv in three sections (q, k, v)
-_CUTS = {"attn.qkv.weight": ("qkv", 0), "attn.qkv.bias": ("qkv", 0), "attn.proj.weight": ("cat", 1),
-         "mlp.fc.weight": ("cat", 0), "mlp.fc.bias": ("cat", 0), "mlp.proj.weight": ("cat", 1),
-         "tok_emb.weight": ("cat", 0), "head.weight": ("cat", 0)}
-
-
-def _cut(key: str):
-    return next((rule for suffix, rule in _CUTS.items() if key.endswith(suffix)), None)
-
-
-def is_sharded(key: str) -> bool:
-    """Whether the parameter named ``key`` (single-process name) is split over tensor-parallel ranks."""
-    return _cut(key) is not None
-
-
-def piece(key: str, full: torch.Tensor, rank: int, size: int) -> torch.Tensor:
-    """Rank ``rank``'s piece of the full tensor ``full`` of parameter ``key`` (itself if not sharded)."""
-    rule = _cut(key)
-    if rule is None or size == 1 or full.dim() == 0:
-        return full
-    how, dim = rule
-    if how == "qkv":
-        return torch.cat([third[_part(third.shape[0], rank, size)] for third in full.chunk(3, dim=0)])
-    return full.narrow(dim, rank * full.shape[dim] // size, full.shape[dim] // size)
-
-
-def join(key: str, pieces: list[torch.Tensor]) -> torch.Tensor:
-    """The full tensor from the tp ranks' pieces of ``key`` (the first piece when not sharded)."""
-    rule = _cut(key)
-    if rule is None or len(pieces) == 1 or pieces[0].dim() == 0:
-        return pieces[0]
-    how, dim = rule
-    if how == "qkv":
-        thirds = [p.chunk(3, dim=0) for p in pieces]
-        return torch.cat([torch.cat([t[i] for t in thirds], dim=0) for i in range(3)], dim=0)
-    return torch.cat(pieces, dim=dim)
+from .tensor_parallel_comm import TensorParallel, column_linear, leave, local_tokens
+from .tensor_parallel_sharding import part, piece
 
 
 def _param(full: nn.Parameter, key: str, tp: TensorParallel) -> nn.Parameter:
@@ -291,7 +89,7 @@ class VocabParallelEmbedding(nn.Module):
     def __init__(self, full: nn.Embedding, tp: TensorParallel):
         super().__init__()
         self.tp = tp
-        self.rows = _part(full.weight.shape[0], tp.rank, tp.size)
+        self.rows = part(full.weight.shape[0], tp.rank, tp.size)
         self.weight = _param(full.weight, "tok_emb.weight", tp)
 
     def forward(self, idx):

@@ -14,12 +14,12 @@ from parallel_lm.model.gpt import MLP, CausalSelfAttention, GPTConfig
 from parallel_lm.parallel.tensor_parallel import (
     ParallelAttention,
     ParallelMLP,
-    TensorParallel,
     VocabParallelEmbedding,
     VocabParallelHead,
-    join,
     vocab_parallel_ce,
 )
+from parallel_lm.parallel.tensor_parallel_comm import TensorParallel
+from parallel_lm.parallel.tensor_parallel_sharding import join
 from parallel_lm.runtime import install_abort_hook
 
 install_abort_hook()

@@ -42,7 +42,7 @@ from parallel_lm.sim import Topology, simulate
 def model_numbers():
     import torch
 
-    from parallel_lm.model.gpt import GPT, GPTConfig
+    from parallel_lm.model import GPT, GPTConfig
     cfg = GPTConfig(n_layer=24, n_head=16, n_embd=2048, block_size=1024)
     with torch.device("meta"):
         model = GPT(cfg)

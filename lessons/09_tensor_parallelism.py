@@ -23,7 +23,8 @@ from mpi4py import MPI
 from parallel_lm.comm.trace import CountingComm
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
-from parallel_lm.model.gpt import MLP, GPTConfig
+from parallel_lm.model import GPTConfig
+from parallel_lm.model.gpt import MLP
 from parallel_lm.parallel.tensor_parallel import ParallelMLP
 from parallel_lm.parallel.tensor_parallel_comm import TensorParallel
 from parallel_lm.parallel.tensor_parallel_sharding import join

@@ -33,7 +33,7 @@ from mpi4py import MPI
 
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
-from parallel_lm.model.gpt import GPT, GPTConfig
+from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.parallel.grid import Grid
 from parallel_lm.parallel.schedules import bubble_formula, ideal_bubble
 from parallel_lm.parallel.zero import memory_formula

@@ -11,7 +11,8 @@ from conftest import ROOT
 from parallel_lm.costmodel.devices import DEVICES, load_device
 from parallel_lm.costmodel.formulas import Network
 from parallel_lm.costmodel.formulas import all_gather_ring, allreduce_ring
-from parallel_lm.costmodel.layout import Layout, hierarchical_allreduce_s, memory_per_gpu, overlap, predict_run
+from parallel_lm.costmodel.layout import Layout, hierarchical_allreduce_s, memory_per_gpu
+from parallel_lm.costmodel.step import overlap, predict_run
 from parallel_lm.costmodel.profiles import load_profile
 from parallel_lm.costmodel.transformer import ModelShape, megatron_flops
 
@@ -38,7 +39,7 @@ def test_parameters_and_flops_follow_megatron_closed_forms():
 
 def test_parameters_match_parallel_lm_gpt():
     torch = pytest.importorskip("torch")
-    from parallel_lm.model.gpt import GPT, PRESETS
+    from parallel_lm.model import GPT, PRESETS
     for cfg in PRESETS.values():
         with torch.device("meta"):
             n = GPT(cfg).num_params()

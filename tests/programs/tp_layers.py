@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from parallel_lm.model.gpt import MLP, CausalSelfAttention, GPTConfig
+from parallel_lm.model import GPTConfig
+from parallel_lm.model.gpt import MLP, CausalSelfAttention
 from parallel_lm.parallel.tensor_parallel import (
     ParallelAttention,
     ParallelMLP,

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from parallel_lm.costmodel.devices import DEVICES, GIB  # noqa: E402
-from parallel_lm.costmodel.layout import Cluster, Layout, memory_per_gpu, predict_run  # noqa: E402
+from parallel_lm.costmodel.layout import Cluster, Layout, memory_per_gpu  # noqa: E402
+from parallel_lm.costmodel.step import predict_run  # noqa: E402
 from parallel_lm.costmodel.profiles import load_profile  # noqa: E402
 from parallel_lm.costmodel.transformer import ModelShape, megatron_flops  # noqa: E402
 

@@ -9,7 +9,7 @@ HDR rails per node). Megatron-LM's authors ran exactly this (Narayanan et
 al. 2021, Table 1: tp 8, pp 8, 2 virtual stages, micro-batch 2, full
 recomputation) and measured 148 TFLOP/s per GPU.
 
-The predictor (``costmodel/layout.py``, the same model as
+The predictor (``costmodel/step.py``, the same model as
 ``python -m parallel_lm.predict``) answers the planner's questions
 without a GPU:
 1. does it fit? the state alone is 18 bytes per parameter in mixed
@@ -21,7 +21,8 @@ Then we compare our pick with the published run.
 from itertools import product
 
 from parallel_lm.costmodel.devices import DEVICES, GIB
-from parallel_lm.costmodel.layout import Cluster, Layout, predict_run
+from parallel_lm.costmodel.layout import Cluster, Layout
+from parallel_lm.costmodel.step import predict_run
 from parallel_lm.costmodel.profiles import load_profile
 from parallel_lm.costmodel.transformer import ModelShape
 from parallel_lm.runtime import check, rank

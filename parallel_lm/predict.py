@@ -7,7 +7,7 @@ A real run, stated in full (the 145.6B row of Narayanan et al. 2021, Table 1, on
         --recompute full --precision fp16 --device a100-80gb --profile dgx-a100-hdr
 
 On a GPU ``--device`` (a100-40gb, a100-80gb, h100-sxm, or a JSON file) the
-model is ``costmodel/layout.py``: GEMMs and element-wise kernels on the
+model is ``costmodel/step.py``: GEMMs and element-wise kernels on the
 device's roofline, tensor-parallel all-reduces, pipeline messages, bubble,
 data-parallel sync behind backward, optimizer, memory by precision, ZeRO
 stage and recomputation. With ``--device measure`` (this CPU) or a number
@@ -23,7 +23,8 @@ import click
 
 from .costmodel.devices import DEVICE_NAMES, PRECISIONS, load_device
 from .costmodel.formulas import COSTS
-from .costmodel.layout import Cluster, Layout, predict_run
+from .costmodel.layout import Cluster, Layout
+from .costmodel.step import predict_run
 from .costmodel.predict import DEFAULT_MFU, predict_layout, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .costmodel.transformer import RECOMPUTE, ModelShape

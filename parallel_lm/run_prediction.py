@@ -12,7 +12,7 @@ Nothing the prediction uses comes from the run's own timings:
   cores, each rank computes ranks x threads / cores times slower
   (the cores are shared evenly);
 - the step models of ``costmodel/predict.py``: ``predict_step`` for data
-  parallelism (buckets all-reduced behind backward, ``layout.overlap``'s
+  parallelism (buckets all-reduced behind backward, ``step.overlap``'s
   rule), ``predict_layout`` for tensor, pipeline and ZeRO layouts (bubble,
   tensor-parallel all-reduces, pipeline messages, gradient sync after the
   pipeline). The optimizer step is added to both, sharded by ZeRO.

@@ -3,7 +3,8 @@ import pytest
 
 from parallel_lm.costmodel.devices import load_device
 from parallel_lm.costmodel.formulas import Network, all_to_all_pairwise
-from parallel_lm.costmodel.layout import Cluster, Layout, memory_per_gpu, predict_run
+from parallel_lm.costmodel.layout import Cluster, Layout, memory_per_gpu
+from parallel_lm.costmodel.step import predict_run
 from parallel_lm.costmodel.transformer import ModelShape
 
 SHAPE = ModelShape(n_layer=8, n_embd=1024, n_head=16, seq_len=8192, vocab_size=32000)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 from .formulas import Network, parameter_server_sync
 from .memory import state_bytes
-from .layout import overlap as hidden_behind
+from .step import overlap as hidden_behind
 
 DEFAULT_MFU = 0.462
 # fp32 weights, fp32 grads, AdamW m and v, no ZeRO: memory.state_bytes("fp32")

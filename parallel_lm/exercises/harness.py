@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from mpi4py import MPI
 
 from ..runtime import abort, print0
 from .catalog import find
+
+STUB_GRACE_S = 10.0  # seen: a stub's rank 1 aborted 0.3 s after raising, before a busy rank 0 had printed
 
 
 def load(path: Path):
@@ -58,8 +61,10 @@ def main(argv: list[str]) -> int:
                 return 1
             print0(f"  ok   {description}")
     except Exception as e:  # noqa: BLE001 -- the learner's code: say what it raised, then end every rank
-        if rank == 0 or not isinstance(e, NotImplementedError):  # an unwritten stub raises on every rank: say it once
+        if rank == 0 or not isinstance(e, NotImplementedError):
             print(f"  FAIL rank {rank} of {size}: {_learner_error(e, path)}", flush=True)
+        else:  # an unwritten stub raises on every rank: rank 0 says it and ends the job; the others give it time to
+            time.sleep(STUB_GRACE_S)  # (it may still be importing torch), and end the job themselves if it never does
         abort(1)
     return 0
 

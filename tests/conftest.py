@@ -66,24 +66,14 @@ def assert_cases(proc: subprocess.CompletedProcess, names) -> dict[str, dict]:
     return got
 
 
-def noise_tolerance(tmp_path: Path, train_args: list[str]) -> float:
+def noise_tolerance(train_args: list[str]) -> float:
     """programs/noise.py's tolerance for a command-line run: ``python -m parallel_lm.train TRAIN_ARGS`` on one
-    rank, whole and accumulated in 2, 3 and 4 micro-batches (this machine's fp32 noise floor, times FACTOR)."""
-    from parallel_lm import checkpoint
-    from programs import noise
-
-    def one(cfg) -> dict:
-        out = tmp_path / f"noise-floor-{cfg.micro_batches or 1}"
-        split = ["--micro-batches", str(cfg.micro_batches)] if cfg.micro_batches else []
-        proc = mpirun(1, ["-m", "parallel_lm.train", *train_args, *split, "--out", str(out)])
-        assert proc.returncode == 0, describe(proc)
-        return checkpoint.load(out)["model"]
-
-    from parallel_lm.config import TrainConfig
-    batch = int(train_args[train_args.index("--global-batch-size") + 1]) if "--global-batch-size" in train_args \
-        else TrainConfig().global_batch_size
-    cfg = TrainConfig(global_batch_size=batch)
-    return noise.tolerance(one, cfg, one(cfg))
+    process, whole and accumulated in 2, 3 and 4 micro-batches (this machine's fp32 noise floor, times FACTOR),
+    measured in one launch by programs/noise_floor.py."""
+    proc = mpirun(1, [str(PROGRAMS / "noise_floor.py"), *train_args])
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("TOLERANCE ")]
+    assert proc.returncode == 0 and lines, describe(proc)
+    return float(lines[-1].split()[1])
 
 
 def pytest_report_header(config):

@@ -64,7 +64,7 @@ def test_resume_on_another_rank_count_matches_within_fp32_tolerance(uninterrupte
     assert proc.returncode == 0, describe(proc)
     full, resumed = load(uninterrupted), load(tmp_path)
     worst = max(float((full["model"][n] - resumed["model"][n]).abs().max()) for n in full["model"])
-    assert worst <= noise_tolerance(tmp_path, FAST[2:] + ["--steps", "6"])
+    assert worst <= noise_tolerance(FAST[2:] + ["--steps", "6"])
 
 
 def test_torch_ddp_engine_follows_the_same_loss_curve(uninterrupted, tmp_path):

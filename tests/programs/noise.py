@@ -20,6 +20,19 @@ def max_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def one_process_state(cfg, batches) -> dict:
+    """The full state of ``cfg`` trained for its steps on one process (MPI.COMM_SELF): a reference."""
+    from mpi4py import MPI
+
+    from parallel_lm.trainer import Trainer
+    trainer = Trainer(cfg, MPI.COMM_SELF, batches)
+    for step in range(cfg.steps):
+        trainer.train_step(step)
+    state = {k: v.detach().clone() for k, v in trainer.full_state_dict().items()}
+    trainer.close()
+    return state
+
+
 def noise_floor(train, cfg, reference: dict) -> float:
     """Largest max|param difference| between ``reference`` (``train(cfg)``, one process) and the same run with its
     batch accumulated in 2, 3 and 4 micro-batches; ``train(cfg) -> state_dict`` runs on one process."""

@@ -7,27 +7,15 @@ largest difference (one launch instead of four; conftest.noise_tolerance reads i
 import sys
 
 import torch
-from mpi4py import MPI
-from noise import tolerance
+from noise import one_process_state, tolerance
 
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.train import main, resolve_config
 from parallel_lm.train_flags import split
-from parallel_lm.trainer import Trainer
 
 torch.set_num_threads(1)
 model, values, _ = split(main.make_context("train", sys.argv[1:]).params)
 cfg = resolve_config(set(), model, values, None)
 batches = Batches.from_bytes(load_corpus(cfg.data, int(cfg.data_max_mb * 2**20)), cfg.model.block_size, cfg.seed)
-
-
-def one(c) -> dict:
-    trainer = Trainer(c, MPI.COMM_SELF, batches)
-    for step in range(c.steps):
-        trainer.train_step(step)
-    state = {k: v.detach().clone() for k, v in trainer.full_state_dict().items()}
-    trainer.close()
-    return state
-
-
+one = lambda c: one_process_state(c, batches)
 print(f"TOLERANCE {tolerance(one, cfg, one(cfg))!r}", flush=True)

@@ -61,20 +61,76 @@ def save_atomic(state, path):
     torch.save(state, path)
 '''
 
-# exercise -> [(why it is wrong, old text, new text)]; old None: append new, a replacement of the function
+SEND_THEN_RECV = '''
+def pass_right(buf, comm):
+    p, r = comm.Get_size(), comm.Get_rank()
+    out = np.empty_like(buf)
+    comm.Send(buf, dest=(r + 1) % p)
+    comm.Recv(out, source=(r - 1) % p)
+    return out
+'''
+RING_IN_FLOAT32 = '''
+def ring_allreduce(buf, comm):
+    p, r = comm.Get_size(), comm.Get_rank()
+    work = buf.astype(np.float32)  # half the bytes on the wire
+    ring, offs = Ring(r, p), chunk_offsets(work.size, p)
+    chunk = lambda c: work[offs[c]:offs[c + 1]]
+    incoming = np.empty(offs[1] - offs[0], dtype=work.dtype)
+    for step in range(p - 1):
+        send, recv = ring.reduce_scatter_chunks(step)
+        into = incoming[: offs[recv + 1] - offs[recv]]
+        comm.Sendrecv(chunk(send), dest=ring.right, recvbuf=into, source=ring.left)
+        chunk(recv)[:] += into
+    for step in range(p - 1):
+        send, recv = ring.all_gather_chunks(step)
+        comm.Sendrecv(chunk(send), dest=ring.right, recvbuf=chunk(recv), source=ring.left)
+    buf[:] = work
+    return buf
+'''
+BLOCKING_ALL_TO_ALL = '''
+def all_to_all(send, comm):
+    p, r = comm.Get_size(), comm.Get_rank()
+    b = send.size // p
+    recv = np.empty_like(send)
+    recv[r * b:(r + 1) * b] = send[r * b:(r + 1) * b]
+    for s in range(1, p):
+        to, frm = (r + s) % p, (r - s) % p
+        comm.Send(send[to * b:(to + 1) * b], dest=to)
+        comm.Recv(recv[frm * b:(frm + 1) * b], source=frm)
+    return recv
+'''
+LIBRARY_ALLREDUCE = '''
+def hierarchical_allreduce(buf, comm, ranks_per_node):
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    return buf
+'''
+
+# exercise -> [(why it is wrong, old text, new text[, what the checker must say])]; old None: append new, a
+# replacement of the function
 WRONG = {
     "01.1": [("receives from the right instead of the left", "dest=(r + 1) % p, recvbuf=out, source=(r - 1) % p",
-              "dest=(r - 1) % p, recvbuf=out, source=(r + 1) % p")],
-    "02.1": [("naive: the root receives p - 1 messages", None, NAIVE_REDUCE)],  # (a root mixed up hangs: 01.1's test)
+              "dest=(r - 1) % p, recvbuf=out, source=(r + 1) % p"),
+             ("Send then Recv on every rank: a deadlock once MPI cannot buffer", None, SEND_THEN_RECV,
+              "was not received within")],
+    "02.1": [("naive: the root receives p - 1 messages", None, NAIVE_REDUCE),  # (a root mixed up hangs: 01.1's test)
+             ("adds into the caller's buf", "acc, incoming = buf.copy(), np.empty_like(buf)",
+              "acc, incoming = buf, np.empty_like(buf)", "The task does not say buf may change")],
     "03.1": [("skips the last all-gather step", "for step in range(p - 1):\n        send, recv = ring.all_gather",
-              "for step in range(p - 2):\n        send, recv = ring.all_gather")],
-    "04.1": [("assumes a power of two", None, POWER_OF_TWO_ONLY)],
+              "for step in range(p - 2):\n        send, recv = ring.all_gather"),
+             ("returns a new array: not in place", "    ring, offs = Ring(r, p), chunk_offsets(buf.size, p)\n",
+              "    buf = buf.copy()\n    ring, offs = Ring(r, p), chunk_offsets(buf.size, p)\n", "The task says in place"),
+             ("sends float32 chunks of float64 data", None, RING_IN_FLOAT32, "the sum (MPI_Allreduce's)")],
+    "04.1": [("assumes a power of two", None, POWER_OF_TWO_ONLY),
+             ("returns a new array: not in place", "    incoming = np.empty_like(buf)\n    if r < 2",
+              "    buf, incoming = buf.copy(), np.empty_like(buf)\n    if r < 2", "The task says in place")],
     "05.1": [("unweighted least squares, clipped", None, PLAIN_LEAST_SQUARES)],
     "06.1": [("forgets to divide by K", "        grad /= p\n", "")],
     "07.1": [("one all-reduce per tensor", None, ONE_ALLREDUCE_PER_TENSOR)],
     "08.1": [("averages over p, server included", "total / (p - 1)", "total / p")],
     "09.1": [("forgets to sum the partial products", "    comm.Allreduce(MPI.IN_PLACE, y, op=MPI.SUM)\n", "")],
-    "10.1": [("drops the last micro-batch", "for x in micro_batches:", "for x in micro_batches[:-1]:")],
+    "10.1": [("drops the last micro-batch", "for x in micro_batches:", "for x in micro_batches[:-1]:"),
+             ("Isend with no Wait", "comm.Send(np.ascontiguousarray(y), dest=r + 1)",
+              "comm.Isend(np.ascontiguousarray(y), dest=r + 1)", "never completed")],
     "11.1": [("forgets to divide by p", "momentum += mine / p", "momentum += mine")],
     "12.1": [("sends the chunks of the reduce-scatter", "ring.all_gather_chunks(step)", "ring.reduce_scatter_chunks(step)"),
              ("one step too many: right data, wrong clock", "for step in range(ring.size - 1):",
@@ -88,8 +144,16 @@ WRONG = {
     "16.1": [("torch.save straight onto the checkpoint", None, SAVE_IN_PLACE)],
     "17.1": [("forgets to rescale when the maximum grows", "shrink = np.exp(m - m_new)", "shrink = 1.0")],
     "18.1": [("puts each received block where it sent one", "recvbuf=recv[frm * b:(frm + 1) * b]",
-              "recvbuf=recv[to * b:(to + 1) * b]")],
-    "19.1": [("forgets the broadcast inside the node", "    local.Bcast(buf, root=0)\n", "")],
+              "recvbuf=recv[to * b:(to + 1) * b]"),
+             ("blocking Send then Recv: a deadlock once MPI cannot buffer", None, BLOCKING_ALL_TO_ALL,
+              "was not received within"),
+             ("hands back the caller's send buffer", "    return recv", "    send[:] = recv\n    return send",
+              "The task does not say send buffer may change")],
+    "19.1": [("forgets the broadcast inside the node", "    local.Bcast(buf, root=0)\n", ""),
+             ("the library's all-reduce: every rank crosses nodes", None, LIBRARY_ALLREDUCE,
+              "is not the leader of its node"),
+             ("the node map wrong: rank % ranks_per_node", "color=r // ranks_per_node", "color=r % ranks_per_node",
+              "is not the leader of its node")],
 }
 
 
@@ -139,10 +203,16 @@ def test_the_stub_keeps_the_task_and_empties_every_body(exercise):
     assert all(isinstance(f.body[-1], ast.Raise) and len(f.body) == 2 for f in bodies)
 
 
+def test_every_checker_says_what_it_checks():
+    missing = [e.id for e in EXERCISES if len((e.check.__doc__ or "").split()) < 8]
+    assert not missing, f"checkers without a docstring that says what they check: {missing}"
+
+
 @pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.id)
 def test_the_checker_fails_the_stub_and_wrong_solutions_and_passes_the_reference(exercise, tmp_path):
     proc = run_check(exercise, reference=True, tmp_path=tmp_path)
     assert proc.returncode == 0 and f"exercise {exercise.id} PASSED" in proc.stdout, proc.stdout + proc.stderr
+    assert " ".join(exercise.check.__doc__.split()[:6]) in " ".join(proc.stdout.split())  # it says what it checks
 
     start = exercises(tmp_path, "start", exercise.id, check=True)
     stub = tmp_path / exercise.filename
@@ -150,26 +220,27 @@ def test_the_checker_fails_the_stub_and_wrong_solutions_and_passes_the_reference
     proc = run_check(exercise, stub, tmp_path=tmp_path)
     assert proc.returncode == 1 and "is not written yet" in proc.stdout, proc.stdout + proc.stderr
 
-    for why, old, new in WRONG[exercise.id]:
+    for why, old, new, *says in WRONG[exercise.id]:
         wrong = tmp_path / f"wrong_{exercise.filename}"
         wrong.write_text(wrong_source(exercise, old, new))
         proc = run_check(exercise, wrong, tmp_path=tmp_path)
         assert proc.returncode == 1, f"{why}: passed\n{proc.stdout}{proc.stderr}"
         assert f"exercise {exercise.id} FAILED" in proc.stdout and "FAIL " in proc.stdout, why
+        assert all(phrase in proc.stdout for phrase in says), f"{why}: the checker does not say {says}\n{proc.stdout}"
     assert not (tmp_path / ".progress.json").exists()  # nothing passed but the reference, which is not recorded
 
 
 def test_a_hang_is_called_a_hang_and_the_job_is_killed(tmp_path):
-    exercise, deadlock = broken_pass_right(tmp_path, "send_then_recv.py", '''
+    exercise, deadlock = broken_pass_right(tmp_path, "recv_then_send.py", '''
     p, r = comm.Get_size(), comm.Get_rank()
     out = np.empty_like(buf)
-    comm.Send(buf, dest=(r + 1) % p)
     comm.Recv(out, source=(r - 1) % p)
+    comm.Send(buf, dest=(r + 1) % p)
     return out
 ''')
     proc = run_check(exercise, deadlock, tmp_path=tmp_path, timeout=8)
     assert proc.returncode == 1
-    assert "ok   0 elements" in proc.stdout and "no answer after 8 s on 3 ranks" in proc.stdout, proc.stdout
+    assert "no answer after 8 s on 3 ranks" in proc.stdout, proc.stdout
 
 
 def test_passes_are_recorded_and_status_shows_progress(tmp_path):

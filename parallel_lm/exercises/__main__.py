@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -135,6 +136,8 @@ def check(exercise, path, reference, seed, timeout_s, folder):
     seed = random.randrange(1 << 31) if seed is None else seed
     click.echo(f"exercise {exercise.id}: {exercise.title}\nchecking {path} on {', '.join(map(str, exercise.ranks))} "
                f"rank(s), seed {seed}")
+    click.echo(textwrap.fill(" ".join(exercise.check.__doc__.split()), width=100, initial_indent="checks: ",
+                             subsequent_indent="        "))
     for ranks in exercise.ranks:
         if not _launch(mpiexec, exercise, path, ranks, seed, timeout_s or exercise.timeout_s):
             click.echo(f"exercise {exercise.id} FAILED (rerun these cases with --seed {seed})")

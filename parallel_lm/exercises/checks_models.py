@@ -9,6 +9,7 @@ from .verdicts import at_most, exactly, first, mismatch
 
 
 def check_average_gradients(module, comm, rng):
+    """Three SGD steps with the learner's averaging equal one process on the whole batch, to 1e-12, parameter by parameter."""
     import torch
     p, r = comm.Get_size(), comm.Get_rank()
     torch.set_default_dtype(torch.float64)
@@ -36,6 +37,8 @@ def check_average_gradients(module, comm, rng):
 
 
 def check_row_parallel_linear(module, comm, rng):
+    """y = x @ W.T from input features cut over the ranks (p - 1 of them, so one rank holds none, and more) equals one
+    process's product to 1e-10, on every rank."""
     p, r = comm.Get_size(), comm.Get_rank()
     for k in [p - 1, int(rng.integers(p + 1, 40))]:
         batch, out = int(rng.integers(1, 6)), int(rng.integers(1, 9))
@@ -48,6 +51,8 @@ def check_row_parallel_linear(module, comm, rng):
 
 
 def check_pipeline_forward(module, comm, rng):
+    """The last rank's outputs equal one process applying every stage, to 1e-12; every other rank sends exactly
+    one message per micro-batch, synchronously, and completes every request it starts (an Isend never waited on fails)."""
     p, r = comm.Get_size(), comm.Get_rank()
     for m in [1, int(rng.integers(3, 8))]:
         shape = (int(rng.integers(1, 5)), int(rng.integers(2, 6)))
@@ -74,6 +79,8 @@ def check_pipeline_forward(module, comm, rng):
 
 
 def check_zero1_step(module, comm, rng):
+    """Three momentum-SGD steps leave every rank with one process's parameters and its own shard of the momentum,
+    to 1e-12, for n < p and n not divisible by p."""
     p, r = comm.Get_size(), comm.Get_rank()
     for n in [p - 1, int(rng.integers(2 * p, 50)) * p + 1]:
         lr, beta = float(rng.uniform(0.01, 0.2)), float(rng.uniform(0.5, 0.95))
@@ -105,6 +112,8 @@ def _torch_scales(flags: list[bool], scale: float, growth: float, backoff: float
 
 
 def check_loss_scaler(module, comm, rng):
+    """Over 40 steps with an overflow on one rank in one step in four, every rank skips exactly the overflowing steps,
+    unscales the kept gradients and follows torch.amp's scale rule (growth, backoff, interval)."""
     p, r = comm.Get_size(), comm.Get_rank()
     interval = int(rng.integers(2, 5))
     steps, scale = 40, 2.0 ** int(rng.integers(8, 16))
@@ -134,6 +143,8 @@ def check_loss_scaler(module, comm, rng):
 
 
 def check_ring_attention(module, comm, rng):
+    """The output equals one process's softmax attention over every rank's keys and values, to 1e-10;
+    at most 2(p-1) messages (K and V once around the ring)."""
     p, r = comm.Get_size(), comm.Get_rank()
     for tq, tk, d in [(1, 1, 2), (int(rng.integers(2, 7)), int(rng.integers(2, 7)), int(rng.integers(3, 9)))]:
         q = [rng.standard_normal((tq, d)) * 3 for _ in range(p)]

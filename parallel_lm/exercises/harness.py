@@ -2,9 +2,11 @@
 
     mpiexec -n K python -m parallel_lm.exercises.harness ID FILE SEED
 
-Every rank loads FILE and runs the checker, which yields one verdict per
+Every rank loads FILE and runs the checker on a ``StrictComm`` (every Send
+synchronous, every request kept: strict.py), which yields one verdict per
 case (its description, and on this rank either None or what was wrong).
-After each case the ranks compare verdicts; rank 0 prints "ok" or the
+A case also fails on a rank that left a request unfinished. After each
+case the ranks compare verdicts; rank 0 prints "ok" or the
 first failing rank's hint and all ranks stop together, with exit 1. If the
 learner's code raises, that rank prints the error and ends the job
 (``runtime.abort``): the other ranks may be waiting for its messages.
@@ -22,6 +24,7 @@ from mpi4py import MPI
 
 from ..runtime import abort, print0
 from .catalog import find
+from .strict import StrictComm
 
 STUB_GRACE_S = 10.0  # seen: a stub's rank 1 aborted 0.3 s after raising, before a busy rank 0 had printed
 
@@ -51,13 +54,22 @@ def main(argv: list[str]) -> int:
     try:
         module = load(path)
         print0(f"  on {size} rank{'s' if size > 1 else ''}" if size > 1 else "  in one process")
-        for description, failure in exercise.check(module, comm, rng):
+        strict = StrictComm(comm)
+        for description, failure in exercise.check(module, strict, rng):
+            unfinished = len(strict.ledger.unfinished())
+            if unfinished and not failure:
+                failure = (f"{unfinished} request{'s' if unfinished > 1 else ''} never completed: a non-blocking "
+                           "call (Isend, Irecv, ...) returns a request, and MPI may still be using its buffer until "
+                           "you Wait on it (req.Wait() or MPI.Request.Waitall(requests)) before returning")
+            strict.ledger.forget()
             failures = comm.allgather(failure)
             wrong = [(r, f) for r, f in enumerate(failures) if f]
             if wrong:
                 r, f = wrong[0]
                 others = f" (and {len(wrong) - 1} more rank{'s' if len(wrong) > 2 else ''})" if len(wrong) > 1 else ""
                 print0(f"  FAIL {description} on {size} rank{'s' if size > 1 else ''}\n       rank {r}{others}: {f}")
+                if comm.allreduce(unfinished):
+                    abort(1)  # MPI_Finalize may wait for those requests
                 return 1
             print0(f"  ok   {description}")
     except Exception as e:  # noqa: BLE001 -- the learner's code: say what it raised, then end every rank

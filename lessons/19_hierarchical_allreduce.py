@@ -26,8 +26,9 @@ speed.
    rails, as NCCL runs a DGX) and with one leader per node (R = 1, as
    Horovod does).
 3. Where the advantage ends: with the same network inside and between
-   nodes, the formulas give the two equal bytes, and one leader per node
-   loses. We set this beside the measured slow-link case.
+   nodes the two send equal bytes per rank, and the hierarchy saves only
+   latency (fewer steps): a lot at 64 MiB on 512 ranks, almost nothing at
+   4 GiB. One leader per node loses to 8 rails everywhere.
 """
 import os
 
@@ -121,24 +122,34 @@ print0(f"\n   The flat ring took {ratios[-1]:.1f}x as long as the hierarchy with
 check(ratios[-1] > 1.5, "with slow links between nodes, the hierarchy wins by far at 4 MiB")
 print0("   One leader per node sends the whole buffer between nodes, so it gains less: the rails matter.\n")
 
-print0("3. Where the advantage ends (formulas; 64 nodes of 8 GPUs, 64 MiB):\n")
+print0("3. Where the advantage ends (formulas; 64 nodes of 8 GPUs, NVLink inside a node):\n")
 nvlink = Network(2e-6, 1 / 450e9)
-print0(f"   {'between nodes':>22} {'flat ring ms':>13} {'hier. 8 rails':>14} {'hier. 1 leader':>15}")
+print0(f"   {'between nodes':>18} {'size':>6} {'flat ring ms':>13} {'hier. 8 rails':>14} {'hier. 1 leader':>15} "
+       f"{'flat / 8 rails':>15}")
+gain = {}
 for label, net in (("same as NVLink", nvlink), ("NDR IB, 50 GB/s", Network(5e-6, 1 / 50e9)),
                    ("10 GbE, 1.25 GB/s", Network(2e-5, 8e-10))):
-    flat = allreduce_ring(64 << 20, 512).time_s(net)
-    rails8 = allreduce_hierarchical_s(64 << 20, 8, 64, nvlink, net, rails=8)
-    leader = allreduce_hierarchical_s(64 << 20, 8, 64, nvlink, net, rails=8, rings=1)
-    print0(f"   {label:>22} {flat * 1e3:>13.2f} {rails8 * 1e3:>14.2f} {leader * 1e3:>15.2f}")
-    if label == "same as NVLink":
-        check(leader > rails8, "on one network, a single leader per node only adds work")
-print0("   On one network the hierarchy saves latency (fewer steps) but not bandwidth; its gain grows with the\n"
-       "   gap between the two levels, and the leader layout needs that gap to pay for its extra hop.")
+    for size in ((64 << 20, 4 << 30) if net is nvlink else (64 << 20,)):
+        flat = allreduce_ring(size, 512).time_s(net)
+        rails8 = allreduce_hierarchical_s(size, 8, 64, nvlink, net, rails=8)
+        leader = allreduce_hierarchical_s(size, 8, 64, nvlink, net, rails=8, rings=1)
+        gain[label, size] = flat / rails8
+        print0(f"   {label:>18} {f'{size >> 20} MiB' if size < 1 << 30 else f'{size >> 30} GiB':>6} {flat * 1e3:>13.2f} "
+               f"{rails8 * 1e3:>14.2f} {leader * 1e3:>15.2f} {flat / rails8:>14.1f}x")
+        check(rails8 < leader, "one leader per node sends the whole buffer between nodes: 8 rails beat it everywhere")
+print0("   On one network the hierarchy moves as many bytes per rank as the flat ring, in 2(L-1) + 2(N-1) steps\n"
+       "   instead of 2(P-1): at 64 MiB over 512 ranks the ring's 1,022 latencies still dominate, and the\n"
+       "   hierarchy wins on those alone. At 4 GiB the bytes dominate and the gain is nearly gone. Between\n"
+       "   nodes on slower links, the gain grows with the gap between the two levels. One leader per node\n"
+       "   funnels every byte through one NIC: it beats the flat ring where latency or the slow links dominate,\n"
+       "   loses to it at 4 GiB on one network, and loses to 8 rails everywhere.")
+check(gain["same as NVLink", 4 << 30] < 1.2 < gain["same as NVLink", 64 << 20],
+      "on one network only latency is saved: the gain fades as the message grows")
 print0("\nlesson 19 OK")
 
 # Exercises
 # 1. Change L to 1 (4 nodes of 1 rank): what is left of the hierarchy, and what do the counts in part 1 say?
 # 2. Set PARALLEL_LM_RANKS_PER_NODE=2 and train: mpiexec -n 4 python -m parallel_lm.train --allreduce
 #    hierarchical --steps 20. Does the loss match --allreduce ring? Why must it, to the last bits or not?
-# 3. In part 3, at what inter-node bandwidth does the 1-leader layout overtake the flat ring?
+# 3. In part 3, at what size does the flat ring come within 10% of 8 rails on one network? Why there?
 # Graded: python -m parallel_lm.exercises start 19.1, then check 19.1 (docs/course.md)

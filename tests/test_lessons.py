@@ -35,6 +35,17 @@ def test_lesson_runs_and_checks_itself(lesson, k, tmp_path):
     if lesson.name[:2] == "09":  # step 1's tensor-parallel time once held the wait for rank 0's reference model
         tp_ms = [float(x) for x in re.findall(r"time in f and g's all-reduces ([\d.]+) ms", proc.stdout)]
         assert len(tp_ms) == 5 and tp_ms[0] < 10 * sorted(tp_ms[1:])[1] + 1, proc.stdout
+    if lesson.name[:2] == "15":  # part 3 once timed rank 0 alone, the others spinning, and printed full < none
+        assert "4 sequences of 64 tokens" in proc.stdout, proc.stdout
+        cost = float(re.search(r"measured ([\d.]+)x here", proc.stdout).group(1))
+        assert cost > 1.0, proc.stdout
+    if lesson.name[:2] == "16":  # the restart-against-shrink table once had no shrink row under MPICH, unexplained
+        assert re.search(r"shrink +[\d.]+ +0 ", proc.stdout) or "shrink   not run: shrinking needs ULFM" in proc.stdout
+    if lesson.name[:2] == "17":  # the balanced split, shown whole
+        assert "cut into 2K = 4 chunks of 16" in proc.stdout and "rank 0 holds positions 0-15 and 48-63" in proc.stdout
+    if lesson.name[:2] == "19":  # "where the advantage ends" must show it ending
+        gains = dict(re.findall(r"same as NVLink +(\d+ [MG]iB) .* ([\d.]+)x", proc.stdout))
+        assert float(gains["4 GiB"]) < 1.2 < float(gains["64 MiB"]), proc.stdout
     if figure:  # the visual lessons draw their point
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", describe(proc)
 

@@ -37,6 +37,7 @@ def test_outputs_follow_the_contract(uninterrupted):
     for key in ("step", "loss", "lr", "tokens", "step_s", "compute_s", "comm_s", "exposed_comm_s", "tokens_per_s"):
         assert key in lines[0]
     assert "val_loss" in lines[-1]
+    assert all(0 <= r["exposed_comm_s"] <= r["comm_s"] for r in lines), lines  # exposed is a part of the whole
     trace = json.loads((uninterrupted / "trace.json").read_text())["traceEvents"]
     spans = [e for e in trace if e["ph"] == "X"]
     assert {e["pid"] for e in spans} == {0, 1}

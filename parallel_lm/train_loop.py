@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 from mpi4py import MPI
@@ -17,6 +18,8 @@ from .parallel.schedules import bubble_formula
 from .runtime import agree, node_share, print0, quiet_barrier, threads_per_rank
 from .trainer import Trainer
 from .watchdog import watchdog
+
+PEAK_CACHE = Path.home() / ".cache" / "parallel_lm" / "matmul-peak.json"  # the best probe per machine
 
 
 def launch(cfg, comm, opts, state, out, netem, profile) -> None:
@@ -138,7 +141,7 @@ def run(cfg, comm, trainer, opts, state, out, timeline, share, profile=None, sur
         print0(f"resumed from {opts.resume} at step {trainer.start_step}")
 
     probe = _probe_compute(cfg, comm, micro) if profile else None
-    peak = utilization.peak_per_rank(comm, share, opts.peak_tflops)
+    peak = utilization.peak_per_rank(comm, share, opts.peak_tflops, PEAK_CACHE)
     records = []
     tensorboard = out / "tb" if opts.tensorboard else None
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,

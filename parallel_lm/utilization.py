@@ -7,12 +7,17 @@ forward under ``--recompute full``, the attention core under ``selective``
 (costmodel/transformer.py's ``hardware_flops``). Both are over a peak: the
 device's datasheet figure with ``--peak-tflops``, else a large fp32 matrix
 multiply timed on this node (rank 0 alone, with every core), shared by the
-ranks on the node.
+ranks on the node: the best such probe this machine has recorded, so that a
+probe taken while the machine is busy does not shrink the peak.
 """
 from __future__ import annotations
 
+import json
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -46,15 +51,47 @@ def matmul_peak(threads: int, n: int = 1024, seconds: float = 0.3) -> float:
     return best
 
 
-def peak_per_rank(comm, share: tuple[int, int], peak_tflops: float | None) -> tuple[float, str]:
-    """(FLOP/s one rank may reach, where the figure comes from). Collective."""
+def remembered_peak(now: float, cores: int, cache: Path | None) -> tuple[float, str]:
+    """The best matmul FLOP/s seen on this machine with ``cores`` cores (``now``'s probe included), and where it comes
+    from. A probe on a busy machine reads low, and MFU over it reads high (once 98% of 2.3 GFLOP/s): the best probe
+    recorded in ``cache`` stands for the machine's peak, with its date, and ``now`` says whether the machine is
+    busy at this moment."""
+    key = f"{platform.node()} {cores} cores torch {torch.__version__}"
+    seen = {}
+    if cache is not None:
+        try:
+            seen = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            seen = {}
+    best = seen.get(key)
+    what = f"a 1024x1024 fp32 matmul on {cores} core(s)"
+    if best is None or now >= best["flops"]:
+        if cache is not None:
+            seen[key] = {"flops": now, "measured": time.strftime("%Y-%m-%d %H:%M")}
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(seen, indent=1, sort_keys=True) + "\n")
+                os.replace(tmp, cache)
+            except OSError:
+                pass  # a read-only home: the probe still stands for this run
+        return now, f"{what}: {now / 1e9:.1f} GFLOP/s"
+    busy = "; the machine is busy now, so steps are slow" if now < 0.5 * best["flops"] else ""
+    return best["flops"], (f"{what}: {best['flops'] / 1e9:.1f} GFLOP/s, the best probe here, {best['measured']}; "
+                           f"{now / 1e9:.1f} now{busy}")
+
+
+def peak_per_rank(comm, share: tuple[int, int], peak_tflops: float | None,
+                  cache: Path | None = None) -> tuple[float, str]:
+    """(FLOP/s one rank may reach, where the figure comes from): ``--peak-tflops``, else the best matmul probe this
+    machine has seen (``remembered_peak``), shared by the ranks on the node. Collective."""
     if peak_tflops:
         return peak_tflops * 1e12, f"--peak-tflops {peak_tflops:g}"
     on_node, cores = share
-    node = matmul_peak(cores) if comm.Get_rank() == 0 else None
+    found = remembered_peak(matmul_peak(cores), cores, cache) if comm.Get_rank() == 0 else None
     quiet_barrier(comm)
-    node = comm.bcast(node, root=0)
-    return node / on_node, f"a 1024x1024 fp32 matmul on {cores} core(s): {node / 1e9:.1f} GFLOP/s, / {on_node} rank(s)"
+    node, source = comm.bcast(found, root=0)
+    return node / on_node, f"{source}, / {on_node} rank(s)"
 
 
 def utilization_line(cfg, flops_per_token: float, records, ranks: int, peak: tuple[float, str]) -> str:
@@ -65,9 +102,11 @@ def utilization_line(cfg, flops_per_token: float, records, ranks: int, peak: tup
     shape = shape_of(cfg.model)
     hardware = model * shape.hardware_flops(1.0, cfg.recompute) / shape.model_flops(1.0)
     flops, source = peak
+    doubt = ("\n  (HFU above 90%: the peak is too low, a probe taken while the machine was busy or a --peak-tflops "
+             "below this machine's)") if hardware > 0.9 * flops else ""
     return (f"utilization: MFU {100 * model / flops:.1f}% (model FLOPs, {model / 1e9:.2f} GFLOP/s per rank), "
             f"HFU {100 * hardware / flops:.1f}% (recompute {cfg.recompute} counted) of {flops / 1e9:.1f} GFLOP/s "
-            f"per rank ({source})")
+            f"per rank ({source}){doubt}")
 
 
 def _model_state(trainer) -> tuple[dict, dict, int]:

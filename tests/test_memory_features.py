@@ -63,6 +63,27 @@ def test_utilization_counts_recomputed_flops_in_hfu_only():
     assert proc.returncode == 0, describe(proc)
     mfu, hfu = map(float, re.search(r"MFU ([\d.]+)%.*HFU ([\d.]+)%", proc.stdout).groups())
     assert 1.2 < hfu / mfu < 1.45  # one more forward of the blocks: 4/3 of the matmul FLOPs, less the head's
+    assert "HFU above 90%: the peak is too low" in proc.stdout  # 1 GFLOP/s is below what this model reaches
+
+
+def test_mfu_is_over_the_best_peak_this_machine_has_seen_and_a_busy_machine_is_named(tmp_path):
+    """A probe taken while other work ran once gave 2.3 GFLOP/s, and MFU 98%: the best probe recorded stands."""
+    home = {"HOME": str(tmp_path)}
+    args = ["-m", "parallel_lm.train", "--eval-every", "0", "--quiet", "--steps", "2"]
+    proc = mpirun(1, args, env=home)
+    assert proc.returncode == 0, describe(proc)
+    cache = tmp_path / ".cache" / "parallel_lm" / "matmul-peak.json"
+    seen = json.loads(cache.read_text())
+    (key, first), = seen.items()
+    probed = float(re.search(r"fp32 matmul on \d+ core\(s\): ([\d.]+) GFLOP/s", proc.stdout).group(1))
+    assert first["flops"] / 1e9 == pytest.approx(probed, abs=0.051)
+    cache.write_text(json.dumps({key: {"flops": 100 * first["flops"], "measured": "2026-01-02 03:04"}}))
+    proc = mpirun(1, args, env=home)  # now this machine's probe reads as 1/100 of its best: a busy machine
+    assert proc.returncode == 0, describe(proc)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("utilization:"))
+    assert f"{100 * first['flops'] / 1e9:.1f} GFLOP/s, the best probe here, 2026-01-02 03:04" in line, line
+    assert "the machine is busy now" in line, line
+    assert json.loads(cache.read_text())[key]["flops"] == 100 * first["flops"]  # a lower probe never replaces it
 
 
 @pytest.mark.parametrize("p,m", [(2, 2), (2, 6), (4, 4), (4, 8), (3, 9)])

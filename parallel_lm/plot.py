@@ -248,26 +248,18 @@ def _run_records(folder: Path) -> list[dict]:
     return records
 
 
-RUN_PANELS = (  # (title, y label, the records' fields drawn: solid, then dashed, and how much each is multiplied by)
+RUN_PANELS = (  # (title, y label, the records' fields drawn: a line, then a dashed line, and the scale of both)
     ("loss", "nats per byte", ("loss", "val_loss"), 1.0),
     ("throughput", "tokens/s", ("tokens_per_s",), 1.0),
-    ("exposed communication", "ms per step", ("exposed_comm_s", "comm_s"), 1e3),
+    ("communication", "ms per step", ("exposed_comm_s",), 1e3),
     ("memory on rank 0", "MiB", ("memory_mib", "memory_formula_mib"), 1.0),
 )
-DASHED = {"val_loss": "validation", "comm_s": "all communication", "memory_formula_mib": "formula"}
+DASHED = {"val_loss": "validation", "memory_formula_mib": "formula"}
+SHADED = {"exposed_comm_s": ("comm_s", "all communication")}  # drawn as a band under the line: exposed <= all
 
 
-@main.command(context_settings=SETTINGS)
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-                metavar="RUN_DIR [RUN_DIR...]")
-@click.option("--out", default="plots", type=click.Path(file_okay=False), help="Folder for the figure.")
-@click.option("--name", default="runs", help="File name prefix.")
-def run(runs, out, name):
-    """Loss, throughput, exposed communication and memory of one or more training runs, side by side.
-
-    Each RUN_DIR is a train --out folder (its metrics.jsonl); one line per run in every panel. Dashed:
-    validation loss, all communication (exposed is the part backward did not hide), the memory formula.
-    """
+def run_figure(runs: list[Path]):
+    """The figure of ``plot run``: one line per run in each of RUN_PANELS, every axis but the loss's from 0."""
     fig, axes = plt.subplots(1, len(RUN_PANELS), figsize=(4.2 * len(RUN_PANELS), 3.6))
     for i, folder in enumerate(runs):
         records = _run_records(folder)
@@ -277,19 +269,42 @@ def run(runs, out, name):
                 points = [(r["step"], r[field]) for r in records if r.get(field) is not None]
                 if not points:
                     continue
-                ax.plot([s for s, _ in points], [v * scale for _, v in points], style, color=colour,
+                steps = [s for s, _ in points]
+                if field in SHADED:
+                    whole, label = SHADED[field]
+                    ax.fill_between(steps, 0, [r[whole] * scale for r in records if r.get(field) is not None],
+                                    color=colour, alpha=0.25, linewidth=0, label=f"{folder.name} ({label})")
+                ax.plot(steps, [v * scale for _, v in points], style, color=colour,
                         marker="o" if len(points) < 3 else None,
-                        label=f"{folder.name}" + (f" ({DASHED[field]})" if field in DASHED else ""))
+                        label=f"{folder.name}" + (f" ({DASHED[field]})" if field in DASHED else
+                                                  " (exposed)" if field in SHADED else ""))
             ax.set_title(title)
             ax.set_ylabel(unit)
             ax.set_xlabel("step")
-    for ax in axes:
+    for ax, (title, *_) in zip(axes, RUN_PANELS):
         if ax.lines:
             ax.legend(fontsize=7)
+            if title != "loss":  # a near-constant series would otherwise fill the axis (once 0.01 MiB tall)
+                ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-9) * 1.05)
         else:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    for path in write(fig, Path(out), name):
+    return fig
+
+
+@main.command(context_settings=SETTINGS)
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+                metavar="RUN_DIR [RUN_DIR...]")
+@click.option("--out", default="plots", type=click.Path(file_okay=False), help="Folder for the figure.")
+@click.option("--name", default="runs", help="File name prefix.")
+def run(runs, out, name):
+    """Loss, throughput, communication and memory of one or more training runs, side by side.
+
+    Each RUN_DIR is a train --out folder (its metrics.jsonl); one colour per run in every panel. Dashed:
+    validation loss, the memory formula. Communication: the shaded band is all of it, the line the part
+    backward did not hide (exposed).
+    """
+    for path in write(run_figure(list(runs)), Path(out), name):
         click.echo(f"wrote {path}")
 
 

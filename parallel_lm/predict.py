@@ -151,9 +151,10 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
           + (", sequence parallel" if layout["sequence_parallel"] else "")
           + (f", context parallel {cp}" if cp > 1 else "") + (f", expert parallel {layout['ep']}" if layout["ep"] > 1 else "")
           + f", data-parallel sync {'behind backward' if layout['dp_overlap'] else 'after backward'}")
-    extra = cp > 1 or layout["ep"] > 1
+    extra, zero3 = cp > 1 or layout["ep"] > 1, layout["zero"] == 3
     print(f"{'gpus':>6} {'dp':>5} {'step_s':>9} {'TFLOP/s':>8} {'MFU':>6} {'tokens/s':>11} {'compute':>8} {'tp':>7} "
-          + (f"{'cp':>7} {'a2a':>7} " if extra else "") + f"{'pp':>7} {'bubble':>7} {'dp':>7} {'GiB/GPU':>8} fits")
+          + (f"{'cp':>7} {'a2a':>7} " if extra else "") + f"{'pp':>7} {'bubble':>7} {'dp':>7} "
+          + (f"{'gather':>7} " if zero3 else "") + f"{'optim':>7} {'GiB/GPU':>8} fits")
     rows = []
     for gpus, lay in zip(rank_counts, layouts):
         pred = predict_run(shape, lay, cluster)
@@ -161,8 +162,9 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
         print(f"{gpus:>6} {lay.dp:>5} {pred.step_s:>9.4g} {pred.tflops_per_gpu:>8.1f} {pred.mfu:>6.3f} "
               f"{pred.tokens_per_s:>11.4g} {t['compute_s']:>8.4g} {t['tp_comm_s']:>7.3g} "
               + (f"{t['cp_comm_exposed_s']:>7.3g} {t['ep_all_to_all_s']:>7.3g} " if extra else "") + f"{t['pp_comm_s']:>7.3g} "
-              f"{t['bubble_s']:>7.3g} {t['dp_comm_exposed_s']:>7.3g} {pred.memory_gib_per_gpu:>8.2f} "
-              f"{'yes' if pred.fits else 'NO'}")
+              f"{t['bubble_s']:>7.3g} {t['dp_comm_exposed_s']:>7.3g} "
+              + (f"{t['zero3_gather_exposed_s']:>7.3g} " if zero3 else "") + f"{t['optimizer_s']:>7.3g} "
+              f"{pred.memory_gib_per_gpu:>8.2f} {'yes' if pred.fits else 'NO'}")
         mem = {k: v / 2**30 for k, v in pred.memory_bytes.items()}
         rows.append({"ranks": gpus, "dp": lay.dp, "model_params": shape.params(), "device": dev.name,
                      "profile": profile_name, **pred.to_dict(), "memory_gib_parts": mem})
@@ -170,7 +172,7 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
     parts = ", ".join(f"{k} {v:.2f}" for k, v in last["memory_gib_parts"].items())
     print(f"# memory per GPU at {last['ranks']} GPUs (GiB, first pipeline stage): {parts}")
     print("# TFLOP/s counts the recomputed forward (Megatron-LM's convention, eq. 3 of Narayanan et al. 2021); "
-          "MFU counts model FLOPs only; terms in seconds per step")
+          "MFU counts model FLOPs only; terms in seconds per step, exposed parts only: they add up to step_s")
     return rows
 
 

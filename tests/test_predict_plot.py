@@ -184,8 +184,15 @@ def test_plot_run_draws_several_training_runs_side_by_side(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "plots" / "runs.png").read_bytes()[:4] == b"\x89PNG" and "runs.svg" in proc.stdout
     svg = (tmp_path / "plots" / "runs.svg").read_text()
-    for text in ("throughput", "exposed communication", "memory on rank 0", "two (validation)"):
+    for text in ("throughput", "communication", "memory on rank 0", "two (validation)", "two (all communication)"):
         assert text in svg, text
+    from parallel_lm.plot import RUN_PANELS, run_figure
+    axes = dict(zip((title for title, *_ in RUN_PANELS), run_figure([tmp_path / "one", tmp_path / "two"]).axes))
+    for title in ("throughput", "communication", "memory on rank 0"):  # once a near-constant memory filled its
+        assert axes[title].get_ylim()[0] == 0, title                    # axis, 0.01 MiB tall
+    # all communication is a band under the exposed line, not a line that the exposed one can cover
+    assert [c.get_label() for c in axes["communication"].collections] == ["one (all communication)",
+                                                                          "two (all communication)"]
     (tmp_path / "empty").mkdir()
     proc = subprocess.run([sys.executable, "-m", "parallel_lm.plot", "run", str(tmp_path / "empty")],
                           capture_output=True, text=True, cwd=ROOT)

@@ -164,6 +164,20 @@ def test_predict_states_a_published_run(tmp_path):
     assert "TFLOP/s counts the recomputed forward" in proc.stdout
 
 
+@pytest.mark.parametrize("zero", ["0", "3"])
+def test_the_printed_terms_add_up_to_the_step(zero):
+    """The optimizer's term was once only in --json, so the table's columns fell short of step_s."""
+    proc = cli("--preset", "gpt2", "--ranks", "64", "--tp", "2", "--pp", "2",
+               "--global-batch-size", "256", "--zero", zero, "--device", "a100-80gb", "--profile", "dgx-a100-hdr")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(x for x in lines if x.split()[:2] == ["gpus", "dp"]).split()
+    row = dict(zip(header, lines[lines.index(next(x for x in lines if x.split()[:2] == ["gpus", "dp"])) + 1].split()))
+    terms = [c for c in header[header.index("compute"):header.index("GiB/GPU")]]
+    assert "optim" in terms and ("gather" in terms) == (zero == "3")
+    assert sum(float(row[c]) for c in terms) == pytest.approx(float(row["step_s"]), rel=5e-3), row
+
+
 def test_predict_says_when_a_run_does_not_fit():
     proc = cli("--n-layer", "96", "--n-embd", "12288", "--n-head", "96", "--seq-len", "2048", "--vocab-size", "51200",
                "--ranks", "8", "--tp", "8", "--global-batch-size", "8", "--device", "a100-80gb")

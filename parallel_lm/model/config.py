@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass
 VOCAB_SIZE = 256  # byte-level tokens
 
 
+MOE_FIELDS = ("n_experts", "top_k", "capacity_factor", "aux_loss_coef")
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     n_layer: int = 2
@@ -36,6 +39,11 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def __str__(self) -> str:
+        """The fields that shape this model: the mixture-of-experts ones only when it has experts."""
+        shown = {k: v for k, v in asdict(self).items() if self.n_experts or k not in MOE_FIELDS}
+        return f"GPTConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 PRESETS = {

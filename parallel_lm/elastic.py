@@ -112,6 +112,9 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
               flush=True)
     restarts, started, pending = 0, time.monotonic(), None
     step = _intact_step(out)  # a folder with a checkpoint: continue it
+    if step is not None:
+        print(f"[elastic] {out} holds a checkpoint at step {step}: continuing it (remove {out}, or pass another "
+              "--out, to start over)", flush=True)
     while True:
         code, resumed = _launch(mpiexec, ranks, flags, out, step is not None, pending[0] if pending else None)
         if pending:  # the failure before this launch, with the time it took to resume

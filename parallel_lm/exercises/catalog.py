@@ -6,8 +6,9 @@ A checker is a generator ``check(module, comm, rng)`` run on every rank:
 it calls the learner's functions on cases drawn from ``rng`` (the same
 on every rank) and yields ``(description, failure)`` per case, where
 failure is None or, on this rank, what was wrong and what was expected.
-The rank counts are ones the lessons do not run (3, 5, 6, 7: no powers of
-two), so a solution tuned to the lesson's own run is caught.
+The rank counts are ones the lessons do not run (3, 5 and 6: no powers of
+two, but for 19.1's 4 and 6, which its nodes of 2 and 3 divide), so a
+solution tuned to the lesson's own run is caught.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Lesson 05: the alpha-beta model against measurement on this machine.
 
-    mpiexec -n 4 python lessons/05_alpha_beta_model.py
+    mpiexec -n 4 python lessons/05_alpha_beta_model.py [--plot]
 
 A message of n bytes costs alpha + n.beta: a fixed latency plus the bytes
 over the bandwidth. Adding n bytes locally costs n.gamma. Every algorithm
@@ -35,6 +35,7 @@ the errors, and says so when the machine is too busy for them to mean much.
 import numpy as np
 from mpi4py import MPI
 
+from parallel_lm import figures
 from parallel_lm.sizes import format_size
 from parallel_lm.bench.pingpong import exchange_s, reduce_s
 from parallel_lm.bench.timing import time_collective
@@ -63,6 +64,20 @@ line_alpha, line_beta, _ = fit_line(sizes, times)
 print0(f"   one least-squares line through all sizes instead: alpha = {line_alpha * 1e6:.2f} us, "
        f"beta = {line_beta * 1e12:.1f} ps/byte")
 check(beta > 0, "the exchange times do not grow with size: no bandwidth term to fit")
+if figures.wanted() and comm.Get_rank() == 0:
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    grid = np.geomspace(sizes[0], sizes[-1], 200)
+    ax.loglog(sizes, [t * 1e6 for t in times], "o", color="black", label="measured exchange")
+    ax.loglog(grid, (alpha + beta * grid) * 1e6, label=f"alpha + n beta: {alpha * 1e6:.1f} us, {1e-9 / beta:.1f} GB/s")
+    ax.loglog(grid, np.maximum(line_alpha + line_beta * grid, 1e-9) * 1e6, "--",
+              label="one least-squares line through all sizes")
+    ax.axhline(alpha * 1e6, color="grey", linewidth=0.6)
+    ax.set_xlabel("bytes per message")
+    ax.set_ylabel("microseconds")
+    ax.set_title(f"lesson 05: alpha and beta on {p} ranks: the short messages fix alpha, the long ones beta")
+    ax.legend(fontsize=8)
+    print0(f"   drew {figures.save(fig, '05_alpha_beta')}")
 
 # 2. gamma from local additions (buffers big enough to leave the cache, like the collectives' below)
 g_sizes = [1 << 20, 4 << 20, 16 << 20]

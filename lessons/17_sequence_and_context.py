@@ -1,6 +1,6 @@
 """Lesson 17: long sequences - cut the sequence itself over ranks (sequence and context parallelism).
 
-    mpiexec -n 2 python lessons/17_sequence_and_context.py
+    mpiexec -n 2 python lessons/17_sequence_and_context.py [--plot]
 
 Activations grow with the sequence: at 128K tokens they, not the weights,
 fill a GPU. Data parallelism cannot help (each rank still holds whole
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
+from parallel_lm import figures
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model import GPT, GPTConfig
@@ -112,12 +113,35 @@ print0(f"   rank 0 holds positions {spans(mine)} (chunks 0 and {2 * K - 1}); max
        f"dQ, dK, dV: {worst:.1e}")
 check(worst < 1e-5, "ring attention is exact, forward and backward")
 print0("\n   Work under a causal mask (query-key pairs each rank computes), T = 64 tokens:")
+works = {}
 for name, positions in (("contiguous T/K", lambda r: torch.arange(r * 64 // K, (r + 1) * 64 // K)),
                         ("chunks r, 2K-1-r", lambda r: balanced_positions(64, K, r))):
     work = [int((positions(r)[:, None] >= torch.arange(64)[None, :]).sum()) for r in range(K)]
     print0(f"   {name:>18}: {work}   max/mean {max(work) / (sum(work) / K):.2f}")
+    works[name] = (positions, work)
     if name.startswith("chunks"):
         check(len(set(work)) == 1, "balanced chunks give every rank the same work")
+if figures.wanted() and rank == 0:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.2]})
+    for ax, (name, (positions, work)) in zip(axes, works.items()):
+        owner = np.full((64, 64), np.nan)
+        for r in range(K):
+            for q in positions(r).tolist():
+                owner[q, :q + 1] = r  # the query-key pairs rank r computes under the causal mask
+        ax.imshow(owner, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+        ax.set_title(f"{name}: pairs per rank {work}", fontsize=9)
+        ax.set_xlabel("key position")
+        ax.set_ylabel("query position")
+    for i, (name, (_, work)) in enumerate(works.items()):
+        axes[2].bar(np.arange(K) + 0.4 * i, work, width=0.4, label=name)
+    axes[2].set_xticks(np.arange(K) + 0.2, [f"rank {r}" for r in range(K)])
+    axes[2].set_ylabel("query-key pairs computed")
+    axes[2].legend(fontsize=8)
+    fig.suptitle(f"lesson 17: causal attention's work on {K} ranks, T = 64 (colour: the rank holding the query)")
+    fig.tight_layout()
+    print0(f"   drew {figures.save(fig, '17_causal_work')}")
 
 print0("\n4. Training with the sequence cut: parameters after 3 steps against one process, activations per rank\n")
 cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64)

@@ -1,6 +1,6 @@
 """Lesson 19: the hierarchical all-reduce - use the slow links between nodes as little as possible.
 
-    mpiexec -n 4 python lessons/19_hierarchical_allreduce.py
+    mpiexec -n 4 python lessons/19_hierarchical_allreduce.py [--plot]
 
 A cluster has two networks. Inside a node, GPUs talk over NVLink (hundreds
 of GB/s); between nodes, over one NIC per GPU at best (tens of GB/s), or a
@@ -35,6 +35,7 @@ import os
 import numpy as np
 from mpi4py import MPI
 
+from parallel_lm import figures
 from parallel_lm.bench.timing import time_interleaved
 from parallel_lm.comm import allreduce
 from parallel_lm.comm.collectives.hierarchical import allreduce_hierarchical
@@ -99,7 +100,7 @@ formulas = {"flat ring": lambda b: allreduce_ring(b, P).time_s(Network(between.a
             "hierarchical, 2 rails": lambda b: allreduce_hierarchical_s(b, L, N, here, between, rails=2, rings=2),
             "hierarchical, 1 leader": lambda b: allreduce_hierarchical_s(b, L, N, here, between, rails=2, rings=1)}
 print0(f"   {'bytes':>7} " + "".join(f"{name:>24}" for name in variants) + "   (measured ms / formula ms)")
-ratios = []
+ratios, seen = [], {name: [] for name in variants}
 for size in (64 << 10, 1 << 20, 4 << 20):
     src = np.random.default_rng(rank).integers(-3, 4, size // 4).astype(np.float32)
     want = src.copy()
@@ -115,11 +116,24 @@ for size in (64 << 10, 1 << 20, 4 << 20):
         measured, formula = times[name][0], formulas[name](size)
         check(measured > 0.95 * formula - 1e-4, f"{name}: no run beats the emulated network")
         cells.append(f"{measured * 1e3:>10.2f} / {formula * 1e3:>7.2f}")
+        seen[name].append((size, measured, formula))
     ratios.append(times["flat ring"][0] / times["hierarchical, 2 rails"][0])
     print0(f"   {format_size(size):>7} " + "".join(f"{c:>24}" for c in cells))
 print0(f"\n   The flat ring took {ratios[-1]:.1f}x as long as the hierarchy with 2 rails at the largest size; "
        f"the formula says {formulas['flat ring'](4 << 20) / formulas['hierarchical, 2 rails'](4 << 20):.1f}x.")
 check(ratios[-1] > 1.5, "with slow links between nodes, the hierarchy wins by far at 4 MiB")
+if figures.wanted() and rank == 0:
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, points) in enumerate(seen.items()):
+        sizes = [n for n, _, _ in points]
+        ax.loglog(sizes, [m * 1e3 for _, m, _ in points], "o", color=f"C{i}", label=f"{name}, measured")
+        ax.loglog(sizes, [f * 1e3 for _, _, f in points], "--", color=f"C{i}", label=f"{name}, formula")
+    ax.set_xlabel("bytes all-reduced")
+    ax.set_ylabel("ms")
+    ax.set_title(f"lesson 19: {N} emulated nodes of {L}, slow links between them", fontsize=10)
+    ax.legend(fontsize=8)
+    print0(f"   drew {figures.save(fig, '19_flat_vs_hierarchical')}")
 print0("   One leader per node sends the whole buffer between nodes, so it gains less: the rails matter.\n")
 
 print0("3. Where the advantage ends (formulas; 64 nodes of 8 GPUs, NVLink inside a node):\n")

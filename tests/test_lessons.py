@@ -13,7 +13,8 @@ RANKS = {"01": [1, 4], "02": [3, 8], "03": [3, 4], "04": [4], "05": [4], "06": [
          "09": [2, 4], "10": [2], "11": [4], "12": [1], "13": [2], "14": [1, 2], "15": [2, 4], "16": [1],
          "17": [2], "18": [4], "19": [4]}
 
-PLOTS = {"07": "07_overlap.png", "10": "10_pipeline_slots.png", "13": "13_loss_scale.png"}  # what --plot draws
+PLOTS = {"05": "05_alpha_beta.png", "07": "07_overlap.png", "10": "10_pipeline_slots.png",  # what --plot draws
+         "13": "13_loss_scale.png", "17": "17_causal_work.png", "19": "19_flat_vs_hierarchical.png"}
 
 
 def test_every_lesson_is_covered():
@@ -101,3 +102,9 @@ def test_case_study_example_prices_every_layout_on_both_networks():
     for text in ("1. data parallel, ring", "2. groups of 4", "3. PS sync", "4. PS async", "fastest on eth-10g",
                  "fastest on ib-ndr"):
         assert text in proc.stdout, text
+
+
+def test_every_figure_a_lesson_draws_is_shown_in_docs_lessons_md():
+    shown = (ROOT / "docs" / "lessons.md").read_text()
+    for figure in PLOTS.values():
+        assert f"](../plots/lessons/{figure})" in shown and (ROOT / "plots" / "lessons" / figure).exists(), figure

@@ -113,8 +113,8 @@ def main() -> None:
                     "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
     as_root = open_mpi_env if open_mpi else {}
     # Shrinking needs ULFM, which only Open MPI has: under MPICH, part 2 borrows the Open MPI venv if it exists
-    shrinker = (mpiexec, sys.executable) if open_mpi else \
-        (str(OPEN_MPI_VENV / "mpiexec"), str(OPEN_MPI_VENV / "python")) if (OPEN_MPI_VENV / "mpiexec").exists() else None
+    borrowed = (str(OPEN_MPI_VENV / "mpiexec"), str(OPEN_MPI_VENV / "python"))
+    shrinker = (mpiexec, sys.executable) if open_mpi else borrowed if (OPEN_MPI_VENV / "mpiexec").exists() else None
     library = " ".join(MPI.Get_library_version().split(",")[0].split("\n")[0].split())
 
     print(f"1. Rank {DEAD} of 4 dies inside a ring all-reduce ({library}{', with ULFM' if ft else ''})\n")
@@ -155,7 +155,8 @@ def main() -> None:
                              *TRAIN, "--out", str(tmp / "restart")], kill)}
         if shrinker:
             runs["shrink"] = ([shrinker[0], "--with-ft", "ulfm", "-n", "4", shrinker[1], "-m", "parallel_lm.train",
-                               *TRAIN, "--out", str(tmp / "shrink"), "--on-failure", "shrink"], {**kill, **open_mpi_env})
+                               *TRAIN, "--out", str(tmp / "shrink"), "--on-failure", "shrink"],
+                              {**kill, **open_mpi_env})
         print(f"   {'':8} {'wall s':>7} {'steps lost':>10} {'recovery s':>10} {'ranks after':>11} "
               f"{'max |param - unbroken|':>22}")
         print(f"   {'unbroken':8} {base_s:7.1f} {'-':>10} {'-':>10} {4:>11} {'-':>22}")

@@ -148,7 +148,8 @@ for label, net in (("same as NVLink", nvlink), ("NDR IB, 50 GB/s", Network(5e-6,
         rails8 = allreduce_hierarchical_s(size, 8, 64, nvlink, net, rails=8)
         leader = allreduce_hierarchical_s(size, 8, 64, nvlink, net, rails=8, rings=1)
         gain[label, size] = flat / rails8
-        print0(f"   {label:>18} {f'{size >> 20} MiB' if size < 1 << 30 else f'{size >> 30} GiB':>6} {flat * 1e3:>13.2f} "
+        shown = f"{size >> 20} MiB" if size < 1 << 30 else f"{size >> 30} GiB"
+        print0(f"   {label:>18} {shown:>6} {flat * 1e3:>13.2f} "
                f"{rails8 * 1e3:>14.2f} {leader * 1e3:>15.2f} {flat / rails8:>14.1f}x")
         check(rails8 < leader, "one leader per node sends the whole buffer between nodes: 8 rails beat it everywhere")
 print0("   On one network the hierarchy moves as many bytes per rank as the flat ring, in 2(L-1) + 2(N-1) steps\n"

@@ -2,7 +2,7 @@
 nodes emulated or from the shared-memory split, and bad node sizes refused on every rank."""
 import pytest
 
-from conftest import PROGRAMS, describe, mpirun
+from conftest import PROGRAMS, assert_cases, describe, mpirun
 from parallel_lm.costmodel.formulas import Network, allreduce_hierarchical_s, allreduce_ring
 
 
@@ -14,10 +14,10 @@ def divisors(m):
 def test_every_node_size_and_rail_count_equals_the_library(k, per_node):
     env = {"PARALLEL_LM_RANKS_PER_NODE": str(per_node)} if per_node else {}
     proc = mpirun(k, [str(PROGRAMS / "check_hierarchical.py")], env=env, timeout=240)
-    assert proc.returncode == 0, describe(proc)
-    cases = sum(len(divisors(d)) for d in divisors(k)) * 5 * 2 + 2
+    names = [f"nodes of {d}, {r} rail(s)" for d in divisors(k) for r in divisors(d)] + ["registry"]
+    got = assert_cases(proc, names + (["refused"] if k > 1 else []))
     # without the variable, one machine is one node: the shared-memory split puts all k ranks on it
-    assert f"CHECKED {cases} NODES OF {per_node or k}" in proc.stdout, describe(proc)
+    assert got["registry"]["per_node"] == (per_node or k), describe(proc)
 
 
 def test_a_node_size_that_does_not_divide_the_ranks_is_refused_on_every_rank():

@@ -9,7 +9,8 @@ from .verdicts import at_most, exactly, first, mismatch
 
 
 def check_average_gradients(module, comm, rng):
-    """Three SGD steps with the learner's averaging equal one process on the whole batch, to 1e-12, parameter by parameter."""
+    """Three SGD steps with the learner's averaging equal one process on the whole batch, to 1e-12, parameter by
+    parameter."""
     import torch
     p, r = comm.Get_size(), comm.Get_rank()
     torch.set_default_dtype(torch.float64)

@@ -2,11 +2,14 @@
 dividing K and every rail count dividing the node size; then the registry's "hierarchical" on the
 nodes of comm/nodes.py (PARALLEL_LM_RANKS_PER_NODE, or the shared-memory split).
 
-Integer-valued data, so every order of addition gives the same bits; prints ``CHECKED n`` on rank 0 and exits 1
-on any mismatch (every rank ends: the abort hook).
+Integer-valued data, so every order of addition gives the same bits. Reports one case per node size and rail
+count (report.py: ``nodes of 2, 1 rail(s)``, each over 5 lengths and 2 dtypes, bitwise on every rank), one
+for the registry (``registry``, with the node size it found) and one for a node size that does not divide K
+(``refused``).
 """
 import numpy as np
 from mpi4py import MPI
+from report import case
 
 from parallel_lm.comm import allreduce
 from parallel_lm.comm.collectives.hierarchical import allreduce_hierarchical
@@ -16,36 +19,39 @@ from parallel_lm.runtime import install_abort_hook
 install_abort_hook()
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
-checked = 0
 
 
-def check(n, dtype, run, what):
-    global checked
+def differs(n, dtype, run) -> bool:
+    """True on every rank if ``run`` gave any rank other bits than MPI_Allreduce, for n elements of ``dtype``."""
     x = np.random.default_rng(1000 * n + rank).integers(-8, 9, n).astype(dtype)
     want = x.copy()
     comm.Allreduce(MPI.IN_PLACE, want, op=MPI.SUM)
     run(x)
-    if not np.array_equal(x, want):
-        raise AssertionError(f"rank {rank}: {what}, n={n}, {dtype.__name__}: differs from MPI")
-    checked += 1
+    return comm.allreduce(not np.array_equal(x, want), op=MPI.LOR)
+
+
+def report(name, ok, line, **measured):
+    if rank == 0:
+        case(name, ok, line, **measured)
 
 
 divisors = lambda m: [d for d in range(1, m + 1) if m % d == 0]
 for per_node in divisors(p):
     for rails in divisors(per_node):
-        for n in (0, 1, p - 1, 101, 300_007):
-            for dtype in (np.float32, np.int64):
-                check(n, dtype, lambda x: allreduce_hierarchical(x, comm, per_node, rails),
-                      f"{per_node} per node, {rails} rails")
-per_node = ranks_per_node(comm)
-for n in (5, 100_003):
-    check(n, np.float32, lambda x: allreduce(x, comm, algorithm="hierarchical"), f"registry, {per_node} per node")
+        wrong = [f"{n} {dtype.__name__}" for n in (0, 1, p - 1, 101, 300_007) for dtype in (np.float32, np.int64)
+                 if differs(n, dtype, lambda x: allreduce_hierarchical(x, comm, per_node, rails))]
+        report(f"nodes of {per_node}, {rails} rail(s)", not wrong,
+               f"nodes of {per_node}, {rails} rail(s): " + (f"differs from MPI at {wrong}" if wrong else
+                                                            "bitwise MPI_Allreduce at 5 lengths, float32 and int64"),
+               wrong=wrong)
+found = ranks_per_node(comm)
+wrong = [n for n in (5, 100_003) if differs(n, np.float32, lambda x: allreduce(x, comm, algorithm="hierarchical"))]
+report("registry", not wrong, f"the registry's hierarchical on nodes of {found}: "
+       + (f"differs from MPI at {wrong}" if wrong else "bitwise MPI_Allreduce"), per_node=found)
 if p > 1:
     try:
         allreduce_hierarchical(np.zeros(4, np.float32), comm, p + 1)
+        said = None
     except ValueError as e:
-        assert "multiple of" in str(e)
-    else:
-        raise AssertionError("a node size that does not divide the ranks was accepted")
-if rank == 0:
-    print(f"CHECKED {checked} NODES OF {per_node}")
+        said = str(e)
+    report("refused", bool(said and "multiple of" in said), f"nodes of {p + 1} on {p} ranks: refused ({said})")

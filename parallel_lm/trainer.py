@@ -39,6 +39,7 @@ from .parallel.grad_sync import GradSync
 from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
 from .parallel.pipeline import Pipeline, Stage
 from .parallel.schedules import bubble_formula
+from .parallel.stopwatch import StepClock
 from .parallel.tensor_parallel import shard_model
 from .parallel.tensor_parallel_comm import TensorParallel
 from .parallel.tensor_parallel_sharding import is_sharded
@@ -91,15 +92,16 @@ class Trainer(CheckpointedState):
             saved_optimizer = checkpoint.optimizer_by_name(state["optimizer"], full)
         self.completed = self.start_step  # steps whose optimizer update this rank has applied
         self.formula_mib = None  # utilization.formula_mib, computed at the first record
-        self.tp = TensorParallel(self.tp_comm, cfg.allreduce, cfg.sequence_parallel)
+        self.clock = StepClock()  # the parts' communication seconds, by kind, for each step's record
+        self.tp = TensorParallel(self.tp_comm, cfg.allreduce, cfg.sequence_parallel, self.clock)
         self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
         set_recompute(self.model, cfg.recompute)
         self.context = None
         if cfg.cp > 1:  # the ranks sharing this one's sequences: consecutive data-parallel ranks
             self.context = ContextParallel(self.dp_comm.Split(color=grid.dp_rank // cfg.cp, key=grid.dp_rank % cfg.cp),
-                                           cfg.model.block_size)
+                                           cfg.model.block_size, self.clock)
             self.context.install(self.model)
-        self.experts = ExpertParallel(self.model, self.dp_comm, cfg.ep, cfg.alltoall, cfg.allreduce) \
+        self.experts = ExpertParallel(self.model, self.dp_comm, cfg.ep, cfg.alltoall, cfg.allreduce, self.clock) \
             if cfg.ep > 1 else None  # before the parameters are listed: other ranks' experts are not trained here
         self.names = {id(p): name for name, p in self.model.named_parameters()}  # single-process names
         self.stage = Stage(self.model, grid.pp_rank, grid.pp, sharded=grid.tp > 1, virtual=cfg.virtual_stages)
@@ -190,9 +192,8 @@ class Trainer(CheckpointedState):
                                          "use --precision bf16 or a lower --lr")
 
     def _tie(self):
-        t0 = time.perf_counter()
-        self.pipeline.tie_gradients()
-        self.tie_s = time.perf_counter() - t0
+        with self.clock.timing("tie"):
+            self.pipeline.tie_gradients()
 
     def train_step(self, step: int) -> StepRecord:
         cfg, t_step = self.cfg, time.perf_counter()
@@ -202,10 +203,7 @@ class Trainer(CheckpointedState):
             self.experts.zero_grad()
         if cfg.model.n_experts:
             reset_routing(self.model)
-        self.tp.seconds, self.tie_s = 0.0, 0.0
-        for part in (self.context, self.experts):
-            if part:
-                part.seconds = 0.0
+        self.clock.start()
         loss, compute_s, pipe_s = self._forward_backward(step, self.scaler.scale if self.scaler else 1.0)
         self.watchdog.at(step, "gradient sync")
         comm_s, exposed_s = self.sync.finish(self._tie if self.grid.pp > 1 else None)
@@ -219,7 +217,8 @@ class Trainer(CheckpointedState):
             coef = clip_coefficient(self._squares(), cfg.grad_clip, self.norm_comms) if cfg.grad_clip > 0 else 1.0
             gather_s = self.update.step(lr_at(cfg, step), coef)  # ZeRO: the all-gather of the updated shards
             if comm_s is not None:
-                comm_s, exposed_s = comm_s + gather_s + self.tie_s, exposed_s + gather_s + self.tie_s
+                tie_s = self.clock.take("tie")
+                comm_s, exposed_s = comm_s + gather_s + tie_s, exposed_s + gather_s + tie_s
         self.completed = step + 1  # before the loss's all-reduce: a failure there leaves this step done
         if self.timeline:
             self.timeline.add("optimizer", t_opt, time.perf_counter() - t_opt)
@@ -240,9 +239,9 @@ class Trainer(CheckpointedState):
         return StepRecord(step=step + 1, loss=float(total[0]) / grid.dp, lr=lr_at(cfg, step), tokens=tokens,
                           step_s=step_s, compute_s=compute_s, comm_s=comm_s, exposed_comm_s=exposed_s,
                           tokens_per_s=tokens / step_s,
-                          tp_comm_s=self.tp.seconds if grid.tp > 1 else None, bubble=bubble,
-                          cp_wait_s=self.context.seconds if self.context else None,
-                          ep_comm_s=self.experts.seconds if self.experts else None,
+                          tp_comm_s=self.clock.take("tp") if grid.tp > 1 else None, bubble=bubble,
+                          cp_wait_s=self.clock.take("cp") if self.context else None,
+                          ep_comm_s=self.clock.take("ep") if self.experts else None,
                           bubble_formula=bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None,
                           loss_scale=self.scaler.scale if self.scaler else None,
                           experts=routing_summary(self.model, self.dp_comm) if cfg.model.n_experts else None,

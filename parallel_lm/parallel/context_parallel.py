@@ -46,6 +46,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mpi4py import MPI
 
+from .stopwatch import StepClock
+
 TAG = 41
 
 
@@ -59,11 +61,11 @@ def balanced_positions(seq_len: int, size: int, rank: int) -> torch.Tensor:
 class ContextParallel:
     """A context-parallel group over ``comm``: which tokens each rank holds, and ring attention among them."""
 
-    def __init__(self, comm, seq_len: int):
+    def __init__(self, comm, seq_len: int, clock: StepClock | None = None):
         self.comm, self.size, self.rank = comm, comm.Get_size(), comm.Get_rank()
         self.positions_of = [balanced_positions(seq_len, self.size, r) for r in range(self.size)]
         self.positions = self.positions_of[self.rank]
-        self.seconds = 0.0  # waiting for key/value blocks (not hidden behind the computation)
+        self.clock = clock or StepClock()  # "cp": waiting for key/value blocks (not hidden behind the computation)
 
     def local(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids or targets -> (B, T/cp): this rank's tokens."""
@@ -92,7 +94,7 @@ class ContextParallel:
         def finish():
             t0 = time.perf_counter()
             MPI.Request.Waitall(requests)
-            self.seconds += time.perf_counter() - t0
+            self.clock.add("cp", time.perf_counter() - t0)
             flat = torch.from_numpy(recv).to(blocks[0].device)
             return [piece.view_as(b) for piece, b in zip(flat.split([b.numel() for b in blocks]), blocks)]
         return finish

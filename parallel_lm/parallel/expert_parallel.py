@@ -38,6 +38,7 @@ from mpi4py import MPI
 
 from ..comm import all_to_all, all_to_allv, allreduce
 from ..model.moe import ExpertMLP, through_experts
+from .stopwatch import StepClock
 
 
 def _exchange(x: torch.Tensor, send_rows, recv_rows, comm, algorithm: str) -> torch.Tensor:
@@ -72,10 +73,11 @@ def expert_index(name: str) -> int | None:
 class ExpertParallel:
     """Spread ``model``'s experts over groups of ``ep`` ranks of ``dp_comm``; see the module docstring."""
 
-    def __init__(self, model, dp_comm, ep: int, algorithm: str, allreduce_algorithm: str = "ring"):
+    def __init__(self, model, dp_comm, ep: int, algorithm: str, allreduce_algorithm: str = "ring",
+                 clock: StepClock | None = None):
         dp_rank, self.dp = dp_comm.Get_rank(), dp_comm.Get_size()
         self.algorithm, self.allreduce_algorithm = algorithm, allreduce_algorithm
-        self.seconds = 0.0  # in the forward all-to-alls this step (backward's are inside autograd)
+        self.clock = clock or StepClock()  # "ep": the forward all-to-alls (backward's are inside autograd)
         self.comm = dp_comm.Split(color=dp_rank // ep, key=dp_rank % ep)  # the ranks my tokens' experts live on
         self.replicas = dp_comm.Split(color=dp_rank % ep, key=dp_rank // ep)  # the ranks holding my experts too
         self.ep, self.rank = ep, self.comm.Get_rank()
@@ -100,7 +102,7 @@ class ExpertParallel:
         send_rows = counts.reshape(self.ep, self.local).sum(1).tolist()
         recv_rows = incoming.sum(1).tolist()
         arrived = AllToAll.apply(rows, send_rows, recv_rows, self.comm, self.algorithm)  # by source, then expert
-        self.seconds += time.perf_counter() - t0
+        self.clock.add("ep", time.perf_counter() - t0)
         expert_of_row = torch.repeat_interleave(torch.arange(self.local).repeat(self.ep),
                                                 torch.from_numpy(incoming.reshape(-1))).to(rows.device)
         order = torch.argsort(expert_of_row, stable=True)  # by expert; by source within one
@@ -109,7 +111,7 @@ class ExpertParallel:
         back = torch.empty_like(outputs).index_copy(0, order, outputs)  # in arrival order again
         t0 = time.perf_counter()
         result = AllToAll.apply(back, recv_rows, send_rows, self.comm, self.algorithm)
-        self.seconds += time.perf_counter() - t0
+        self.clock.add("ep", time.perf_counter() - t0)
         return result
 
     def zero_grad(self) -> None:

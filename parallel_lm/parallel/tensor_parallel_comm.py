@@ -42,17 +42,18 @@ from mpi4py import MPI
 
 from ..comm import ALL_GATHER_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS, all_gather, allreduce, reduce_scatter
 from ..comm.buffers import as_array
+from .stopwatch import StepClock
 
 
 class TensorParallel:
     """A tensor-parallel group: ``comm``, the all-reduce ``algorithm``, and ``seconds`` spent communicating.
     ``sequence_parallel``: activations between the tensor-parallel regions are cut along the sequence."""
 
-    def __init__(self, comm, algorithm: str = "ring", sequence_parallel: bool = False):
+    def __init__(self, comm, algorithm: str = "ring", sequence_parallel: bool = False, clock: StepClock | None = None):
         self.comm, self.algorithm = comm, algorithm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.sequence_parallel = sequence_parallel and self.size > 1
-        self.seconds = 0.0
+        self.clock = clock or StepClock()  # seconds in this group's collectives, under "tp"
 
     def _sequence_major(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> a flat fp32 copy in (T, B, C) order, where rank r's tokens are one contiguous chunk."""
@@ -66,7 +67,7 @@ class TensorParallel:
         full.view(self.size, -1)[self.rank] = self._sequence_major(t)
         algorithm = self.algorithm if self.algorithm in ALL_GATHER_ALGORITHMS else "ring"
         all_gather(as_array(full), self.comm, algorithm)
-        self.seconds += time.perf_counter() - t0
+        self.clock.add("tp", time.perf_counter() - t0)
         return full.view(local * self.size, B, C).transpose(0, 1).to(t.dtype)
 
     def scatter_sequence(self, t: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,7 @@ class TensorParallel:
         flat = self._sequence_major(t).clone()
         algorithm = self.algorithm if self.algorithm in REDUCE_SCATTER_ALGORITHMS else "ring"
         mine = torch.from_numpy(reduce_scatter(as_array(flat), self.comm, algorithm).copy())
-        self.seconds += time.perf_counter() - t0
+        self.clock.add("tp", time.perf_counter() - t0)
         return mine.view(T // self.size, B, C).transpose(0, 1).to(t.dtype)
 
     def allreduce(self, t: torch.Tensor) -> torch.Tensor:
@@ -84,7 +85,7 @@ class TensorParallel:
         t0 = time.perf_counter()
         out = t.detach().float().contiguous().clone()
         allreduce(as_array(out.view(-1)), self.comm, self.algorithm)
-        self.seconds += time.perf_counter() - t0
+        self.clock.add("tp", time.perf_counter() - t0)
         return out.to(t.dtype)
 
     def host_allreduce(self, t: torch.Tensor, op) -> torch.Tensor:

@@ -266,16 +266,16 @@ def run_figure(runs: list[Path]):
         colour = f"C{i % 10}"
         for ax, (title, unit, fields, scale) in zip(axes, RUN_PANELS):
             for field, style in zip(fields, ("-", "--")):
-                points = [(r["step"], r[field]) for r in records if r.get(field) is not None]
-                if not points:
+                rows = [r for r in records if r.get(field) is not None]
+                if not rows:
                     continue
-                steps = [s for s, _ in points]
+                steps = [r["step"] for r in rows]
                 if field in SHADED:
                     whole, label = SHADED[field]
-                    ax.fill_between(steps, 0, [r[whole] * scale for r in records if r.get(field) is not None],
+                    ax.fill_between(steps, 0, [r[whole] * scale for r in rows],
                                     color=colour, alpha=0.25, linewidth=0, label=f"{folder.name} ({label})")
-                ax.plot(steps, [v * scale for _, v in points], style, color=colour,
-                        marker="o" if len(points) < 3 else None,
+                ax.plot(steps, [r[field] * scale for r in rows], style, color=colour,
+                        marker="o" if len(rows) < 3 else None,
                         label=f"{folder.name}" + (f" ({DASHED[field]})" if field in DASHED else
                                                   " (exposed)" if field in SHADED else ""))
             ax.set_title(title)

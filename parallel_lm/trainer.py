@@ -217,7 +217,7 @@ class Trainer(CheckpointedState):
             coef = clip_coefficient(self._squares(), cfg.grad_clip, self.norm_comms) if cfg.grad_clip > 0 else 1.0
             gather_s = self.update.step(lr_at(cfg, step), coef)  # ZeRO: the all-gather of the updated shards
             if comm_s is not None:
-                tie_s = self.clock.take("tie")
+                tie_s = self.clock.seconds("tie")
                 comm_s, exposed_s = comm_s + gather_s + tie_s, exposed_s + gather_s + tie_s
         self.completed = step + 1  # before the loss's all-reduce: a failure there leaves this step done
         if self.timeline:
@@ -239,9 +239,9 @@ class Trainer(CheckpointedState):
         return StepRecord(step=step + 1, loss=float(total[0]) / grid.dp, lr=lr_at(cfg, step), tokens=tokens,
                           step_s=step_s, compute_s=compute_s, comm_s=comm_s, exposed_comm_s=exposed_s,
                           tokens_per_s=tokens / step_s,
-                          tp_comm_s=self.clock.take("tp") if grid.tp > 1 else None, bubble=bubble,
-                          cp_wait_s=self.clock.take("cp") if self.context else None,
-                          ep_comm_s=self.clock.take("ep") if self.experts else None,
+                          tp_comm_s=self.clock.seconds("tp") if grid.tp > 1 else None, bubble=bubble,
+                          cp_wait_s=self.clock.seconds("cp") if self.context else None,
+                          ep_comm_s=self.clock.seconds("ep") if self.experts else None,
                           bubble_formula=bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None,
                           loss_scale=self.scaler.scale if self.scaler else None,
                           experts=routing_summary(self.model, self.dp_comm) if cfg.model.n_experts else None,

@@ -13,7 +13,6 @@ probe taken while the machine is busy does not shrink the peak.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .costmodel.transformer import ModelShape
+from .metrics import write_atomic
 from .parallel.zero import memory_formula
 from .runtime import quiet_barrier
 
@@ -70,9 +70,7 @@ def remembered_peak(now: float, cores: int, cache: Path | None) -> tuple[float, 
             seen[key] = {"flops": now, "measured": time.strftime("%Y-%m-%d %H:%M")}
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps(seen, indent=1, sort_keys=True) + "\n")
-                os.replace(tmp, cache)
+                write_atomic(cache, lambda tmp: tmp.write_text(json.dumps(seen, indent=1, sort_keys=True) + "\n"))
             except OSError:
                 pass  # a read-only home: the probe still stands for this run
         return now, f"{what}: {now / 1e9:.1f} GFLOP/s"

@@ -61,44 +61,6 @@ def save_atomic(state, path):
     torch.save(state, path)
 '''
 
-SEND_THEN_RECV = '''
-def pass_right(buf, comm):
-    p, r = comm.Get_size(), comm.Get_rank()
-    out = np.empty_like(buf)
-    comm.Send(buf, dest=(r + 1) % p)
-    comm.Recv(out, source=(r - 1) % p)
-    return out
-'''
-RING_IN_FLOAT32 = '''
-def ring_allreduce(buf, comm):
-    p, r = comm.Get_size(), comm.Get_rank()
-    work = buf.astype(np.float32)  # half the bytes on the wire
-    ring, offs = Ring(r, p), chunk_offsets(work.size, p)
-    chunk = lambda c: work[offs[c]:offs[c + 1]]
-    incoming = np.empty(offs[1] - offs[0], dtype=work.dtype)
-    for step in range(p - 1):
-        send, recv = ring.reduce_scatter_chunks(step)
-        into = incoming[: offs[recv + 1] - offs[recv]]
-        comm.Sendrecv(chunk(send), dest=ring.right, recvbuf=into, source=ring.left)
-        chunk(recv)[:] += into
-    for step in range(p - 1):
-        send, recv = ring.all_gather_chunks(step)
-        comm.Sendrecv(chunk(send), dest=ring.right, recvbuf=chunk(recv), source=ring.left)
-    buf[:] = work
-    return buf
-'''
-BLOCKING_ALL_TO_ALL = '''
-def all_to_all(send, comm):
-    p, r = comm.Get_size(), comm.Get_rank()
-    b = send.size // p
-    recv = np.empty_like(send)
-    recv[r * b:(r + 1) * b] = send[r * b:(r + 1) * b]
-    for s in range(1, p):
-        to, frm = (r + s) % p, (r - s) % p
-        comm.Send(send[to * b:(to + 1) * b], dest=to)
-        comm.Recv(recv[frm * b:(frm + 1) * b], source=frm)
-    return recv
-'''
 LIBRARY_ALLREDUCE = '''
 def hierarchical_allreduce(buf, comm, ranks_per_node):
     comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
@@ -106,12 +68,13 @@ def hierarchical_allreduce(buf, comm, ranks_per_node):
 '''
 
 # exercise -> [(why it is wrong, old text, new text[, what the checker must say])]; old None: append new, a
-# replacement of the function
+# replacement of the function; old and new tuples: several replacements, pairwise
 WRONG = {
     "01.1": [("receives from the right instead of the left", "dest=(r + 1) % p, recvbuf=out, source=(r - 1) % p",
               "dest=(r - 1) % p, recvbuf=out, source=(r + 1) % p"),
-             ("Send then Recv on every rank: a deadlock once MPI cannot buffer", None, SEND_THEN_RECV,
-              "was not received within")],
+             ("Send then Recv on every rank: a deadlock once MPI cannot buffer",
+              "comm.Sendrecv(buf, dest=(r + 1) % p, recvbuf=out, source=(r - 1) % p)",
+              "comm.Send(buf, dest=(r + 1) % p)\n    comm.Recv(out, source=(r - 1) % p)", "was not received within")],
     "02.1": [("naive: the root receives p - 1 messages", None, NAIVE_REDUCE),  # (a root mixed up hangs: 01.1's test)
              ("adds into the caller's buf", "acc, incoming = buf.copy(), np.empty_like(buf)",
               "acc, incoming = buf, np.empty_like(buf)", "The task does not say buf may change")],
@@ -119,7 +82,11 @@ WRONG = {
               "for step in range(p - 2):\n        send, recv = ring.all_gather"),
              ("returns a new array: not in place", "    ring, offs = Ring(r, p), chunk_offsets(buf.size, p)\n",
               "    buf = buf.copy()\n    ring, offs = Ring(r, p), chunk_offsets(buf.size, p)\n", "The task says in place"),
-             ("sends float32 chunks of float64 data", None, RING_IN_FLOAT32, "the sum (MPI_Allreduce's)")],
+             ("sends float32 chunks of float64 data",  # half the bytes on the wire
+              ("    ring, offs = Ring(r, p)", "    return buf"),
+              ("    out, buf = buf, buf.astype(np.float32)\n    ring, offs = Ring(r, p)",
+               "    out[:] = buf\n    return out"),
+              "the sum (MPI_Allreduce's)")],
     "04.1": [("assumes a power of two", None, POWER_OF_TWO_ONLY),
              ("returns a new array: not in place", "    incoming = np.empty_like(buf)\n    if r < 2",
               "    buf, incoming = buf.copy(), np.empty_like(buf)\n    if r < 2", "The task says in place")],
@@ -150,7 +117,10 @@ WRONG = {
               "comm.Send(k, dest=(r + 1) % p)\n            comm.Recv(k_in, source=(r - 1) % p)", "was not received within")],
     "18.1": [("puts each received block where it sent one", "recvbuf=recv[frm * b:(frm + 1) * b]",
               "recvbuf=recv[to * b:(to + 1) * b]"),
-             ("blocking Send then Recv: a deadlock once MPI cannot buffer", None, BLOCKING_ALL_TO_ALL,
+             ("blocking Send then Recv: a deadlock once MPI cannot buffer",
+              "comm.Sendrecv(send[to * b:(to + 1) * b], dest=to, recvbuf=recv[frm * b:(frm + 1) * b], source=frm)",
+              "comm.Send(send[to * b:(to + 1) * b], dest=to)\n"
+              "        comm.Recv(recv[frm * b:(frm + 1) * b], source=frm)",
               "was not received within"),
              ("hands back the caller's send buffer", "    return recv", "    send[:] = recv\n    return send",
               "The task does not say send buffer may change")],
@@ -185,11 +155,15 @@ def broken_pass_right(tmp_path, name: str, body: str):
 
 
 def wrong_source(exercise, old, new) -> str:
+    """The reference with ``old`` replaced by ``new`` (or several: tuples of each, pairwise), or with ``new``
+    appended when ``old`` is None."""
     source = exercise.solution.read_text()
     if old is None:
         return source + "\n" + new  # the later definition replaces the reference's
-    assert source.count(old) == 1, f"{exercise.id}: the mutation's text must occur once in the reference"
-    return source.replace(old, new)
+    for before, after in zip(*((old, new) if isinstance(old, tuple) else ((old,), (new,)))):
+        assert source.count(before) == 1, f"{exercise.id}: the mutation's text must occur once in the reference"
+        source = source.replace(before, after)
+    return source
 
 
 def test_every_lesson_has_a_graded_exercise_and_a_wrong_solution():

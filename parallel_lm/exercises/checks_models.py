@@ -53,7 +53,8 @@ def check_row_parallel_linear(module, comm, rng):
 
 def check_pipeline_forward(module, comm, rng):
     """The last rank's outputs equal one process applying every stage, to 1e-12; every other rank sends exactly
-    one message per micro-batch, synchronously, and completes every request it starts (an Isend never waited on fails)."""
+    one message per micro-batch, synchronously, and completes every request it starts (an Isend never waited on
+    fails)."""
     p, r = comm.Get_size(), comm.Get_rank()
     for m in [1, int(rng.integers(3, 8))]:
         shape = (int(rng.integers(1, 5)), int(rng.integers(2, 6)))

@@ -38,7 +38,6 @@ ranks, averaging the gradients of every parameter.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
@@ -92,9 +91,8 @@ class ContextParallel:
         requests = [self.comm.Irecv(recv, source=left, tag=TAG), self.comm.Isend(send, dest=right, tag=TAG)]
 
         def finish():
-            t0 = time.perf_counter()
-            MPI.Request.Waitall(requests)
-            self.clock.add("cp", time.perf_counter() - t0)
+            with self.clock.timing("cp"):
+                MPI.Request.Waitall(requests)
             flat = torch.from_numpy(recv).to(blocks[0].device)
             return [piece.view_as(b) for piece, b in zip(flat.split([b.numel() for b in blocks]), blocks)]
         return finish

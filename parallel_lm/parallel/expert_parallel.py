@@ -96,23 +96,20 @@ class ExpertParallel:
         return self.first <= expert < self.first + self.local
 
     def dispatch(self, moe: ExpertMLP, rows: torch.Tensor, per_expert: list[int]) -> torch.Tensor:
-        t0 = time.perf_counter()
-        counts = np.asarray(per_expert, dtype=np.int64)
-        incoming = all_to_all(counts, np.empty_like(counts), self.comm, self.algorithm).reshape(self.ep, self.local)
-        send_rows = counts.reshape(self.ep, self.local).sum(1).tolist()
-        recv_rows = incoming.sum(1).tolist()
-        arrived = AllToAll.apply(rows, send_rows, recv_rows, self.comm, self.algorithm)  # by source, then expert
-        self.clock.add("ep", time.perf_counter() - t0)
+        with self.clock.timing("ep"):
+            counts = np.asarray(per_expert, dtype=np.int64)
+            incoming = all_to_all(counts, np.empty_like(counts), self.comm, self.algorithm).reshape(self.ep, self.local)
+            send_rows = counts.reshape(self.ep, self.local).sum(1).tolist()
+            recv_rows = incoming.sum(1).tolist()
+            arrived = AllToAll.apply(rows, send_rows, recv_rows, self.comm, self.algorithm)  # by source, then expert
         expert_of_row = torch.repeat_interleave(torch.arange(self.local).repeat(self.ep),
                                                 torch.from_numpy(incoming.reshape(-1))).to(rows.device)
         order = torch.argsort(expert_of_row, stable=True)  # by expert; by source within one
         mine = moe.experts[self.first:self.first + self.local]
         outputs = through_experts(mine, arrived[order], incoming.sum(0).tolist())
         back = torch.empty_like(outputs).index_copy(0, order, outputs)  # in arrival order again
-        t0 = time.perf_counter()
-        result = AllToAll.apply(back, recv_rows, send_rows, self.comm, self.algorithm)
-        self.clock.add("ep", time.perf_counter() - t0)
-        return result
+        with self.clock.timing("ep"):
+            return AllToAll.apply(back, recv_rows, send_rows, self.comm, self.algorithm)
 
     def zero_grad(self) -> None:
         for p in self.params:

@@ -1,8 +1,8 @@
 """The communication seconds a step's parts spend, by kind, handed to the trainer through one object.
 
 The trainer makes one ``StepClock`` and passes it to the parts that time their own communication (tensor
-parallelism, context parallelism, expert parallelism); each adds its seconds under its kind, and the trainer
-``start``s the clock before a step and ``take``s the totals for the step's record. One channel, passed in
+parallelism, context parallelism, expert parallelism); each times its communication under its kind, and the
+trainer ``start``s the clock before a step and reads each kind's ``seconds`` for the step's record. One channel, passed in
 explicitly, instead of reading and resetting an attribute on each part.
 """
 from __future__ import annotations
@@ -15,9 +15,6 @@ from contextlib import contextmanager
 class StepClock:
     def __init__(self):
         self._seconds: dict[str, float] = defaultdict(float)
-
-    def add(self, kind: str, seconds: float) -> None:
-        self._seconds[kind] += seconds
 
     @contextmanager
     def timing(self, kind: str):
@@ -32,6 +29,6 @@ class StepClock:
         """Forget what was timed before the step (an evaluation's forward passes, say)."""
         self._seconds.clear()
 
-    def take(self, kind: str) -> float:
+    def seconds(self, kind: str) -> float:
         """The seconds timed under ``kind`` since ``start``."""
         return self._seconds.get(kind, 0.0)

@@ -34,7 +34,6 @@ cut is in tensor_parallel_sharding.py.
 """
 from __future__ import annotations
 
-import time
 
 import torch
 import torch.nn.functional as F
@@ -61,31 +60,28 @@ class TensorParallel:
 
     def gather_sequence(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T/t, C) on each rank -> (B, T, C): the ranks' token ranges put together (all-gather)."""
-        t0 = time.perf_counter()
-        B, local, C = t.shape
-        full = torch.empty(local * self.size * B * C)
-        full.view(self.size, -1)[self.rank] = self._sequence_major(t)
-        algorithm = self.algorithm if self.algorithm in ALL_GATHER_ALGORITHMS else "ring"
-        all_gather(as_array(full), self.comm, algorithm)
-        self.clock.add("tp", time.perf_counter() - t0)
+        with self.clock.timing("tp"):
+            B, local, C = t.shape
+            full = torch.empty(local * self.size * B * C)
+            full.view(self.size, -1)[self.rank] = self._sequence_major(t)
+            algorithm = self.algorithm if self.algorithm in ALL_GATHER_ALGORITHMS else "ring"
+            all_gather(as_array(full), self.comm, algorithm)
         return full.view(local * self.size, B, C).transpose(0, 1).to(t.dtype)
 
     def scatter_sequence(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, C) partial sums on each rank -> (B, T/t, C): this rank's tokens, summed over ranks."""
-        t0 = time.perf_counter()
-        B, T, C = t.shape
-        flat = self._sequence_major(t).clone()
-        algorithm = self.algorithm if self.algorithm in REDUCE_SCATTER_ALGORITHMS else "ring"
-        mine = torch.from_numpy(reduce_scatter(as_array(flat), self.comm, algorithm).copy())
-        self.clock.add("tp", time.perf_counter() - t0)
+        with self.clock.timing("tp"):
+            B, T, C = t.shape
+            flat = self._sequence_major(t).clone()
+            algorithm = self.algorithm if self.algorithm in REDUCE_SCATTER_ALGORITHMS else "ring"
+            mine = torch.from_numpy(reduce_scatter(as_array(flat), self.comm, algorithm).copy())
         return mine.view(T // self.size, B, C).transpose(0, 1).to(t.dtype)
 
     def allreduce(self, t: torch.Tensor) -> torch.Tensor:
         """The sum of ``t`` over the group (fp32 on the wire), as a new tensor of t's dtype."""
-        t0 = time.perf_counter()
-        out = t.detach().float().contiguous().clone()
-        allreduce(as_array(out.view(-1)), self.comm, self.algorithm)
-        self.clock.add("tp", time.perf_counter() - t0)
+        with self.clock.timing("tp"):
+            out = t.detach().float().contiguous().clone()
+            allreduce(as_array(out.view(-1)), self.comm, self.algorithm)
         return out.to(t.dtype)
 
     def host_allreduce(self, t: torch.Tensor, op) -> torch.Tensor:

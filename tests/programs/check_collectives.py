@@ -31,7 +31,7 @@ def count(name):
 
 
 def fail(name, what):
-    wrong[name].append(f"rank {rank}: {what}")
+    wrong.setdefault(name, []).append(f"rank {rank}: {what}")
 
 
 def data(n, dtype, seed, integer_valued=False):
@@ -81,7 +81,6 @@ for n in LENGTHS:
                 buf = x.copy()
                 out = allreduce(buf, comm, algorithm=algo)
                 key, what = f"allreduce {algo}", f"{name} n={n}{' int-valued' if integer_valued else ''}"
-                count(key)
                 if out is not buf:
                     fail(key, f"{what}: did not return buf")
                 if integer_valued and x.dtype.kind == "f" and not np.array_equal(buf, library_sum(x)):

@@ -18,11 +18,33 @@ def test_matrices_and_embeddings_decay_biases_and_gains_do_not():
     assert len(mask) == model.num_params()
 
 
-def test_the_optimizer_is_adamw_with_gpt_betas_or_sgd():
-    p = torch.nn.Parameter(torch.ones(3, 3))
-    adam = build_optimizer(decay_groups([p], 0.1), "adamw", 1e-3)
-    assert isinstance(adam, torch.optim.AdamW) and adam.param_groups[0]["betas"] == BETAS
-    assert isinstance(build_optimizer(decay_groups([p], 0.1), "sgd", 1e-3), torch.optim.SGD)
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_the_optimizers_give_torchs_updates_and_state_bitwise(kind):
+    """Ours write torch's AdamW (betas 0.9, 0.95) and SGD out; the same steps, with a decayed and an undecayed
+    group, a changing learning rate and a parameter without a gradient, must give the same bits."""
+    torch.manual_seed(0)
+    ours_params = [torch.nn.Parameter(torch.randn(7, 5)), torch.nn.Parameter(torch.randn(11)),
+                   torch.nn.Parameter(torch.randn(3, 2))]
+    theirs_params = [torch.nn.Parameter(p.detach().clone()) for p in ours_params]
+    ours = build_optimizer(decay_groups(ours_params, 0.1), kind, 1e-2)
+    groups = decay_groups(theirs_params, 0.1)
+    theirs = torch.optim.AdamW(groups, lr=1e-2, betas=BETAS, foreach=False) if kind == "adamw" \
+        else torch.optim.SGD(groups, lr=1e-2, foreach=False)
+    for step in range(6):
+        grads = [torch.randn_like(p) for p in ours_params[:2]]  # the third never has a gradient
+        for params in (ours_params, theirs_params):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+        for opt in (ours, theirs):
+            for group in opt.param_groups:
+                group["lr"] = 1e-2 * (step + 1) / 6
+            opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(ours_params, theirs_params)), step
+    for a, b in zip(ours_params, theirs_params):
+        mine, torchs = ours.state.get(a, {}), dict(theirs.state.get(b, {}))
+        assert mine.keys() == torchs.keys() and all(torch.equal(mine[k], torchs[k]) for k in mine)
+        assert all(mine[k].dtype == torchs[k].dtype for k in mine)
+    assert (kind == "adamw") == bool(ours.state)
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 50.0])
@@ -47,10 +69,10 @@ def test_a_checkpoint_with_torch_index_keyed_optimizer_state_loads_by_name():
 
     from parallel_lm.checkpoint import optimizer_by_name
     from parallel_lm.model import GPT, GPTConfig
-    from parallel_lm.parallel.optim import build_optimizer, decay_groups
+    from parallel_lm.parallel.optim import decay_groups
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8))
-    opt = build_optimizer(decay_groups(model.parameters(), 0.1), "adamw", 1e-3)
+    opt = torch.optim.AdamW(decay_groups(model.parameters(), 0.1), lr=1e-3, betas=BETAS)  # what those runs used
     _, loss = model(torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8)))
     loss.backward()
     opt.step()

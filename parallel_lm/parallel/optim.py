@@ -33,11 +33,69 @@ def decay_mask(params) -> torch.Tensor:
     return torch.cat([torch.full((p.numel(),), decays(p), dtype=torch.bool) for p in params])
 
 
-def build_optimizer(groups: list[dict], kind: str, lr: float) -> torch.optim.Optimizer:
-    """AdamW (betas 0.9, 0.95) or plain SGD over ``groups``; per-tensor loops (foreach off) so shards sum alike."""
-    if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, foreach=False)
-    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, foreach=False)
+class Optimizer:
+    """What the layouts use of a torch optimizer: ``param_groups`` (each with its "lr"), ``state`` per parameter,
+    ``step()`` and ``zero_grad()``. The two below write torch's updates out instead of calling torch.optim, whose
+    optimizers import torch._dynamo on their first call: as long again as ``import torch`` on every rank here
+    (about 3 s of CPU each, measured with 1-rank runs)."""
+
+    def __init__(self, groups: list[dict], lr: float):
+        self.param_groups = [{**g, "lr": lr} for g in groups]
+        self.state: dict = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+
+class AdamW(Optimizer):
+    """torch.optim.AdamW(betas=BETAS, foreach=False): the same operations in the same order, so the same bits
+    (tests/test_optim.py holds it to torch's), and the same state per parameter (a float32 step count on the
+    host, exp_avg, exp_avg_sq), so checkpoints are unchanged."""
+
+    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float] = BETAS, eps: float = 1e-8):
+        super().__init__(groups, lr)
+        self.betas, self.eps = betas, eps
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for group in self.param_groups:
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad, state = p.grad, self.state.get(p)
+                if not state:
+                    state = self.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                             "exp_avg_sq": torch.zeros_like(p)}
+                state["step"] += 1
+                if weight_decay != 0:
+                    p.mul_(1 - lr * weight_decay)  # decoupled weight decay
+                state["exp_avg"].lerp_(grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step = state["step"].item()
+                denom = (state["exp_avg_sq"].sqrt() / (1 - beta2 ** step) ** 0.5).add_(self.eps)
+                p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** step))
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD(foreach=False) without momentum, written out (weight decay added to the gradient, as
+    torch's SGD does); no state."""
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] != 0 else p.grad
+                    p.add_(grad, alpha=-group["lr"])
+
+
+def build_optimizer(groups: list[dict], kind: str, lr: float) -> Optimizer:
+    """AdamW (betas 0.9, 0.95) or plain SGD over ``groups``, per tensor in order, so shards sum alike."""
+    return SGD(groups, lr) if kind == "sgd" else AdamW(groups, lr)
 
 
 def clip_coefficient(sum_of_squares: float, max_norm: float, comms=()) -> float:

@@ -55,7 +55,7 @@ class Watchdog:
         self.step, self.op, self.progress_at = 0, "start", time.monotonic()
         now = time.monotonic()
         self.heard = {r: (now, 0, "start", 0.0) for r in range(self.size)}  # rank -> (received, step, op, idle)
-        self.running = True
+        self.stopped = threading.Event()  # set by close(): wakes the thread from its wait at once
         self.sends = []
         self.thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self.thread.start()
@@ -66,7 +66,7 @@ class Watchdog:
 
     def close(self, wait: bool = True) -> None:
         """Stop watching; ``wait=False``: without waiting for the thread (ranks died, its communicator revoked)."""
-        self.running = False
+        self.stopped.set()
         if wait:
             self.thread.join()
 
@@ -75,10 +75,10 @@ class Watchdog:
         try:
             self._beat()
         except MPI.Exception:  # a rank died (--on-failure shrink): the main thread recovers, and watches anew
-            self.running = False
+            self.stopped.set()
 
     def _beat(self) -> None:
-        while self.running:
+        while not self.stopped.is_set():
             now = time.monotonic()
             beat = (self.step, self.op, now - self.progress_at)
             self.sends = [r for r in self.sends if not r.Test()]
@@ -98,7 +98,7 @@ class Watchdog:
                                      f"{self.timeout:g} s; 0 turns the watchdog off)\n")
                     abort(3, MPI.COMM_WORLD)  # after a pause that lets the launcher forward the message
                     os._exit(3)
-            time.sleep(self.period)
+            self.stopped.wait(self.period)
         for r in range(self.size):  # the last word: this rank is done, and will never be silent by accident
             if r != self.rank:
                 self.comm.isend((self.step, "end", 0.0), dest=r, tag=TAG)
@@ -114,7 +114,7 @@ class Watchdog:
         sys.stderr.flush()
         for r in stuck:
             os.kill(self.processes[r][1], signal.SIGKILL)
-        self.running = False
+        self.stopped.set()
         return True
 
     def _judge(self, now: float) -> tuple[str | None, list[int]]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 from noise import tolerance
+from rank0 import on_rank0
 from report import case
 
 from parallel_lm.comm import ALLTOALL_ALGORITHMS
@@ -41,10 +42,13 @@ for top_k in (1, 2):
         trainer.close()
         return state, [r.loss for r in records], records[-1].experts
 
-    reference = train(base, MPI.COMM_SELF) if rank == 0 else None
     one = lambda cfg: {k: v.detach().clone() for k, v in train(cfg, MPI.COMM_SELF)[0].items()}
-    TOL = comm.bcast(tolerance(one, base, reference[0]) if rank == 0 else None, root=0)  # noise.py
-    reference = comm.bcast(reference, root=0)
+
+    def reference_and_tolerance():
+        reference = train(base, MPI.COMM_SELF)
+        return reference, tolerance(one, base, reference[0])  # noise.py
+
+    reference, TOL = on_rank0(comm, reference_and_tolerance)
     cases = [(1, "pairwise", 0), (1, "pairwise", 1)] + \
         [(ep, algorithm, 0) for ep in (2, 4) if p % ep == 0 for algorithm in ALLTOALL_ALGORITHMS]
     for ep, algorithm, zero in cases:

@@ -13,6 +13,7 @@ import sys
 
 import torch
 from noise import tolerance
+from rank0 import on_rank0
 from report import case
 from mpi4py import MPI
 
@@ -122,7 +123,7 @@ for name in sys.argv[1:]:
     ref_cfg = TrainConfig(**{**cfg.to_dict(), "model": cfg.model, "zero": 0, "tp": 1, "pp": 1, "dp": None,
                              "engine": "explicit", "comm_dtype": "fp32", "virtual_stages": 1,
                              "recompute": "none", "cp": 1, "sequence_parallel": False})  # one process: nothing to communicate, nothing recomputed
-    reference, tol = comm.bcast(reference_and_tolerance(ref_cfg) if rank == 0 else None, root=0)
+    reference, tol = on_rank0(comm, lambda: reference_and_tolerance(ref_cfg))
     state, memory = train(cfg, comm)
     if rank == 0 and set(state) == set(reference):
         diff = max(float((state[k] - reference[k]).abs().max()) for k in reference)

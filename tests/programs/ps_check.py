@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 from noise import tolerance
+from rank0 import on_rank0
 from report import case
 
 from parallel_lm.config import TrainConfig
@@ -54,10 +55,12 @@ for optimizer in ("adamw", "sgd"):
 
     # SGD: the parameters differ by lr x a few fp32 roundings of the gradient on any CPU; AdamW: noise.py
     ref_cfg = TrainConfig(**{**cfg.to_dict(), "model": model, "sync": "allreduce"})
-    reference, tol = (one(ref_cfg), 2e-5) if rank == 0 else (None, None)
-    if rank == 0 and optimizer == "adamw":
-        tol = tolerance(one, ref_cfg, reference)
-    reference, tol = comm.bcast((reference["params"].numpy() if rank == 0 else None, tol), root=0)
+
+    def reference_and_tolerance():
+        reference = one(ref_cfg)
+        return reference["params"].numpy(), tolerance(one, ref_cfg, reference) if optimizer == "adamw" else 2e-5
+
+    reference, tol = on_rank0(comm, reference_and_tolerance)
     run = PSRun(cfg, comm, batches)
     run.train(cfg.steps)
     diff = float(np.abs(flat_params(run.model).numpy() - reference).max())

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from mpi4py import MPI
 from noise import one_process_state, tolerance
+from rank0 import on_rank0
 from report import case
 
 from parallel_lm import checkpoint
@@ -90,7 +91,7 @@ def noise_tolerance(name) -> float:
     key = repr(cfg.model)
     if key not in tolerances:
         one = lambda c: one_process_state(c, batches)
-        tolerances[key] = comm.bcast(tolerance(one, cfg, one(cfg)) if rank == 0 else None, root=0)
+        tolerances[key] = on_rank0(comm, lambda: tolerance(one, cfg, one(cfg)))
     return tolerances[key]
 
 
@@ -109,9 +110,11 @@ for pair in sys.argv[1:]:
     line = (f"{pair:24s} resumed under {source}: bitwise {exact} "
             f"(max|param diff| {worst(resumed['model'], full['model']):.1e}), optimizer saved {has_moments}")
     if target:
-        on = MPI.COMM_SELF if target == "one" else comm
-        other = run(target, STEPS, half, on)[1] if target != "one" or rank == 0 else None
-        diff = comm.bcast(worst(other["model"], full["model"]) if rank == 0 else None, root=0)
+        if target == "one":
+            diff = on_rank0(comm, lambda: worst(run(target, STEPS, half, MPI.COMM_SELF)[1]["model"], full["model"]))
+        else:
+            other = run(target, STEPS, half, comm)[1]
+            diff = comm.bcast(worst(other["model"], full["model"]) if rank == 0 else None, root=0)
         ok = ok and diff <= TOL
         line += f"; under {target}: max|param diff| {diff:.1e} (tol {TOL:.1e})"
     failures += not ok

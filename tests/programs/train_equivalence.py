@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 from noise import tolerance
+from rank0 import on_rank0
 from report import case
 
 from parallel_lm.comm import ALGORITHMS
@@ -66,9 +67,12 @@ def noise_tolerance(reference):
     return tolerance(one, base, {"params": torch.from_numpy(reference[0])})
 
 
-reference = train(base, MPI.COMM_SELF) if rank == 0 else None
-TOL = comm.bcast(noise_tolerance(reference) if rank == 0 else None, root=0)
-reference = comm.bcast(reference, root=0)
+def reference_and_tolerance():
+    reference = train(base, MPI.COMM_SELF)
+    return reference, noise_tolerance(reference)
+
+
+reference, TOL = on_rank0(comm, reference_and_tolerance)
 rows = base.global_batch_size // p
 cases = [(f"{algo} accum={accum} overlap={overlap}",
           dict(allreduce=algo, micro_batch_size=rows // 2 if accum and rows % 2 == 0 else (1 if accum else None), overlap=overlap))

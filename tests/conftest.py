@@ -2,6 +2,7 @@
 turns a deadlock into a failure)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -64,6 +65,119 @@ def assert_cases(proc: subprocess.CompletedProcess, names) -> dict[str, dict]:
     assert not missing and not failed and proc.returncode == 0, \
         f"missing: {missing}; failed: {failed}; unexpected: {sorted(set(got) - set(names))}\n{describe(proc)}"
     return got
+
+
+# One launch per program and rank count: tests mark the cases they need, and the first of them to run launches every
+# case that the selected tests mark for that program and rank count. Each rank's `import torch` costs seconds of CPU,
+# so 23 launches of layout_equivalence.py became 7; a test still passes or fails on its own cases only.
+# Train command lines go the same way: the runs the selected tests mark for k ranks run one after another in one
+# launch of programs/train_runs.py.
+MARKERS = ["cases(program, k, *names): this test's cases of tests/programs/PROGRAM on k ranks, one launch for all",
+           "train_runs(k, **runs): train command lines (name=ARGS, '{out}' for the test's folder) on k ranks, one "
+           "launch for all"]
+_PLAN = pytest.StashKey[dict]()
+_LAUNCHED = pytest.StashKey[dict]()
+
+
+def pytest_configure(config):
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    config.stash[_LAUNCHED] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    plan: dict[tuple, list] = {}
+    for item in items:
+        for mark in item.iter_markers("cases"):
+            program, k, *names = mark.args
+            planned = plan.setdefault((program, k), [])
+            planned += [n for n in names if n not in planned]
+        for mark in item.iter_markers("train_runs"):
+            plan.setdefault(("train_runs.py", mark.args[0]), []).extend(
+                (item.nodeid, name, args) for name, args in mark.kwargs.items())
+    config.stash[_PLAN] = plan
+
+
+SECONDS_PER_CASE = 40  # the slowest case here takes about 15 s on a quiet machine
+
+
+@pytest.fixture
+def marked_cases(request) -> dict[str, dict]:
+    """The results of this test's ``@pytest.mark.cases`` by name, as the program reported them; a case that was not
+    reported (the launch crashed or timed out) is a failed result whose "launch" says what happened."""
+    launched, results = request.config.stash[_LAUNCHED], {}
+    for mark in request.node.iter_markers("cases"):
+        program, k, *names = mark.args
+        key = (program, k)
+        if key not in launched:
+            planned = request.config.stash[_PLAN].get(key, names)
+            try:
+                proc = mpirun(k, [str(PROGRAMS / program), *planned], timeout=60 + SECONDS_PER_CASE * len(planned))
+                launched[key] = (cases(proc), describe(proc))
+            except subprocess.TimeoutExpired as e:
+                launched[key] = ({}, f"timed out after {e.timeout:.0f} s running {planned}")
+        got, launch = launched[key]
+        results.update({n: got.get(n) or {"name": n, "ok": False} for n in names})
+        results.update({n: {**r, "launch": f"{program} on {k} ranks: {launch}"} for n, r in results.items()
+                        if not r["ok"]})
+    return results
+
+
+@dataclasses.dataclass
+class TrainRun:
+    """One train command line's result, as a process of its own would have given it."""
+    returncode: int
+    stdout: str
+    stderr: str
+    out: Path  # the test's folder, which '{out}' in its arguments stood for
+
+
+@pytest.fixture
+def train_runs(request, tmp_path_factory) -> dict[str, TrainRun]:
+    """The results of this test's ``@pytest.mark.train_runs`` by name; every run of the launch shares its fate if
+    the launch times out (the message names the run it was in)."""
+    launched, results = request.config.stash[_LAUNCHED], {}
+    for mark in request.node.iter_markers("train_runs"):
+        k = mark.args[0]
+        key = ("train_runs.py", k)
+        if key not in launched:
+            launched[key] = _launch_train_runs(k, request.config.stash[_PLAN][key], tmp_path_factory)
+        got, folders = launched[key]
+        for name in mark.kwargs:
+            item = f"{request.node.nodeid} {name}"
+            results[name] = got[item] if isinstance(got, dict) else TrainRun(-1, "", got, folders[request.node.nodeid])
+    return results
+
+
+def _launch_train_runs(k: int, planned: list, tmp_path_factory) -> tuple:
+    base = tmp_path_factory.mktemp(f"train-runs-{k}")
+    folders = {nodeid: base / f"{i}" for i, nodeid in enumerate(dict.fromkeys(n for n, _, _ in planned))}
+    runs = [{"key": f"{nodeid} {name}", "args": [a.replace("{out}", str(folders[nodeid])) for a in args]}
+            for nodeid, name, args in planned]
+    (base / "runs.json").write_text(json.dumps(runs))
+    try:
+        proc = mpirun(k, [str(PROGRAMS / "train_runs.py"), str(base / "runs.json")],
+                      timeout=60 + SECONDS_PER_CASE * len(runs))
+    except subprocess.TimeoutExpired as e:
+        started = [ln[6:] for ln in (e.stdout or b"").decode(errors="replace").splitlines() if ln.startswith("START ")]
+        return f"the launch of {len(runs)} runs on {k} ranks timed out in {started[-1:] or 'its start'}", folders
+    got = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RUN "):
+            r = json.loads(line[4:])
+            got[r["key"]] = TrainRun(r["code"], r["stdout"], r["stderr"], folders[r["key"].rsplit(" ", 1)[0]])
+    missing = [r["key"] for r in runs if r["key"] not in got]
+    for key in missing:  # the launch ended (a crash) before these ran
+        got[key] = TrainRun(-1, "", f"not run: the launch ended first\n{describe(proc)}",
+                            folders[key.rsplit(" ", 1)[0]])
+    return got, folders
+
+
+def check_cases(results: dict[str, dict]) -> dict[str, dict]:
+    """Every case passed; a failure names each failed case with what it measured and how its launch ended."""
+    failed = [r for r in results.values() if not r["ok"]]
+    assert not failed, "\n\n".join(f"{r['name']} failed: {r}" for r in failed)
+    return results
 
 
 def noise_tolerance(train_args: list[str]) -> float:

@@ -1,21 +1,22 @@
 """Model-parallel layouts and ZeRO under mpiexec: the same training as one process, and clear errors."""
 import pytest
 
-from conftest import PROGRAMS, assert_cases, describe, mpirun
+from conftest import PROGRAMS, assert_cases, check_cases, describe, mpirun
 
 
-def run_cases(k, *cases) -> dict[str, dict]:
-    """Run layout_equivalence.py's ``cases`` on k ranks; each must pass; their results by name."""
-    return assert_cases(mpirun(k, [str(PROGRAMS / "layout_equivalence.py"), *cases], timeout=300), cases)
+def layouts(k, *names):
+    """Mark a test with layout_equivalence.py's cases ``names`` on k ranks (conftest: one launch per k for all)."""
+    return pytest.mark.cases("layout_equivalence.py", k, *names)
 
 
-def test_zero_stages_train_like_one_process_and_shrink_memory_as_the_formula_says():
-    results = run_cases(4, "zero1", "zero2", "zero2-accum", "zero1-sgd")
-    assert all(r["memory_worst"] < 5e-5 for r in results.values()), results  # "0.00% off" the formula
+@layouts(4, "zero1", "zero2", "zero2-accum", "zero1-sgd")
+def test_zero_stages_train_like_one_process_and_shrink_memory_as_the_formula_says(marked_cases):
+    assert all(r["memory_worst"] < 5e-5 for r in check_cases(marked_cases).values()), marked_cases  # "0.00% off" the formula
 
 
-def test_zero_on_three_ranks():
-    run_cases(3, "zero2")
+@layouts(3, "zero2")
+def test_zero_on_three_ranks(marked_cases):
+    check_cases(marked_cases)
 
 
 def train(k, *args, timeout=180):
@@ -41,12 +42,14 @@ def test_invalid_layouts_stop_every_rank_with_the_fix(args, message):
     assert proc.returncode == 2 and message in proc.stderr, describe(proc)
 
 
-def test_pipelines_train_like_one_process_under_both_schedules():
-    run_cases(2, "pp2-gpipe", "pp2-1f1b")
+@layouts(2, "pp2-gpipe", "pp2-1f1b")
+def test_pipelines_train_like_one_process_under_both_schedules(marked_cases):
+    check_cases(marked_cases)
 
 
-def test_four_stages_and_a_pipeline_with_zero_and_data_parallel():
-    run_cases(4, "pp4-1f1b", "dp2-pp2-zero1")
+@layouts(4, "pp4-1f1b", "dp2-pp2-zero1")
+def test_four_stages_and_a_pipeline_with_zero_and_data_parallel(marked_cases):
+    check_cases(marked_cases)
 
 
 def test_a_pipeline_run_checkpoints_the_full_model(tmp_path):
@@ -68,28 +71,31 @@ def test_tensor_parallel_layers_match_plain_layers_forward_and_backward(k):
     assert_cases(proc, layers + ["embedding forward", "vocab-parallel cross-entropy", "tied embedding + head grad"])
 
 
-def test_tensor_parallel_training_matches_one_process():
-    run_cases(2, "tp2")
+@layouts(2, "tp2")
+def test_tensor_parallel_training_matches_one_process(marked_cases):
+    check_cases(marked_cases)
 
 
-def test_tp4_and_dp2_tp2_with_and_without_zero2():
-    run_cases(4, "tp4", "dp2-tp2", "dp2-tp2-zero2")
+@layouts(4, "tp4", "dp2-tp2", "dp2-tp2-zero2")
+def test_tp4_and_dp2_tp2_with_and_without_zero2(marked_cases):
+    check_cases(marked_cases)
 
 
-def test_dp2_tp2_pp2_with_zero1_matches_one_process():
-    run_cases(8, "dp2-tp2-pp2-zero1", "dp2-tp2-pp2-zero2-bf16-comm16")
+@layouts(8, "dp2-tp2-pp2-zero1", "dp2-tp2-pp2-zero2-bf16-comm16")
+def test_dp2_tp2_pp2_with_zero1_matches_one_process(marked_cases):
+    check_cases(marked_cases)
 
 
-def test_the_combination_matrix_with_pipelines_matches_one_process():
+@layouts(4, "dp2-pp2-zero2", "dp2-pp2-comm16", "dp2-pp2-bf16-zero1", "dp2-pp2-fp16-no-overlap", "tp2-pp2-fp16-zero2")
+def test_the_combination_matrix_with_pipelines_matches_one_process(marked_cases):
     """ZeRO-2 under a pipeline (the tied embedding summed before sharding), fp16 gradients, bf16, fp16 with loss
     scaling, overlap off: each pair of these options meets in some case."""
-    run_cases(4, "dp2-pp2-zero2", "dp2-pp2-comm16", "dp2-pp2-bf16-zero1", "dp2-pp2-fp16-no-overlap",
-              "tp2-pp2-fp16-zero2")
+    check_cases(marked_cases)
 
 
-def test_the_combination_matrix_with_tensor_parallelism_matches_one_process():
-    run_cases(4, "dp2-tp2-naive-accum", "dp2-tp2-fp16", "dp2-tp2-zero1-comm16-accum", "dp2-tp2-ddp",
-              "ddp-fp16-comm16-accum")
+@layouts(4, "dp2-tp2-naive-accum", "dp2-tp2-fp16", "dp2-tp2-zero1-comm16-accum", "dp2-tp2-ddp", "ddp-fp16-comm16-accum")
+def test_the_combination_matrix_with_tensor_parallelism_matches_one_process(marked_cases):
+    check_cases(marked_cases)
 
 
 def test_the_full_grid_from_the_command_line(tmp_path):
@@ -108,9 +114,10 @@ def test_a_failing_stage_ends_the_whole_pipeline_job():
     assert time.monotonic() - t0 < 60
 
 
-def test_sequence_parallel_trains_like_one_process():
-    run_cases(2, "tp2-sp", "tp2-sp-recompute", "tp2-sp-bf16")
-    run_cases(4, "tp4-sp", "dp2-tp2-sp-zero1", "tp2-pp2-sp")
+@layouts(2, "tp2-sp", "tp2-sp-recompute", "tp2-sp-bf16")
+@layouts(4, "tp4-sp", "dp2-tp2-sp-zero1", "tp2-pp2-sp")
+def test_sequence_parallel_trains_like_one_process(marked_cases):
+    check_cases(marked_cases)
 
 
 def _activations(proc) -> tuple[float, float]:
@@ -136,9 +143,10 @@ def test_ring_attention_equals_full_causal_attention_forward_and_backward(k):
     assert_cases(proc, [f"T{t} {what}" for t in (4 * k, 16 * k) for what in ("output", "dQ", "dK", "dV")])
 
 
-def test_context_parallel_trains_like_one_process():
-    run_cases(2, "cp2", "cp2-zero2", "cp2-recompute")
-    run_cases(4, "cp4", "cp2-dp2", "cp2-tp2", "cp2-pp2")
+@layouts(2, "cp2", "cp2-zero2", "cp2-recompute")
+@layouts(4, "cp4", "cp2-dp2", "cp2-tp2", "cp2-pp2")
+def test_context_parallel_trains_like_one_process(marked_cases):
+    check_cases(marked_cases)
 
 
 def test_context_parallel_cuts_activation_memory_by_cp():

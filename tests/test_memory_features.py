@@ -4,37 +4,41 @@ import re
 
 import pytest
 
-from conftest import describe, mpirun
-from test_layouts import run_cases
+from conftest import check_cases, describe, mpirun
+from test_layouts import layouts
 
 
-def test_zero3_trains_like_one_process_holding_a_shard_and_at_most_two_layers():
+@layouts(4, "zero3", "zero3-accum", "zero3-no-prefetch", "zero3-sgd", "zero3-recompute")
+def test_zero3_trains_like_one_process_holding_a_shard_and_at_most_two_layers(marked_cases):
     """Parameters, gradients and optimizer state at 1/dp each (the formula, to 0.00%); whole layers only
     while they run and while the next one is prefetched; accumulation, no prefetch, SGD, recompute."""
-    results = run_cases(4, "zero3", "zero3-accum", "zero3-no-prefetch", "zero3-sgd", "zero3-recompute")
-    assert all(r["memory_worst"] < 5e-5 for r in results.values()), results  # "0.00% off" the formula
+    assert all(r["memory_worst"] < 5e-5 for r in check_cases(marked_cases).values()), marked_cases  # "0.00% off" the formula
 
 
-def test_zero3_on_three_ranks():
-    run_cases(3, "zero3", "zero3-accum")
+@layouts(3, "zero3", "zero3-accum")
+def test_zero3_on_three_ranks(marked_cases):
+    check_cases(marked_cases)
 
 
-def test_zero3_composes_with_pipelines_tensor_parallelism_interleaving_and_mixed_precision():
-    run_cases(4, "dp2-pp2-zero3", "dp2-tp2-zero3-bf16", "dp2-pp2-v2-zero3-fp16")
+@layouts(4, "dp2-pp2-zero3", "dp2-tp2-zero3-bf16", "dp2-pp2-v2-zero3-fp16")
+def test_zero3_composes_with_pipelines_tensor_parallelism_interleaving_and_mixed_precision(marked_cases):
+    check_cases(marked_cases)
 
 
-def test_recomputation_gives_the_gradients_of_the_run_without_it_bitwise():
-    results = run_cases(1, "recompute-full", "recompute-selective")
-    assert all(r["diff"] == 0.0 for r in results.values()), results
+@layouts(1, "recompute-full", "recompute-selective")
+def test_recomputation_gives_the_gradients_of_the_run_without_it_bitwise(marked_cases):
+    assert all(r["diff"] == 0.0 for r in check_cases(marked_cases).values()), marked_cases
 
 
-def test_recomputation_composes_with_tensor_and_pipeline_parallelism():
-    run_cases(4, "dp2-tp2-recompute-full-bf16", "tp2-pp2-recompute-selective-accum")
+@layouts(4, "dp2-tp2-recompute-full-bf16", "tp2-pp2-recompute-selective-accum")
+def test_recomputation_composes_with_tensor_and_pipeline_parallelism(marked_cases):
+    check_cases(marked_cases)
 
 
-def test_interleaved_pipelines_train_like_one_process():
-    run_cases(2, "pp2-v2", "pp2-v2-m2")
-    run_cases(4, "pp4-v1-m4", "dp2-pp2-v2-zero2", "dp2-pp2-v2-bucketed", "tp2-pp2-v2-fp16", "dp2-pp2-v2-recompute")
+@layouts(2, "pp2-v2", "pp2-v2-m2")
+@layouts(4, "pp4-v1-m4", "dp2-pp2-v2-zero2", "dp2-pp2-v2-bucketed", "tp2-pp2-v2-fp16", "dp2-pp2-v2-recompute")
+def test_interleaved_pipelines_train_like_one_process(marked_cases):
+    check_cases(marked_cases)
 
 
 def train(k, *args, timeout=240):

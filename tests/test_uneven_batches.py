@@ -1,19 +1,20 @@
 """A global batch that does not divide over the ranks: B // K or B // K + 1 sequences each, weighted by their rows,
 so K ranks train what one process would, and a checkpoint resumes on any rank count."""
 
-from conftest import describe, mpirun, noise_tolerance
+from conftest import check_cases, describe, mpirun, noise_tolerance
 from parallel_lm import checkpoint
-from test_layouts import run_cases
+from test_layouts import layouts
 
 
-def test_twelve_sequences_on_five_ranks_train_like_one_process_for_every_sync():
-    run_cases(5, "uneven", "uneven-accum", "uneven-zero2", "uneven-zero3", "uneven-zero3-sgd", "uneven-naive-fp16",
-              "uneven-ddp")
+@layouts(5, "uneven", "uneven-accum", "uneven-zero2", "uneven-zero3", "uneven-zero3-sgd", "uneven-naive-fp16", "uneven-ddp")
+def test_twelve_sequences_on_five_ranks_train_like_one_process_for_every_sync(marked_cases):
+    check_cases(marked_cases)
 
 
-def test_uneven_shares_and_micro_batches_in_pipelines():
-    run_cases(6, "uneven-dp3-pp2")
-    run_cases(2, "uneven-micro-1f1b")
+@layouts(6, "uneven-dp3-pp2")
+@layouts(2, "uneven-micro-1f1b")
+def test_uneven_shares_and_micro_batches_in_pipelines(marked_cases):
+    check_cases(marked_cases)
 
 
 def test_a_four_rank_checkpoint_resumes_on_three_ranks_and_ends_where_four_ranks_end(tmp_path):

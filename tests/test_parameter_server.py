@@ -27,18 +27,19 @@ def test_bad_parameter_server_flags(k, args, message):
     assert proc.stderr.count(message) == 1, describe(proc)
 
 
-def test_cli_sync_ps_writes_the_same_outputs(tmp_path):
+@pytest.mark.train_runs(3, run=FAST[2:4] + ["--steps", "4", "--sync", "ps", "--staleness", "inf", "--straggler", "2:2",
+                                             "--global-batch-size", "4", "--out", "{out}"])
+def test_cli_sync_ps_writes_the_same_outputs(train_runs):
     import json
 
     import torch
-    proc = mpirun(3, FAST[:4] + ["--steps", "4", "--sync", "ps", "--staleness", "inf", "--straggler", "2:2",
-                                 "--global-batch-size", "4", "--out", str(tmp_path)], timeout=120)
-    assert proc.returncode == 0, describe(proc)
-    assert "gradient shards pushed 8, applied 8" in proc.stdout, describe(proc)
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    run = train_runs["run"]
+    assert run.returncode == 0, describe(run)
+    assert "gradient shards pushed 8, applied 8" in run.stdout, describe(run)
+    ckpt = torch.load(run.out / "checkpoint.pt", weights_only=True)
     from parallel_lm.model import GPT, PRESETS
     assert set(ckpt["model"]) == set(GPT(PRESETS["tiny"]).state_dict())
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run.out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"loss", "tokens_per_s", "step_s", "comm_s", "staleness", "server_busy_s"} <= set(rows[0])
 
@@ -62,16 +63,16 @@ def _losses(folder):
     return [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_synchronous_parameter_server_resumes_bitwise_and_writes_a_trace(tmp_path):
+@pytest.mark.train_runs(3, full=PS[2:] + ["--steps", "4", "--out", "{out}/full", "--trace"],
+                        half=PS[2:] + ["--steps", "2", "--out", "{out}/half"],
+                        resumed=PS[2:] + ["--steps", "4", "--resume", "{out}/half"])
+def test_a_synchronous_parameter_server_resumes_bitwise_and_writes_a_trace(train_runs):
     import json
 
     import torch
-    full, half = tmp_path / "full", tmp_path / "half"
-    for args in (["--steps", "4", "--out", full, "--trace"], ["--steps", "2", "--out", half],
-                 ["--steps", "4", "--resume", half]):
-        proc = mpirun(3, PS + [str(a) for a in args], timeout=120)
-        assert proc.returncode == 0, describe(proc)
-    assert "resumed from" in proc.stdout, describe(proc)
+    assert all(r.returncode == 0 for r in train_runs.values()), [describe(r) for r in train_runs.values()]
+    assert "resumed from" in train_runs["resumed"].stdout, describe(train_runs["resumed"])
+    full, half = train_runs["full"].out / "full", train_runs["half"].out / "half"
     a, b = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (full, half))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["optimizer"]["by_name"].keys() == b["optimizer"]["by_name"].keys()
@@ -84,37 +85,40 @@ def test_a_synchronous_parameter_server_resumes_bitwise_and_writes_a_trace(tmp_p
     assert {(0, "apply"), (1, "push"), (1, "pull"), (2, "forward"), (2, "backward")} <= spans
 
 
-def test_parameter_server_fp16_matches_data_parallel_fp16(tmp_path):
+@pytest.mark.train_runs(3, ps=PS[2:] + SGD + ["--steps", "3", "--precision", "fp16", "--out", "{out}/ps"])
+@pytest.mark.train_runs(2, dp=BASE[2:] + SGD + ["--global-batch-size", "8", "--steps", "3", "--precision", "fp16",
+                                              "--out", "{out}/dp"])
+def test_parameter_server_fp16_matches_data_parallel_fp16(train_runs):
     """Each worker scales its own loss (a power of two: unscaling is exact), so the sum matches all-reduce's.
 
     SGD: the point is the sum; AdamW would amplify fp32 rounding by a CPU-dependent amount (programs/noise.py)."""
     import torch
-    proc = mpirun(3, PS + SGD + ["--steps", "3", "--precision", "fp16", "--out", str(tmp_path / "ps")], timeout=120)
-    assert proc.returncode == 0, describe(proc)
-    proc = mpirun(2, BASE + SGD + ["--global-batch-size", "8", "--steps", "3", "--precision", "fp16", "--out",
-                                   str(tmp_path / "dp")], timeout=120)
-    assert proc.returncode == 0, describe(proc)
-    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "dp"))
+    assert all(r.returncode == 0 for r in train_runs.values()), [describe(r) for r in train_runs.values()]
+    a, b = (torch.load(train_runs[d].out / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "dp"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < TOL
 
 
-@pytest.mark.parametrize("staleness,servers", [("inf", 1), ("2", 2), ("0", 1)])
-def test_an_update_budget_ends_the_job_after_n_updates(staleness, servers):
-    proc = mpirun(3 + servers, BASE + ["--global-batch-size", "6", "--steps", "500", "--sync", "ps", "--servers",
-                                       str(servers), "--staleness", staleness, "--ps-updates", "9",
-                                       "--straggler", f"{servers + 2}:3"], timeout=120)
+def _budget_run(staleness, servers):
+    args = BASE[2:] + ["--global-batch-size", "6", "--steps", "500", "--sync", "ps", "--servers", str(servers),
+                       "--staleness", staleness, "--ps-updates", "9", "--straggler", f"{servers + 2}:3"]
+    return pytest.param(staleness, servers, marks=pytest.mark.train_runs(3 + servers, run=args))
+
+
+@pytest.mark.parametrize("staleness,servers", [_budget_run("inf", 1), _budget_run("2", 2), _budget_run("0", 1)])
+def test_an_update_budget_ends_the_job_after_n_updates(staleness, servers, train_runs):
+    proc = train_runs["run"]
     assert proc.returncode == 0, describe(proc)
     applied = int(proc.stdout.split("applied ")[1].split(",")[0])
     assert applied == 9 * servers * (3 if staleness == "0" else 1), describe(proc)  # sync: 9 steps of 3 pushes
 
 
-def test_a_synchronous_parameter_server_splits_an_uneven_batch_like_one_process(tmp_path):
+@pytest.mark.train_runs(4, ps=PS[2:] + SGD + ["--steps", "3", "--global-batch-size", "10", "--out", "{out}/ps"])
+@pytest.mark.train_runs(1, one=BASE[2:] + SGD + ["--global-batch-size", "10", "--steps", "3", "--out", "{out}/one"])
+def test_a_synchronous_parameter_server_splits_an_uneven_batch_like_one_process(train_runs):
     """10 sequences over 3 workers (4, 3, 3): each worker's loss weighted by its rows, the server's mean exact."""
     import torch
-    proc = mpirun(4, PS + SGD + ["--steps", "3", "--global-batch-size", "10", "--out", str(tmp_path / "ps")], timeout=120)
-    assert proc.returncode == 0 and "(or 4, each worker's loss weighted by its rows)" in proc.stdout, describe(proc)
-    proc = mpirun(1, BASE + SGD + ["--global-batch-size", "10", "--steps", "3", "--out", str(tmp_path / "one")],
-                  timeout=120)
-    assert proc.returncode == 0, describe(proc)
-    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "one"))
+    ps, one = train_runs["ps"], train_runs["one"]
+    assert ps.returncode == 0 and "(or 4, each worker's loss weighted by its rows)" in ps.stdout, describe(ps)
+    assert one.returncode == 0, describe(one)
+    a, b = (torch.load(train_runs[d].out / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "one"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < TOL

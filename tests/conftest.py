@@ -70,11 +70,11 @@ def assert_cases(proc: subprocess.CompletedProcess, names) -> dict[str, dict]:
 # One launch per program and rank count: tests mark the cases they need, and the first of them to run launches every
 # case that the selected tests mark for that program and rank count. Each rank's `import torch` costs seconds of CPU,
 # so 23 launches of layout_equivalence.py became 7; a test still passes or fails on its own cases only.
-# Train command lines go the same way: the runs the selected tests mark for k ranks run one after another in one
-# launch of programs/train_runs.py.
+# Command lines go the same way: the runs the selected tests mark for k ranks run one after another in one launch
+# of programs/command_runs.py.
 MARKERS = ["cases(program, k, *names): this test's cases of tests/programs/PROGRAM on k ranks, one launch for all",
-           "train_runs(k, **runs): train command lines (name=ARGS, '{out}' for the test's folder) on k ranks, one "
-           "launch for all"]
+           "runs(k, **runs): command lines (name=['-m', 'parallel_lm.CMD', ...], '{out}' for the test's folder) on k "
+           "ranks, one launch for all"]
 _PLAN = pytest.StashKey[dict]()
 _LAUNCHED = pytest.StashKey[dict]()
 
@@ -92,8 +92,8 @@ def pytest_collection_modifyitems(config, items):
             program, k, *names = mark.args
             planned = plan.setdefault((program, k), [])
             planned += [n for n in names if n not in planned]
-        for mark in item.iter_markers("train_runs"):
-            plan.setdefault(("train_runs.py", mark.args[0]), []).extend(
+        for mark in item.iter_markers("runs"):
+            plan.setdefault(("command_runs.py", mark.args[0], item.module.__name__), []).extend(
                 (item.nodeid, name, args) for name, args in mark.kwargs.items())
     config.stash[_PLAN] = plan
 
@@ -124,8 +124,8 @@ def marked_cases(request) -> dict[str, dict]:
 
 
 @dataclasses.dataclass
-class TrainRun:
-    """One train command line's result, as a process of its own would have given it."""
+class Run:
+    """One command line's result, as a process of its own would have given it."""
     returncode: int
     stdout: str
     stderr: str
@@ -133,30 +133,37 @@ class TrainRun:
 
 
 @pytest.fixture
-def train_runs(request, tmp_path_factory) -> dict[str, TrainRun]:
-    """The results of this test's ``@pytest.mark.train_runs`` by name; every run of the launch shares its fate if
-    the launch times out (the message names the run it was in)."""
+def runs(request, tmp_path_factory) -> dict[str, Run]:
+    """The results of this test's ``@pytest.mark.runs`` by name; every run of the launch shares its fate if the
+    launch times out (the message names the run it was in). One launch per rank count and test module; a module
+    may define a fixture ``run_files`` ({name: path}) for '{name}' in its arguments."""
     launched, results = request.config.stash[_LAUNCHED], {}
-    for mark in request.node.iter_markers("train_runs"):
+    for mark in request.node.iter_markers("runs"):
         k = mark.args[0]
-        key = ("train_runs.py", k)
+        key = ("command_runs.py", k, request.module.__name__)
         if key not in launched:
-            launched[key] = _launch_train_runs(k, request.config.stash[_PLAN][key], tmp_path_factory)
+            files = request.getfixturevalue("run_files") if "run_files" in request.fixturenames else {}
+            launched[key] = _launch_runs(k, request.config.stash[_PLAN][key], tmp_path_factory, files)
         got, folders = launched[key]
         for name in mark.kwargs:
             item = f"{request.node.nodeid} {name}"
-            results[name] = got[item] if isinstance(got, dict) else TrainRun(-1, "", got, folders[request.node.nodeid])
+            results[name] = got[item] if isinstance(got, dict) else Run(-1, "", got, folders[request.node.nodeid])
     return results
 
 
-def _launch_train_runs(k: int, planned: list, tmp_path_factory) -> tuple:
-    base = tmp_path_factory.mktemp(f"train-runs-{k}")
+def _launch_runs(k: int, planned: list, tmp_path_factory, files: dict) -> tuple:
+    base = tmp_path_factory.mktemp(f"runs-{k}")
     folders = {nodeid: base / f"{i}" for i, nodeid in enumerate(dict.fromkeys(n for n, _, _ in planned))}
-    runs = [{"key": f"{nodeid} {name}", "args": [a.replace("{out}", str(folders[nodeid])) for a in args]}
-            for nodeid, name, args in planned]
+
+    def filled(arg: str, nodeid: str) -> str:
+        for name, path in {**files, "out": folders[nodeid]}.items():
+            arg = arg.replace(f"{{{name}}}", str(path))
+        return arg
+
+    runs = [{"key": f"{nodeid} {name}", "args": [filled(a, nodeid) for a in args]} for nodeid, name, args in planned]
     (base / "runs.json").write_text(json.dumps(runs))
     try:
-        proc = mpirun(k, [str(PROGRAMS / "train_runs.py"), str(base / "runs.json")],
+        proc = mpirun(k, [str(PROGRAMS / "command_runs.py"), str(base / "runs.json")],
                       timeout=60 + SECONDS_PER_CASE * len(runs))
     except subprocess.TimeoutExpired as e:
         started = [ln[6:] for ln in (e.stdout or b"").decode(errors="replace").splitlines() if ln.startswith("START ")]
@@ -165,10 +172,10 @@ def _launch_train_runs(k: int, planned: list, tmp_path_factory) -> tuple:
     for line in proc.stdout.splitlines():
         if line.startswith("RUN "):
             r = json.loads(line[4:])
-            got[r["key"]] = TrainRun(r["code"], r["stdout"], r["stderr"], folders[r["key"].rsplit(" ", 1)[0]])
+            got[r["key"]] = Run(r["code"], r["stdout"], r["stderr"], folders[r["key"].rsplit(" ", 1)[0]])
     missing = [r["key"] for r in runs if r["key"] not in got]
     for key in missing:  # the launch ended (a crash) before these ran
-        got[key] = TrainRun(-1, "", f"not run: the launch ended first\n{describe(proc)}",
+        got[key] = Run(-1, "", f"not run: the launch ended first\n{describe(proc)}",
                             folders[key.rsplit(" ", 1)[0]])
     return got, folders
 

@@ -5,6 +5,11 @@ prepared bad file below) and a piece of the message that must name the
 option or file. Each run must end on its own within TIME_LIMIT seconds
 (validation happens before any model is built), print that message once
 (every rank stops, rank 0 speaks) and exit 2.
+
+Rows on several ranks, and the first row of each command, run as processes
+of their own under mpiexec. The other one-rank rows run one after another
+in one launch (conftest's runs marker): the same command, the same message
+and exit code, without 110 Python processes starting up.
 """
 import os
 import time
@@ -190,7 +195,7 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def run_files(tmp_path_factory):
     """Bad inputs of every kind, and one real checkpoint (a 1-layer model) to mismatch."""
     d = tmp_path_factory.mktemp("bad")
     (d / "empty.txt").write_bytes(b"")
@@ -220,6 +225,12 @@ def files(tmp_path_factory):
             "other_model": d / "other_model"}
 
 
+def _case(i: int, k: int, args: list[str], message: str):
+    alone = k > 1 or all(a[1] != args[1] for _, a, _ in CASES[:i])  # several ranks, or the command's first row
+    return pytest.param(k, args, message, alone, marks=[] if alone else [pytest.mark.runs(1, run=args)],
+                        id=f"{i:03d}-{args[1].split('.')[1]}")
+
+
 def test_the_suite_covers_every_command_line():
     commands = {args[1] for _, args, _ in CASES}
     assert len(CASES) >= 80 and commands == {f"parallel_lm.{c}" for c in
@@ -227,13 +238,13 @@ def test_the_suite_covers_every_command_line():
                                                                 "elastic")}
 
 
-@pytest.mark.parametrize("k,args,message", CASES, ids=[f"{i:03d}-{a[1].split('.')[1]}" for i, (_, a, _) in enumerate(CASES)])
-def test_bad_input_stops_with_one_message_and_exit_2(files, tmp_path, k, args, message):
-    args = [a.format(**files) for a in args]
+@pytest.mark.parametrize("k,args,message,alone", [_case(i, *case) for i, case in enumerate(CASES)])
+def test_bad_input_stops_with_one_message_and_exit_2(run_files, request, k, args, message, alone):
     t0 = time.monotonic()
-    proc = mpirun(k, args, timeout=TIME_LIMIT)
+    proc = mpirun(k, [a.format(**run_files) for a in args], timeout=TIME_LIMIT) if alone else \
+        request.getfixturevalue("runs")["run"]
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, describe(proc)
     assert "Traceback" not in out, describe(proc)
-    assert proc.stderr.count(message.format(**files)) == 1, describe(proc)
-    assert time.monotonic() - t0 < TIME_LIMIT
+    assert proc.stderr.count(message.format(**run_files)) == 1, describe(proc)
+    assert not alone or time.monotonic() - t0 < TIME_LIMIT

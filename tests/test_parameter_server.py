@@ -27,13 +27,13 @@ def test_bad_parameter_server_flags(k, args, message):
     assert proc.stderr.count(message) == 1, describe(proc)
 
 
-@pytest.mark.train_runs(3, run=FAST[2:4] + ["--steps", "4", "--sync", "ps", "--staleness", "inf", "--straggler", "2:2",
+@pytest.mark.runs(3, run=FAST[:4] + ["--steps", "4", "--sync", "ps", "--staleness", "inf", "--straggler", "2:2",
                                              "--global-batch-size", "4", "--out", "{out}"])
-def test_cli_sync_ps_writes_the_same_outputs(train_runs):
+def test_cli_sync_ps_writes_the_same_outputs(runs):
     import json
 
     import torch
-    run = train_runs["run"]
+    run = runs["run"]
     assert run.returncode == 0, describe(run)
     assert "gradient shards pushed 8, applied 8" in run.stdout, describe(run)
     ckpt = torch.load(run.out / "checkpoint.pt", weights_only=True)
@@ -63,16 +63,16 @@ def _losses(folder):
     return [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.train_runs(3, full=PS[2:] + ["--steps", "4", "--out", "{out}/full", "--trace"],
-                        half=PS[2:] + ["--steps", "2", "--out", "{out}/half"],
-                        resumed=PS[2:] + ["--steps", "4", "--resume", "{out}/half"])
-def test_a_synchronous_parameter_server_resumes_bitwise_and_writes_a_trace(train_runs):
+@pytest.mark.runs(3, full=PS + ["--steps", "4", "--out", "{out}/full", "--trace"],
+                        half=PS + ["--steps", "2", "--out", "{out}/half"],
+                        resumed=PS + ["--steps", "4", "--resume", "{out}/half"])
+def test_a_synchronous_parameter_server_resumes_bitwise_and_writes_a_trace(runs):
     import json
 
     import torch
-    assert all(r.returncode == 0 for r in train_runs.values()), [describe(r) for r in train_runs.values()]
-    assert "resumed from" in train_runs["resumed"].stdout, describe(train_runs["resumed"])
-    full, half = train_runs["full"].out / "full", train_runs["half"].out / "half"
+    assert all(r.returncode == 0 for r in runs.values()), [describe(r) for r in runs.values()]
+    assert "resumed from" in runs["resumed"].stdout, describe(runs["resumed"])
+    full, half = runs["full"].out / "full", runs["half"].out / "half"
     a, b = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (full, half))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["optimizer"]["by_name"].keys() == b["optimizer"]["by_name"].keys()
@@ -85,40 +85,40 @@ def test_a_synchronous_parameter_server_resumes_bitwise_and_writes_a_trace(train
     assert {(0, "apply"), (1, "push"), (1, "pull"), (2, "forward"), (2, "backward")} <= spans
 
 
-@pytest.mark.train_runs(3, ps=PS[2:] + SGD + ["--steps", "3", "--precision", "fp16", "--out", "{out}/ps"])
-@pytest.mark.train_runs(2, dp=BASE[2:] + SGD + ["--global-batch-size", "8", "--steps", "3", "--precision", "fp16",
+@pytest.mark.runs(3, ps=PS + SGD + ["--steps", "3", "--precision", "fp16", "--out", "{out}/ps"])
+@pytest.mark.runs(2, dp=BASE + SGD + ["--global-batch-size", "8", "--steps", "3", "--precision", "fp16",
                                               "--out", "{out}/dp"])
-def test_parameter_server_fp16_matches_data_parallel_fp16(train_runs):
+def test_parameter_server_fp16_matches_data_parallel_fp16(runs):
     """Each worker scales its own loss (a power of two: unscaling is exact), so the sum matches all-reduce's.
 
     SGD: the point is the sum; AdamW would amplify fp32 rounding by a CPU-dependent amount (programs/noise.py)."""
     import torch
-    assert all(r.returncode == 0 for r in train_runs.values()), [describe(r) for r in train_runs.values()]
-    a, b = (torch.load(train_runs[d].out / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "dp"))
+    assert all(r.returncode == 0 for r in runs.values()), [describe(r) for r in runs.values()]
+    a, b = (torch.load(runs[d].out / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "dp"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < TOL
 
 
 def _budget_run(staleness, servers):
-    args = BASE[2:] + ["--global-batch-size", "6", "--steps", "500", "--sync", "ps", "--servers", str(servers),
+    args = BASE + ["--global-batch-size", "6", "--steps", "500", "--sync", "ps", "--servers", str(servers),
                        "--staleness", staleness, "--ps-updates", "9", "--straggler", f"{servers + 2}:3"]
-    return pytest.param(staleness, servers, marks=pytest.mark.train_runs(3 + servers, run=args))
+    return pytest.param(staleness, servers, marks=pytest.mark.runs(3 + servers, run=args))
 
 
 @pytest.mark.parametrize("staleness,servers", [_budget_run("inf", 1), _budget_run("2", 2), _budget_run("0", 1)])
-def test_an_update_budget_ends_the_job_after_n_updates(staleness, servers, train_runs):
-    proc = train_runs["run"]
+def test_an_update_budget_ends_the_job_after_n_updates(staleness, servers, runs):
+    proc = runs["run"]
     assert proc.returncode == 0, describe(proc)
     applied = int(proc.stdout.split("applied ")[1].split(",")[0])
     assert applied == 9 * servers * (3 if staleness == "0" else 1), describe(proc)  # sync: 9 steps of 3 pushes
 
 
-@pytest.mark.train_runs(4, ps=PS[2:] + SGD + ["--steps", "3", "--global-batch-size", "10", "--out", "{out}/ps"])
-@pytest.mark.train_runs(1, one=BASE[2:] + SGD + ["--global-batch-size", "10", "--steps", "3", "--out", "{out}/one"])
-def test_a_synchronous_parameter_server_splits_an_uneven_batch_like_one_process(train_runs):
+@pytest.mark.runs(4, ps=PS + SGD + ["--steps", "3", "--global-batch-size", "10", "--out", "{out}/ps"])
+@pytest.mark.runs(1, one=BASE + SGD + ["--global-batch-size", "10", "--steps", "3", "--out", "{out}/one"])
+def test_a_synchronous_parameter_server_splits_an_uneven_batch_like_one_process(runs):
     """10 sequences over 3 workers (4, 3, 3): each worker's loss weighted by its rows, the server's mean exact."""
     import torch
-    ps, one = train_runs["ps"], train_runs["one"]
+    ps, one = runs["ps"], runs["one"]
     assert ps.returncode == 0 and "(or 4, each worker's loss weighted by its rows)" in ps.stdout, describe(ps)
     assert one.returncode == 0, describe(one)
-    a, b = (torch.load(train_runs[d].out / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "one"))
+    a, b = (torch.load(runs[d].out / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "one"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < TOL

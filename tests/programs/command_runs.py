@@ -1,15 +1,17 @@
-"""Run under mpiexec -n K with a JSON file of train command lines: each runs as ``python -m parallel_lm.train ARGS``
-would, one after another in the same K processes, so the job imports torch once instead of once per run.
+"""Run under mpiexec -n K with a JSON file of command lines: each runs as ``python -m parallel_lm.CMD ARGS`` would,
+one after another in the same K processes, so the job imports torch once instead of once per run.
 
-    mpiexec -n 4 python tests/programs/train_runs.py runs.json     # [{"key": "...", "args": ["--steps", "2"]}, ...]
+    mpiexec -n 4 python tests/programs/command_runs.py runs.json
+    # runs.json: [{"key": "...", "args": ["-m", "parallel_lm.train", "--steps", "2"]}, ...]
 
-For each run every rank calls the train command (``parallel_lm.train.main``) with its output captured; a bad flag
-ends that run with its exit code (2) as it would end the process. Rank 0 prints ``START key`` before a run and
+For each run every rank calls the command's click ``main`` with its output captured; a bad flag ends that run
+with its exit code (2) and its message as it would end the process (runtime.main_guard, click's standalone mode). Rank 0 prints ``START key`` before a run and
 ``RUN {"key", "code", "stdout", "stderr"}`` after it: stdout is rank 0's (print0 speaks there), stderr every rank's
 that wrote any. A run that hangs (a rank stuck in a collective) ends the whole job at the launcher's timeout; the
 last START names it.
 """
 import contextlib
+import importlib
 import io
 import json
 import sys
@@ -19,21 +21,27 @@ import click
 from mpi4py import MPI
 
 from parallel_lm.runtime import install_abort_hook, quiet_barrier
-from parallel_lm.train import main
 
 install_abort_hook()
 comm = MPI.COMM_WORLD
 rank = comm.Get_rank()
 
 
+def command(module: str) -> click.Command:
+    """The click command that ``python -m MODULE`` runs: MODULE's ``main``, or its package's __main__'s."""
+    found = importlib.import_module(module)
+    return (importlib.import_module(f"{module}.__main__") if hasattr(found, "__path__") else found).main
+
+
 def run(args: list[str]) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of the train command with ``args`` on this rank."""
+    """(exit code, stdout, stderr) on this rank of ``-m MODULE ARGS...``: MODULE's click command ``main``."""
+    assert args[0] == "-m", f"a command line here is -m parallel_lm.CMD ARGS, not {args}"
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            main.main(args=args, standalone_mode=False)
+            command(args[1]).main(args=args[2:], prog_name=f"python -m {args[1]}", standalone_mode=False)
             code = 0
-        except click.ClickException as e:  # what runtime.main_guard does: rank 0 shows it, every rank exits
+        except click.ClickException as e:  # what main_guard and click do: rank 0 shows it, every rank exits
             if rank == 0:
                 e.show()
             code = e.exit_code

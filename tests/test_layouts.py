@@ -19,12 +19,16 @@ def test_zero_on_three_ranks(marked_cases):
     check_cases(marked_cases)
 
 
+TRAIN = ["-m", "parallel_lm.train", "--steps", "2", "--eval-every", "0", "--quiet"]
+
+
 def train(k, *args, timeout=180):
-    return mpirun(k, ["-m", "parallel_lm.train", "--steps", "2", "--eval-every", "0", "--quiet", *args], timeout=timeout)
+    return mpirun(k, [*TRAIN, *args], timeout=timeout)
 
 
-def test_zero_prints_memory_per_rank_beside_the_formula():
-    proc = train(2, "--zero", "1", "--preset", "tiny")
+@pytest.mark.runs(2, run=TRAIN + ["--zero", "1", "--preset", "tiny"])
+def test_zero_prints_memory_per_rank_beside_the_formula(runs):
+    proc = runs["run"]
     assert proc.returncode == 0, describe(proc)
     assert "ZeRO-1 memory per rank: params" in proc.stdout and "without ZeRO" in proc.stdout
 
@@ -127,9 +131,10 @@ def _activations(proc) -> tuple[float, float]:
     return measured, formula
 
 
-def test_sequence_parallel_cuts_activation_memory_as_the_formula_says():
-    plain = train(4, "--tp", "4", "--preset", "small")
-    sp = train(4, "--tp", "4", "--preset", "small", "--sequence-parallel")
+@pytest.mark.runs(4, plain=TRAIN + ["--tp", "4", "--preset", "small"],
+                  sp=TRAIN + ["--tp", "4", "--preset", "small", "--sequence-parallel"])
+def test_sequence_parallel_cuts_activation_memory_as_the_formula_says(runs):
+    plain, sp = runs["plain"], runs["sp"]
     assert plain.returncode == 0 and sp.returncode == 0, describe(sp)
     (have, want), (have_sp, want_sp) = _activations(plain), _activations(sp)
     assert have == pytest.approx(want, rel=0.02) and have_sp == pytest.approx(want_sp, rel=0.02)
@@ -149,9 +154,12 @@ def test_context_parallel_trains_like_one_process(marked_cases):
     check_cases(marked_cases)
 
 
-def test_context_parallel_cuts_activation_memory_by_cp():
-    runs = [train(cp, "--cp", str(cp), "--preset", "small", "--global-batch-size", "8") for cp in (1, 2, 4)]
-    assert all(r.returncode == 0 for r in runs), describe(runs[-1])
-    (one, f1), (two, f2), (four, f4) = (_activations(r) for r in runs)
+@pytest.mark.runs(1, cp1=TRAIN + ["--cp", "1", "--preset", "small", "--global-batch-size", "8"])
+@pytest.mark.runs(2, cp2=TRAIN + ["--cp", "2", "--preset", "small", "--global-batch-size", "8"])
+@pytest.mark.runs(4, cp4=TRAIN + ["--cp", "4", "--preset", "small", "--global-batch-size", "8"])
+def test_context_parallel_cuts_activation_memory_by_cp(runs):
+    got = [runs[f"cp{cp}"] for cp in (1, 2, 4)]
+    assert all(r.returncode == 0 for r in got), [describe(r) for r in got]
+    (one, f1), (two, f2), (four, f4) = (_activations(r) for r in got)
     assert two == pytest.approx(one / 2, rel=0.1) and four == pytest.approx(one / 4, rel=0.1)
     assert f2 == pytest.approx(f1 / 2, rel=0.01) and two == pytest.approx(f2, rel=0.1)

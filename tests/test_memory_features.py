@@ -41,19 +41,20 @@ def test_interleaved_pipelines_train_like_one_process(marked_cases):
     check_cases(marked_cases)
 
 
-def train(k, *args, timeout=240):
-    return mpirun(k, ["-m", "parallel_lm.train", "--eval-every", "0", "--quiet", *args], timeout=timeout)
-
-
 def activations(stdout):
     m = re.search(r"measured ([\d.]+) MiB per micro-batch(?: through one of \d+ chunks)?, formula ([\d.]+) MiB", stdout)
     return float(m.group(1)), float(m.group(2))
 
 
-def test_measured_activation_memory_meets_the_formula_and_recomputation_shrinks_it():
+TRAIN = ["-m", "parallel_lm.train", "--eval-every", "0", "--quiet"]
+
+
+@pytest.mark.runs(1, **{mode: TRAIN + ["--preset", "small", "--steps", "1", "--recompute", mode]
+                        for mode in ("none", "selective", "full")})
+def test_measured_activation_memory_meets_the_formula_and_recomputation_shrinks_it(runs):
     seen = {}
     for mode in ("none", "selective", "full"):
-        proc = train(1, "--preset", "small", "--steps", "1", "--recompute", mode)
+        proc = runs[mode]
         assert proc.returncode == 0, describe(proc)
         have, want = activations(proc.stdout)
         assert abs(have / want - 1) < 0.02, describe(proc)  # the formula counts every stored tensor
@@ -62,8 +63,9 @@ def test_measured_activation_memory_meets_the_formula_and_recomputation_shrinks_
     assert seen["full"] < seen["none"] / 5 and seen["selective"] < seen["none"]
 
 
-def test_utilization_counts_recomputed_flops_in_hfu_only():
-    proc = train(1, "--steps", "2", "--recompute", "full", "--peak-tflops", "0.001")
+@pytest.mark.runs(1, run=TRAIN + ["--steps", "2", "--recompute", "full", "--peak-tflops", "0.001"])
+def test_utilization_counts_recomputed_flops_in_hfu_only(runs):
+    proc = runs["run"]
     assert proc.returncode == 0, describe(proc)
     mfu, hfu = map(float, re.search(r"MFU ([\d.]+)%.*HFU ([\d.]+)%", proc.stdout).groups())
     assert 1.2 < hfu / mfu < 1.45  # one more forward of the blocks: 4/3 of the matmul FLOPs, less the head's
@@ -99,18 +101,20 @@ def test_the_interleaved_schedule_has_the_bubble_of_the_formula_and_never_waits_
     assert bubble_formula(p, m, 2) < bubble_formula(p, m, 1)
 
 
-def test_an_interleaved_run_records_its_bubble_beside_the_formula(tmp_path):
-    proc = train(2, "--pp", "2", "--virtual-stages", "2", "--micro-batches", "4", "--steps", "2", "--n-layer", "4",
-                 "--global-batch-size", "16", "--out", str(tmp_path))
+@pytest.mark.runs(2, run=TRAIN + ["--pp", "2", "--virtual-stages", "2", "--micro-batches", "4", "--steps", "2",
+                                  "--n-layer", "4", "--global-batch-size", "16", "--out", "{out}"])
+def test_an_interleaved_run_records_its_bubble_beside_the_formula(runs):
+    proc = runs["run"]
     assert proc.returncode == 0, describe(proc)
     assert "interleaved 1F1B, 2 chunks per rank" in proc.stdout, describe(proc)
     have, want = activations(proc.stdout)
     assert abs(have / want - 1) < 0.02 and "at most 5 in flight" in proc.stdout, describe(proc)  # 2.5 stages' worth
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (proc.out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["bubble_formula"] == pytest.approx(1 / 9) and 0 <= rows[-1]["bubble"] < 1
 
 
-def test_zero3_prints_memory_per_rank_beside_the_formula():
-    proc = train(2, "--zero", "3", "--steps", "1")
+@pytest.mark.runs(2, run=TRAIN + ["--zero", "3", "--steps", "1"])
+def test_zero3_prints_memory_per_rank_beside_the_formula(runs):
+    proc = runs["run"]
     assert proc.returncode == 0, describe(proc)
     assert "ZeRO-3 memory per rank: params" in proc.stdout and "whole layers at once" in proc.stdout

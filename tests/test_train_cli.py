@@ -46,11 +46,12 @@ def test_outputs_follow_the_contract(uninterrupted):
     assert {"forward 0", "backward 0"} <= names  # spans name their micro-batch
 
 
-def test_resume_continues_exactly_on_the_same_rank_count(uninterrupted, tmp_path):
-    proc = train(2, "--steps", 3, "--out", tmp_path)
-    assert proc.returncode == 0, describe(proc)
-    proc = train(2, "--resume", tmp_path, "--steps", 6)
+@pytest.mark.runs(2, half=FAST + ["--steps", "3", "--out", "{out}"], rest=FAST + ["--resume", "{out}", "--steps", "6"])
+def test_resume_continues_exactly_on_the_same_rank_count(uninterrupted, runs):
+    assert runs["half"].returncode == 0, describe(runs["half"])
+    proc = runs["rest"]
     assert proc.returncode == 0 and "resumed from" in proc.stdout, describe(proc)
+    tmp_path = proc.out
     full, resumed = load(uninterrupted), load(tmp_path)
     for name, tensor in full["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
@@ -68,11 +69,12 @@ def test_resume_on_another_rank_count_matches_within_fp32_tolerance(uninterrupte
     assert worst <= noise_tolerance(FAST[2:] + ["--steps", "6"])
 
 
-def test_torch_ddp_engine_follows_the_same_loss_curve(uninterrupted, tmp_path):
-    proc = train(2, "--steps", 6, "--engine", "torch-ddp", "--out", tmp_path)
+@pytest.mark.runs(2, ddp=FAST + ["--steps", "6", "--engine", "torch-ddp", "--out", "{out}"])
+def test_torch_ddp_engine_follows_the_same_loss_curve(uninterrupted, runs):
+    proc = runs["ddp"]
     assert proc.returncode == 0, describe(proc)
     losses = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]
-    assert losses(tmp_path) == pytest.approx(losses(uninterrupted), abs=1e-4)
+    assert losses(proc.out) == pytest.approx(losses(uninterrupted), abs=1e-4)
 
 
 def test_generate_samples_text(uninterrupted):
@@ -115,11 +117,12 @@ def test_cuda_without_a_gpu_says_what_to_do():
     assert proc.stderr.count("--device cuda but torch sees no CUDA device") == 1, describe(proc)
 
 
-def test_straggler_slows_one_rank_without_changing_the_result(tmp_path):
-    slow, fast = tmp_path / "slow", tmp_path / "fast"
-    for out, extra in ((fast, []), (slow, ["--straggler", "1:30"])):  # 30x: the wait dwarfs a loaded machine's noise
-        proc = train(2, "--steps", 3, "--out", out, *extra)
-        assert proc.returncode == 0, describe(proc)
+# 30x: the wait dwarfs a loaded machine's noise
+@pytest.mark.runs(2, fast=FAST + ["--steps", "3", "--out", "{out}/fast"],
+                  slow=FAST + ["--steps", "3", "--out", "{out}/slow", "--straggler", "1:30"])
+def test_straggler_slows_one_rank_without_changing_the_result(runs):
+    assert all(r.returncode == 0 for r in runs.values()), [describe(r) for r in runs.values()]
+    slow, fast = runs["slow"].out / "slow", runs["fast"].out / "fast"
     rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows(slow)] == [r["loss"] for r in rows(fast)]
     # rank 0 waits for the straggler inside the all-reduce: its exposed communication grows

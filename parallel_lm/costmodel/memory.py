@@ -7,7 +7,7 @@ from stage 3; everything else each rank holds whole.
 """
 from __future__ import annotations
 
-# Bytes per parameter of each optimizer's state (torch's AdamW: exp_avg and exp_avg_sq in fp32; SGD: none).
+# Bytes per parameter of each optimizer's state (AdamW, as torch's: exp_avg and exp_avg_sq in fp32; SGD: none).
 MOMENT_BYTES = {"adamw": 8, "sgd": 0}
 
 

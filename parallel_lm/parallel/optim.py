@@ -210,7 +210,8 @@ class LossScaler:
 
 
 class ShardOptimizer:
-    """torch's optimizer over a 1-D shard of the parameters laid end to end (a ZeRO or parameter-server shard).
+    """The optimizer (AdamW or SGD above) over a 1-D shard of the parameters laid end to end (a ZeRO or
+    parameter-server shard).
 
     ``values``: the shard's elements; ``decay``: True where weight decay applies. The decayed and the
     other elements are one parameter each, in two groups, so every element gets the update the

@@ -4,7 +4,7 @@ Layout (``PSLayout``): ranks 0..k-1 are servers, the rest workers. The
 model's parameters, flattened in ``model.parameters()`` order, are cut into
 k contiguous shards by ``chunk_offsets(n, k)``: server s owns elements
 ``offs[s]:offs[s+1]`` and the optimizer state for them (``ShardOptimizer``:
-torch's AdamW or SGD, the same update every other layout makes).
+AdamW or SGD, the same update every other layout makes).
 
 One worker step: compute the gradient of its share of the global batch,
 Send each server its shard of the gradient (plus the loss and the version

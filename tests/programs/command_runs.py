@@ -7,8 +7,8 @@ one after another in the same K processes, so the job imports torch once instead
 For each run every rank calls the command's click ``main`` with its output captured; a bad flag ends that run
 with its exit code (2) and its message as it would end the process (runtime.main_guard, click's standalone
 mode). Rank 0 prints ``START key`` before a run and ``RUN {"key", "code", "stdout", "stderr"}`` after it: stdout
-is rank 0's (print0 speaks there), stderr every rank's that wrote any. A run that hangs (a rank stuck in a collective) ends the whole job at the launcher's timeout; the
-last START names it.
+is rank 0's (print0 speaks there), stderr every rank's that wrote any. A run that hangs (a rank stuck in a
+collective) ends the whole job at the launcher's timeout; the last START names it.
 """
 import contextlib
 import importlib

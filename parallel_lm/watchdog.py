@@ -80,6 +80,11 @@ class Watchdog:
     def _beat(self) -> None:
         while not self.stopped.is_set():
             now = time.monotonic()
+            if now - self.heard[self.rank][0] > self.timeout:
+                # This rank itself was stopped (SIGSTOP, then the launcher's SIGCONT before it kills the job) or
+                # not scheduled: every other rank looks silent to it. Seen under load: the stopped rank woke and
+                # named the others. Give them a fresh --timeout instead of judging them.
+                self.heard = {r: (now, *h[1:]) for r, h in self.heard.items()}
             beat = (self.step, self.op, now - self.progress_at)
             self.sends = [r for r in self.sends if not r.Test()]
             self.sends += [self.comm.isend(beat, dest=r, tag=TAG) for r in range(self.size) if r != self.rank]

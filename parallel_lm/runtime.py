@@ -82,6 +82,14 @@ def quiet_barrier(comm, poll_s: float = 1e-4) -> None:
         time.sleep(poll_s)
 
 
+def on_rank0(comm, compute):
+    """``compute()`` on rank 0 alone (a timing, a one-process reference), its result broadcast to every rank of
+    ``comm``; the others wait in ``quiet_barrier``, leaving rank 0 the cores instead of spinning in the broadcast."""
+    value = compute() if comm.Get_rank() == 0 else None
+    quiet_barrier(comm)
+    return comm.bcast(value, root=0)
+
+
 def abort(code: int = 1, comm=None) -> None:
     """End the whole job now: every rank, even those waiting in a collective (of ``comm``, default the job's)."""
     sys.stdout.flush()

@@ -15,7 +15,7 @@ from . import memory_check, run_prediction, shrink, utilization
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
 from .parallel.schedules import bubble_formula
-from .runtime import agree, node_share, print0, quiet_barrier, threads_per_rank
+from .runtime import agree, node_share, on_rank0, print0, threads_per_rank
 from .trainer import Trainer
 from .watchdog import watchdog
 
@@ -57,9 +57,7 @@ def launch(cfg, comm, opts, state, out, netem, profile) -> None:
 
 def _probe_compute(cfg, comm, micro):
     """Rank 0 alone times the whole model (the others sleep, leaving it the cores); every rank gets the result."""
-    probe = run_prediction.measure_compute(cfg, micro, torch.get_num_threads()) if comm.Get_rank() == 0 else None
-    quiet_barrier(comm)
-    return comm.bcast(probe, root=0)
+    return on_rank0(comm, lambda: run_prediction.measure_compute(cfg, micro, torch.get_num_threads()))
 
 
 def _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, records, out, share):

@@ -23,7 +23,7 @@ import torch
 from .costmodel.transformer import ModelShape
 from .metrics import write_atomic
 from .parallel.zero import memory_formula
-from .runtime import quiet_barrier
+from .runtime import on_rank0
 
 
 def shape_of(model_cfg, cp: int = 1) -> ModelShape:
@@ -86,9 +86,7 @@ def peak_per_rank(comm, share: tuple[int, int], peak_tflops: float | None,
     if peak_tflops:
         return peak_tflops * 1e12, f"--peak-tflops {peak_tflops:g}"
     on_node, cores = share
-    found = remembered_peak(matmul_peak(cores), cores, cache) if comm.Get_rank() == 0 else None
-    quiet_barrier(comm)
-    node, source = comm.bcast(found, root=0)
+    node, source = on_rank0(comm, lambda: remembered_peak(matmul_peak(cores), cores, cache))
     return node / on_node, f"{source}, / {on_node} rank(s)"
 
 

@@ -13,7 +13,6 @@ import sys
 
 import torch
 from noise import tolerance
-from rank0 import on_rank0
 from report import case
 from mpi4py import MPI
 
@@ -21,7 +20,7 @@ from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.parallel.zero import memory_formula
-from parallel_lm.runtime import install_abort_hook
+from parallel_lm.runtime import install_abort_hook, on_rank0
 from parallel_lm.trainer import Trainer
 
 install_abort_hook()

@@ -17,14 +17,13 @@ from pathlib import Path
 import torch
 from mpi4py import MPI
 from noise import one_process_state, tolerance
-from rank0 import on_rank0
 from report import case
 
 from parallel_lm import checkpoint
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model import GPTConfig
-from parallel_lm.runtime import install_abort_hook
+from parallel_lm.runtime import install_abort_hook, on_rank0
 from parallel_lm.trainer import Trainer
 
 install_abort_hook()

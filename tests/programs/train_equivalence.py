@@ -15,14 +15,13 @@ import numpy as np
 import torch
 from mpi4py import MPI
 from noise import tolerance
-from rank0 import on_rank0
 from report import case
 
 from parallel_lm.comm import ALGORITHMS
 from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model import GPTConfig
-from parallel_lm.runtime import install_abort_hook
+from parallel_lm.runtime import install_abort_hook, on_rank0
 from parallel_lm.trainer import Trainer
 
 install_abort_hook()

@@ -144,14 +144,13 @@ def runs(request, tmp_path_factory) -> dict[str, Run]:
         if key not in launched:
             files = request.getfixturevalue("run_files") if "run_files" in request.fixturenames else {}
             launched[key] = _launch_runs(k, request.config.stash[_PLAN][key], tmp_path_factory, files)
-        got, folders = launched[key]
-        for name in mark.kwargs:
-            item = f"{request.node.nodeid} {name}"
-            results[name] = got[item] if isinstance(got, dict) else Run(-1, "", got, folders[request.node.nodeid])
+        results.update({name: launched[key][f"{request.node.nodeid} {name}"] for name in mark.kwargs})
     return results
 
 
-def _launch_runs(k: int, planned: list, tmp_path_factory, files: dict) -> tuple:
+def _launch_runs(k: int, planned: list, tmp_path_factory, files: dict) -> dict[str, Run]:
+    """Every planned run's result by "NODEID NAME"; a run the launch never finished is a Run with exit -1 whose
+    stderr says how the launch ended (a crash, or the timeout and the run it was in)."""
     base = tmp_path_factory.mktemp(f"runs-{k}")
     folders = {nodeid: base / f"{i}" for i, nodeid in enumerate(dict.fromkeys(n for n, _, _ in planned))}
 
@@ -165,19 +164,19 @@ def _launch_runs(k: int, planned: list, tmp_path_factory, files: dict) -> tuple:
     try:
         proc = mpirun(k, [str(PROGRAMS / "command_runs.py"), str(base / "runs.json")],
                       timeout=60 + SECONDS_PER_CASE * len(runs))
+        stdout, ended = proc.stdout, f"not run: the launch ended first\n{describe(proc)}"
     except subprocess.TimeoutExpired as e:
-        started = [ln[6:] for ln in (e.stdout or b"").decode(errors="replace").splitlines() if ln.startswith("START ")]
-        return f"the launch of {len(runs)} runs on {k} ranks timed out in {started[-1:] or 'its start'}", folders
+        stdout = (e.stdout or b"").decode(errors="replace")
+        started = [ln[6:] for ln in stdout.splitlines() if ln.startswith("START ")]
+        stdout, ended = "", f"the launch of {len(runs)} runs on {k} ranks timed out in {started[-1:] or 'its start'}"
     got = {}
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith("RUN "):
             r = json.loads(line[4:])
             got[r["key"]] = Run(r["code"], r["stdout"], r["stderr"], folders[r["key"].rsplit(" ", 1)[0]])
-    missing = [r["key"] for r in runs if r["key"] not in got]
-    for key in missing:  # the launch ended (a crash) before these ran
-        got[key] = Run(-1, "", f"not run: the launch ended first\n{describe(proc)}",
-                            folders[key.rsplit(" ", 1)[0]])
-    return got, folders
+    for nodeid, name, _ in planned:
+        got.setdefault(f"{nodeid} {name}", Run(-1, "", ended, folders[nodeid]))
+    return got
 
 
 def check_cases(results: dict[str, dict]) -> dict[str, dict]:

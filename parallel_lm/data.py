@@ -60,8 +60,9 @@ def synthetic_bytes(n: int = 1 << 18, seed: int = 1234) -> bytes:
     rng = np.random.default_rng(seed)
     k = 16
     probs = rng.dirichlet(np.full(k, 0.1), size=(k, k))  # (k, k, k): next-letter distribution per (prev2, prev1)
-    cum = probs.cumsum(axis=2).tolist()  # Python floats and bisect: the loop is sequential, and a NumPy call per
-    out = bytearray(n)                     # byte cost 20x more (4 s of a 2-step run on one rank)
+    # Python floats and bisect: the loop is sequential, and a NumPy call per byte cost 20x more (4 s of a 2-step run)
+    cum = probs.cumsum(axis=2).tolist()
+    out = bytearray(n)
     a, b = 0, 1
     for i, draw in enumerate(rng.random(n).tolist()):
         c = min(bisect.bisect_left(cum[a][b], draw), k - 1)  # np.searchsorted's side="left"

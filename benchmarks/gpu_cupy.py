@@ -15,9 +15,9 @@ from parallel_lm.bench.metrics import busbw_GBps
 from parallel_lm.bench.timing import time_collective
 from parallel_lm.comm import ALGORITHMS, allreduce
 from parallel_lm.comm.buffers import cuda_aware_mpi, xp
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 
-install_abort_hook()
+start_script()
 cp = xp()
 check(cp is not np, "no usable CUDA device (set PARALLEL_LM_DEVICE=cuda on a GPU machine)")
 comm = MPI.COMM_WORLD

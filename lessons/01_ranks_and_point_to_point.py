@@ -31,9 +31,9 @@ import numpy as np
 from mpi4py import MPI
 
 from parallel_lm.comm.topology import Ring
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 
-install_abort_hook()  # an exception on one rank ends the job instead of hanging the others
+start_script()  # an exception on one rank ends the job instead of hanging the others
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
 ring = Ring(rank, p)

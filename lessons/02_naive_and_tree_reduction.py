@@ -29,9 +29,9 @@ from mpi4py import MPI
 
 from parallel_lm.comm.collectives import allreduce_naive, allreduce_tree
 from parallel_lm.comm.trace import CountingComm
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
 n = 1 << 18  # 262144 float32 = 1 MiB

@@ -33,9 +33,9 @@ from mpi4py import MPI
 
 from parallel_lm.comm import allreduce, chunk_offsets
 from parallel_lm.comm.topology import Ring
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
 ring = Ring(rank, p)

@@ -28,9 +28,9 @@ from parallel_lm.bench.metrics import busbw_GBps
 from parallel_lm.sizes import format_size
 from parallel_lm.bench.timing import time_collective
 from parallel_lm.comm import ALGORITHMS, allreduce
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
 sizes = [4 << 10, 256 << 10, 16 << 20]

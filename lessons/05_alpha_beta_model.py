@@ -45,9 +45,9 @@ from parallel_lm.comm.netem import NetemComm
 from parallel_lm.costmodel.calibration import fit_line, latency_and_bandwidth
 from parallel_lm.costmodel.formulas import COSTS, Network
 from parallel_lm.costmodel.profiles import load_profile
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 p = comm.Get_size()
 check(p >= 2, "run this lesson with at least 2 ranks: mpiexec -n 4 python lessons/05_alpha_beta_model.py")

@@ -36,11 +36,11 @@ from parallel_lm.costmodel.formulas import Network, allreduce_ring, parameter_se
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model import GPTConfig
 from parallel_lm.parallel.parameter_server import flat_params
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 from parallel_lm.trainer import Trainer
 from parallel_lm.trainer_ps import PSRun
 
-install_abort_hook()
+start_script()
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()

@@ -28,10 +28,10 @@ from parallel_lm.model.gpt import MLP
 from parallel_lm.parallel.tensor_parallel import ParallelMLP
 from parallel_lm.parallel.tensor_parallel_comm import TensorParallel
 from parallel_lm.parallel.tensor_parallel_sharding import join
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 from parallel_lm.trainer import Trainer
 
-install_abort_hook()
+start_script()
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
 rank, t = comm.Get_rank(), comm.Get_size()

@@ -27,10 +27,10 @@ from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.parallel.zero import memory_formula
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 from parallel_lm.trainer import Trainer
 
-install_abort_hook()
+start_script()
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
 rank, K = comm.Get_rank(), comm.Get_size()

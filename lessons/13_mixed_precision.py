@@ -43,10 +43,10 @@ from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model import PRESETS
 from parallel_lm.model.gpt import GPT
 from parallel_lm.parallel.optim import LossScaler
-from parallel_lm.runtime import check, install_abort_hook, print0, threads_per_rank
+from parallel_lm.runtime import check, start_script, print0, threads_per_rank
 from parallel_lm.trainer import Trainer
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 K = comm.Get_size()
 torch.set_num_threads(threads_per_rank(comm))

@@ -37,11 +37,11 @@ from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.parallel.grid import Grid
 from parallel_lm.parallel.schedules import bubble_formula, ideal_bubble
 from parallel_lm.parallel.zero import memory_formula
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 from parallel_lm.trainer import Trainer
 from parallel_lm.utilization import activation_formula
 
-install_abort_hook()
+start_script()
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
 rank, K = comm.Get_rank(), comm.Get_size()

@@ -207,6 +207,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     if "--collective" in sys.argv:
+        from parallel_lm import environment
+        environment.apply()  # mpirun --with-ft ulfm's variable tells shrink.ulfm_enabled that ranks may die
         collective()
     else:
         from mpi4py import MPI

@@ -38,7 +38,7 @@ from parallel_lm.config import TrainConfig
 from parallel_lm.data import Batches, load_corpus
 from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.parallel.context_parallel import ContextParallel, balanced_positions
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 from parallel_lm.trainer import Trainer
 from parallel_lm.utilization import activation_formula
 
@@ -50,7 +50,7 @@ def spans(positions) -> str:
     return " and ".join(f"{p[a]}-{p[b - 1]}" for a, b in zip(starts, starts[1:] + [len(p)]))
 
 
-install_abort_hook()
+start_script()
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
 rank, K = comm.Get_rank(), comm.Get_size()

@@ -30,29 +30,28 @@ speed.
    latency (fewer steps): a lot at 64 MiB on 512 ranks, almost nothing at
    4 GiB. One leader per node loses to 8 rails everywhere.
 """
-import os
-
 import numpy as np
 from mpi4py import MPI
 
 from parallel_lm import figures
 from parallel_lm.bench.timing import time_interleaved
 from parallel_lm.comm import allreduce
+from parallel_lm.comm import settings as comm_settings
 from parallel_lm.comm.collectives.hierarchical import allreduce_hierarchical
 from parallel_lm.comm.netem import NetemComm
 from parallel_lm.comm.trace import ObservedComm
 from parallel_lm.costmodel.formulas import Network, allreduce_hierarchical_s, allreduce_ring
-from parallel_lm.runtime import check, install_abort_hook, print0
+from parallel_lm.runtime import check, start_script, print0
 from parallel_lm.sizes import format_size
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 rank, P = comm.Get_rank(), comm.Get_size()
 if P != 4:
     print0("This lesson emulates 2 nodes of 2 ranks: run it with mpiexec -n 4.")
     raise SystemExit(2)
 L, N = 2, 2
-os.environ["PARALLEL_LM_RANKS_PER_NODE"] = str(L)
+comm_settings.configure(ranks_per_node=L)  # what PARALLEL_LM_RANKS_PER_NODE=2 would set
 
 
 class NodeCounting(ObservedComm):

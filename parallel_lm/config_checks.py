@@ -102,7 +102,8 @@ def _check_interleaving(cfg, pp: int, n_micro: int) -> None:
 
 def _check_nodes(cfg, dp: int) -> None:
     """Emulated nodes (comm/nodes.py) must divide the data-parallel ranks the hierarchical all-reduce runs on."""
-    from .comm.nodes import RAILS, RANKS_PER_NODE, emulated_ranks_per_node, rails
+    from .comm.nodes import emulated_ranks_per_node, rails
+    from .comm.settings import RAILS, RANKS_PER_NODE
     if cfg.allreduce != "hierarchical":
         return
     per_node = emulated_ranks_per_node()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import click
 
-from . import checkpoint
+from . import checkpoint, environment
 
 
 def _flag(args: list[str], name: str) -> str | None:
@@ -177,4 +177,5 @@ def _log(out: Path, entry: dict) -> None:
 
 
 if __name__ == "__main__":
+    environment.apply_or_exit()
     main()

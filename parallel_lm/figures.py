@@ -8,7 +8,6 @@ pipeline stage's work over time); ``save`` writes the figure and says where
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -17,9 +16,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .environment import current  # noqa: E402
+
 def out_dir() -> Path:
-    """plots/lessons/ under the current directory, or $PARALLEL_LM_PLOTS."""
-    return Path(os.environ.get("PARALLEL_LM_PLOTS", Path("plots") / "lessons"))
+    """plots/lessons/ under the current directory, or $PARALLEL_LM_PLOTS (environment.py)."""
+    return current().plots
 
 
 def wanted() -> bool:

@@ -10,7 +10,7 @@ import sys
 import click
 import torch
 
-from . import checkpoint
+from . import checkpoint, environment
 from .config import TrainConfig
 from .model import GPT
 
@@ -46,4 +46,5 @@ def main(ckpt, prompt, max_new_tokens, temperature, top_k, seed):
 
 
 if __name__ == "__main__":
+    environment.apply_or_exit()
     main()

@@ -31,6 +31,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from . import environment
 from .figures import write
 from .sizes import format_size
 from .costmodel.compare import compare, error_table, format_table
@@ -309,4 +310,5 @@ def run(runs, out, name):
 
 
 if __name__ == "__main__":
+    environment.apply_or_exit()
     main()

@@ -21,6 +21,7 @@ import json
 
 import click
 
+from . import environment
 from .costmodel.devices import DEVICE_NAMES, PRECISIONS, load_device
 from .costmodel.formulas import COSTS
 from .costmodel.layout import Cluster
@@ -237,4 +238,5 @@ def _write(json_path, rows) -> None:
 
 
 if __name__ == "__main__":
+    environment.apply_or_exit()
     main()

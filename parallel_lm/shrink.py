@@ -43,7 +43,6 @@ and the seconds the recovery took.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -51,6 +50,7 @@ from pathlib import Path
 import click
 from mpi4py import MPI
 
+from . import environment
 from .config_checks import validate
 from .runtime import print0, set_world
 
@@ -61,7 +61,7 @@ FAILED = {getattr(MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING"
 def ulfm_enabled() -> bool:
     """Whether this job can survive a dead rank: Open MPI with ULFM, launched with ``--with-ft ulfm``."""
     return hasattr(MPI.Comm, "Revoke") and MPI.Get_library_version().startswith("Open MPI") \
-        and os.environ.get("OMPI_MCA_mpi_ft_enable", "") not in ("", "0")
+        and environment.current().ulfm_requested
 
 
 def check_available() -> None:

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import click
 
+from . import environment
 from .sizes import format_size, parse_size
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .metrics import write_atomic
@@ -90,4 +91,5 @@ def main(op, algorithm, ranks, sizes, profile, topology, ranks_per_node, rails, 
 
 
 if __name__ == "__main__":
+    environment.apply_or_exit()
     main()

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import torch
 from mpi4py import MPI
 
-from . import memory_check, run_prediction, shrink, utilization
+from . import environment, memory_check, run_prediction, shrink, utilization
 from .data import Batches, load_corpus
 from .metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
 from .parallel.schedules import bubble_formula
@@ -19,7 +18,6 @@ from .runtime import agree, node_share, on_rank0, print0, threads_per_rank
 from .trainer import Trainer
 from .watchdog import watchdog
 
-PEAK_CACHE = Path.home() / ".cache" / "parallel_lm" / "matmul-peak.json"  # the best probe per machine
 
 
 def launch(cfg, comm, opts, state, out, netem, profile) -> None:
@@ -139,7 +137,7 @@ def run(cfg, comm, trainer, opts, state, out, timeline, share, profile=None, sur
         print0(f"resumed from {opts.resume} at step {trainer.start_step}")
 
     probe = _probe_compute(cfg, comm, micro) if profile else None
-    peak = utilization.peak_per_rank(comm, share, opts.peak_tflops, PEAK_CACHE)
+    peak = utilization.peak_per_rank(comm, share, opts.peak_tflops, environment.current().cache / "matmul-peak.json")
     records = []
     tensorboard = out / "tb" if opts.tensorboard else None
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,

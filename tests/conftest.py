@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from parallel_lm.runtime import default_mpiexec
+from parallel_lm.environment import default_mpiexec
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "tests" / "programs"

@@ -2,31 +2,28 @@
 import numpy as np
 import pytest
 
-from parallel_lm.comm import buffers
+from parallel_lm import environment
+from parallel_lm.comm import buffers, settings
 
 
 @pytest.fixture(autouse=True)
-def fresh_caches():
-    for fn in (buffers.device, buffers.cuda_aware_mpi):
-        fn.cache_clear()
+def restore_settings():
+    previous = settings.configure()
     yield
-    for fn in (buffers.device, buffers.cuda_aware_mpi):
-        fn.cache_clear()
+    settings.configure(previous)
 
 
-def test_cpu_override_and_bad_value(monkeypatch):
-    monkeypatch.setenv("PARALLEL_LM_DEVICE", "cpu")
+def test_cpu_override_and_bad_value():
+    settings.configure(environment.read({"PARALLEL_LM_DEVICE": "CPU"}).comm)
     assert buffers.device() == "cpu" and buffers.xp() is np
-    buffers.device.cache_clear()
-    monkeypatch.setenv("PARALLEL_LM_DEVICE", "tpu")
-    with pytest.raises(ValueError, match="use 'cpu' or 'cuda'"):
-        buffers.device()
+    with pytest.raises(ValueError, match="PARALLEL_LM_DEVICE='tpu': use 'cpu' or 'cuda'"):
+        environment.read({"PARALLEL_LM_DEVICE": "tpu"})
 
 
-def test_cuda_request_without_gpu_says_what_to_do(monkeypatch):
+def test_cuda_request_without_gpu_says_what_to_do():
     if buffers._cupy() is not None:
         pytest.skip("a GPU is present")
-    monkeypatch.setenv("PARALLEL_LM_DEVICE", "cuda")
+    settings.configure(device="cuda")
     with pytest.raises(RuntimeError, match=r"parallel_lm\[gpu\]"):
         buffers.device()
 
@@ -44,12 +41,13 @@ def test_torch_views_share_memory():
         buffers.as_array(torch.zeros(4, 4).t())
 
 
-def test_cuda_awareness_override_and_library_query(monkeypatch):
-    monkeypatch.setenv("PARALLEL_LM_CUDA_AWARE", "1")
+def test_cuda_awareness_override_and_library_query():
+    settings.configure(environment.read({"PARALLEL_LM_CUDA_AWARE": "1"}).comm)
     assert buffers.cuda_aware_mpi() is True
-    buffers.cuda_aware_mpi.cache_clear()
-    monkeypatch.delenv("PARALLEL_LM_CUDA_AWARE")
-    assert buffers.cuda_aware_mpi() in (True, False)  # asks MPIX_Query_cuda_support, False without a GPU build
+    settings.configure(environment.read({"PARALLEL_LM_CUDA_AWARE": "0"}).comm)
+    assert buffers.cuda_aware_mpi() is False
+    settings.configure(environment.read({}).comm)
+    assert buffers.cuda_aware_mpi() is buffers._library_cuda_aware() in (True, False)  # asks MPIX_Query_cuda_support, False without a GPU build
 
 
 class HostBackedDeviceArray:
@@ -71,9 +69,9 @@ class HostBackedDeviceArray:
         self.data[...] = host
 
 
-def test_device_buffer_is_staged_through_host_when_mpi_is_not_cuda_aware(monkeypatch):
+def test_device_buffer_is_staged_through_host_when_mpi_is_not_cuda_aware():
     from parallel_lm.comm import allreduce
-    monkeypatch.setenv("PARALLEL_LM_CUDA_AWARE", "0")
+    settings.configure(cuda_aware=False)
     fake = HostBackedDeviceArray(np.arange(5, dtype=np.float32))
     assert buffers.is_device_array(fake)
     assert allreduce(fake, algorithm="ring") is fake  # one rank: the sum is the buffer itself

@@ -27,7 +27,8 @@ def test_exception_on_one_rank_aborts_the_job_instead_of_hanging():
 
 
 def test_trace_prints_every_ring_message():
-    proc = mpirun(4, ["-c", "import numpy as np; from parallel_lm.comm import allreduce; allreduce(np.ones(8, np.float32))"],
+    proc = mpirun(4, ["-c", "import numpy as np; from parallel_lm import environment; from parallel_lm.comm import allreduce; "
+                            "environment.apply(); allreduce(np.ones(8, np.float32))"],
                   env={"PARALLEL_LM_TRACE": "1"}, timeout=60)
     assert proc.returncode == 0, describe(proc)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("[trace]")]

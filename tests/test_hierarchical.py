@@ -21,7 +21,8 @@ def test_every_node_size_and_rail_count_equals_the_library(k, per_node):
 
 
 def test_a_node_size_that_does_not_divide_the_ranks_is_refused_on_every_rank():
-    code = "import numpy as np; from parallel_lm.comm import allreduce; allreduce(np.ones(8), algorithm='hierarchical')"
+    code = ("import numpy as np; from parallel_lm import environment; from parallel_lm.comm import allreduce; "
+            "environment.apply(); allreduce(np.ones(8), algorithm='hierarchical')")
     proc = mpirun(6, ["-c", code], env={"PARALLEL_LM_RANKS_PER_NODE": "4"}, timeout=60)
     assert proc.returncode != 0 and "4 ranks per node do not divide the 6 ranks" in proc.stderr, describe(proc)
     proc = mpirun(4, ["-c", code], env={"PARALLEL_LM_RANKS_PER_NODE": "2", "PARALLEL_LM_RAILS": "3"}, timeout=60)

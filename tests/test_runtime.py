@@ -15,7 +15,8 @@ def test_failed_self_check_ends_every_rank_non_zero():
 
 
 def test_print0_speaks_once_unless_all_ranks_asked():
-    code = "from parallel_lm.runtime import print0; print0('hello\\nworld')"
+    code = "from parallel_lm import environment; from parallel_lm.runtime import print0; environment.apply(); " \
+           "print0('hello\\nworld')"
     proc = mpirun(3, ["-c", code])
     assert proc.returncode == 0 and proc.stdout == "hello\nworld\n", describe(proc)
     proc = mpirun(3, ["-c", code], env={"PARALLEL_LM_ALL_RANKS": "1"})

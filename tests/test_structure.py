@@ -110,3 +110,26 @@ def test_the_architecture_document_names_only_files_that_exist():
     assert len(named) >= 20, named
     missing = sorted(n for n in named if not (ROOT / n).exists())
     assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
+
+
+def environment_reads(source: str) -> list[int]:
+    """Lines of ``source`` that read the process environment (``os.environ``, ``os.getenv``, ``Path.home()``),
+    except handing it whole to a child process (``dict(os.environ, ...)``)."""
+    tree = ast.parse(source)
+    handed_on = {id(node.args[0]) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Name) and node.func.id == "dict" and node.args}
+    return sorted(node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and id(node) not in handed_on
+            and isinstance(node.value, ast.Name) and (node.value.id, node.attr) in
+            {("os", "environ"), ("os", "getenv"), ("Path", "home")})
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n != "parallel_lm.environment"))
+def test_only_the_environment_module_reads_the_environment(name):
+    """environment.py reads every variable once, at the entry point; no module below it reads one."""
+    lines = environment_reads(MODULES[name].read_text())
+    assert not lines, f"{name} reads the environment at line(s) {lines}: read it in parallel_lm/environment.py"
+
+
+def test_the_environment_reader_finder_sees_a_read():
+    source = "import os\nA = os.environ.get('X')\nB = os.getenv('Y')\nC = dict(os.environ, Z='1')\nD = Path.home()\n"
+    assert environment_reads(source) == [2, 3, 5]

@@ -21,7 +21,8 @@ import numpy as np
 from mpi4py import MPI
 
 from ..comm.buffers import SUPPORTED_DTYPES
-from ..comm.nodes import RAILS, RANKS_PER_NODE
+from ..comm import settings as comm_settings
+from ..comm.settings import RAILS, RANKS_PER_NODE
 from ..runtime import emulated, main_guard, netem_inside, netem_network, print0, size_option, world
 from ..sizes import format_size
 from .metrics import OPS, algbw_GBps, busbw_GBps, sweep
@@ -139,12 +140,12 @@ def main(op, algorithms, dtypes, min_bytes, max_bytes, factor, iters, warmup, js
         if p % ranks_per_node:
             raise click.UsageError(f"--ranks-per-node {ranks_per_node} does not divide the {p} ranks: "
                                    f"run a multiple of {ranks_per_node} ranks, or pick a divisor of {p}")
-        os.environ[RANKS_PER_NODE] = str(ranks_per_node)
+        comm_settings.configure(ranks_per_node=ranks_per_node)
     if rails:
-        per_node = ranks_per_node or int(os.environ.get(RANKS_PER_NODE, 0)) or p
+        per_node = comm_settings.current().ranks_per_node or p
         if per_node % rails:
             raise click.UsageError(f"--rails {rails} must divide the {per_node} ranks per node")
-        os.environ[RAILS] = str(rails)
+        comm_settings.configure(rails=rails)
     names = _names(algorithms, REGISTRIES[op], f"{op} algorithm")
     names.sort(key=lambda n: n != "mpi")  # the baseline heads each group of rows
     dtype_list = [np.dtype(d) for d in _names(dtypes, [str(d) for d in SUPPORTED_DTYPES], "dtype")]

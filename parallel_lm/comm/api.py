@@ -5,18 +5,17 @@
     all_to_all(sendbuf, recvbuf, comm, algorithm="bruck")   # block j of sendbuf to rank j
 
 Each call goes through ``_run``: check the buffer (clear errors naming the
-fix), optionally check that all ranks agree (``PARALLEL_LM_CHECK=1``),
-optionally trace messages (``PARALLEL_LM_TRACE=1``), optionally delay
-them like a slower network (``PARALLEL_LM_NETEM``, netem.py), then run the
+fix), optionally check that all ranks agree (``settings.check``, set by
+``PARALLEL_LM_CHECK=1``), optionally trace messages (``settings.trace``,
+``PARALLEL_LM_TRACE=1``), then run the
 algorithm on the buffer itself, or, for a GPU buffer and an MPI library
 that is not CUDA-aware, on a host copy that is written back.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from . import settings
 from .buffers import SUPPORTED_DTYPES, StreamSyncComm, cuda_aware_mpi, is_device_array
 from .collectives import (
     ALGORITHMS,
@@ -28,7 +27,7 @@ from .collectives import (
 )
 from .collectives.mpi import has_mpi_datatype
 from .topology import chunk_offsets
-from .trace import TraceComm, tracing_enabled
+from .trace import TraceComm
 
 _KINDS = {  # operation name -> (registry, index used by the consistency check)
     "allreduce": (ALGORITHMS, 1),
@@ -79,7 +78,7 @@ def validate(buf, kind: str = "allreduce", algorithm: str = "ring", written: boo
 def check_consistent(buf, comm, kind: str, algorithm: str, root: int = 0, length: int | None = None) -> None:
     """Raise on every rank unless all ranks passed the same length, dtype, operation, algorithm and root.
 
-    Costs one small library all-reduce, so it is opt-in: ``PARALLEL_LM_CHECK=1``.
+    Costs one small library all-reduce, so it is opt-in: ``settings.check`` (``PARALLEL_LM_CHECK=1``).
     """
     registry, kind_id = _KINDS[kind]
     length = buf.size if length is None else length
@@ -95,17 +94,13 @@ def check_consistent(buf, comm, kind: str, algorithm: str, root: int = 0, length
                          f"length {length}, dtype {buf.dtype}, algorithm {algorithm!r}, root {root}")
 
 
-def _checking() -> bool:
-    return os.environ.get("PARALLEL_LM_CHECK", "") not in ("", "0")
-
-
 def _execute(call, comm, bufs) -> None:
     """``call(comm, *bufs)`` with tracing; the last buffer is the result.
 
     GPU buffers go to the algorithm as they are when the MPI library is
     CUDA-aware; otherwise through host copies, and the result is written back.
     """
-    run_on = TraceComm(comm) if tracing_enabled() else comm
+    run_on = TraceComm(comm) if settings.current().trace else comm
     if not is_device_array(bufs[-1]):
         call(run_on, *bufs)
     elif cuda_aware_mpi():
@@ -121,7 +116,7 @@ def _run(kind: str, buf, comm, algorithm: str, **kwargs):
     fn = resolve(kind, algorithm)
     validate(buf, kind, algorithm)
     comm = _world() if comm is None else comm
-    if _checking():
+    if settings.current().check:
         check_consistent(buf, comm, kind, algorithm, kwargs.get("root", 0))
     _execute(lambda c, b: fn(b, c, **kwargs), comm, (buf,))
     return comm
@@ -193,7 +188,7 @@ def all_to_all(sendbuf, recvbuf, comm=None, algorithm: str = "pairwise"):
         raise ValueError(f"all_to_all needs sendbuf and recvbuf of p blocks each, one per rank (p = {p}), got "
                          f"{sendbuf.size} and {recvbuf.size} elements: use sizes that are equal multiples of {p}, "
                          "or all_to_allv for blocks of different sizes")
-    if _checking():
+    if settings.current().check:
         check_consistent(sendbuf, comm, "all_to_all", algorithm)
     _execute(lambda c, s, r: fn(s, r, c), comm, (sendbuf, recvbuf))
     return recvbuf
@@ -221,7 +216,7 @@ def all_to_allv(sendbuf, sendcounts, recvbuf, recvcounts, comm=None, algorithm: 
     p = comm.Get_size()
     sendcounts = _counts(sendcounts, p, "sendcounts", sendbuf)
     recvcounts = _counts(recvcounts, p, "recvcounts", recvbuf)
-    if _checking():
+    if settings.current().check:
         check_consistent(sendbuf, comm, "all_to_allv", algorithm, length=0)
         sent = np.empty(p, np.int64)
         comm.Alltoall(np.asarray(sendcounts, np.int64), sent)

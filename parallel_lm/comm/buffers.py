@@ -1,7 +1,8 @@
 """Buffers: NumPy on the CPU, CuPy on a GPU, and zero-copy views of torch tensors.
 
 - ``device()``: "cuda" when CuPy imports and a CUDA device really allocates,
-  else "cpu"; ``PARALLEL_LM_DEVICE=cpu|cuda`` overrides the choice.
+  else "cpu"; ``settings.device`` (``PARALLEL_LM_DEVICE=cpu|cuda``) overrides the
+  choice.
 - ``array_module(buf)``: numpy or cupy, whichever owns ``buf``.
 - ``as_array(tensor)`` / ``as_tensor(array)``: views that share memory
   (``Tensor.numpy()`` on the CPU, DLPack on the GPU), so a gradient bucket
@@ -19,9 +20,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 
 import numpy as np
+
+from . import settings
 
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("float16", "float32", "float64", "int32", "int64"))
 
@@ -42,12 +44,9 @@ def _cupy():
     return cupy
 
 
-@functools.lru_cache(maxsize=None)
 def device() -> str:
     """The device collectives and training use: "cuda" or "cpu"."""
-    wanted = os.environ.get("PARALLEL_LM_DEVICE", "").strip().lower()
-    if wanted not in ("", "cpu", "cuda"):
-        raise ValueError(f"PARALLEL_LM_DEVICE={wanted!r}: use 'cpu' or 'cuda' (or unset it to choose automatically)")
+    wanted = settings.current().device
     if wanted == "cpu":
         return "cpu"
     if _cupy() is not None:
@@ -103,17 +102,19 @@ def as_tensor(array):
     return torch.from_dlpack(array)
 
 
-@functools.lru_cache(maxsize=None)
 def cuda_aware_mpi() -> bool:
     """Whether the MPI library accepts device pointers.
 
-    ``PARALLEL_LM_CUDA_AWARE=0|1`` overrides. Otherwise ask the library:
+    ``settings.cuda_aware`` (``PARALLEL_LM_CUDA_AWARE=0|1``) overrides. Otherwise ask the library:
     MPICH and Open MPI both export ``MPIX_Query_cuda_support()``; a library
     without it is taken as not CUDA-aware, which is always safe (staging).
     """
-    forced = os.environ.get("PARALLEL_LM_CUDA_AWARE")
-    if forced is not None:
-        return forced.strip() not in ("", "0", "false", "no")
+    forced = settings.current().cuda_aware
+    return _library_cuda_aware() if forced is None else forced
+
+
+@functools.lru_cache(maxsize=None)
+def _library_cuda_aware() -> bool:
     try:
         from mpi4py import MPI
         query = getattr(ctypes.CDLL(MPI.__file__), "MPIX_Query_cuda_support")

@@ -1,7 +1,7 @@
 """Which ranks share a node: emulated on one machine, or asked of the MPI library.
 
 ``ranks_per_node(comm)``:
-- ``PARALLEL_LM_RANKS_PER_NODE=L`` (set by ``bench --ranks-per-node``):
+- ``settings.ranks_per_node`` = L (``PARALLEL_LM_RANKS_PER_NODE``, or ``bench --ranks-per-node``):
   emulated nodes of L consecutive ranks, so one machine can run the
   hierarchical all-reduce as a cluster would (with ``--netem`` making the
   messages between emulated nodes slow);
@@ -15,26 +15,15 @@ and MPICH place ranks by default; anything else is refused with the
 flag that emulates a layout.
 
 ``rails(L)``: how many of a node's L ranks run a ring between nodes
-(``PARALLEL_LM_RAILS``, default L: one ring per local rank, as NCCL runs
+(``settings.rails``: ``PARALLEL_LM_RAILS``, default L: one ring per local rank, as NCCL runs
 one per NIC on a DGX). It must divide L.
 """
 from __future__ import annotations
 
-import os
+from . import settings
+from .settings import RAILS, RANKS_PER_NODE
 
-RANKS_PER_NODE = "PARALLEL_LM_RANKS_PER_NODE"
-RAILS = "PARALLEL_LM_RAILS"
 _keyval = None
-
-
-def _positive(name: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{name}={text!r} must be a positive whole number")
-    return value
 
 
 def _shared_memory_nodes(comm) -> int:
@@ -60,9 +49,8 @@ def _shared_memory_nodes(comm) -> int:
 
 
 def emulated_ranks_per_node() -> int | None:
-    """``PARALLEL_LM_RANKS_PER_NODE`` as a positive number, or None when it is not set."""
-    text = os.environ.get(RANKS_PER_NODE, "")
-    return _positive(RANKS_PER_NODE, text) if text else None
+    """The emulated node size (``settings.ranks_per_node``), or None for the real nodes."""
+    return settings.current().ranks_per_node
 
 
 def ranks_per_node(comm) -> int:
@@ -76,9 +64,8 @@ def ranks_per_node(comm) -> int:
 
 
 def rails(per_node: int) -> int:
-    """Rings between nodes per node (``PARALLEL_LM_RAILS``, default one per local rank)."""
-    text = os.environ.get(RAILS, "")
-    count = _positive(RAILS, text) if text else per_node
+    """Rings between nodes per node (``settings.rails``, default one per local rank)."""
+    count = settings.current().rails or per_node
     if per_node % count:
         raise ValueError(f"{RAILS}={count} must divide the {per_node} ranks per node "
                          f"(each rail serves the same number of local ranks)")

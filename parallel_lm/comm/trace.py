@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 
@@ -18,10 +17,6 @@ def nbytes(buf) -> int:
     if isinstance(buf, (list, tuple)) and buf and hasattr(buf[0], "nbytes"):
         buf = buf[0]
     return int(getattr(buf, "nbytes", 0))
-
-
-def tracing_enabled() -> bool:
-    return os.environ.get("PARALLEL_LM_TRACE", "") not in ("", "0")
 
 
 class ObservedComm:

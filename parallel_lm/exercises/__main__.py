@@ -28,7 +28,8 @@ from pathlib import Path
 
 import click
 
-from ..runtime import default_mpiexec
+from .. import environment
+from ..environment import default_mpiexec
 from .catalog import EXERCISES, find
 from .stubs import make_stub
 
@@ -169,4 +170,5 @@ def status(folder):
 
 
 if __name__ == "__main__":
+    environment.apply_or_exit()
     main()

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import atexit
-import os
 import socket
 
+from ..comm import settings
 from .grad_sync import GradSync
 
 
@@ -21,9 +21,10 @@ def init_process_group(comm, backend: str = "gloo") -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(comm.bcast(port, root=0))
-    dist.init_process_group(backend, rank=comm.Get_rank(), world_size=comm.Get_size())
+    host = settings.current().rendezvous_host  # MASTER_ADDR, read at the entry point (environment.py)
+    port = comm.bcast(port, root=0)
+    dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=comm.Get_rank(),
+                            world_size=comm.Get_size())
     # Tear it down before the interpreter does: left to the end, Gloo's worker threads can still be
     # running while Python finalizes, and one of them aborted a finished run (exit 134, "terminate
     # called without an active exception" from ProcessGroupGloo::runLoop, seen once under Open MPI).

@@ -15,9 +15,9 @@ from mpi4py import MPI
 from report import case
 
 from parallel_lm.comm import ALLTOALL_ALGORITHMS, ALLTOALLV_ALGORITHMS, all_to_all, all_to_allv, exchange_counts
-from parallel_lm.runtime import install_abort_hook
+from parallel_lm.runtime import start_script
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
 DTYPES = [np.float16, np.float32, np.float64, np.int32, np.int64]

@@ -14,9 +14,9 @@ from report import case
 
 from parallel_lm.comm import (ALGORITHMS, ALL_GATHER_ALGORITHMS, BROADCAST_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS,
                               all_gather, allreduce, allreduce_mean, broadcast, chunk_offsets, reduce_scatter)
-from parallel_lm.runtime import install_abort_hook
+from parallel_lm.runtime import start_script
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
 quick = "--quick" in sys.argv

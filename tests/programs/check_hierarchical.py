@@ -14,9 +14,9 @@ from report import case
 from parallel_lm.comm import allreduce
 from parallel_lm.comm.collectives.hierarchical import allreduce_hierarchical
 from parallel_lm.comm.nodes import ranks_per_node
-from parallel_lm.runtime import install_abort_hook
+from parallel_lm.runtime import start_script
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
 

@@ -20,9 +20,9 @@ import traceback
 import click
 from mpi4py import MPI
 
-from parallel_lm.runtime import install_abort_hook, quiet_barrier
+from parallel_lm.runtime import start_script, quiet_barrier
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 rank = comm.Get_rank()
 

@@ -12,9 +12,9 @@ from parallel_lm.comm.collectives import (ALGORITHMS, ALL_GATHER_ALGORITHMS, ALL
                                           REDUCE_SCATTER_ALGORITHMS)
 from parallel_lm.comm.trace import CountingComm
 from parallel_lm.costmodel.formulas import COSTS
-from parallel_lm.runtime import install_abort_hook
+from parallel_lm.runtime import start_script
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 registries = {"allreduce": ALGORITHMS, "reduce_scatter": REDUCE_SCATTER_ALGORITHMS,
               "all_gather": ALL_GATHER_ALGORITHMS, "broadcast": BROADCAST_ALGORITHMS, "all_to_all": ALLTOALL_ALGORITHMS}

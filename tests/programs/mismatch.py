@@ -3,9 +3,9 @@ import numpy as np
 from mpi4py import MPI
 
 from parallel_lm.comm import allreduce
-from parallel_lm.runtime import install_abort_hook
+from parallel_lm.runtime import start_script
 
-install_abort_hook()
+start_script()
 rank = MPI.COMM_WORLD.Get_rank()
 try:
     allreduce(np.ones(11 if rank == 1 else 10, np.float32), algorithm="ring")

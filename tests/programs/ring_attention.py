@@ -12,9 +12,9 @@ from mpi4py import MPI
 from report import case
 
 from parallel_lm.parallel.context_parallel import ContextParallel
-from parallel_lm.runtime import install_abort_hook
+from parallel_lm.runtime import start_script
 
-install_abort_hook()
+start_script()
 comm = MPI.COMM_WORLD
 P = comm.Get_size()
 for T, B, H, D in ((4 * P, 2, 3, 8), (16 * P, 1, 2, 16)):

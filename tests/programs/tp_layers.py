@@ -21,9 +21,9 @@ from parallel_lm.parallel.tensor_parallel import (
 )
 from parallel_lm.parallel.tensor_parallel_comm import TensorParallel
 from parallel_lm.parallel.tensor_parallel_sharding import join
-from parallel_lm.runtime import install_abort_hook
+from parallel_lm.runtime import start_script
 
-install_abort_hook()
+start_script()
 torch.set_num_threads(1)
 comm = MPI.COMM_WORLD
 tp = TensorParallel(comm, "ring")

@@ -29,7 +29,6 @@ from .config import TrainConfig
 from .faults import in_collectives, maybe_fail
 from .metrics import StepRecord, Timeline
 from .model import GPT
-from .model.recompute import set_recompute
 from .utilization import formula_mib, held_mib
 from .watchdog import NoWatchdog
 from .parallel.context_parallel import ContextParallel
@@ -81,8 +80,13 @@ class Trainer(CheckpointedState):
         self.weights = None if even else [n * data / cfg.global_batch_size for n in self.sizes]
         self.share = self.rows * data / cfg.global_batch_size  # this rank's loss in the mean over ranks
         self.device = torch.device(cfg.device)
+        self.clock = StepClock()  # the parts' communication seconds, by kind, for each step's record
+        self.context = None
+        if cfg.cp > 1:  # the ranks sharing this one's sequences: consecutive data-parallel ranks
+            self.context = ContextParallel(self.dp_comm.Split(color=grid.dp_rank // cfg.cp, key=grid.dp_rank % cfg.cp),
+                                           cfg.model.block_size, self.clock)
         torch.manual_seed(cfg.seed)  # same seed on every rank: identical initial weights
-        full = GPT(cfg.model)
+        full = GPT(cfg.model, cfg.recompute, self.context.attention if self.context else None)
         self.n_params, self.flops_per_token = full.num_params(), full.flops_per_token()
         self.start_step = 0
         if state is not None:  # the model before it is sharded; optimizer and scaler once they exist (_restore)
@@ -92,15 +96,10 @@ class Trainer(CheckpointedState):
             saved_optimizer = checkpoint.optimizer_by_name(state["optimizer"], full)
         self.completed = self.start_step  # steps whose optimizer update this rank has applied
         self.formula_mib = None  # utilization.formula_mib, computed at the first record
-        self.clock = StepClock()  # the parts' communication seconds, by kind, for each step's record
         self.tp = TensorParallel(self.tp_comm, cfg.allreduce, cfg.sequence_parallel, self.clock)
         self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
-        set_recompute(self.model, cfg.recompute)
-        self.context = None
-        if cfg.cp > 1:  # the ranks sharing this one's sequences: consecutive data-parallel ranks
-            self.context = ContextParallel(self.dp_comm.Split(color=grid.dp_rank // cfg.cp, key=grid.dp_rank % cfg.cp),
-                                           cfg.model.block_size, self.clock)
-            self.context.install(self.model)
+        if self.context:
+            self.context.shard_positions(self.model)
         self.experts = ExpertParallel(self.model, self.dp_comm, cfg.ep, cfg.alltoall, cfg.allreduce, self.clock) \
             if cfg.ep > 1 else None  # before the parameters are listed: other ranks' experts are not trained here
         self.names = {id(p): name for name, p in self.model.named_parameters()}  # single-process names

@@ -12,6 +12,7 @@ vocabulary, 86M with 256 byte tokens).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .moe import ExpertMLP
+from .recompute import MODES as RECOMPUTE_MODES
 from .recompute import recomputed
 
 def causal_attention(q, k, v):
@@ -27,20 +29,19 @@ def causal_attention(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def attention_core(q, k, v, recompute: bool, context=None):
-    """``causal_attention``, recomputed in backward when ``recompute`` (--recompute selective); with a
-    ``context`` (parallel/context_parallel.py) the ranks' blocks of the sequence meet around a ring."""
-    core = context.attention if context is not None else causal_attention
-    return recomputed(core, q, k, v) if recompute else core(q, k, v)
+def attention_core(attention=None, recompute: str = "none"):
+    """The attention core a block runs: ``attention`` (default ``causal_attention``; under --cp the ring of
+    parallel/context_parallel.py), recomputed in backward under --recompute selective."""
+    if recompute not in RECOMPUTE_MODES:
+        raise ValueError(f"unknown --recompute {recompute!r}; valid: {', '.join(RECOMPUTE_MODES)}")
+    core = attention or causal_attention
+    return functools.partial(recomputed, core) if recompute == "selective" else core
 
 
 class CausalSelfAttention(nn.Module):
-    recompute_core = False  # --recompute selective (recompute.set_recompute)
-    context = None  # --cp: a ContextParallel group (parallel/context_parallel.py)
-
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, core=causal_attention):
         super().__init__()
-        self.n_head = cfg.n_head
+        self.n_head, self.core = cfg.n_head, core
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
@@ -48,7 +49,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = attention_core(q, k, v, self.recompute_core, self.context)  # (B, nh, T, hs)
+        y = self.core(q, k, v)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
 
 
@@ -63,12 +64,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    recompute = False  # --recompute full (recompute.set_recompute)
-
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, recompute: str = "none", attention=None):
         super().__init__()
+        self.recompute = recompute == "full"  # the whole block recomputed in backward
         self.ln1 = nn.LayerNorm(cfg.n_embd)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, attention_core(attention, recompute))
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = ExpertMLP(cfg, MLP) if cfg.n_experts else MLP(cfg)
 
@@ -88,12 +88,16 @@ def balance_term(blocks, cfg):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    """The model. ``recompute``: none, selective (the attention core) or full (each block) is recomputed in
+    backward (model/recompute.py); ``attention``: the core (q, k, v) -> y each block runs, by default
+    ``causal_attention`` (a context-parallel group gives its ring attention). Neither changes the weights."""
+
+    def __init__(self, cfg: GPTConfig, recompute: str = "none", attention=None):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, recompute, attention) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # tied (Press & Wolf 2017)

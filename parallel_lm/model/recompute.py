@@ -58,15 +58,6 @@ def recomputed(fn, *inputs):
     return _Recomputed.apply(fn, *inputs)
 
 
-def set_recompute(model, mode: str) -> None:
-    """Turn recomputation ``mode`` (none, selective, full) on for every block of ``model``."""
-    if mode not in MODES:
-        raise ValueError(f"unknown --recompute {mode!r}; valid: {', '.join(MODES)}")
-    for block in model.blocks:
-        block.recompute = mode == "full"
-        block.attn.recompute_core = mode == "selective"
-
-
 @contextlib.contextmanager
 def saved_bytes(exclude=()):
     """Yields a one-item list that ends up holding the bytes autograd saved inside the block.

@@ -70,10 +70,9 @@ class ContextParallel:
         """(B, T) token ids or targets -> (B, T/cp): this rank's tokens."""
         return t[:, self.positions]
 
-    def install(self, model) -> None:
-        """Route ``model``'s attention through the ring and its position embedding through this rank's positions."""
-        for block in model.blocks:
-            block.attn.context = self
+    def shard_positions(self, model) -> None:
+        """Look ``model``'s position embedding up at this rank's positions. (Its attention runs the ring because
+        the model was built with ``attention=self.attention``.)"""
         model.pos_emb = ContextPositions(model.pos_emb, self)
 
     def attention(self, q, k, v):

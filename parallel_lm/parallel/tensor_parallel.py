@@ -33,7 +33,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from ..model.gpt import attention_core
 from .tensor_parallel_comm import TensorParallel, column_linear, leave, local_tokens
 from .tensor_parallel_sharding import part, piece
 
@@ -43,12 +42,11 @@ def _param(full: nn.Parameter, key: str, tp: TensorParallel) -> nn.Parameter:
 
 
 class ParallelAttention(nn.Module):
-    recompute_core = False  # --recompute selective
-    context = None  # --cp
+    """``full`` attention's heads cut over the tensor-parallel ranks; the same core (``full.core``) runs them."""
 
     def __init__(self, full, n_head: int, tp: TensorParallel):
         super().__init__()
-        self.tp = tp
+        self.tp, self.core = tp, full.core
         c = full.proj.weight.shape[0]
         self.n_head = n_head // tp.size
         width = c // tp.size
@@ -64,7 +62,7 @@ class ParallelAttention(nn.Module):
         q, k, v = column_linear(x, self.qkv.weight, self.qkv.bias, self.tp).chunk(3, dim=2)  # each (B, T, C/t)
         T = q.shape[1]  # the whole sequence, also when the input held this rank's tokens only
         q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        y = attention_core(q, k, v, self.recompute_core, self.context).transpose(1, 2).reshape(B, T, -1)
+        y = self.core(q, k, v).transpose(1, 2).reshape(B, T, -1)
         return leave(F.linear(y, self.proj.weight), self.tp) + local_tokens(self.proj.bias, self.tp)
 
 

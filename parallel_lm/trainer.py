@@ -1,13 +1,9 @@
-"""The training loop, one for every layout: tensor slices -> pipeline stage -> gradient sync -> optimizer.
+"""One training step, for every layout, through the parts ``parallelize`` (parallelize.py) built:
 
-    model = shard_model(GPT(cfg), tp)              # parallel/tensor_parallel.py; no-op at tp = 1
-    stage = Stage(model, pp_rank, pp)              # parallel/pipeline.py; pp = 1 is one stage
-    sync  = make_grad_sync(cfg, dp_comm, stage)    # parallel/choose_sync.py: naive | bucketed | torch-ddp | ZeRO
     step:   sync.zero_grad(); pipeline.run(micro_batches); sync.finish(tie)
-            unscale (fp16); clip by the global norm over every model-parallel rank; optimizer step
+            unscale (fp16); clip by the global norm over every model-parallel rank; update.step
 
-Each wrapper receives its process group explicitly (``Grid.split``).
-``Trainer(cfg, comm, batches)`` builds everything; ``train_step(step)``
+``Trainer(cfg, comm, batches)`` cuts ``comm`` into the run's ``Mesh`` and builds the parts; ``train_step(step)``
 runs one step and returns its ``StepRecord``; ``evaluate()`` gives the
 validation loss; ``save(out, step)`` writes the full model and optimizer
 state (trainer_state.py, checkpoint.py) from rank 0. The same seed and global batch give the same training
@@ -26,24 +22,15 @@ from mpi4py import MPI
 
 from . import checkpoint
 from .config import TrainConfig
-from .faults import in_collectives, maybe_fail
+from .faults import maybe_fail
 from .metrics import StepRecord, Timeline
-from .model import GPT
+from .parallelize import Mesh, parallelize
 from .utilization import formula_mib, held_mib
 from .watchdog import NoWatchdog
-from .parallel.context_parallel import ContextParallel
-from .parallel.expert_parallel import ExpertParallel, reset_routing, routing_summary
-from .parallel.choose_sync import make_grad_sync
-from .parallel.grad_sync import GradSync
-from .parallel.optim import LossScaler, ReplicatedOptimizer, clip_coefficient
-from .parallel.pipeline import Pipeline, Stage
+from .parallel.expert_parallel import reset_routing, routing_summary
+from .parallel.optim import clip_coefficient
 from .parallel.schedules import bubble_formula
-from .parallel.stopwatch import StepClock
-from .parallel.tensor_parallel import shard_model
-from .parallel.tensor_parallel_comm import TensorParallel
 from .parallel.tensor_parallel_sharding import is_sharded
-from .parallel.torch_ddp import TorchDDP
-from .runtime import emulated
 from .trainer_state import CheckpointedState
 
 
@@ -65,11 +52,9 @@ class Trainer(CheckpointedState):
         ``slow_factor``: --straggler, compute takes this many times longer on this rank.
         ``netem``: a Network (--netem) whose speed every gradient message takes (comm/netem.py)."""
         self.cfg, self.comm, self.batches, self.timeline, self.slow_factor = cfg, comm, batches, timeline, slow_factor
-        grid = self.grid = cfg.grid(comm.Get_size(), comm.Get_rank())
-        if grid.tp == grid.pp == 1:
-            self.tp_comm, self.dp_comm, self.pp_comm = MPI.COMM_SELF, comm, MPI.COMM_SELF
-        else:
-            self.tp_comm, self.dp_comm, self.pp_comm = grid.split(comm)
+        self.mesh = Mesh.build(cfg, comm)
+        grid = self.grid = self.mesh.grid
+        self.tp_comm, self.dp_comm, self.pp_comm = self.mesh.tp, self.mesh.dp, self.mesh.pp
         data, data_rank = cfg.batch_ranks(grid.dp), grid.dp_rank // cfg.cp  # context-parallel ranks share rows
         self.sizes = cfg.micro_rows(data, data_rank)  # rows of each micro-batch of this rank
         self.lo, self.rows = cfg.rows_of(data, data_rank)
@@ -80,51 +65,22 @@ class Trainer(CheckpointedState):
         self.weights = None if even else [n * data / cfg.global_batch_size for n in self.sizes]
         self.share = self.rows * data / cfg.global_batch_size  # this rank's loss in the mean over ranks
         self.device = torch.device(cfg.device)
-        self.clock = StepClock()  # the parts' communication seconds, by kind, for each step's record
-        self.context = None
-        if cfg.cp > 1:  # the ranks sharing this one's sequences: consecutive data-parallel ranks
-            self.context = ContextParallel(self.dp_comm.Split(color=grid.dp_rank // cfg.cp, key=grid.dp_rank % cfg.cp),
-                                           cfg.model.block_size, self.clock)
-        torch.manual_seed(cfg.seed)  # same seed on every rank: identical initial weights
-        full = GPT(cfg.model, cfg.recompute, self.context.attention if self.context else None)
-        self.n_params, self.flops_per_token = full.num_params(), full.flops_per_token()
-        self.start_step = 0
-        if state is not None:  # the model before it is sharded; optimizer and scaler once they exist (_restore)
-            full.load_state_dict(state["model"])
-            torch.set_rng_state(state["torch_rng"])
-            self.start_step = int(state["step"])
-            saved_optimizer = checkpoint.optimizer_by_name(state["optimizer"], full)
+        parts = parallelize(cfg, self.mesh, state, timeline, sync_grads, netem)
+        self.model, self.stage, self.pipeline, self.sync, self.update = \
+            parts.model, parts.stage, parts.pipeline, parts.sync, parts.update
+        self.params, self.names, self.clock, self.tp, self.context, self.experts, self.scaler = \
+            parts.params, parts.names, parts.clock, parts.tp, parts.context, parts.experts, parts.scaler
+        self.n_params, self.flops_per_token = parts.n_params, parts.flops_per_token
+        self.start_step = int(state["step"]) if state is not None else 0
         self.completed = self.start_step  # steps whose optimizer update this rank has applied
         self.formula_mib = None  # utilization.formula_mib, computed at the first record
-        self.tp = TensorParallel(self.tp_comm, cfg.allreduce, cfg.sequence_parallel, self.clock)
-        self.model = shard_model(full, self.tp).to(self.device)  # the full structure; this rank uses its stage
-        if self.context:
-            self.context.shard_positions(self.model)
-        self.experts = ExpertParallel(self.model, self.dp_comm, cfg.ep, cfg.alltoall, cfg.allreduce, self.clock) \
-            if cfg.ep > 1 else None  # before the parameters are listed: other ranks' experts are not trained here
-        self.names = {id(p): name for name, p in self.model.named_parameters()}  # single-process names
-        self.stage = Stage(self.model, grid.pp_rank, grid.pp, sharded=grid.tp > 1, virtual=cfg.virtual_stages)
-        self.params = [p for p in self.stage.parameters() if p.requires_grad]
-        expert_ids = {id(p) for p in self.experts.params} if self.experts else set()
-        if sync_grads:
-            dense = [p for p in self.params if id(p) not in expert_ids]  # an expert's gradient: ExpertParallel's
-            sync_comm = in_collectives(emulated(self.dp_comm, netem))  # --netem delays it; faults.py's killcomm kills in it
-            self.sync = make_grad_sync(cfg, sync_comm, self.stage, dense, timeline, world=comm,
-                                       ddp_groups=grid.all_dp_groups(), ddp_mine=grid.pp_rank * grid.tp + grid.tp_rank)
-        else:
-            self.sync = GradSync(self.params)
-        self.update = self.sync if cfg.zero and sync_grads else \
-            ReplicatedOptimizer(self.params, cfg.optimizer, cfg.lr, cfg.weight_decay)
-        self.norm_comms = ((self.dp_comm,) if self.update is self.sync else ()) + (self.pp_comm, self.tp_comm)
-        ddp = self.sync.module if isinstance(self.sync, TorchDDP) else None  # calls the stage through DDP
-        self.pipeline = Pipeline(self.stage, self.pp_comm, cfg.schedule, timeline, forward=ddp, device=self.device)
+        self.norm_comms = self.update.norm_comms + (self.pp_comm, self.tp_comm)  # where the gradient's squares lie
         self.pipeline.measure = True  # the first micro-batch's activation bytes (utilization.activation_line)
-        self.scaler = LossScaler() if cfg.precision == "fp16" else None
         if self.scaler:  # an overflowing step sums inf and -inf into nan on purpose (the scaler skips it): no warning
             np.seterr(invalid="ignore")
         self.watchdog = NoWatchdog()  # train.py sets a Watchdog (--timeout): progress marks below
-        if state is not None:
-            self._restore(state, saved_optimizer)
+        if state is not None:  # this rank's piece of the optimizer state, and the loss scaler's
+            self._restore(state, checkpoint.optimizer_by_name(state["optimizer"], self.model))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -275,9 +231,8 @@ class Trainer(CheckpointedState):
 
     def communicators(self) -> list:
         """Every communicator this trainer (and its threads) may be blocked in: what a failure revokes."""
-        found = [self.comm, self.dp_comm, self.tp_comm, self.pp_comm, getattr(self.sync, "thread_comm", None),
+        found = [*self.mesh.communicators(), getattr(self.sync, "thread_comm", None),
                  *((self.experts.comm, self.experts.replicas) if self.experts else ()),
-                 *((self.context.comm,) if self.context else ()),
                  getattr(self.watchdog, "comm", None)]
         unique = {id(c): c for c in found if c is not None and c != MPI.COMM_SELF}
         return list(unique.values())

@@ -139,6 +139,7 @@ def param_states(flat: dict, params) -> dict:
 
 class ReplicatedOptimizer:
     """The optimizer of every parameter this rank holds, whole (no ZeRO): the same update on every replica."""
+    norm_comms = ()  # every replica holds the whole gradient: its squares need no sum over data-parallel ranks
 
     def __init__(self, params, kind: str, lr: float, weight_decay: float):
         self.params = list(params)

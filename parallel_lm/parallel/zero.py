@@ -31,9 +31,11 @@ per parameter plus one bucket in flight. Per rank (Psi parameters, fp32):
 element-wise, so updating shards gives exactly what one process computes;
 gradient clipping needs the global norm: one all-reduce of a scalar.
 
-``Zero`` is both a gradient synchronization (the interface of
-``grad_sync.py``) and the optimizer of the sharded state (``squares``,
-``step``, ``state_by_param``). A pipeline's tied embedding is a
+``Zero`` is the gradient synchronization (the interface of
+``grad_sync.py``): the flat layout, the shards and the reduce-scatter into
+``grad_shard``; ``publish`` all-gathers the updated shard. The optimizer of
+the shard is a separate object, ``ShardedOptimizer`` (zero_optimizer.py),
+built over it. A pipeline's tied embedding is a
 ``deferred`` parameter: it sits in a bucket of its own, reduce-scattered
 only after its gradient has been summed between the first and the last
 stage, since the shards of two stages do not line up.
@@ -43,7 +45,6 @@ from __future__ import annotations
 import time
 
 import torch
-from mpi4py import MPI
 
 from ..comm import all_gather, reduce_scatter
 from ..comm.buffers import as_array
@@ -51,7 +52,6 @@ from ..comm.topology import chunk_offsets
 from ..costmodel.memory import state_bytes, zero_shard
 from .data_parallel import bucket_groups
 from .grad_sync import GradSync
-from .optim import ShardOptimizer, decay_mask, flat_state, param_states
 
 # reduce-scatter and all-gather algorithms matching an --allreduce name (Rabenseifner = halving + doubling)
 PHASES = {"ring": ("ring", "ring"), "rabenseifner": ("recursive_halving", "recursive_doubling"),
@@ -70,10 +70,10 @@ def memory_formula(n_params: int, stage: int, dp: int, optimizer: str = "adamw")
 
 
 class Zero(GradSync):
-    """Sharded gradients/optimizer for ``params`` over the data-parallel communicator ``comm``."""
+    """Sharded gradients of ``params`` over the data-parallel communicator ``comm``: this rank's summed chunk of
+    each bucket lands in ``grad_shard``, its parameters' values in ``shard_values`` (``owned`` says which)."""
 
-    def __init__(self, params, comm, stage: int, optimizer: str, lr: float, weight_decay: float,
-                 bucket_mb: float, algorithm: str = "ring", comm_dtype: str = "fp32", timeline=None, deferred=(),
+    def __init__(self, params, comm, stage: int, bucket_mb: float, algorithm: str = "ring", comm_dtype: str = "fp32", timeline=None, deferred=(),
                  groups=None):
         """``groups``: the buckets, as lists of parameters in ``params`` order (ZeRO-3's layers); default:
         ``bucket_mb`` each, in the order backward finishes the parameters."""
@@ -109,10 +109,7 @@ class Zero(GradSync):
             c = chunk_offsets(b - a, self.dp)
             self.slices.append(slice(start, start + int(c[self.rank + 1] - c[self.rank])))
             start = self.slices[-1].stop
-        # self.flat lays the parameters end to end in self.params order, as decay_mask does
-        self.optimizer = ShardOptimizer(self.flat[self.owned], decay_mask(self.params)[self.owned.cpu()], optimizer,
-                                        lr, weight_decay)
-        self.shard_values = torch.empty(len(self.owned), device=device)  # the updated shard, before the all-gather
+        self.shard_values = self.flat[self.owned]  # this rank's parameters; the optimizer updates them in place
         self.grad_shard = torch.zeros(len(self.owned), device=device)  # this rank's summed gradient, in owned order
         self.peak_bucket_bytes = 0
         self.comm_s = 0.0  # communication time of the current step
@@ -200,25 +197,9 @@ class Zero(GradSync):
             self.timeline.add("reduce-scatter", time.perf_counter() - self.comm_s, self.comm_s)
         return self.comm_s, time.perf_counter() - t0
 
-    # -- the optimizer interface -----------------------------------------------------------------
-    def grads(self) -> list[torch.Tensor]:
-        """The gradients this rank updates with (its shard): what loss scaling checks and unscales."""
-        return [self.grad_shard]
-
-    def squares(self, skip=()) -> float:
-        """Sum of squares of this rank's gradient shard, leaving out the parameters in ``skip``."""
-        keep = torch.ones(len(self.owned), dtype=torch.bool, device=self.owned.device)
-        for p in skip:
-            a = self.offsets.get(p)
-            if a is not None:
-                keep &= (self.owned < a) | (self.owned >= a + p.numel())
-        return float(torch.sum(self.grad_shard[keep].double() ** 2))
-
-    def step(self, lr: float, coef: float = 1.0) -> float:
-        """Scale the shard's gradient by ``coef`` (the clip), update the shard, all-gather. Returns comm seconds."""
-        if coef < 1:
-            self.grad_shard *= coef
-        self.optimizer.step(self.grad_shard, lr, self.shard_values)
+    def publish(self) -> float:
+        """Bring every rank's updated ``shard_values`` into every replica's parameters: one all-gather per bucket.
+        Returns its seconds."""
         t0 = time.perf_counter()
         with torch.no_grad():
             self.flat.index_copy_(0, self.owned, self.shard_values)
@@ -229,28 +210,8 @@ class Zero(GradSync):
             self.timeline.add("all-gather", t0, spent)
         return spent
 
-    def state_by_param(self) -> dict:
-        """Collective over the data-parallel ranks: every parameter's unsharded optimizer state on every rank."""
-        full = {}
-        for kind, value in self.optimizer.state().items():
-            if value.dim() == 0:
-                full[kind] = value
-                continue
-            # each element is owned by exactly one rank: the sum over ranks assembles it, exactly
-            host = torch.zeros(self.n).index_copy_(0, self.owned.cpu(), value.cpu())
-            self.comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=MPI.SUM)
-            full[kind] = host.to(self.grad_shard.device)
-        return param_states(full, self.params)  # self.flat lays out self.params end to end
-
-    def load_by_param(self, states: dict) -> None:
-        """Take this rank's shard of every parameter's unsharded optimizer state (``state_by_param``'s form)."""
-        shard = {kind: v if v.dim() == 0 else v[self.owned] for kind, v in flat_state(states, self.params).items()}
-        if shard:
-            self.optimizer.load(shard)
-
     def memory(self) -> dict:
-        """Bytes this rank holds now: parameters, gradients (with the largest bucket in flight), optimizer state."""
-        state = sum(t.numel() * t.element_size() for t in self.optimizer.tensors())  # the shard's copy and moments
+        """Bytes this rank holds now: parameters, gradients and the largest bucket in flight (the optimizer's
+        state is ``ShardedOptimizer.memory``'s)."""
         grads = (self.flat_grad.numel() * 4 if self.flat_grad is not None else self.grad_shard.numel() * 4)
-        return {"params": self.flat.numel() * 4, "grads": grads, "optimizer": state,
-                "bucket_in_flight": self.peak_bucket_bytes}
+        return {"params": self.flat.numel() * 4, "grads": grads, "bucket_in_flight": self.peak_bucket_bytes}

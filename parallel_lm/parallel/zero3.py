@@ -28,8 +28,8 @@ saved (the weights a Linear keeps) see the values again once it is refilled
 before backward. Filling writes through ``.data``, which autograd does not
 count as a modification.
 
-Built on zero.py's ``Zero`` (stage-2 reduce-scatter into shards, the
-sharded optimizer, checkpoint state by parameter), with the layers as its buckets.
+Built on zero.py's ``Zero`` (stage-2 reduce-scatter into shards), with the layers as its
+buckets; zero_optimizer.py's ``ShardedOptimizer`` updates ``shard_values`` as for ZeRO-1/2.
 """
 from __future__ import annotations
 
@@ -59,17 +59,15 @@ def _unpinned_view(t: torch.Tensor):
 class Zero3(Zero):
     """Sharded parameters, gradients and optimizer state of ``stage``'s layers over ``comm``."""
 
-    def __init__(self, stage, comm, optimizer: str, lr: float, weight_decay: float, algorithm: str = "ring",
-                 comm_dtype: str = "fp32", timeline=None, prefetch: bool = True):
+    def __init__(self, stage, comm, algorithm: str = "ring", comm_dtype: str = "fp32", timeline=None,
+                 prefetch: bool = True):
         blocks = [b for chunk in stage.chunks for b in chunk.blocks]
         groups = [[p for p in b.parameters() if p.requires_grad] for b in blocks]
         in_blocks = {id(p) for g in groups for p in g}
         root = [p for p in stage.parameters() if p.requires_grad and id(p) not in in_blocks]
-        super().__init__([p for g in groups for p in g] + root, comm, 2, optimizer, lr, weight_decay, 0.0,
-                         algorithm, comm_dtype, timeline, deferred=root, groups=groups)
-        self.stage = 3
-        with torch.no_grad():
-            self.shard_values.copy_(self.flat[self.owned])  # the persistent parameters: this rank's shard
+        super().__init__([p for g in groups for p in g] + root, comm, 2, 0.0, algorithm, comm_dtype, timeline,
+                         deferred=root, groups=groups)
+        self.stage = 3  # shard_values (Zero's copy of this rank's chunk) are now the persistent parameters
         self.full = []  # each unit's gathered parameters; storage of 0 bytes while freed
         for a, b, members in self.buckets:
             full = self.flat[a:b].clone()
@@ -204,7 +202,7 @@ class Zero3(Zero):
                 self._free(i)
             self.peak_live_bytes = peak
 
-    # -- the optimizer -------------------------------------------------------------------------
+    # -- the end of a step ---------------------------------------------------------------------
     def finish(self, tie=None) -> tuple[float, float]:
         """After backward: the root's gradients reduce-scattered (``Zero.finish``). Returns (comm_s,
         exposed_comm_s), with this step's all-gathers and the main thread's waits for them."""
@@ -215,16 +213,12 @@ class Zero3(Zero):
         super().zero_grad()
         self.gather_s = self.wait_s = 0.0
 
-    def step(self, lr: float, coef: float = 1.0) -> float:
-        """Update this rank's shard in place; the next forward gathers it. No communication."""
-        if coef < 1:
-            self.grad_shard *= coef
-        self.optimizer.step(self.grad_shard, lr, self.shard_values)
+    def publish(self) -> float:
+        """Nothing to send: the optimizer updated ``shard_values`` in place, and the next forward gathers them."""
         return 0.0
 
     def memory(self) -> dict:
-        state = sum(t.numel() * t.element_size() for t in self.optimizer.tensors())
-        return {"params": self.shard_values.numel() * 4, "grads": self.grad_shard.numel() * 4, "optimizer": state,
+        return {"params": self.shard_values.numel() * 4, "grads": self.grad_shard.numel() * 4,
                 "bucket_in_flight": self.peak_bucket_bytes, "live_layers": self.peak_live_bytes}
 
     def close(self) -> None:

@@ -42,7 +42,7 @@ import click
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from parallel_lm import checkpoint  # noqa: E402
+from parallel_lm.services import checkpoint  # noqa: E402
 
 STEPS, EVERY = 12, 3
 TRAIN = ["--steps", str(STEPS), "--ckpt-every", str(EVERY), "--data", "synthetic", "--global-batch-size", "12",

@@ -31,7 +31,7 @@ import torch
 from mpi4py import MPI
 
 from parallel_lm.comm import allreduce
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.runtime import check, start_script, print0
 

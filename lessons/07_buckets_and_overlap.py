@@ -38,11 +38,11 @@ from mpi4py import MPI
 
 from parallel_lm import figures
 from parallel_lm.config import TrainConfig
-from parallel_lm.data import Batches, load_corpus
-from parallel_lm.metrics import Timeline
+from parallel_lm.training.data import Batches, load_corpus
+from parallel_lm.services.metrics import Timeline
 from parallel_lm.model import PRESETS
 from parallel_lm.runtime import check, start_script, print0, threads_per_rank
-from parallel_lm.trainer import Trainer
+from parallel_lm.training.trainer import Trainer
 
 start_script()
 comm = MPI.COMM_WORLD

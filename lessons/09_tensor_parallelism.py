@@ -22,14 +22,14 @@ from mpi4py import MPI
 
 from parallel_lm.comm.trace import CountingComm
 from parallel_lm.config import TrainConfig
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPTConfig
 from parallel_lm.model.gpt import MLP
 from parallel_lm.parallel.tensor_parallel import ParallelMLP
 from parallel_lm.parallel.tensor_parallel_comm import TensorParallel
 from parallel_lm.parallel.tensor_parallel_sharding import join
 from parallel_lm.runtime import check, start_script, print0
-from parallel_lm.trainer import Trainer
+from parallel_lm.training.trainer import Trainer
 
 start_script()
 torch.set_num_threads(1)

@@ -24,11 +24,11 @@ from mpi4py import MPI
 
 from parallel_lm import figures
 from parallel_lm.config import TrainConfig
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPTConfig
 from parallel_lm.parallel.schedules import bubble_formula, schedule
 from parallel_lm.runtime import check, start_script, print0
-from parallel_lm.trainer import Trainer
+from parallel_lm.training.trainer import Trainer
 
 start_script()
 torch.set_num_threads(1)

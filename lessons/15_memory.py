@@ -32,14 +32,14 @@ import torch
 from mpi4py import MPI
 
 from parallel_lm.config import TrainConfig
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.parallel.grid import Grid
 from parallel_lm.parallel.schedules import bubble_formula, ideal_bubble
 from parallel_lm.parallel.zero import memory_formula
 from parallel_lm.runtime import check, start_script, print0
-from parallel_lm.trainer import Trainer
-from parallel_lm.utilization import activation_formula
+from parallel_lm.training.trainer import Trainer
+from parallel_lm.training.utilization import activation_formula
 
 start_script()
 torch.set_num_threads(1)

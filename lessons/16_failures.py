@@ -53,7 +53,7 @@ def collective() -> None:
 
     from parallel_lm.comm import allreduce
     from parallel_lm.comm.trace import ObservedComm
-    from parallel_lm.shrink import error_name, is_failure, ulfm_enabled
+    from parallel_lm.services.shrink import error_name, is_failure, ulfm_enabled
 
     class DiesAfterOneMessage(ObservedComm):
         def observe(self, call, **_):
@@ -105,7 +105,7 @@ def check(ok: bool, message: str) -> None:
 def main() -> None:
     from mpi4py import MPI
 
-    from parallel_lm import checkpoint
+    from parallel_lm.services import checkpoint
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
     open_mpi = MPI.Get_library_version().startswith("Open MPI")
     ft = ["--with-ft", "ulfm"] if open_mpi else []

@@ -35,12 +35,12 @@ from mpi4py import MPI
 
 from parallel_lm import figures
 from parallel_lm.config import TrainConfig
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.parallel.context_parallel import ContextParallel, balanced_positions
 from parallel_lm.runtime import check, start_script, print0
-from parallel_lm.trainer import Trainer
-from parallel_lm.utilization import activation_formula
+from parallel_lm.training.trainer import Trainer
+from parallel_lm.training.utilization import activation_formula
 
 
 def spans(positions) -> str:

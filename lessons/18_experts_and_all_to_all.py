@@ -36,11 +36,11 @@ from parallel_lm.comm.netem import NetemComm
 from parallel_lm.comm.trace import CountingComm
 from parallel_lm.config import TrainConfig
 from parallel_lm.costmodel.formulas import COSTS, Network
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPTConfig
 from parallel_lm.runtime import check, start_script, print0
 from parallel_lm.sizes import format_size
-from parallel_lm.trainer import Trainer
+from parallel_lm.training.trainer import Trainer
 
 start_script()
 torch.set_num_threads(1)

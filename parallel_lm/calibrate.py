@@ -32,7 +32,7 @@ from .bench.pingpong import exchange_s, half_round_trip_s, reduce_s
 from .bench.timing import time_collective
 from .comm import allreduce
 from .costmodel.calibration import fit_gamma, fit_piecewise
-from .metrics import write_atomic
+from .services.metrics import write_atomic
 from .runtime import main_guard, node_share, print0, size_option, world
 
 GAMMA_MIN_BYTES = 64 << 10  # below this the add is a fixed Python call cost, not bytes

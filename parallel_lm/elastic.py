@@ -31,7 +31,8 @@ from pathlib import Path
 
 import click
 
-from . import checkpoint, environment
+from .services import checkpoint
+from . import environment
 
 
 def _flag(args: list[str], name: str) -> str | None:

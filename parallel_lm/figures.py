@@ -4,7 +4,8 @@
 
 Only rank 0 draws. ``gantt`` draws rows of spans (a thread's or a
 pipeline stage's work over time); ``save`` writes the figure and says where
-(through ``write``, which ``python -m parallel_lm.plot`` uses too).
+(through ``write``, which ``python -m parallel_lm.plot`` uses too); ``run_figure`` draws training runs'
+metrics for ``python -m parallel_lm.plot run``.
 """
 from __future__ import annotations
 
@@ -55,3 +56,47 @@ def gantt(ax, rows: list[tuple[str, list[tuple[float, float, str, str]]]], unit:
     if unit:
         ax.set_xlabel(unit)
     ax.grid(axis="x", alpha=0.3)
+
+
+RUN_PANELS = (  # (title, y label, the records' fields drawn: a line, then a dashed line, and the scale of both)
+    ("loss", "nats per byte", ("loss", "val_loss"), 1.0),
+    ("throughput", "tokens/s", ("tokens_per_s",), 1.0),
+    ("communication", "ms per step", ("exposed_comm_s",), 1e3),
+    ("memory on rank 0", "MiB", ("memory_mib", "memory_formula_mib"), 1.0),
+)
+DASHED = {"val_loss": "validation", "memory_formula_mib": "formula"}
+SHADED = {"exposed_comm_s": ("comm_s", "all communication")}  # drawn as a band under the line: exposed <= all
+
+
+def run_figure(runs: list[tuple[str, list[dict]]]):
+    """The figure of ``python -m parallel_lm.plot run``: for each (name, metrics.jsonl records) of ``runs``, one
+    line in each of RUN_PANELS; every axis but the loss's from 0."""
+    fig, axes = plt.subplots(1, len(RUN_PANELS), figsize=(4.2 * len(RUN_PANELS), 3.6))
+    for i, (name, records) in enumerate(runs):
+        colour = f"C{i % 10}"
+        for ax, (title, unit, fields, scale) in zip(axes, RUN_PANELS):
+            for field, style in zip(fields, ("-", "--")):
+                rows = [r for r in records if r.get(field) is not None]
+                if not rows:
+                    continue
+                steps = [r["step"] for r in rows]
+                if field in SHADED:
+                    whole, label = SHADED[field]
+                    ax.fill_between(steps, 0, [r[whole] * scale for r in rows],
+                                    color=colour, alpha=0.25, linewidth=0, label=f"{name} ({label})")
+                ax.plot(steps, [r[field] * scale for r in rows], style, color=colour,
+                        marker="o" if len(rows) < 3 else None,
+                        label=name + (f" ({DASHED[field]})" if field in DASHED else
+                                                  " (exposed)" if field in SHADED else ""))
+            ax.set_title(title)
+            ax.set_ylabel(unit)
+            ax.set_xlabel("step")
+    for ax, (title, *_) in zip(axes, RUN_PANELS):
+        if ax.lines:
+            ax.legend(fontsize=7)
+            if title != "loss":  # a near-constant series would otherwise fill the axis (once 0.01 MiB tall)
+                ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-9) * 1.05)
+        else:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig

@@ -10,7 +10,8 @@ import sys
 import click
 import torch
 
-from . import checkpoint, environment
+from .services import checkpoint
+from . import environment
 from .config import TrainConfig
 from .model import GPT
 

@@ -32,13 +32,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from . import environment
-from .figures import write
+from .figures import run_figure, write
 from .sizes import format_size
 from .costmodel.compare import compare, error_table, format_table
 from .costmodel.formulas import COSTS, Network
 from .costmodel.predict import DEFAULT_MFU, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
-from .metrics import write_atomic
+from .services.metrics import write_atomic
 from .runtime import size_option
 
 SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -249,50 +249,6 @@ def _run_records(folder: Path) -> list[dict]:
     return records
 
 
-RUN_PANELS = (  # (title, y label, the records' fields drawn: a line, then a dashed line, and the scale of both)
-    ("loss", "nats per byte", ("loss", "val_loss"), 1.0),
-    ("throughput", "tokens/s", ("tokens_per_s",), 1.0),
-    ("communication", "ms per step", ("exposed_comm_s",), 1e3),
-    ("memory on rank 0", "MiB", ("memory_mib", "memory_formula_mib"), 1.0),
-)
-DASHED = {"val_loss": "validation", "memory_formula_mib": "formula"}
-SHADED = {"exposed_comm_s": ("comm_s", "all communication")}  # drawn as a band under the line: exposed <= all
-
-
-def run_figure(runs: list[Path]):
-    """The figure of ``plot run``: one line per run in each of RUN_PANELS, every axis but the loss's from 0."""
-    fig, axes = plt.subplots(1, len(RUN_PANELS), figsize=(4.2 * len(RUN_PANELS), 3.6))
-    for i, folder in enumerate(runs):
-        records = _run_records(folder)
-        colour = f"C{i % 10}"
-        for ax, (title, unit, fields, scale) in zip(axes, RUN_PANELS):
-            for field, style in zip(fields, ("-", "--")):
-                rows = [r for r in records if r.get(field) is not None]
-                if not rows:
-                    continue
-                steps = [r["step"] for r in rows]
-                if field in SHADED:
-                    whole, label = SHADED[field]
-                    ax.fill_between(steps, 0, [r[whole] * scale for r in rows],
-                                    color=colour, alpha=0.25, linewidth=0, label=f"{folder.name} ({label})")
-                ax.plot(steps, [r[field] * scale for r in rows], style, color=colour,
-                        marker="o" if len(rows) < 3 else None,
-                        label=f"{folder.name}" + (f" ({DASHED[field]})" if field in DASHED else
-                                                  " (exposed)" if field in SHADED else ""))
-            ax.set_title(title)
-            ax.set_ylabel(unit)
-            ax.set_xlabel("step")
-    for ax, (title, *_) in zip(axes, RUN_PANELS):
-        if ax.lines:
-            ax.legend(fontsize=7)
-            if title != "loss":  # a near-constant series would otherwise fill the axis (once 0.01 MiB tall)
-                ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-9) * 1.05)
-        else:
-            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    return fig
-
-
 @main.command(context_settings=SETTINGS)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
                 metavar="RUN_DIR [RUN_DIR...]")
@@ -305,7 +261,7 @@ def run(runs, out, name):
     validation loss, the memory formula. Communication: the shaded band is all of it, the line the part
     backward did not hide (exposed).
     """
-    for path in write(run_figure(list(runs)), Path(out), name):
+    for path in write(run_figure([(folder.name, _run_records(folder)) for folder in runs]), Path(out), name):
         click.echo(f"wrote {path}")
 
 

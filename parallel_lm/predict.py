@@ -28,7 +28,7 @@ from .costmodel.layout import Cluster
 from .costmodel.predict import DEFAULT_MFU, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .costmodel.transformer import RECOMPUTE, ModelShape
-from .metrics import write_atomic
+from .services.metrics import write_atomic
 from .predict_tables import gpu_table, layout_table
 from .runtime import comma_list, rank_count
 from .sim import KINDS, collective_time_s
@@ -56,7 +56,7 @@ def measured_flops_per_s(preset: str, batch: int = 32, steps: int = 5) -> float:
 
     from .config import TrainConfig
     from .model import PRESETS
-    from .run_prediction import measure_compute
+    from .training.run_prediction import measure_compute
     cfg = TrainConfig(model=PRESETS[preset])
     probe = measure_compute(cfg, batch, torch.get_num_threads(), reps=steps)
     flops_per_token = model_numbers(preset)[1]

@@ -21,7 +21,7 @@ import click
 from . import environment
 from .sizes import format_size, parse_size
 from .costmodel.profiles import PROFILE_NAMES, load_profile
-from .metrics import write_atomic
+from .services.metrics import write_atomic
 from .runtime import comma_list, rank_count
 from .sim import KINDS, OPS, simulate, topology_from_profile
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from . import shrink
+from .services import shrink
 from .costmodel.profiles import load_profile
 from .config import LAYOUT_FIELDS, TrainConfig
 from .config_checks import validate
@@ -72,7 +72,7 @@ def main(ctx, **params):
         comm = shrink.fault_tolerant_world()
     rank, p = comm.Get_rank(), comm.Get_size()
     if opts.resume:
-        from . import checkpoint  # torch: a resumed run reads its checkpoint before anything is checked
+        from .services import checkpoint  # torch: a resumed run reads its checkpoint before anything is checked
     state = agree(comm, lambda: checkpoint.load(opts.resume, on_fallback=print0)) if opts.resume else None
     cfg = agree(comm, lambda: resolve_config(given, model, values, state["config"] if state else None))
     if state is not None:
@@ -103,7 +103,7 @@ def main(ctx, **params):
         agree(comm, _check_tensorboard)
     if out is not None:
         agree(comm, lambda: _make_out_dir(out) if rank == 0 else None)
-    from .train_loop import launch  # torch and the model: imported once the run is known to be valid
+    from .training.train_loop import launch  # torch and the model: imported once the run is known to be valid
     launch(cfg, comm, opts, state, out, netem, profile)
 
 

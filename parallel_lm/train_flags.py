@@ -14,8 +14,8 @@ import click
 
 from .config import TrainConfig, flag, flag_fields
 from .model import PRESETS
-from .shrink import MODES
-from .watchdog import DEFAULT_TIMEOUT
+from .services.shrink import MODES
+from .services.watchdog import DEFAULT_TIMEOUT
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import ROOT, describe, mpirun
-from parallel_lm import checkpoint
+from parallel_lm.services import checkpoint
 
 
 def save(folder, step, keep=1, value=1.0):
@@ -72,7 +72,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one_and_say
 
 KILLED_MID_WRITE = """
 import os, sys, torch
-from parallel_lm import checkpoint
+from parallel_lm.services import checkpoint
 os.replace = lambda *a: os._exit(9)  # killed after the bytes are written, before the rename
 checkpoint.save(sys.argv[1], {"w": torch.zeros(4)}, {}, 99, {"model": {}})
 """
@@ -90,7 +90,7 @@ def test_a_kill_during_a_write_leaves_the_previous_checkpoint_and_the_next_save_
 
 FILE_SIZE_LIMIT = """
 import resource, signal, sys, torch
-from parallel_lm import checkpoint
+from parallel_lm.services import checkpoint
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))  # a checkpoint of 64 KiB cannot fit
 try:

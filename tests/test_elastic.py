@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, describe, mpiexec_path, mpirun, noise_tolerance
-from parallel_lm import checkpoint
+from parallel_lm.services import checkpoint
 
 TRAIN = ["--steps", "8", "--ckpt-every", "2", "--data", "synthetic", "--global-batch-size", "12", "--eval-every", "0",
          "--quiet"]

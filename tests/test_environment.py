@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from parallel_lm import environment, faults
+from parallel_lm import environment
+from parallel_lm import faults
 from parallel_lm.comm import settings
 from parallel_lm.faults import Fault
 

@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 
 from conftest import describe, mpirun
-from parallel_lm import memory_check
+from parallel_lm.training import memory_check
 from parallel_lm.config import TrainConfig
 from parallel_lm.model import PRESETS
 
@@ -31,12 +31,12 @@ def test_the_check_the_training_formula_and_the_tensors_held_agree_per_parameter
     owned shard is an fp32 copy; SGD 4 + 4 + 0, and 4 under ZeRO. Counted from the tensors a run holds."""
     from mpi4py import MPI
 
-    from parallel_lm.data import Batches, load_corpus
+    from parallel_lm.training.data import Batches, load_corpus
     from parallel_lm.model import GPT
     from parallel_lm.parallel.zero import memory_formula
-    from parallel_lm.trainer import Trainer
+    from parallel_lm.training.trainer import Trainer
     from parallel_lm.costmodel.layout import stage_params
-    from parallel_lm.utilization import shape_of
+    from parallel_lm.training.utilization import shape_of
     cfg = replace(config(), global_batch_size=2, data="synthetic", zero=zero, optimizer=optimizer)
     trainer = Trainer(cfg, MPI.COMM_SELF, Batches.from_bytes(load_corpus("synthetic"), cfg.model.block_size, cfg.seed))
     trainer.train_step(0)

@@ -67,7 +67,7 @@ def test_a_checkpoint_with_torch_index_keyed_optimizer_state_loads_by_name():
     """Checkpoints from before states were saved by name hold one process's AdamW state_dict, keyed by index."""
     import torch
 
-    from parallel_lm.checkpoint import optimizer_by_name
+    from parallel_lm.services.checkpoint import optimizer_by_name
     from parallel_lm.model import GPT, GPTConfig
     from parallel_lm.parallel.optim import decay_groups
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import describe, mpirun
-from parallel_lm import checkpoint
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.services import checkpoint
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPT, PRESETS
 
 STEPS, BATCH, LR, WARMUP, DECAY, SEED = 5, 8, 3e-3, 2, 0.1, 1337

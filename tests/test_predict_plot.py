@@ -186,8 +186,10 @@ def test_plot_run_draws_several_training_runs_side_by_side(tmp_path):
     svg = (tmp_path / "plots" / "runs.svg").read_text()
     for text in ("throughput", "communication", "memory on rank 0", "two (validation)", "two (all communication)"):
         assert text in svg, text
-    from parallel_lm.plot import RUN_PANELS, run_figure
-    axes = dict(zip((title for title, *_ in RUN_PANELS), run_figure([tmp_path / "one", tmp_path / "two"]).axes))
+    from parallel_lm.figures import RUN_PANELS, run_figure
+    runs = [(name, [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+            for name in ("one", "two")]
+    axes = dict(zip((title for title, *_ in RUN_PANELS), run_figure(runs).axes))
     for title in ("throughput", "communication", "memory on rank 0"):  # once a near-constant memory filled its
         assert axes[title].get_ylim()[0] == 0, title                    # axis, 0.01 MiB tall
     # all communication is a band under the exposed line, not a line that the exposed one can cover

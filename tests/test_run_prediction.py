@@ -8,7 +8,7 @@ from parallel_lm.config import TrainConfig
 from parallel_lm.costmodel.formulas import COSTS
 from parallel_lm.costmodel.profiles import load_profile
 from parallel_lm.model import PRESETS
-from parallel_lm.run_prediction import ComputeProbe, measured, predict
+from parallel_lm.training.run_prediction import ComputeProbe, measured, predict
 
 PROFILE = load_profile("alpha=2e-5,beta=1e-9,gamma=1e-10")
 PROBE = ComputeProbe(micro_batch_s=0.010, optimizer_s=0.002, micro_batch=8, threads=1)
@@ -55,7 +55,7 @@ def test_layouts_split_compute_and_add_their_terms():
 
 
 def test_measured_medians_leave_out_the_warm_up_steps():
-    from parallel_lm.metrics import StepRecord
+    from parallel_lm.services.metrics import StepRecord
     recs = [StepRecord(step=i, loss=1.0, lr=0.1, tokens=8, step_s=s, compute_s=1.0, comm_s=None, exposed_comm_s=None,
                        tokens_per_s=8 / s) for i, s in enumerate((9.0, 8.0, 1.0, 2.0, 3.0))]
     got = measured(recs)

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from conftest import describe, mpirun, open_mpi
-from parallel_lm import checkpoint
+from parallel_lm.services import checkpoint
 
 TRAIN = ["--steps", "8", "--data", "synthetic", "--global-batch-size", "12", "--eval-every", "0", "--quiet",
          "--optimizer", "sgd"]
@@ -73,7 +73,7 @@ def test_a_layout_that_lost_a_slice_goes_on_from_the_checkpoint_and_says_so(tmp_
 
 def test_which_layouts_go_on_in_place_and_what_survivors_can_hold():
     from parallel_lm.config import TrainConfig
-    from parallel_lm.shrink import fit, in_place
+    from parallel_lm.services.shrink import fit, in_place
     assert in_place(TrainConfig()) and not in_place(TrainConfig(zero=1)) and not in_place(TrainConfig(tp=2))
     assert fit(TrainConfig(tp=2, dp=3, global_batch_size=12), 4).dp == 2
     with pytest.raises(ValueError, match=r"3 survivor\(s\) cannot hold the tp 2 x pp 1 layout"):

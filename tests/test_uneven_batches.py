@@ -2,7 +2,7 @@
 so K ranks train what one process would, and a checkpoint resumes on any rank count."""
 
 from conftest import check_cases, describe, mpirun, noise_tolerance
-from parallel_lm import checkpoint
+from parallel_lm.services import checkpoint
 from test_layouts import layouts
 
 

@@ -17,11 +17,11 @@ from report import case
 from mpi4py import MPI
 
 from parallel_lm.config import TrainConfig
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPT, GPTConfig
 from parallel_lm.parallel.zero import memory_formula
 from parallel_lm.runtime import start_script, on_rank0
-from parallel_lm.trainer import Trainer
+from parallel_lm.training.trainer import Trainer
 
 start_script()
 torch.set_num_threads(1)

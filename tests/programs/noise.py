@@ -24,7 +24,7 @@ def one_process_state(cfg, batches) -> dict:
     """The full state of ``cfg`` trained for its steps on one process (MPI.COMM_SELF): a reference."""
     from mpi4py import MPI
 
-    from parallel_lm.trainer import Trainer
+    from parallel_lm.training.trainer import Trainer
     trainer = Trainer(cfg, MPI.COMM_SELF, batches)
     for step in range(cfg.steps):
         trainer.train_step(step)

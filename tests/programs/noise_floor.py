@@ -9,7 +9,7 @@ import sys
 import torch
 from noise import one_process_state, tolerance
 
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.train import main, resolve_config
 from parallel_lm.train_flags import split
 

@@ -17,12 +17,12 @@ from noise import tolerance
 from report import case
 
 from parallel_lm.config import TrainConfig
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPTConfig
-from parallel_lm.parallel.parameter_server import flat_params
+from parallel_lm.parallel.ps_shards import flat_params
 from parallel_lm.runtime import start_script, on_rank0
-from parallel_lm.trainer import Trainer
-from parallel_lm.trainer_ps import PSRun
+from parallel_lm.training.trainer import Trainer
+from parallel_lm.training.trainer_ps import PSRun
 
 start_script()
 torch.set_num_threads(1)

@@ -19,12 +19,12 @@ from mpi4py import MPI
 from noise import one_process_state, tolerance
 from report import case
 
-from parallel_lm import checkpoint
+from parallel_lm.services import checkpoint
 from parallel_lm.config import TrainConfig
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPTConfig
 from parallel_lm.runtime import start_script, on_rank0
-from parallel_lm.trainer import Trainer
+from parallel_lm.training.trainer import Trainer
 
 start_script()
 torch.set_num_threads(1)

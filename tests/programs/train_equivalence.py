@@ -19,10 +19,10 @@ from report import case
 
 from parallel_lm.comm import ALGORITHMS
 from parallel_lm.config import TrainConfig
-from parallel_lm.data import Batches, load_corpus
+from parallel_lm.training.data import Batches, load_corpus
 from parallel_lm.model import GPTConfig
 from parallel_lm.runtime import start_script, on_rank0
-from parallel_lm.trainer import Trainer
+from parallel_lm.training.trainer import Trainer
 
 start_script()
 torch.set_num_threads(1)

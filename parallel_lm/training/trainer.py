@@ -20,17 +20,17 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from . import checkpoint
-from .config import TrainConfig
-from .faults import maybe_fail
-from .metrics import StepRecord, Timeline
+from ..services import checkpoint
+from ..config import TrainConfig
+from ..faults import maybe_fail
+from ..services.metrics import StepRecord, Timeline
 from .parallelize import Mesh, parallelize
 from .utilization import formula_mib, held_mib
-from .watchdog import NoWatchdog
-from .parallel.expert_parallel import reset_routing, routing_summary
-from .parallel.optim import clip_coefficient
-from .parallel.schedules import bubble_formula
-from .parallel.tensor_parallel_sharding import is_sharded
+from ..services.watchdog import NoWatchdog
+from ..parallel.expert_parallel import reset_routing, routing_summary
+from ..parallel.optim import clip_coefficient
+from ..parallel.schedules import bubble_formula
+from ..parallel.tensor_parallel_sharding import is_sharded
 from .trainer_state import CheckpointedState
 
 

@@ -16,20 +16,20 @@ from dataclasses import dataclass
 import torch
 from mpi4py import MPI
 
-from .faults import in_collectives
-from .model import GPT
-from .parallel.choose_sync import make_grad_sync, make_optimizer
-from .parallel.context_parallel import ContextParallel
-from .parallel.expert_parallel import ExpertParallel
-from .parallel.grad_sync import GradSync
-from .parallel.grid import Grid
-from .parallel.optim import LossScaler
-from .parallel.pipeline import Pipeline, Stage
-from .parallel.stopwatch import StepClock
-from .parallel.tensor_parallel import shard_model
-from .parallel.tensor_parallel_comm import TensorParallel
-from .parallel.torch_ddp import TorchDDP
-from .runtime import emulated
+from ..faults import in_collectives
+from ..model import GPT
+from ..parallel.choose_sync import make_grad_sync, make_optimizer
+from ..parallel.context_parallel import ContextParallel
+from ..parallel.expert_parallel import ExpertParallel
+from ..parallel.grad_sync import GradSync
+from ..parallel.grid import Grid
+from ..parallel.optim import LossScaler
+from ..parallel.pipeline import Pipeline, Stage
+from ..parallel.stopwatch import StepClock
+from ..parallel.tensor_parallel import shard_model
+from ..parallel.tensor_parallel_comm import TensorParallel
+from ..parallel.torch_ddp import TorchDDP
+from ..runtime import emulated
 
 
 @dataclass

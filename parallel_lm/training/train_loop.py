@@ -10,13 +10,15 @@ import time
 import torch
 from mpi4py import MPI
 
-from . import environment, memory_check, run_prediction, shrink, utilization
+from .. import environment
+from . import memory_check, run_prediction, utilization
+from ..services import shrink
 from .data import Batches, load_corpus
-from .metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
-from .parallel.schedules import bubble_formula
-from .runtime import agree, node_share, on_rank0, print0, threads_per_rank
+from ..services.metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
+from ..parallel.schedules import bubble_formula
+from ..runtime import agree, node_share, on_rank0, print0, threads_per_rank
 from .trainer import Trainer
-from .watchdog import watchdog
+from ..services.watchdog import watchdog
 
 
 

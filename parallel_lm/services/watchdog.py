@@ -37,7 +37,7 @@ import time
 
 from mpi4py import MPI
 
-from .runtime import abort
+from ..runtime import abort
 
 TAG = 77
 DEFAULT_TIMEOUT = 300.0  # s; a healthy step, evaluation or checkpoint of the presets here takes well under a minute

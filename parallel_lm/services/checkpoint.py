@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from .faults import maybe_kill_in_write
-from .parallel.optim import decays
-from .parallel.tensor_parallel_sharding import join
+from ..faults import maybe_kill_in_write
+from ..parallel.optim import decays
+from ..parallel.tensor_parallel_sharding import join
 
 FILENAME = "checkpoint.pt"
 FORMAT, VERSION = "parallel_lm checkpoint", 1
@@ -181,7 +181,7 @@ def load(path_or_dir, on_fallback=None) -> dict:
 
 def check_model(state: dict, model_config, path) -> None:
     """ValueError naming the first tensor of the checkpoint that a model of ``model_config`` does not have."""
-    from .model import GPT
+    from ..model import GPT
     with torch.device("meta"):  # shapes only: nothing allocated
         want = {k: tuple(v.shape) for k, v in GPT(model_config).state_dict().items()}
     have = {k: tuple(v.shape) for k, v in state["model"].items()}

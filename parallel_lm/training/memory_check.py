@@ -22,7 +22,7 @@ import resource
 import sys
 from pathlib import Path
 
-from .costmodel.layout import Layout, memory_per_gpu
+from ..costmodel.layout import Layout, memory_per_gpu
 from .utilization import shape_of
 
 GIB = 2**30

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .costmodel.transformer import ModelShape
-from .metrics import write_atomic
-from .parallel.zero import memory_formula
-from .runtime import on_rank0
+from ..costmodel.transformer import ModelShape
+from ..services.metrics import write_atomic
+from ..parallel.zero import memory_formula
+from ..runtime import on_rank0
 
 
 def shape_of(model_cfg, cp: int = 1) -> ModelShape:

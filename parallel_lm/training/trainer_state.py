@@ -6,8 +6,8 @@ the grid and its communicators, the update (optimizer) and its sync, the experts
 """
 from __future__ import annotations
 
-from . import checkpoint
-from .parallel.tensor_parallel_sharding import piece
+from ..services import checkpoint
+from ..parallel.tensor_parallel_sharding import piece
 
 
 class CheckpointedState:

@@ -17,14 +17,15 @@ from collections import Counter
 import torch
 from mpi4py import MPI
 
-from . import checkpoint, shrink
-from .metrics import MetricsWriter, StepRecord, validation_line, write_chrome_trace
-from .model import GPT
-from .parallel.optim import flat_state, param_states
-from .parallel.parameter_server import PSLayout, Server, Worker, gather_shards, load_flat, share_final_params
-from .runtime import print0
+from ..services import checkpoint, shrink
+from ..services.metrics import MetricsWriter, StepRecord, validation_line, write_chrome_trace
+from ..model import GPT
+from ..parallel.optim import flat_state, param_states
+from ..parallel.parameter_server import Server, Worker
+from ..parallel.ps_shards import PSLayout, gather_shards, load_flat, share_final_params
+from ..runtime import print0
 from .trainer import Trainer, lr_at, validation_loss
-from .watchdog import NoWatchdog, watchdog
+from ..services.watchdog import NoWatchdog, watchdog
 
 
 class PSRun:

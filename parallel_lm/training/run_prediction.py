@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from .costmodel.formulas import COSTS
-from .costmodel.predict import predict_layout, predict_step
-from .costmodel.profiles import Profile
-from .metrics import write_atomic
-from .parallel.optim import build_optimizer, decay_groups
+from ..costmodel.formulas import COSTS
+from ..costmodel.predict import predict_layout, predict_step
+from ..costmodel.profiles import Profile
+from ..services.metrics import write_atomic
+from ..parallel.optim import build_optimizer, decay_groups
 
 WARMUP_STEPS = 2  # the first steps pay allocation and the first messages' setup; medians leave them out
 
@@ -48,7 +48,7 @@ class ComputeProbe:
 
 def measure_compute(cfg, micro: int, threads: int, reps: int = 3) -> ComputeProbe:
     """Time the whole model on one process: median of ``reps`` after one untimed repetition."""
-    from .model.gpt import GPT
+    from ..model.gpt import GPT
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     model = GPT(cfg.model).to(device)

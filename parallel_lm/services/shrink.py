@@ -50,9 +50,9 @@ from pathlib import Path
 import click
 from mpi4py import MPI
 
-from . import environment
-from .config_checks import validate
-from .runtime import print0, set_world
+from .. import environment
+from ..config_checks import validate
+from ..runtime import print0, set_world
 
 MODES = ("abort", "shrink")
 FAILED = {getattr(MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED") if hasattr(MPI, n)}

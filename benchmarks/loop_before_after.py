@@ -2,11 +2,14 @@
 
     python benchmarks/loop_before_after.py --before 7337d6e                   # about 8 minutes on 2 cores
     python benchmarks/loop_before_after.py --before 26b090f --after c378a10   # the one-loop change
+    python benchmarks/loop_before_after.py --before 505d686 --layout "dp 2 x pp 2 (m 2)" --repeats 7   # one row
 
 A restructuring of the training code must not cost speed. ``--before REV``
 (and ``--after REV``, else the working tree) is checked out into a temporary
 git worktree, and each layout runs alternately on the two trees,
-``--repeats`` times, so a slow spell of the machine hits both alike. Every
+``--repeats`` times, so a slow spell of the machine hits both alike; which tree
+runs first alternates as well (the same tree against itself gave 0.97 for the
+second of each pair). Every
 point is one ``python -m parallel_lm.train`` under mpiexec, the median
 tokens/s of its steps after the first 3; the table shows the median over
 repeats and the ratio after / before. A second table times a refused
@@ -53,7 +56,9 @@ def refusal_s(mpiexec, tree: Path) -> float:
 @click.option("--after", help="The revision to compare it with (default: this working tree).")
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--mpiexec", default=str(Path(sys.executable).parent / "mpiexec"), show_default=True)
-def main(before, after, repeats, mpiexec):
+@click.option("--layout", "layouts", multiple=True, type=click.Choice(list(LAYOUTS)),
+              help="Only these layouts (repeatable; default: all), and no refused launch: to rerun a noisy row.")
+def main(before, after, repeats, mpiexec, layouts):
     with tempfile.TemporaryDirectory() as tmp:
         trees = []
         for name, rev in (("before", before), ("after", after)):
@@ -67,12 +72,16 @@ def main(before, after, repeats, mpiexec):
                   "| after / before |")
             print("|---|---|---|---|")
             for name, args in LAYOUTS.items():
+                if layouts and name not in layouts:
+                    continue
                 runs = {"before": [], "after": []}
-                for _ in range(repeats):
-                    runs["before"].append(tokens_per_s(mpiexec, old, args))
-                    runs["after"].append(tokens_per_s(mpiexec, new, args))
+                for i in range(repeats):  # which tree goes first alternates too: the second of a pair ran ~3%
+                    for which in (("before", "after") if i % 2 == 0 else ("after", "before")):  # slower, same code
+                        runs[which].append(tokens_per_s(mpiexec, old if which == "before" else new, args))
                 b, a = statistics.median(runs["before"]), statistics.median(runs["after"])
                 print(f"| {name} | {b:,.0f} | {a:,.0f} | {a / b:.2f} |", flush=True)
+            if layouts:
+                return
             runs = {"before": [], "after": []}
             for _ in range(repeats):
                 runs["before"].append(refusal_s(mpiexec, old))

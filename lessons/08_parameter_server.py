@@ -50,9 +50,23 @@ model = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)
 batches = Batches.from_bytes(load_corpus("synthetic"), model.block_size, seed=0)
 base = TrainConfig(model=model, global_batch_size=4 * W, steps=8, data="synthetic", sync="ps", servers=1)
 
+
+
+def train(run, on_record=None):
+    """Every step of ``run`` on this rank (a server's, or a worker's push and pull), then the end: the servers'
+    shards to every rank. ``on_record``: rank 0's (server 0's) record of each step."""
+    for step in range(run.start_step, run.cfg.steps):
+        rec = run.train_step(step)
+        if rec is None:  # done early: an update budget spent
+            break
+        if on_record and rank == 0:
+            on_record(rec)
+    run.finish()
+
+
 # Part 1: synchronous PS == one process.
 run = PSRun(base, comm, batches)
-run.train(base.steps)
+train(run)
 ref = None
 if rank == 0:
     alone = Trainer(TrainConfig(**{**base.to_dict(), "model": model, "sync": "allreduce"}), MPI.COMM_SELF, batches)
@@ -73,7 +87,7 @@ for name, staleness in (("sync", 0), ("staleness 2", 2), ("async", None)):
     run = PSRun(cfg, comm, batches)
     hist = {}
     t0 = time.perf_counter()
-    run.train(cfg.steps, on_record=lambda rec: hist.update(
+    train(run, on_record=lambda rec: hist.update(
         {k: hist.get(k, 0) + v for k, v in rec.staleness.items()}) or hist.__setitem__("loss", rec.loss))
     wall = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
     loss = comm.bcast(hist.pop("loss", None), root=0)

@@ -112,13 +112,21 @@ def test_an_update_budget_ends_the_job_after_n_updates(staleness, servers, runs)
     assert applied == 9 * servers * (3 if staleness == "0" else 1), describe(proc)  # sync: 9 steps of 3 pushes
 
 
-@pytest.mark.runs(4, ps=PS + SGD + ["--steps", "3", "--global-batch-size", "10", "--out", "{out}/ps"])
-@pytest.mark.runs(1, one=BASE + SGD + ["--global-batch-size", "10", "--steps", "3", "--out", "{out}/one"])
+@pytest.mark.runs(4, ps=PS + SGD + ["--steps", "3", "--eval-every", "1", "--global-batch-size", "10", "--out", "{out}/ps"])
+@pytest.mark.runs(1, one=BASE + SGD + ["--global-batch-size", "10", "--steps", "3", "--eval-every", "1", "--out", "{out}/one"])
 def test_a_synchronous_parameter_server_splits_an_uneven_batch_like_one_process(runs):
-    """10 sequences over 3 workers (4, 3, 3): each worker's loss weighted by its rows, the server's mean exact."""
+    """10 sequences over 3 workers (4, 3, 3): each worker's loss weighted by its rows, the server's mean exact;
+    and the loop evaluates the servers' parameters at every --eval-every step, as it does one process's."""
+    import json
+
     import torch
     ps, one = runs["ps"], runs["one"]
     assert ps.returncode == 0 and "(or 4, each worker's loss weighted by its rows)" in ps.stdout, describe(ps)
     assert one.returncode == 0, describe(one)
     a, b = (torch.load(runs[d].out / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ps", "one"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < TOL
+    rows = {d: [json.loads(x) for x in (runs[d].out / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("ps", "one")}
+    assert [r["step"] for r in rows["ps"]] == [r["step"] for r in rows["one"]] == [1, 2, 3]
+    for p, o in zip(rows["ps"], rows["one"]):
+        assert p["val_loss"] is not None and abs(p["val_loss"] - o["val_loss"]) < 1e-5, (p, o)

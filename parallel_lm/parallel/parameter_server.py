@@ -58,17 +58,16 @@ def _span(timeline, name):
 
 
 class Server:
-    def __init__(self, cfg, comm, servers_comm, layout: PSLayout, model, lr_at, record=None, start: int = 0,
-                 optimizer_state: dict | None = None, timeline=None, watchdog=None, checkpoint=None,
-                 undoable: bool = False):
+    def __init__(self, cfg, comm, servers_comm, layout: PSLayout, model, lr_at, start: int = 0, steps: int = 0,
+                 optimizer_state: dict | None = None, timeline=None, undoable: bool = False):
         """``servers_comm``: the server ranks alone (for the global gradient norm in sync mode);
-        ``lr_at(step)``: the learning rate; ``record(losses, staleness, busy_s, version)``: called per
-        step (server 0) with the step's worker losses and the running totals; ``start``: the step
-        reached (resuming); ``optimizer_state``: {kind: flat tensor over the whole model} to resume from;
-        ``checkpoint(step)``: synchronous, called by every server after each step (collective over the servers);
-        ``undoable``: keep the shard as it was before each synchronous step, so that ``rewind`` can undo it."""
-        self.cfg, self.comm, self.layout, self.lr_at, self.record = cfg, comm, layout, lr_at, record
-        self.start, self.timeline = start, timeline
+        ``lr_at(step)``: the learning rate; ``start``: the step reached (resuming); ``steps``: the step the
+        workers stop at (asynchronous: a worker's push of its last step wants no reply);
+        ``optimizer_state``: {kind: flat tensor over the whole model} to resume from; ``undoable``: keep the
+        shard as it was before each synchronous step, so that ``rewind`` can undo it. ``watchdog``, when set,
+        is told what the server waits for."""
+        self.cfg, self.comm, self.layout, self.lr_at = cfg, comm, layout, lr_at
+        self.start, self.steps, self.timeline = start, steps, timeline
         self.rank = comm.Get_rank()
         n = sum(p.numel() for p in model.parameters())
         self.lo, self.hi = layout.shard(n, self.rank)
@@ -86,7 +85,10 @@ class Server:
         self.staleness = Counter()
         self.outstanding = []  # (request, buffer) of replies in flight
         self.before = None  # synchronous: (values, optimizer state) before the last step, to undo it (rewind)
-        self.watchdog, self.checkpoint, self.undoable = watchdog, checkpoint, undoable
+        self.watchdog, self.undoable = None, undoable
+        self.push_buf = np.empty(self.hi - self.lo + 2, np.float32)  # (shard + 2,): gradient, loss, version used
+        # asynchronous: steps each worker has pushed, the workers done, those waiting for their pull
+        self.clock, self.done, self.waiting = dict.fromkeys(layout.workers, start), set(), []
 
     def _reply(self, worker: int, stop: bool = False) -> None:
         """Send the shard (or a stop) without waiting for it to be received.
@@ -109,47 +111,48 @@ class Server:
         if coef < 1:
             grad.mul_(coef)
 
-    def run(self, steps: int) -> None:
-        """Serve until step ``steps`` (or the update budget) is reached."""
+    def step(self, t: int, reply: bool) -> list[float] | None:
+        """Serve one step ``t``: synchronous, every worker's push of step t summed in worker order, one update,
+        then (``reply``: not the run's last step) every worker's pull answered; asynchronous, the pushes as they
+        come, until one update per worker has been applied (a window, what server 0 records as a step). Returns
+        the step's (or window's) worker losses; None once every worker has finished and no window is left."""
         if self.cfg.staleness == 0:
-            self._serve_sync(steps)
-        else:
-            self._serve_async(steps)
+            return self._step_sync(t, reply)
+        return self._window_async()
+
+    def finish(self) -> None:
+        """Wait for the replies still in flight (at the end, before the final collectives)."""
         MPI.Request.Waitall([r for r, _ in self.outstanding])
         self.outstanding = []
 
-    def _serve_sync(self, steps: int) -> None:
+    def _step_sync(self, t: int, reply: bool) -> list[float]:
         workers = self.layout.workers
-        buf = np.empty(self.hi - self.lo + 2, np.float32)  # (shard + 2,): gradient, loss, version used
-        for t in range(self.start, steps):
-            maybe_fail(t)
-            if self.watchdog:
-                self.watchdog.at(t, "gradient sync")
-            total, losses = torch.zeros_like(self.params), []
-            for w in workers:  # fixed order: a deterministic sum
-                self.comm.Recv(buf, source=w, tag=TAG_PUSH)
-                t0 = time.perf_counter()
-                total += torch.from_numpy(buf[:-2])
-                self.received += 1
-                losses.append(float(buf[-2]))
-                self.staleness[self.version - int(buf[-1])] += 1
-                self.busy_s += time.perf_counter() - t0
+        buf = self.push_buf
+        maybe_fail(t)
+        if self.watchdog:
+            self.watchdog.at(t, "gradient sync")
+        total, losses = torch.zeros_like(self.params), []
+        for w in workers:  # fixed order: a deterministic sum
+            self.comm.Recv(buf, source=w, tag=TAG_PUSH)
             t0 = time.perf_counter()
-            with _span(self.timeline, "apply"):
-                total /= len(workers)
-                self._clip_sync(total)
-                if self.undoable:
-                    self.before = (self.params.clone(), self.opt.state())
-                self.opt.step(total, self.lr_at(t), self.params)
-            self.version += 1
-            if t < steps - 1:
-                for w in workers:
-                    self._reply(w)
+            total += torch.from_numpy(buf[:-2])
+            self.received += 1
+            losses.append(float(buf[-2]))
+            self.staleness[self.version - int(buf[-1])] += 1
             self.busy_s += time.perf_counter() - t0
-            if self.record:
-                self.record(losses, self.staleness, self.busy_s, self.version)
-            if self.checkpoint:
-                self.checkpoint(t + 1)
+        t0 = time.perf_counter()
+        with _span(self.timeline, "apply"):
+            total /= len(workers)
+            self._clip_sync(total)
+            if self.undoable:
+                self.before = (self.params.clone(), self.opt.state())
+            self.opt.step(total, self.lr_at(t), self.params)
+        self.version += 1
+        if reply:
+            for w in workers:
+                self._reply(w)
+        self.busy_s += time.perf_counter() - t0
+        return losses
 
     @property
     def completed(self) -> int:
@@ -164,13 +167,12 @@ class Server:
             self.opt.restore(values, state)
             self.version -= 1
 
-    def _serve_async(self, steps: int) -> None:
+    def _window_async(self) -> list[float] | None:
+        """Apply pushes as they arrive until one per worker has been applied, or every worker is done."""
         workers, bound, budget = self.layout.workers, self.cfg.staleness, self.cfg.ps_updates
-        buf = np.empty(self.hi - self.lo + 2, np.float32)
-        clock = dict.fromkeys(workers, self.start)  # steps each worker has pushed
-        done, waiting, window = set(), [], []
-        status = MPI.Status()
-        while len(done) < len(workers):
+        buf, status, window = self.push_buf, MPI.Status(), []
+        clock, done, waiting = self.clock, self.done, self.waiting
+        while len(done) < len(workers) and len(window) < len(workers):
             if self.watchdog:
                 self.watchdog.at(min(clock.values()), "gradient sync")
             self.comm.Recv(buf, source=MPI.ANY_SOURCE, tag=TAG_PUSH, status=status)
@@ -192,7 +194,7 @@ class Server:
                 self.received += 1
                 window.append(float(buf[-2]))
             clock[w] += 1
-            if clock[w] >= steps:  # its last push: no reply wanted
+            if clock[w] >= self.steps:  # its last push: no reply wanted
                 done.add(w)
             elif spent:
                 self._reply(w, stop=True)
@@ -203,16 +205,14 @@ class Server:
                 for v in waiting:
                     self._reply(v, stop=True)
                     done.add(v)
-                waiting = []
+                waiting.clear()
             slowest = min(clock.values())
             for v in list(waiting):  # answer only workers within the staleness bound of the slowest
                 if bound is None or clock[v] - slowest <= bound:
                     self._reply(v)
                     waiting.remove(v)
             self.busy_s += time.perf_counter() - t0
-            if self.record and len(window) == len(workers):
-                self.record(window, self.staleness, self.busy_s, self.version)
-                window = []
+        return window if len(window) == len(workers) else None
 
 
 class Worker:
@@ -226,6 +226,7 @@ class Worker:
         # (shard + 1: parameters, version) per server, reused every step.
         self.push_bufs = [np.empty(hi - lo + 2, np.float32) for lo, hi in self.shards]
         self.pull_bufs = [np.empty(hi - lo + 1, np.float32) for lo, hi in self.shards]
+        self.flat = flat_params(trainer.model).cpu()  # messages travel through host memory (the model may be on a GPU)
 
     def _goodbye(self, servers) -> None:
         for s in servers:
@@ -233,40 +234,38 @@ class Worker:
             out[-1] = STOP
             self.comm.Send(out, dest=s, tag=TAG_PUSH)
 
-    def run(self, start: int, steps: int) -> float:
-        """Train from step ``start`` to ``steps`` (or until a server says stop); returns steps per second."""
-        model, t_start = self.trainer.model, time.perf_counter()
-        flat = flat_params(model).cpu()  # messages travel through host memory (the model may be on a GPU)
-        done = 0
-        for t in range(start, steps):
-            self.trainer.watchdog.at(t, "forward/backward")
-            loss = self.trainer.local_gradient(t)
-            self.trainer.watchdog.at(t, "gradient sync")
-            done += 1
-            grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).cpu()
-            if self.cfg.staleness != 0 and self.cfg.grad_clip > 0:  # async: each gradient clipped on its own
-                grad.mul_(clip_coefficient(float(grad.double().pow(2).sum()), self.cfg.grad_clip))
-            with _span(self.timeline, "push"):
-                for s, (lo, hi) in enumerate(self.shards):
-                    out = self.push_bufs[s]
-                    out[:-2] = grad[lo:hi].numpy()
-                    out[-2], out[-1] = loss, self.versions[s]
-                    self.comm.Send(out, dest=s, tag=TAG_PUSH)
-                    self.pushes += 1
-            if t == steps - 1:
-                break
-            stopped = []
-            with _span(self.timeline, "pull"):
-                for s, (lo, hi) in enumerate(self.shards):
-                    reply = self.pull_bufs[s]
-                    self.comm.Recv(reply, source=s, tag=TAG_PULL)
-                    if reply[-1] == STOP:
-                        stopped.append(s)
-                        continue
-                    flat[lo:hi] = torch.from_numpy(reply[:-1])
-                    self.versions[s] = int(reply[-1])
-            if stopped:
-                self._goodbye([s for s in range(len(self.shards)) if s not in stopped])
-                break
-            load_flat(model, flat)
-        return done / (time.perf_counter() - t_start)
+    def step(self, t: int, last: bool) -> tuple[float, bool]:
+        """Step ``t``: this worker's gradient pushed to every server, then (unless ``last``: the run's last step,
+        whose push wants no reply) the fresh shards pulled into the model. Returns (its loss, whether a server
+        said stop: the update budget is spent, and this worker is done)."""
+        model = self.trainer.model
+        self.trainer.watchdog.at(t, "forward/backward")
+        loss = self.trainer.local_gradient(t)
+        self.trainer.watchdog.at(t, "gradient sync")
+        grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).cpu()
+        if self.cfg.staleness != 0 and self.cfg.grad_clip > 0:  # async: each gradient clipped on its own
+            grad.mul_(clip_coefficient(float(grad.double().pow(2).sum()), self.cfg.grad_clip))
+        with _span(self.timeline, "push"):
+            for s, (lo, hi) in enumerate(self.shards):
+                out = self.push_bufs[s]
+                out[:-2] = grad[lo:hi].numpy()
+                out[-2], out[-1] = loss, self.versions[s]
+                self.comm.Send(out, dest=s, tag=TAG_PUSH)
+                self.pushes += 1
+        if last:
+            return loss, False
+        stopped = []
+        with _span(self.timeline, "pull"):
+            for s, (lo, hi) in enumerate(self.shards):
+                reply = self.pull_bufs[s]
+                self.comm.Recv(reply, source=s, tag=TAG_PULL)
+                if reply[-1] == STOP:
+                    stopped.append(s)
+                    continue
+                self.flat[lo:hi] = torch.from_numpy(reply[:-1])
+                self.versions[s] = int(reply[-1])
+        if stopped:
+            self._goodbye([s for s in range(len(self.shards)) if s not in stopped])
+            return loss, True
+        load_flat(model, self.flat)
+        return loss, False

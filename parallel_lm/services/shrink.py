@@ -161,7 +161,7 @@ class Survivors:
                 how = self._from_checkpoint(state, "a server's shard is lost" if not kept else
                                             "asynchronous updates cannot be lined up again")
             return make_ps(cfg, comm, state), None, best, how
-        return self._shrink(error, ps.communicators(), lambda: None, rebuild)
+        return self._shrink(error, ps.communicators(), ps.abandon, rebuild)
 
     def _shrink(self, error, communicators, abandon, rebuild):
         """Revoke, shrink, agree, ``rebuild(comm, old world ranks)`` -> (new, record, step, how); log it."""

@@ -1,6 +1,13 @@
 """The training loop of python -m parallel_lm.train, for a run whose flags train.py has parsed and checked:
-the memory check, the data, the trainer (trainer.py) or the parameter server (trainer_ps.py), and the loop that
-steps it, records, evaluates, checkpoints and survives failures.
+the memory check, the data, the step implementation, and the one loop that steps it, records, evaluates,
+checkpoints and survives failures.
+
+A step implementation is ``Trainer`` (trainer.py: every layout of --sync allreduce) or ``PSRun``
+(trainer_ps.py: --sync ps). The loop uses of it: ``train_step(step)`` (a StepRecord, or None once this rank is
+done early), ``evaluate()`` and ``save(out, step, keep)`` (collective), ``aligned`` (whether every rank ends a
+step at the same point, so that those may run between steps), ``finish()`` (collective after the last step; its
+lines to print), ``recover(...)`` (--on-failure shrink), ``watchdog``, ``start_step``, ``n_params``,
+``flops_per_token``, ``batches``, ``comm`` and ``close()``.
 """
 from __future__ import annotations
 
@@ -21,7 +28,6 @@ from .trainer import Trainer
 from ..services.watchdog import watchdog
 
 
-
 def launch(cfg, comm, opts, state, out, netem, profile) -> None:
     """Train ``cfg`` on ``comm`` with the launch's ``opts`` (train_flags.RunOptions), from ``state`` when resuming,
     writing to ``out``; ``netem``: a Network that delays gradient messages; ``profile``: --predict's."""
@@ -37,22 +43,20 @@ def launch(cfg, comm, opts, state, out, netem, profile) -> None:
                                                        cfg.model.block_size, cfg.seed))
     timeline = Timeline() if opts.trace else None
     before_mib = memory_check.peak_mib()
+    survivors = shrink.Survivors(comm, out) if opts.on_failure == "shrink" else None
     if cfg.sync == "ps":
-        from . import trainer_ps
-        trainer_ps.run(cfg, comm, batches, out, state, timeline, opts.resume, opts.tensorboard,
-                       opts.keep_checkpoints, opts.timeout,
-                       shrink.Survivors(comm, out) if opts.on_failure == "shrink" else None)
+        from .trainer_ps import PSRun
+
+        def make_trainer(cfg, comm, state):
+            return PSRun(cfg, comm, batches, state, timeline, undoable=survivors is not None)
     else:
         def make_trainer(cfg, comm, state):
             return Trainer(cfg, comm, batches, state, timeline, slow_factor=cfg.straggler_factor(comm.Get_rank()),
                            netem=netem)
-        survivors = shrink.Survivors(comm, out) if opts.on_failure == "shrink" else None
-        trainer = run(cfg, comm, make_trainer(cfg, comm, state), opts, state, out, timeline, share, profile,
-                      survivors, make_trainer)
-        trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
+    trainer = make_trainer(cfg, comm, state)
+    trainer = run(cfg, comm, trainer, opts, state, out, timeline, share, profile, survivors, make_trainer)
+    trainer.close()  # not on an exception: the job is about to be aborted, and Comm.Free is collective
     print0(memory_check.report(memory, before_mib))
-
-
 
 
 def _probe_compute(cfg, comm, micro):
@@ -82,7 +86,9 @@ def _report_step(rec, cfg, bar, interactive: bool, log_every: int) -> None:
     bubble = f", bubble {100 * rec.bubble:.0f}%" if rec.bubble is not None else ""
     experts = f", experts max/mean {rec.experts['imbalance']:.2f}, dropped {100 * rec.experts['dropped']:.1f}%" \
         if rec.experts else ""
-    progress = f"loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s{exposed}{bubble}{experts}"
+    server = f", server busy {100 * rec.server_busy_s / rec.step_s:.0f}%, staleness {rec.staleness}" \
+        if rec.server_busy_s is not None else ""
+    progress = f"loss {rec.loss:.3f}, {rec.tokens_per_s:,.0f} tok/s{exposed}{bubble}{experts}{server}"
     bar.set_postfix_str(progress, refresh=False)
     bar.update()
     say = (lambda line: bar.write(line, file=sys.stdout)) if interactive else print0
@@ -104,20 +110,17 @@ def _checkpoint_due(cfg, out, done: int) -> bool:
     return out is not None and done > 0 and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps)
 
 
-def run(cfg, comm, trainer, opts, state, out, timeline, share, profile=None, survivors=None, make_trainer=None):
-    """The training loop; returns the trainer it ends with (--on-failure shrink: the survivors' own, built by
-    ``make_trainer(cfg, comm, state)``)."""
-    rank, p = comm.Get_rank(), comm.Get_size()
-    batches = trainer.batches
-    grid = cfg.grid(p)
+def _trainer_header(cfg, trainer, opts, p: int) -> list[str]:
+    """What a Trainer's run prints first: ranks and engine, the model, the data and the batch, the layout."""
+    grid, batches = trainer.grid, trainer.batches
     rows, micro, n_micro = cfg.per_rank(cfg.batch_ranks(grid.dp))
-    print0(f"parallel_lm.train: {p} rank(s) x {torch.get_num_threads()} thread(s), engine {cfg.engine}"
-           + (f", {cfg.dp_sync} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
-              if cfg.engine == "explicit" else "")
-           + f", precision {cfg.precision}, comm {cfg.comm_dtype}, device {cfg.device}"
-           + (f", netem {opts.netem}" if opts.netem else "")
-           + (f", ZeRO stage {cfg.zero}" if cfg.zero else ""))
-    print0(f"model: {trainer.n_params / 1e6:.2f}M parameters, {trainer.flops_per_token / 1e6:.2f} MFLOP/token, {cfg.model}")
+    lines = [f"parallel_lm.train: {p} rank(s) x {torch.get_num_threads()} thread(s), engine {cfg.engine}"
+             + (f", {cfg.dp_sync} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
+                if cfg.engine == "explicit" else "")
+             + f", precision {cfg.precision}, comm {cfg.comm_dtype}, device {cfg.device}"
+             + (f", netem {opts.netem}" if opts.netem else "")
+             + (f", ZeRO stage {cfg.zero}" if cfg.zero else ""),
+             f"model: {trainer.n_params / 1e6:.2f}M parameters, {trainer.flops_per_token / 1e6:.2f} MFLOP/token, {cfg.model}"]
     B, dp = cfg.global_batch_size, cfg.batch_ranks(grid.dp)
     shares = f" = {dp} data-parallel rank(s) x {n_micro} micro-batch(es) x {micro} sequences" if B % dp == 0 and \
         rows == n_micro * micro else (f" over {dp} data-parallel rank(s) holding {B // dp}" +
@@ -126,24 +129,42 @@ def run(cfg, comm, trainer, opts, state, out, timeline, share, profile=None, sur
         f" in {n_micro} micro-batch(es), each weighted by its rows"
     context = f", each cut over {cfg.cp} context-parallel ranks ({cfg.model.block_size // cfg.cp} bytes each)" \
         if cfg.cp > 1 else ""
-    print0(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch {B}{shares}"
-           f" of {cfg.model.block_size} bytes{weighted}{context}")
+    lines.append(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch "
+                 f"{B}{shares} of {cfg.model.block_size} bytes{weighted}{context}")
     if grid.tp > 1 or grid.pp > 1 or cfg.cp > 1:
         v = cfg.virtual_stages
         kind = f"interleaved 1F1B, {v} chunks per rank, bubble formula (p-1)/(v m+p-1)" if v > 1 else \
             f"{cfg.schedule} schedule, bubble formula (p-1)/(m+p-1)"
         layout = grid.describe() if cfg.cp == 1 else \
             f"dp {grid.dp // cfg.cp} x cp {cfg.cp} x tp {grid.tp} x pp {grid.pp}"
-        print0(f"layout: {layout}" + (f", {kind} = {bubble_formula(grid.pp, n_micro, v):.3f}" if grid.pp > 1 else ""))
+        lines.append(f"layout: {layout}" + (f", {kind} = {bubble_formula(grid.pp, n_micro, v):.3f}" if grid.pp > 1 else ""))
+    return lines
+
+
+def _metrics(out, rank: int, tensorboard, resumed: bool, start_step: int, record=None, previous=None):
+    """The metrics writer (OUT/metrics.jsonl on rank 0, TensorBoard with --tensorboard); after a recovery,
+    ``previous`` reopened at ``start_step`` with the last completed step's ``record``."""
+    path = out / "metrics.jsonl" if out is not None and rank == 0 else None
+    if previous is not None:
+        return previous.reopened(path, tensorboard, start_step, record)
+    return MetricsWriter(path, resume=resumed, tensorboard=tensorboard, resumed_step=start_step)
+
+
+def run(cfg, comm, trainer, opts, state, out, timeline, share, profile=None, survivors=None, make_trainer=None):
+    """The training loop; returns the trainer it ends with (--on-failure shrink: the survivors' own, built by
+    ``make_trainer(cfg, comm, state)``)."""
+    rank, p = comm.Get_rank(), comm.Get_size()
+    ps = cfg.sync == "ps"
+    for line in trainer.header() if ps else _trainer_header(cfg, trainer, opts, p):
+        print0(line)
     if trainer.start_step:
         print0(f"resumed from {opts.resume} at step {trainer.start_step}")
 
-    probe = _probe_compute(cfg, comm, micro) if profile else None
+    probe = _probe_compute(cfg, comm, trainer.micro) if profile else None
     peak = utilization.peak_per_rank(comm, share, opts.peak_tflops, environment.current().cache / "matmul-peak.json")
     records = []
     tensorboard = out / "tb" if opts.tensorboard else None
-    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and rank == 0 else None, resume=state is not None,
-                            tensorboard=tensorboard, resumed_step=trainer.start_step)
+    metrics = _metrics(out, rank, tensorboard, state is not None, trainer.start_step)
     trainer.watchdog = watchdog(comm, opts.timeout, kill=survivors is not None)
     comm.Barrier()
     if timeline:
@@ -157,47 +178,52 @@ def run(cfg, comm, trainer, opts, state, out, timeline, share, profile=None, sur
     val, step, first = None, trainer.start_step, trainer.start_step
     while True:
         try:
-            if step >= cfg.steps:
+            rec = trainer.train_step(step) if step < cfg.steps else None
+            if rec is None:  # the last step, or this rank is done early (a parameter server's update budget)
                 if survivors:
                     survivors.settle()  # a rank that died after its last collective is found here
                 break
-            rec = trainer.train_step(step)
             done = step + 1
-            if step == first:
+            if step == first and not ps:
                 print0(utilization.model_state_line(trainer))
-                print0(utilization.activation_line(trainer, grid, micro))
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                print0(utilization.activation_line(trainer, trainer.grid, trainer.micro))
+            if trainer.aligned and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
                 trainer.watchdog.at(step, "evaluation")
                 val = rec.val_loss = trainer.evaluate()
             metrics.write(rec)
             records.append(rec)
             _report_step(rec, cfg, bar, interactive, log_every)
-            if _checkpoint_due(cfg, out, done):
+            if trainer.aligned and _checkpoint_due(cfg, out, done):
                 trainer.watchdog.at(step, "checkpoint write")
                 trainer.save(out, done, opts.keep_checkpoints)  # collective: every rank sends its part, unsharded, by single-process name
             step = done
         except MPI.Exception as error:
             if survivors is None or not shrink.is_failure(error):
                 raise
-            trainer, record = survivors.recover(trainer, error, records[-1] if records else None, make_trainer)
+            trainer, record = trainer.recover(survivors, error, records[-1] if records else None, make_trainer)
             comm, rank, p = trainer.comm, trainer.comm.Get_rank(), trainer.comm.Get_size()
             trainer.watchdog = watchdog(comm, opts.timeout, kill=True)
-            metrics = metrics.reopened(out / "metrics.jsonl" if out is not None and rank == 0 else None, tensorboard,
-                                       trainer.start_step, record)
+            metrics = _metrics(out, rank, tensorboard, True, trainer.start_step, record, previous=metrics)
             step = trainer.start_step
             records = [r for r in records if r.step <= step]  # a checkpoint's survivors do the steps after again
-            if _checkpoint_due(cfg, out, step):  # the write may have been what the dead rank was doing
+            if trainer.aligned and _checkpoint_due(cfg, out, step):  # the write may have been what the dead rank was doing
                 trainer.save(out, step, opts.keep_checkpoints)
     bar.close()
+    for line in trainer.finish():  # a parameter server: every rank gets the trained model, and the counts
+        print0(line)
     trainer.watchdog.close()
     metrics.close()
     if timeline:
         per_rank = comm.gather(timeline.events, root=0)
         if rank == 0:
             write_chrome_trace(out / "trace.json", per_rank)
-    if val is None and first >= cfg.steps:
-        val = trainer.evaluate()
-        print0(f"already at step {first} >= --steps {cfg.steps}: nothing to train")
+    ended = max(step, trainer.start_step)
+    if val is None and (records or first >= cfg.steps or not trainer.aligned):
+        val = trainer.evaluate()  # an asynchronous or budgeted run's, or a run with nothing left to train
+        if first >= cfg.steps:
+            print0(f"already at step {first} >= --steps {cfg.steps}: nothing to train")
+    if out is not None and (not trainer.aligned or ended < cfg.steps):  # no checkpoint at a step boundary
+        trainer.save(out, ended if trainer.aligned else cfg.steps, opts.keep_checkpoints)
     if val is not None:
         print0(validation_line(val))
     if records:
@@ -205,7 +231,7 @@ def run(cfg, comm, trainer, opts, state, out, timeline, share, profile=None, sur
     if records and records[-1].experts:
         print0(expert_line(records[-1].experts, cfg))
     if probe and records:
-        _report_prediction(cfg, comm, trainer.grid, n_micro, probe, profile, trainer, records, out, share)
+        _report_prediction(cfg, comm, trainer.grid, trainer.n_micro, probe, profile, trainer, records, out, share)
     if out is not None:
         files = ["metrics.jsonl", "checkpoint.pt"] + (["prediction.json"] if probe and records else []) \
             + (["trace.json"] if timeline else []) + (["tb/ (tensorboard --logdir " + str(out.parent) + ")"]

@@ -45,6 +45,8 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 class Trainer(CheckpointedState):
+    aligned = True  # every rank ends a step at the same point: the loop may evaluate and checkpoint between steps
+
     def __init__(self, cfg: TrainConfig, comm, batches, state: dict | None = None, timeline: Timeline | None = None,
                  sync_grads: bool = True, slow_factor: float = 1.0, netem=None):
         """``comm``: the ranks of this layout (cut into the dp x tp x pp grid of ``cfg``).
@@ -228,6 +230,14 @@ class Trainer(CheckpointedState):
 
     def close(self):
         self.sync.close()
+
+    def finish(self) -> list[str]:
+        """After the last step: nothing left to gather (every rank holds its part); no line to add."""
+        return []
+
+    def recover(self, survivors, error, last_record, make):
+        """--on-failure shrink (services/shrink.py): go on in place, or from the checkpoint."""
+        return survivors.recover(self, error, last_record, make)
 
     def communicators(self) -> list:
         """Every communicator this trainer (and its threads) may be blocked in: what a failure revokes."""

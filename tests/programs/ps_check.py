@@ -35,6 +35,14 @@ batches = Batches.from_bytes(load_corpus("synthetic"), model.block_size, 7)
 failures = []
 
 
+def train(run):
+    """Every step of ``run`` on this rank, then the servers' shards to every rank (as train_loop.run does)."""
+    for step in range(run.start_step, run.cfg.steps):
+        if run.train_step(step) is None:
+            break
+    run.finish()
+
+
 def report(name, ok, line, **measured):
     if rank == 0:
         case(name, ok, line, **measured)
@@ -61,7 +69,7 @@ for optimizer in ("adamw", "sgd"):
 
     reference, tol = on_rank0(comm, reference_and_tolerance)
     run = PSRun(cfg, comm, batches)
-    run.train(cfg.steps)
+    train(run)
     diff = float(np.abs(flat_params(run.model).numpy() - reference).max())
     worst = comm.allreduce(diff, op=MPI.MAX)
     ok = worst <= tol and run.pushes == run.applied == cfg.steps * workers * servers
@@ -84,7 +92,7 @@ for staleness, steps in ((2, 60), (None, 200)):
             return inner(step)
         run.trainer.local_gradient = delayed
     t0 = time.perf_counter()
-    run.train(steps)
+    train(run)
     bound_ok = staleness is None or run.max_lead <= staleness
     ok = run.pushes == run.applied == steps * workers * servers and bound_ok
     same = len(set(comm.allgather(flat_params(run.model).numpy().tobytes()))) == 1

@@ -24,6 +24,20 @@ def test_activations_grow_with_the_block_and_zero_shards_the_optimizer():
     assert sharded["weights"] == plain["weights"] and sharded["gradients"] == plain["gradients"]
 
 
+def test_context_parallelism_keeps_every_weight_and_cuts_the_activations():
+    """Each of cp ranks holds the whole model (the position table too: it looks up its own positions) and the
+    activations of T/cp tokens; ZeRO shards over every replica, cp ranks included. The check states the layout
+    in the cost model's terms (dp: the ways the batch is cut; cp apart)."""
+    cfg = replace(config(), global_batch_size=4)
+    cut = replace(cfg, cp=2)
+    one, two = memory_check.estimate(cfg, cfg.grid(2)), memory_check.estimate(cut, cut.grid(2))
+    assert two["weights"] == one["weights"] and two["optimizer"] == one["optimizer"]
+    # cp 2 on 2 ranks: each rank holds all 4 rows at T/2 tokens; dp 2: 2 rows at T tokens; the same bytes
+    assert two["activations"] == pytest.approx(one["activations"])
+    sharded = replace(cut, zero=1)
+    assert memory_check.estimate(sharded, sharded.grid(2))["optimizer"] == pytest.approx(one["optimizer"] * 12 / 8 / 2)
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 @pytest.mark.parametrize("zero", [0, 1, 2, 3])
 def test_the_check_the_training_formula_and_the_tensors_held_agree_per_parameter(zero, optimizer):

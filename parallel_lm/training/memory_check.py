@@ -37,12 +37,13 @@ FIXES = {"activations": "lower --micro-batch-size (gradient accumulation keeps t
 def estimate(cfg, grid) -> dict[str, float]:
     """Bytes per rank, by term, of the fullest rank of ``cfg``'s layout on ``grid``."""
     m = cfg.model
-    shape = shape_of(m, cfg.cp)
-    _, micro, n_micro = cfg.per_rank(cfg.batch_ranks(grid.dp))
+    shape = shape_of(m)
+    data = cfg.batch_ranks(grid.dp)  # the cost model's dp: ways the batch is cut (the grid's dp counts cp ranks too)
+    _, micro, n_micro = cfg.per_rank(data)
     # the fullest rank's share as if every rank held it (a batch that does not divide leaves some one row short)
-    layout = Layout(global_batch=grid.dp * micro * n_micro, micro_batch=micro, dp=grid.dp, tp=grid.tp, pp=grid.pp,
-                    virtual_stages=cfg.virtual_stages, zero=cfg.zero, recompute=cfg.recompute, precision="fp32",
-                    optimizer=cfg.optimizer, sequence_parallel=cfg.sequence_parallel)
+    layout = Layout(global_batch=data * micro * n_micro, micro_batch=micro, dp=data, cp=cfg.cp, tp=grid.tp,
+                    pp=grid.pp, virtual_stages=cfg.virtual_stages, zero=cfg.zero, recompute=cfg.recompute,
+                    precision="fp32", optimizer=cfg.optimizer, sequence_parallel=cfg.sequence_parallel)
     terms = memory_per_gpu(shape, layout)
     if cfg.precision != "fp32":  # autocast keeps most activations in 16 bits
         terms["activations"] /= 2

@@ -133,3 +133,32 @@ def test_only_the_environment_module_reads_the_environment(name):
 def test_the_environment_reader_finder_sees_a_read():
     source = "import os\nA = os.environ.get('X')\nB = os.getenv('Y')\nC = dict(os.environ, Z='1')\nD = Path.home()\n"
     assert environment_reads(source) == [2, 3, 5]
+
+
+def calls(source: str) -> set[str]:
+    """Names of the functions and methods ``source`` calls (``f(...)`` and ``x.f(...)``), but not those it defines."""
+    found, defined = set(), set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            found.add(func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", ""))
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+    return found - defined
+
+
+BUILDING = {"shard_model", "Stage", "Pipeline", "make_grad_sync", "make_optimizer", "ContextParallel", "ExpertParallel"}
+LOOPING = {"train_step", "MetricsWriter", "write_chrome_trace", "watchdog", "validation_line"}  # what a loop does
+
+
+def test_one_builder_assembles_the_parts_and_one_loop_steps_them():
+    """parallelize.py alone builds a run's parts; train_loop.py alone steps a step implementation (Trainer or the
+    parameter server's PSRun): the loop, its records, evaluations, checkpoints and recovery exist once."""
+    builders = sorted(n for n, p in MODULES.items() if calls(p.read_text()) & BUILDING)
+    assert builders == ["parallel_lm.training.parallelize"], builders
+    loops = sorted(n for n, p in MODULES.items() if calls(p.read_text()) & LOOPING)
+    assert loops == ["parallel_lm.training.train_loop"], loops
+
+
+def test_the_call_finder_sees_calls():
+    assert calls("a = f(1)\nb.g(2)\nh\ndef k():\n    return k()\n") == {"f", "g"}

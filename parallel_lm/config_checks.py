@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from .comm import ALGORITHMS, ALLTOALL_ALGORITHMS
+from .costmodel.layout import cut_problems
 from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, SYNCS
 
 
@@ -52,9 +53,6 @@ def validate(cfg, world: int) -> None:
                           and not cfg.model.n_experts),
          "--cp runs with dp, tp, pp and ZeRO: not yet with --sequence-parallel, --n-experts, --sync ps or "
          "--engine torch-ddp"),
-        (not cfg.sequence_parallel or cfg.tp > 1,
-         "--sequence-parallel cuts the activations along the sequence over the tensor-parallel ranks: "
-         "use it with --tp 2 or more"),
         (not cfg.sequence_parallel or cfg.model.block_size % cfg.tp == 0,
          f"--sequence-parallel gives each of the --tp {cfg.tp} ranks an equal part of the "
          f"{cfg.model.block_size} tokens: use a --block-size that is a multiple of {cfg.tp}"),
@@ -64,6 +62,10 @@ def validate(cfg, world: int) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    cut = cut_problems(cfg.model.n_layer, cfg.model.n_head, cfg.tp, cfg.pp, cfg.virtual_stages,
+                       cfg.sequence_parallel)  # the heads and layers, as the predictor checks them
+    if cut:
+        raise ValueError(cut[0])
     if cfg.sync == "ps":
         workers = cfg.data_ranks(world)
         if cfg.staleness != 0 and cfg.global_batch_size % workers:  # each worker's gradient applied alone
@@ -86,15 +88,7 @@ def validate(cfg, world: int) -> None:
                              "and pip install 'parallel_lm[gpu]' (CuPy) on a GPU machine, or use --device cpu")
 
 def _check_interleaving(cfg, pp: int, n_micro: int) -> None:
-    v, layers = cfg.virtual_stages, cfg.model.n_layer
-    if pp == 1:
-        raise ValueError(f"--virtual-stages {v} cuts each pipeline rank's layers into chunks: it needs --pp 2 "
-                         "or more")
-    if layers % (pp * v):
-        raise ValueError(f"--n-layer {layers} is not divisible by --pp {pp} x --virtual-stages {v}: each of the "
-                         f"{pp * v} chunks holds the same number of layers; use a layer count that is a multiple "
-                         f"of {pp * v}, or fewer virtual stages")
-    if n_micro % pp:
+    if n_micro % pp:  # a pipeline, and layers that divide into its chunks: cut_problems checked those
         raise ValueError(f"interleaved 1F1B runs the micro-batches in groups of --pp {pp}, but each data-parallel "
                          f"rank has {n_micro}: use --micro-batches (or --micro-batch-size) giving a multiple of {pp}")
     if cfg.schedule != "1f1b":

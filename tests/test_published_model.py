@@ -113,7 +113,7 @@ def test_one_overlap_rule():
 def test_layout_problems_name_the_fix():
     probs = " | ".join(Layout(7, 1, dp=4, tp=5, pp=5, virtual_stages=2).problems(GPT3, gpus=64))
     assert "needs 100 GPUs, but --ranks is 64" in probs
-    assert "--tp 5 must divide --n-head 96" in probs
+    assert "--tp 5 must divide the 96 attention heads: use --tp among 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 96" in probs
     assert "--n-layer 96 is not divisible by --pp 5 x --virtual-stages 2" in probs
     assert "--global-batch-size 7 does not split" in probs
 
@@ -186,7 +186,7 @@ def test_predict_says_when_a_run_does_not_fit():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--n-head", "12", "--tp", "5", "--ranks", "10"], "--tp 5 must divide --n-head 12"),
+    (["--n-head", "12", "--tp", "5", "--ranks", "10"], "--tp 5 must divide the 12 attention heads"),
     (["--n-layer", "12", "--pp", "4", "--virtual-stages", "2", "--ranks", "8"], "is not divisible by --pp 4 x --virtual-stages 2"),
     (["--global-batch-size", "30", "--ranks", "8"], "--global-batch-size 30 does not split"),
     (["--dp", "4", "--tp", "4", "--ranks", "8"], "needs 16 GPUs, but --ranks is 8"),

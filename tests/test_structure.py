@@ -162,3 +162,23 @@ def test_one_builder_assembles_the_parts_and_one_loop_steps_them():
 
 def test_the_call_finder_sees_calls():
     assert calls("a = f(1)\nb.g(2)\nh\ndef k():\n    return k()\n") == {"f", "g"}
+
+
+def test_training_and_the_predictor_refuse_a_model_cut_with_the_same_words():
+    """One list of how a model cannot be cut (costmodel/layout.py's cut_problems) behind both commands' checks."""
+    from parallel_lm.config import TrainConfig
+    from parallel_lm.config_checks import validate
+    from parallel_lm.costmodel.layout import Layout
+    from parallel_lm.costmodel.transformer import ModelShape
+    from parallel_lm.model import GPTConfig
+    for model, layout in (({"n_head": 6, "n_embd": 60}, {"tp": 4}), ({"n_layer": 3}, {"pp": 2}),
+                          ({"n_layer": 4}, {"pp": 2, "virtual_stages": 4}), ({}, {"sequence_parallel": True})):
+        cfg = TrainConfig(model=GPTConfig(**{"n_layer": 4, "n_head": 4, "n_embd": 64, **model}), global_batch_size=8,
+                          micro_batches=4 if layout.get("pp") else None, **layout)
+        ranks = layout.get("tp", 1) * layout.get("pp", 1)
+        with pytest.raises(ValueError) as refused:
+            validate(cfg, ranks)
+        m = cfg.model
+        shape = ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size)
+        predicted = Layout(global_batch=8, micro_batch=2, **layout).problems(shape)
+        assert str(refused.value) in predicted, (str(refused.value), predicted)

@@ -39,6 +39,35 @@ def stage_params(shape: ModelShape, pp: int, ep: int = 1, experts: bool = True) 
     return shape.n_layer // pp * shape.layer_params(held) + shape.embedding_params()
 
 
+def _among(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def cut_problems(n_layer: int, n_head: int, tp: int, pp: int, virtual_stages: int = 1,
+                 sequence_parallel: bool = False) -> list[str]:
+    """Why a model of ``n_layer`` layers and ``n_head`` heads cannot be cut over tp x pp (x virtual stages), each
+    with what to change: the one list training's checks (config_checks.py) and the predictor's
+    (``Layout.problems``) share."""
+    out = []
+    if n_head % tp:
+        out.append(f"--tp {tp} must divide the {n_head} attention heads: use --tp among {_among(n_head)}, "
+                   "or change --n-head")
+    v = virtual_stages
+    if v > 1 and pp == 1:
+        out.append(f"--virtual-stages {v} cuts each pipeline rank's layers into chunks: it needs --pp 2 or more")
+    elif v > 1 and n_layer % (pp * v):
+        out.append(f"--n-layer {n_layer} is not divisible by --pp {pp} x --virtual-stages {v}: each of the "
+                   f"{pp * v} chunks holds the same number of layers; use a layer count that is a multiple "
+                   f"of {pp * v}, or fewer virtual stages")
+    elif n_layer % pp:
+        out.append(f"--pp {pp} must divide the {n_layer} layers into equal stages: use --pp among {_among(n_layer)}, "
+                   "or change --n-layer")
+    if sequence_parallel and tp == 1:
+        out.append("--sequence-parallel cuts the activations along the sequence over the tensor-parallel ranks: "
+                   "use it with --tp 2 or more")
+    return out
+
+
 @dataclass(frozen=True)
 class Layout:
     global_batch: int
@@ -71,23 +100,16 @@ class Layout:
         if gpus is not None and self.gpus != gpus:
             out.append(f"--dp {self.dp} x --cp {self.cp} x --tp {self.tp} x --pp {self.pp} needs {self.gpus} GPUs, "
                        f"but --ranks is {gpus}: make the product equal the GPU count")
-        if shape.n_head % self.tp:
-            out.append(f"--tp {self.tp} must divide --n-head {shape.n_head}: use a divisor of {shape.n_head}")
-        elif shape.kv_heads % self.tp:
+        out += cut_problems(shape.n_layer, shape.n_head, self.tp, self.pp, self.virtual_stages,
+                            self.sequence_parallel)
+        if not shape.n_head % self.tp and shape.kv_heads % self.tp:
             out.append(f"--tp {self.tp} must divide --n-kv-head {shape.kv_heads}")
-        if shape.n_layer % (self.pp * self.virtual_stages):
-            out.append(f"--n-layer {shape.n_layer} is not divisible by --pp {self.pp} x --virtual-stages "
-                       f"{self.virtual_stages}: each rank holds the same number of layers per chunk")
         if self.global_batch % (self.dp * self.micro_batch):
             out.append(f"--global-batch-size {self.global_batch} does not split into --dp {self.dp} x "
                        f"--micro-batch-size {self.micro_batch}: use a multiple of {self.dp * self.micro_batch}")
         elif self.virtual_stages > 1 and self.micro_batches % self.pp:
             out.append(f"interleaving needs the micro-batches per pipeline ({self.micro_batches}) to be a multiple "
                        f"of --pp {self.pp}: change --global-batch-size or --micro-batch-size")
-        if self.virtual_stages > 1 and self.pp == 1:
-            out.append("--virtual-stages needs a pipeline: use --pp 2 or more")
-        if self.sequence_parallel and self.tp == 1:
-            out.append("--sequence-parallel splits along the tensor-parallel ranks: use --tp 2 or more")
         if self.cp > 1 and shape.seq_len % (2 * self.cp):
             out.append(f"--cp {self.cp} cuts each sequence into {2 * self.cp} chunks: use a --seq-len that is a "
                        f"multiple of {2 * self.cp}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..costmodel.layout import cut_problems
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -82,15 +84,13 @@ class Grid:
         return self.pp_rank == self.pp - 1
 
     def check_model(self, n_layer: int, n_head: int, n_embd: int, vocab_size: int) -> None:
-        """ValueError naming the fix when the model cannot be cut this way."""
-        if n_head % self.tp:
-            raise ValueError(f"--tp {self.tp} must divide the {n_head} attention heads: use --tp among "
-                             f"{', '.join(str(d) for d in range(1, n_head + 1) if n_head % d == 0)}, or change --n-head")
+        """ValueError naming the fix when the model cannot be cut this way (the heads and layers as the predictor
+        checks them too: costmodel/layout.py's ``cut_problems``)."""
+        problems = cut_problems(n_layer, n_head, self.tp, self.pp)
+        if problems:
+            raise ValueError(problems[0])
         if vocab_size % self.tp or (4 * n_embd) % self.tp:
             raise ValueError(f"--tp {self.tp} must divide the vocabulary ({vocab_size}) and the MLP width ({4 * n_embd})")
-        if n_layer % self.pp:
-            raise ValueError(f"--pp {self.pp} must divide the {n_layer} layers into equal stages: use --pp among "
-                             f"{', '.join(str(d) for d in range(1, n_layer + 1) if n_layer % d == 0)}, or change --n-layer")
 
     def split(self, comm):
         """(tp_comm, dp_comm, pp_comm): sub-communicators whose ranks are tp_rank, dp_rank and pp_rank."""

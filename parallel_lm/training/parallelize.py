@@ -1,8 +1,8 @@
 """The builder: a run's parts, composed in one visible sequence from its description and its mesh.
 
     mesh  = Mesh.build(cfg, comm)           # the named dimensions and the communicator of each
-    parts = parallelize(cfg, mesh)          # model -> tensor -> context -> experts -> stage -> pipeline
-                                            #   -> gradient sync -> optimizer (-> loss scaler)
+    parts = parallelize(cfg, mesh)          # context (its ring attention) -> model -> tensor -> experts
+                                            #   -> stage -> gradient sync -> optimizer -> pipeline (-> loss scaler)
 
 Every layout goes through the same sequence; a dimension of size 1 makes its step a no-op (one tensor rank
 keeps whole layers, one stage holds every layer). ``Trainer`` (trainer.py) runs the parts' steps; nothing

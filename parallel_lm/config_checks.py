@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from .comm import ALGORITHMS, ALLTOALL_ALGORITHMS
-from .costmodel.layout import cut_problems
+from .costmodel.layout import cut_problems, divisors
 from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, SYNCS
 
 
@@ -114,9 +114,8 @@ def _check_nodes(cfg, dp: int) -> None:
 def _check_experts(cfg, dp: int) -> None:
     E, ep = cfg.model.n_experts, cfg.ep
     if ep > 1 and E % ep:
-        divisors = ", ".join(str(d) for d in range(1, E + 1) if E % d == 0)
         raise ValueError(f"--ep {ep} must divide --n-experts {E}: each rank of an expert group holds the same "
-                         f"number of experts; use --ep among {divisors}")
+                         f"number of experts; use --ep among {divisors(E)}")
     if dp % ep:
         raise ValueError(f"--ep {ep} must divide the {dp} data-parallel ranks, which it cuts into expert groups "
                          f"of {ep}: run a multiple of {ep} data-parallel ranks, or change --ep")

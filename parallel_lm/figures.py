@@ -87,7 +87,7 @@ def run_figure(runs: list[tuple[str, list[dict]]]):
                 ax.plot(steps, [r[field] * scale for r in rows], style, color=colour,
                         marker="o" if len(rows) < 3 else None,
                         label=name + (f" ({DASHED[field]})" if field in DASHED else
-                                                  " (exposed)" if field in SHADED else ""))
+                                      " (exposed)" if field in SHADED else ""))
             ax.set_title(title)
             ax.set_ylabel(unit)
             ax.set_xlabel("step")

@@ -39,7 +39,8 @@ def stage_params(shape: ModelShape, pp: int, ep: int = 1, experts: bool = True) 
     return shape.n_layer // pp * shape.layer_params(held) + shape.embedding_params()
 
 
-def _among(n: int) -> str:
+def divisors(n: int) -> str:
+    """"1, 2, 3, 6": what a flag that must divide ``n`` may be, for an error message."""
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
@@ -50,7 +51,7 @@ def cut_problems(n_layer: int, n_head: int, tp: int, pp: int, virtual_stages: in
     (``Layout.problems``) share."""
     out = []
     if n_head % tp:
-        out.append(f"--tp {tp} must divide the {n_head} attention heads: use --tp among {_among(n_head)}, "
+        out.append(f"--tp {tp} must divide the {n_head} attention heads: use --tp among {divisors(n_head)}, "
                    "or change --n-head")
     v = virtual_stages
     if v > 1 and pp == 1:
@@ -60,7 +61,7 @@ def cut_problems(n_layer: int, n_head: int, tp: int, pp: int, virtual_stages: in
                    f"{pp * v} chunks holds the same number of layers; use a layer count that is a multiple "
                    f"of {pp * v}, or fewer virtual stages")
     elif n_layer % pp:
-        out.append(f"--pp {pp} must divide the {n_layer} layers into equal stages: use --pp among {_among(n_layer)}, "
+        out.append(f"--pp {pp} must divide the {n_layer} layers into equal stages: use --pp among {divisors(n_layer)}, "
                    "or change --n-layer")
     if sequence_parallel and tp == 1:
         out.append("--sequence-parallel cuts the activations along the sequence over the tensor-parallel ranks: "

@@ -73,8 +73,8 @@ class Zero(GradSync):
     """Sharded gradients of ``params`` over the data-parallel communicator ``comm``: this rank's summed chunk of
     each bucket lands in ``grad_shard``, its parameters' values in ``shard_values`` (``owned`` says which)."""
 
-    def __init__(self, params, comm, stage: int, bucket_mb: float, algorithm: str = "ring", comm_dtype: str = "fp32", timeline=None, deferred=(),
-                 groups=None):
+    def __init__(self, params, comm, stage: int, bucket_mb: float, algorithm: str = "ring", comm_dtype: str = "fp32",
+                 timeline=None, deferred=(), groups=None):
         """``groups``: the buckets, as lists of parameters in ``params`` order (ZeRO-3's layers); default:
         ``bucket_mb`` each, in the order backward finishes the parameters."""
         if stage not in (1, 2):

@@ -42,7 +42,9 @@ class PSRun:
         self.group = comm.Split(0 if self.is_server else 1, self.rank)  # servers' or workers' own communicator
         self.aligned = cfg.staleness == 0  # synchronous: all ranks between the same two steps
         self.start_step = int(state["step"]) if state is not None else 0
-        self.end = self.end_step(cfg.steps)
+        # the step this run stops at: --steps, or sooner for a synchronous run with an update budget
+        budgeted = cfg.staleness == 0 and cfg.ps_updates is not None
+        self.end = min(cfg.steps, self.start_step + cfg.ps_updates) if budgeted else cfg.steps
         self.server = self.worker = self.trainer = None
         self.pushes = self.applied = self.dropped = self.max_staleness = self.max_lead = 0
         self.worker_rates, self.steps_done, self.t0 = None, 0, None
@@ -84,12 +86,6 @@ class PSRun:
     def completed(self) -> int:
         """Steps taken: a synchronous server's own; a worker defers to the servers (the most there can be)."""
         return self.server.completed if self.server is not None else self.cfg.steps
-
-    def end_step(self, steps: int) -> int:
-        """The step this run stops at: ``steps``, or sooner for a synchronous run with an update budget."""
-        if self.cfg.staleness == 0 and self.cfg.ps_updates is not None:
-            return min(steps, self.start_step + self.cfg.ps_updates)
-        return steps
 
     def header(self) -> list[str]:
         """What the loop prints first: the layout, the mode, the model and the batch."""

@@ -134,20 +134,9 @@ class TrainConfig:
         return cls(**d)
 
     def grid(self, world: int, rank: int = 0):
-        """The dp x tp x pp grid on ``world`` ranks (ValueError naming the fix when it does not fit).
-
-        With --cp, the grid's dp counts every replica of the model: dp x cp, each group of cp consecutive
-        ones sharing sequences (``batch_ranks``)."""
+        """The dp x cp x tp x pp grid on ``world`` ranks (ValueError naming the fix when it does not fit)."""
         from .parallel.grid import Grid
-        if self.cp > 1 and (world // (self.tp * self.pp)) % self.cp:
-            raise ValueError(f"--cp {self.cp} must divide the {world // (self.tp * self.pp)} ranks left after "
-                             f"--tp {self.tp} x --pp {self.pp}: run a multiple of {self.cp * self.tp * self.pp} ranks")
-        return Grid.for_world(world, rank, self.dp * self.cp if self.dp else None, self.tp, self.pp)
-
-    def batch_ranks(self, replicas: int) -> int:
-        """How many ways the batch is cut among ``replicas`` data-parallel ranks: each context-parallel group
-        of cp ranks shares its sequences."""
-        return replicas // self.cp
+        return Grid.for_world(world, rank, self.dp, self.tp, self.pp, self.cp)
 
     def straggler_ok(self, world: int) -> bool:
         try:

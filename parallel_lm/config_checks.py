@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from .comm import ALGORITHMS, ALLTOALL_ALGORITHMS
-from .costmodel.layout import cut_problems, divisors
+from .costmodel.layout import context_problems, cut_problems, expert_problems
 from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, SYNCS
 
 
@@ -46,9 +46,6 @@ def validate(cfg, world: int) -> None:
         (cfg.recompute in RECOMPUTE, f"unknown --recompute {cfg.recompute!r}; valid: {', '.join(RECOMPUTE)}"),
         (cfg.virtual_stages >= 1, f"--virtual-stages {cfg.virtual_stages} must be >= 1"),
         (cfg.cp >= 1, f"--cp {cfg.cp} must be >= 1"),
-        (cfg.cp <= 1 or cfg.model.block_size % (2 * cfg.cp) == 0,
-         f"--cp {cfg.cp} cuts each sequence into 2 x {cfg.cp} = {2 * cfg.cp} equal chunks (an early and a late "
-         f"one per rank, for causal balance): use a --block-size that is a multiple of {2 * cfg.cp}"),
         (cfg.cp <= 1 or (not cfg.sequence_parallel and cfg.sync != "ps" and cfg.engine == "explicit"
                           and not cfg.model.n_experts),
          "--cp runs with dp, tp, pp and ZeRO: not yet with --sequence-parallel, --n-experts, --sync ps or "
@@ -62,23 +59,27 @@ def validate(cfg, world: int) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    # how the model and its sequences may be cut, and its experts spread: as the predictor checks them
     cut = cut_problems(cfg.model.n_layer, cfg.model.n_head, cfg.tp, cfg.pp, cfg.virtual_stages,
-                       cfg.sequence_parallel)  # the heads and layers, as the predictor checks them
-    if cut:
-        raise ValueError(cut[0])
+                       cfg.sequence_parallel) + context_problems(cfg.model.block_size, cfg.cp, "--block-size")
+    _refuse(cut)
     if cfg.sync == "ps":
         workers = cfg.data_ranks(world)
         if cfg.staleness != 0 and cfg.global_batch_size % workers:  # each worker's gradient applied alone
             raise ValueError(f"--global-batch-size {cfg.global_batch_size} is not divisible by the {workers} "
                              f"parameter-server workers, and an asynchronous server applies each worker's "
                              f"gradient alone: use a multiple of {workers} (or --staleness 0)")
+        _refuse(expert_problems(cfg.model.n_experts, cfg.ep))
         cfg.per_rank(workers)
     else:
         grid = cfg.grid(world)
-        _check_nodes(cfg, grid.dp)
-        _check_experts(cfg, grid.dp)
-        grid.check_model(cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.vocab_size)
-        n_micro = cfg.per_rank(cfg.batch_ranks(grid.dp))[2]
+        _check_nodes(cfg, grid.replicas)
+        _refuse(expert_problems(cfg.model.n_experts, cfg.ep, grid.replicas))
+        m = cfg.model
+        if m.vocab_size % grid.tp or (4 * m.n_embd) % grid.tp:
+            raise ValueError(f"--tp {grid.tp} must divide the vocabulary ({m.vocab_size}) and the MLP width "
+                             f"({4 * m.n_embd})")
+        n_micro = cfg.per_rank(grid.dp)[2]
         if cfg.virtual_stages > 1:
             _check_interleaving(cfg, grid.pp, n_micro)
     if cfg.device == "cuda":
@@ -111,21 +112,15 @@ def _check_nodes(cfg, dp: int) -> None:
     except ValueError as e:
         raise ValueError(f"{e}; unset {RAILS} for one ring per local rank") from None
 
-def _check_experts(cfg, dp: int) -> None:
-    E, ep = cfg.model.n_experts, cfg.ep
-    if ep > 1 and E % ep:
-        raise ValueError(f"--ep {ep} must divide --n-experts {E}: each rank of an expert group holds the same "
-                         f"number of experts; use --ep among {divisors(E)}")
-    if dp % ep:
-        raise ValueError(f"--ep {ep} must divide the {dp} data-parallel ranks, which it cuts into expert groups "
-                         f"of {ep}: run a multiple of {ep} data-parallel ranks, or change --ep")
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise ValueError(problems[0])
 
 def _expert_combinations(cfg) -> list[tuple[bool, str]]:
     """Mixture of experts and expert parallelism: what they run with (README, "Experts")."""
     moe, ep = cfg.model.n_experts > 0, cfg.ep
     return [
         (ep >= 1, f"--ep {ep} must be >= 1"),
-        (ep == 1 or moe, f"--ep {ep} spreads experts over ranks: give the model experts with --n-experts E"),
         (not moe or (cfg.tp == cfg.pp == 1 and cfg.recompute != "full" and cfg.sync != "ps"),
          "--n-experts runs with data parallelism (and --ep, --zero 1/2): not yet with --tp, --pp, "
          "--recompute full or --sync ps"),

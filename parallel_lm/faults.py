@@ -75,6 +75,11 @@ def arm(plan: FaultPlan) -> None:
     _plan = plan
 
 
+def step_check():
+    """``maybe_fail`` if the armed plan holds a fault, else None: a step with nothing planned checks nothing."""
+    return maybe_fail if _plan.faults else None
+
+
 def _once(rank: int, step: int) -> bool:
     if not _plan.once:
         return True

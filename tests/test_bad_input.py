@@ -179,7 +179,7 @@ CASES = [
     (1, P + ["--global-batch-size", "7", "-r", "2"], "--global-batch-size 7 does not split"),
     (1, P + ["--cp", "2", "--device", "1e12"], "are priced by the GPU model"),
     (1, P + ["--cp", "3", "--seq-len", "100", "-r", "3"], "use a --seq-len that is a multiple of 6"),
-    (1, P + ["--n-experts", "4", "--ep", "3", "-r", "6"], "--ep 3 must divide --n-experts (4)"),
+    (1, P + ["--n-experts", "4", "--ep", "3", "-r", "6"], "--ep 3 must divide --n-experts 4"),
     # plot
     (1, PL + ["comm", "--bench", "{missing}", "--profile", "eth-10g"], "'--bench'"),
     (1, PL + ["comm", "--bench", "{broken_json}", "--profile", "eth-10g"], "broken.json"),

@@ -182,3 +182,27 @@ def test_training_and_the_predictor_refuse_a_model_cut_with_the_same_words():
         shape = ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size)
         predicted = Layout(global_batch=8, micro_batch=2, **layout).problems(shape)
         assert str(refused.value) in predicted, (str(refused.value), predicted)
+
+
+@pytest.mark.parametrize("model,layout,ranks,words", [
+    ({"block_size": 12}, {"cp": 4}, 4, ("--block-size", "--seq-len")),  # 12 tokens do not cut into 2 x 4 chunks
+    ({"n_experts": 4}, {"ep": 3}, 3, (" rank", " GPU")),  # 4 experts over 3 ranks
+    ({"n_experts": 6}, {"ep": 3, "dp": 2}, 2, (" rank", " GPU")),  # ep 3 over 2 replicas
+])
+def test_training_and_the_predictor_refuse_sequences_and_experts_with_the_same_words(model, layout, ranks, words):
+    """context_problems and expert_problems (costmodel/layout.py) behind both commands, each in its own flags."""
+    from parallel_lm.config import TrainConfig
+    from parallel_lm.config_checks import validate
+    from parallel_lm.costmodel.layout import Layout
+    from parallel_lm.costmodel.transformer import ModelShape
+    from parallel_lm.model import GPTConfig
+    cfg = TrainConfig(model=GPTConfig(**{"n_layer": 2, "n_head": 4, "n_embd": 64, **model}), global_batch_size=12,
+                      **{k: v for k, v in layout.items() if k != "dp"})
+    with pytest.raises(ValueError) as refused:
+        validate(cfg, ranks)
+    m = cfg.model
+    shape = ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size, m.vocab_size, n_experts=m.n_experts)
+    gpus = layout.get("dp", 1) * layout.get("cp", 1)
+    predicted = Layout(global_batch=12, micro_batch=1, dp=layout.get("dp", 1), cp=layout.get("cp", 1),
+                       ep=layout.get("ep", 1)).problems(shape, gpus)
+    assert str(refused.value).replace(*words) in predicted, (str(refused.value), predicted)

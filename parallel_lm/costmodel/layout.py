@@ -69,6 +69,30 @@ def cut_problems(n_layer: int, n_head: int, tp: int, pp: int, virtual_stages: in
     return out
 
 
+def context_problems(seq_len: int, cp: int, length_flag: str) -> list[str]:
+    """Why context parallelism cannot cut sequences of ``seq_len`` over ``cp`` ranks (``length_flag``: the flag
+    that sets the length, --block-size in training, --seq-len in the predictor)."""
+    if cp > 1 and seq_len % (2 * cp):
+        return [f"--cp {cp} cuts each sequence into 2 x {cp} = {2 * cp} equal chunks (an early and a late one per "
+                f"rank, for causal balance): use a {length_flag} that is a multiple of {2 * cp}"]
+    return []
+
+
+def expert_problems(n_experts: int, ep: int, replicas: int | None = None, unit: str = "ranks") -> list[str]:
+    """Why ``ep`` cannot spread ``n_experts`` over expert groups cut from ``replicas`` data-parallel ``unit``
+    (ranks in training, GPUs in the predictor; None: not known yet)."""
+    out = []
+    if ep > 1 and not n_experts:
+        out.append(f"--ep {ep} spreads experts over {unit}: give the model experts with --n-experts E")
+    elif ep > 1 and n_experts % ep:
+        out.append(f"--ep {ep} must divide --n-experts {n_experts}: each {unit[:-1]} of an expert group holds the "
+                   f"same number of experts; use --ep among {divisors(n_experts)}")
+    if ep > 1 and replicas is not None and replicas % ep:
+        out.append(f"--ep {ep} must divide the {replicas} data-parallel {unit}, which it cuts into expert groups "
+                   f"of {ep}: run a multiple of {ep} data-parallel {unit}, or change --ep")
+    return out
+
+
 @dataclass(frozen=True)
 class Layout:
     global_batch: int
@@ -111,12 +135,8 @@ class Layout:
         elif self.virtual_stages > 1 and self.micro_batches % self.pp:
             out.append(f"interleaving needs the micro-batches per pipeline ({self.micro_batches}) to be a multiple "
                        f"of --pp {self.pp}: change --global-batch-size or --micro-batch-size")
-        if self.cp > 1 and shape.seq_len % (2 * self.cp):
-            out.append(f"--cp {self.cp} cuts each sequence into {2 * self.cp} chunks: use a --seq-len that is a "
-                       f"multiple of {2 * self.cp}")
-        if self.ep > 1 and (not shape.n_experts or shape.n_experts % self.ep or (self.dp * self.cp) % self.ep):
-            out.append(f"--ep {self.ep} must divide --n-experts ({shape.n_experts}) and the {self.dp * self.cp} "
-                       "data-parallel GPUs")
+        out += context_problems(shape.seq_len, self.cp, "--seq-len")
+        out += expert_problems(shape.n_experts, self.ep, self.dp * self.cp, "GPUs")
         if self.recompute not in RECOMPUTE:
             out.append(f"--recompute {self.recompute!r}: valid: {', '.join(RECOMPUTE)}")
         return out

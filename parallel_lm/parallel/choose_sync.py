@@ -8,9 +8,8 @@ from __future__ import annotations
 from .data_parallel import BucketedDataParallel, NaiveDataParallel
 from .optim import ReplicatedOptimizer
 from .torch_ddp import TorchDDP
-from .zero import Zero
+from .zero import ShardedOptimizer, Zero
 from .zero3 import Zero3
-from .zero_optimizer import ShardedOptimizer
 
 
 def make_grad_sync(cfg, dp_comm, stage, params, timeline=None, world=None, ddp_groups=None, ddp_mine=0):

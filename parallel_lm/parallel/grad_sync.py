@@ -17,7 +17,7 @@ an all-reduce (the sum is linear), before ZeRO shards the gradient.
 - ``bucketed``: flat buckets all-reduced during backward (data_parallel.py);
 - ``torch-ddp``: torch's DistributedDataParallel (torch_ddp.py);
 - ``zero``: ZeRO-1/2 reduce-scatter into shards (zero.py), which
-  zero_optimizer.py's ``ShardedOptimizer`` updates; ZeRO-3 also shards the parameters and
+  zero.py's ``ShardedOptimizer`` updates; ZeRO-3 also shards the parameters and
   gathers each layer while it runs (zero3.py);
 - none: a parameter-server worker, whose gradients leave by push and pull
   (parameter_server.py), gets the interface itself, ``GradSync``.

@@ -122,12 +122,15 @@ class Pipeline:
         self.device = device or torch.device("cpu")
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.measure, self.activation_bytes, self.activation_chunk = False, None, None
+        self._listed: dict[int, list] = {}  # m -> this rank's schedule, listed at the first step with m micro-batches
 
     def _span(self, name):
         return self.timeline.span(name) if self.timeline else contextlib.nullcontext()
 
     def _ops(self, m: int) -> list[tuple[str, int, int]]:
-        return ops_for(self.kind, m, self.rank, self.size, self.stage.virtual)
+        if m not in self._listed:
+            self._listed[m] = ops_for(self.kind, m, self.rank, self.size, self.stage.virtual)
+        return self._listed[m]
 
     def peak_in_flight(self, m: int) -> int:
         """The most forwards whose activations this rank holds at once under its schedule

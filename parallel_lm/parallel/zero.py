@@ -34,8 +34,16 @@ gradient clipping needs the global norm: one all-reduce of a scalar.
 ``Zero`` is the gradient synchronization (the interface of
 ``grad_sync.py``): the flat layout, the shards and the reduce-scatter into
 ``grad_shard``; ``publish`` all-gathers the updated shard. The optimizer of
-the shard is a separate object, ``ShardedOptimizer`` (zero_optimizer.py),
-built over it. A pipeline's tied embedding is a
+the shard is a separate object over it, ``ShardedOptimizer`` (below), as for
+every other layout (``ReplicatedOptimizer`` in optim.py beside data
+parallelism's syncs); its ``norm_comms`` are the data-parallel ranks, each
+holding a different chunk of the gradient whose norm clipping needs:
+
+    sync = Zero(params, comm, stage, ...)             # or Zero3(stage, comm, ...)
+    update = ShardedOptimizer(sync, "adamw", lr, wd)  # a fp32 copy of the shard and its moments
+    ...backward, sync.finish()...                     # sync.grad_shard: this rank's summed chunk
+    update.step(lr, clip)                             # update sync.shard_values, then sync.publish()
+ A pipeline's tied embedding is a
 ``deferred`` parameter: it sits in a bucket of its own, reduce-scattered
 only after its gradient has been summed between the first and the last
 stage, since the shards of two stages do not line up.
@@ -45,6 +53,7 @@ from __future__ import annotations
 import time
 
 import torch
+from mpi4py import MPI
 
 from ..comm import all_gather, reduce_scatter
 from ..comm.buffers import as_array
@@ -52,6 +61,7 @@ from ..comm.topology import chunk_offsets
 from ..costmodel.memory import state_bytes, zero_shard
 from .data_parallel import bucket_groups
 from .grad_sync import GradSync
+from .optim import ShardOptimizer, decay_mask, flat_state, param_states
 
 # reduce-scatter and all-gather algorithms matching an --allreduce name (Rabenseifner = halving + doubling)
 PHASES = {"ring": ("ring", "ring"), "rabenseifner": ("recursive_halving", "recursive_doubling"),
@@ -215,3 +225,61 @@ class Zero(GradSync):
         state is ``ShardedOptimizer.memory``'s)."""
         grads = (self.flat_grad.numel() * 4 if self.flat_grad is not None else self.grad_shard.numel() * 4)
         return {"params": self.flat.numel() * 4, "grads": grads, "bucket_in_flight": self.peak_bucket_bytes}
+
+
+class ShardedOptimizer:
+    """AdamW or SGD over ``zero``'s shard (``zero.shard_values``, ``zero.grad_shard``)."""
+
+    def __init__(self, zero, kind: str, lr: float, weight_decay: float):
+        self.zero, self.norm_comms = zero, (zero.comm,)
+        # zero.params lie end to end in the flat vector, in the order decay_mask lays them
+        self.optimizer = ShardOptimizer(zero.shard_values, decay_mask(zero.params)[zero.owned.cpu()], kind, lr,
+                                        weight_decay)
+
+    def grads(self) -> list[torch.Tensor]:
+        """The gradients this rank updates with (its shard): what loss scaling checks and unscales."""
+        return [self.zero.grad_shard]
+
+    def squares(self, skip=()) -> float:
+        """Sum of squares of this rank's gradient shard, leaving out the parameters in ``skip``."""
+        owned = self.zero.owned
+        keep = torch.ones(len(owned), dtype=torch.bool, device=owned.device)
+        for p in skip:
+            a = self.zero.offsets.get(p)
+            if a is not None:
+                keep &= (owned < a) | (owned >= a + p.numel())
+        return float(torch.sum(self.zero.grad_shard[keep].double() ** 2))
+
+    def step(self, lr: float, coef: float = 1.0) -> float:
+        """Scale the shard's gradient by ``coef`` (the clip), update the shard, publish it. Returns comm seconds."""
+        if coef < 1:
+            self.zero.grad_shard *= coef
+        self.optimizer.step(self.zero.grad_shard, lr, self.zero.shard_values)
+        return self.zero.publish()
+
+    def state_by_param(self) -> dict:
+        """Collective over the data-parallel ranks: every parameter's unsharded optimizer state on every rank."""
+        zero, full = self.zero, {}
+        for kind, value in self.optimizer.state().items():
+            if value.dim() == 0:
+                full[kind] = value
+                continue
+            # each element is owned by exactly one rank: the sum over ranks assembles it, exactly
+            host = torch.zeros(zero.n).index_copy_(0, zero.owned.cpu(), value.cpu())
+            zero.comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=MPI.SUM)
+            full[kind] = host.to(zero.grad_shard.device)
+        return param_states(full, zero.params)
+
+    def load_by_param(self, states: dict) -> None:
+        """Take this rank's shard of every parameter's unsharded optimizer state (``state_by_param``'s form)."""
+        owned = self.zero.owned
+        shard = {kind: v if v.dim() == 0 else v[owned] for kind, v in flat_state(states, self.zero.params).items()}
+        if shard:
+            self.optimizer.load(shard)
+
+    def memory(self) -> dict:
+        """Bytes this rank holds: the sync's parameters, gradients and buffers, and the optimizer's state
+        (the shard's fp32 copy and moments)."""
+        held = self.zero.memory()
+        state = sum(t.numel() * t.element_size() for t in self.optimizer.tensors())
+        return {"params": held.pop("params"), "grads": held.pop("grads"), "optimizer": state, **held}

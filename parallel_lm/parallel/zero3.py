@@ -29,7 +29,7 @@ before backward. Filling writes through ``.data``, which autograd does not
 count as a modification.
 
 Built on zero.py's ``Zero`` (stage-2 reduce-scatter into shards), with the layers as its
-buckets; zero_optimizer.py's ``ShardedOptimizer`` updates ``shard_values`` as for ZeRO-1/2.
+buckets; zero.py's ``ShardedOptimizer`` updates ``shard_values`` as for ZeRO-1/2.
 """
 from __future__ import annotations
 

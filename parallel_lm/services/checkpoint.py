@@ -217,7 +217,7 @@ def gather(local: dict, grid, tp_comm, pp_comm) -> dict | None:
         parts = tp_comm.gather(mine, root=0)
         mine = {k: join(k, [p[k] for p in parts]) for k in mine} if grid.tp_rank == 0 else None
     if grid.pp > 1:
-        parts = pp_comm.gather(mine if grid.dp_rank == 0 and grid.tp_rank == 0 else None, root=0)
+        parts = pp_comm.gather(mine if grid.replica_rank == 0 and grid.tp_rank == 0 else None, root=0)
         if grid.pp_rank == 0 and parts[0] is not None:
             mine = {k: v for part in parts for k, v in part.items()}
     return mine if grid.rank == 0 else None

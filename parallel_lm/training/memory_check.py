@@ -38,7 +38,7 @@ def estimate(cfg, grid) -> dict[str, float]:
     """Bytes per rank, by term, of the fullest rank of ``cfg``'s layout on ``grid``."""
     m = cfg.model
     shape = shape_of(m)
-    data = cfg.batch_ranks(grid.dp)  # the cost model's dp: ways the batch is cut (the grid's dp counts cp ranks too)
+    data = grid.dp
     _, micro, n_micro = cfg.per_rank(data)
     # the fullest rank's share as if every rank held it (a batch that does not divide leaves some one row short)
     layout = Layout(global_batch=data * micro * n_micro, micro_batch=micro, dp=data, cp=cfg.cp, tp=grid.tp,
@@ -74,7 +74,7 @@ def check(cfg, grid, ranks_here: int, available: float | None) -> dict[str, floa
         where = "on the GPU" if cfg.device == "cuda" else "on this node"
         raise ValueError(
             f"this run needs ~{per_rank / GIB:.1f} GiB per rank ({name} {terms[name] / GIB:.1f} GiB at --block-size "
-            f"{cfg.model.block_size}, micro-batch {cfg.per_rank(cfg.batch_ranks(grid.dp))[1]}), {ranks_here} rank(s) x that = "
+            f"{cfg.model.block_size}, micro-batch {cfg.per_rank(grid.dp)[1]}), {ranks_here} rank(s) x that = "
             f"{per_rank * ranks_here / GIB:.1f} GiB, but {available / GIB:.1f} GiB are available {where}: "
             f"{FIXES[name]}; or pass --force to try anyway")
     return terms

@@ -34,30 +34,30 @@ from ..runtime import emulated
 
 @dataclass
 class Mesh:
-    """The layout's coordinates (``grid``: dp x tp x pp, the grid's dp counting every replica of the model, cp
-    ranks included) and, for each named dimension, the communicator of the ranks this one works with along it.
-    A dimension of size 1 is ``COMM_SELF``; ``cp`` is None without context parallelism."""
+    """The layout's coordinates (``grid``: dp x cp x tp x pp, each meaning what it means in the cost model) and,
+    for each named dimension, the communicator of the ranks this one works with along it. A dimension of size 1
+    is ``COMM_SELF``; ``cp`` is None without context parallelism."""
     grid: Grid
     world: object
-    dp: object  # the replicas of this rank's shard (same tp and pp coordinates): gradients are averaged here
+    replicas: object  # the dp x cp ranks holding this rank's shard (same tp and pp): gradients are averaged here
     tp: object
     pp: object
-    cp: object = None  # the cp consecutive replicas that share one sequence (a sub-group of dp)
+    cp: object = None  # the cp consecutive replicas that share one slice's sequences
 
     @classmethod
     def build(cls, cfg, comm) -> "Mesh":
         """Cut ``comm`` as ``cfg`` says (ValueError naming the fix when it does not fit). Collective."""
         grid = cfg.grid(comm.Get_size(), comm.Get_rank())
         if grid.tp == grid.pp == 1:
-            tp, dp, pp = MPI.COMM_SELF, comm, MPI.COMM_SELF
+            tp, replicas, pp = MPI.COMM_SELF, comm, MPI.COMM_SELF
         else:
-            tp, dp, pp = grid.split(comm)
-        cp = dp.Split(color=grid.dp_rank // cfg.cp, key=grid.dp_rank % cfg.cp) if cfg.cp > 1 else None
-        return cls(grid, comm, dp, tp, pp, cp)
+            tp, replicas, pp = grid.split(comm)
+        cp = replicas.Split(color=grid.dp_rank, key=grid.cp_rank) if grid.cp > 1 else None
+        return cls(grid, comm, replicas, tp, pp, cp)
 
     def communicators(self) -> list:
         """Every communicator of the mesh other than COMM_SELF, once each."""
-        found = (self.world, self.dp, self.tp, self.pp, self.cp)
+        found = (self.world, self.replicas, self.tp, self.pp, self.cp)
         return list({id(c): c for c in found if c is not None and c != MPI.COMM_SELF}.values())
 
 
@@ -101,7 +101,7 @@ def parallelize(cfg, mesh: Mesh, state: dict | None = None, timeline=None, sync_
     if context:  # this rank's positions of each sequence
         context.shard_positions(model)
     # expert parallelism: each rank keeps its experts (before the parameters are listed: others' are not trained)
-    experts = ExpertParallel(model, mesh.dp, cfg.ep, cfg.alltoall, cfg.allreduce, clock) if cfg.ep > 1 else None
+    experts = ExpertParallel(model, mesh.replicas, cfg.ep, cfg.alltoall, cfg.allreduce, clock) if cfg.ep > 1 else None
     names = {id(p): name for name, p in model.named_parameters()}  # single-process names
     # pipeline parallelism: this rank's layers
     stage = Stage(model, grid.pp_rank, grid.pp, sharded=grid.tp > 1, virtual=cfg.virtual_stages)
@@ -110,9 +110,9 @@ def parallelize(cfg, mesh: Mesh, state: dict | None = None, timeline=None, sync_
     if sync_grads:
         expert_ids = {id(p) for p in experts.params} if experts else set()
         dense = [p for p in params if id(p) not in expert_ids]
-        sync_comm = in_collectives(emulated(mesh.dp, netem))  # --netem delays it; faults.py's killcomm kills in it
+        sync_comm = in_collectives(emulated(mesh.replicas, netem))  # --netem delays it; faults.py's killcomm kills in it
         sync = make_grad_sync(cfg, sync_comm, stage, dense, timeline, world=mesh.world,
-                              ddp_groups=grid.all_dp_groups(), ddp_mine=grid.pp_rank * grid.tp + grid.tp_rank)
+                              ddp_groups=grid.all_replica_groups(), ddp_mine=grid.pp_rank * grid.tp + grid.tp_rank)
     else:
         sync = GradSync(params)
     update = make_optimizer(cfg, sync, params)

@@ -87,31 +87,33 @@ def predict(cfg, grid, n_micro: int, probe: ComputeProbe, profile: Profile, n_pa
     flops_per_s = flops_per_token * tokens_per_micro / probe.micro_batch_s  # achieved, so MFU 1
     devices = max(1, cores // probe.threads)  # ranks that can compute at once
     sharing = max(1.0, local_ranks / devices)
-    all_devices = devices * grid.dp * grid.tp * grid.pp / local_ranks  # every node like this one
+    all_devices = devices * grid.size / local_ranks  # every node like this one
     algorithm = "ring" if cfg.allreduce not in COSTS["allreduce"] else cfg.allreduce
     bytes_per_grad = 2 if cfg.comm_dtype == "fp16" else 4
 
-    def allreduce_s(n_bytes, ranks=grid.dp, level="dp"):
+    def allreduce_s(n_bytes, ranks=grid.replicas, level="dp"):
         return COSTS["allreduce"][algorithm](n_bytes, ranks).time_s(profile.network(n_bytes))
 
     def p2p_s(n_bytes):
         net = profile.network(n_bytes)
         return net.alpha_s + n_bytes * net.beta_s_per_byte
 
-    shards = grid.tp * grid.pp * (grid.dp if cfg.zero else 1)
+    shards = grid.tp * grid.pp * (grid.replicas if cfg.zero else 1)
     optimizer = probe.optimizer_s / shards * sharing
     if grid.tp == grid.pp == 1 and not cfg.zero:
         pred = predict_step(n_params=n_params, flops_per_token=flops_per_token,
-                            tokens_per_step=cfg.global_batch_size * cfg.model.block_size, ranks=grid.dp,
+                            tokens_per_step=cfg.global_batch_size * cfg.model.block_size, ranks=grid.replicas,
                             flops_per_s=flops_per_s, mfu=1.0, allreduce_s=allreduce_s,
                             bucket_bytes=cfg.bucket_mb * 2**20 * bytes_per_grad / 4,
                             grad_bytes_per_param=bytes_per_grad, overlap=cfg.overlap, devices=all_devices)
         return {"step_s": pred.step_s + optimizer, "compute_s": pred.compute_s, "comm_s": pred.comm_s,
                 "exposed_comm_s": pred.exposed_comm_s, "optimizer_s": optimizer, "tp_comm_s": 0.0,
                 "pp_comm_s": 0.0, "bubble_s": 0.0, "sharing": sharing, "algorithm": algorithm}
+    # the layouts here have no cp: dp x cp ranks each computing 1/(dp cp) of the tokens do the same work and
+    # average their gradients over the same dp x cp replicas
     pred = predict_layout(n_params=n_params, flops_per_token=flops_per_token, n_layer=cfg.model.n_layer,
                           block_size=cfg.model.block_size, n_embd=cfg.model.n_embd,
-                          global_batch=cfg.global_batch_size, dp=grid.dp, tp=grid.tp, pp=grid.pp,
+                          global_batch=cfg.global_batch_size, dp=grid.replicas, tp=grid.tp, pp=grid.pp,
                           micro_batches=n_micro, zero=cfg.zero, flops_per_s=flops_per_s, mfu=1.0,
                           devices=all_devices,
                           allreduce_s=allreduce_s, p2p_s=p2p_s)

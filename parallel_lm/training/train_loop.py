@@ -75,7 +75,7 @@ def _report_prediction(cfg, comm, grid, n_micro, probe, profile, trainer, record
     print(run_prediction.report(pred, meas, probe, profile, on_node, cores, comm.Get_size()), flush=True)
     if out is not None:
         run_prediction.write_json(out / "prediction.json", pred, meas, probe, profile,
-                                  {"dp": grid.dp, "tp": grid.tp, "pp": grid.pp, "zero": cfg.zero,
+                                  {"dp": grid.dp, "cp": grid.cp, "tp": grid.tp, "pp": grid.pp, "zero": cfg.zero,
                                    "micro_batches": n_micro, "ranks": comm.Get_size()})
 
 
@@ -113,7 +113,7 @@ def _checkpoint_due(cfg, out, done: int) -> bool:
 def _trainer_header(cfg, trainer, opts, p: int) -> list[str]:
     """What a Trainer's run prints first: ranks and engine, the model, the data and the batch, the layout."""
     grid, batches = trainer.grid, trainer.batches
-    rows, micro, n_micro = cfg.per_rank(cfg.batch_ranks(grid.dp))
+    rows, micro, n_micro = cfg.per_rank(grid.dp)
     lines = [f"parallel_lm.train: {p} rank(s) x {torch.get_num_threads()} thread(s), engine {cfg.engine}"
              + (f", {cfg.dp_sync} dp, --allreduce {cfg.allreduce}, buckets {cfg.bucket_mb} MB, overlap {'on' if cfg.overlap else 'off'}"
                 if cfg.engine == "explicit" else "")
@@ -121,7 +121,7 @@ def _trainer_header(cfg, trainer, opts, p: int) -> list[str]:
              + (f", netem {opts.netem}" if opts.netem else "")
              + (f", ZeRO stage {cfg.zero}" if cfg.zero else ""),
              f"model: {trainer.n_params / 1e6:.2f}M parameters, {trainer.flops_per_token / 1e6:.2f} MFLOP/token, {cfg.model}"]
-    B, dp = cfg.global_batch_size, cfg.batch_ranks(grid.dp)
+    B, dp = cfg.global_batch_size, grid.dp
     shares = f" = {dp} data-parallel rank(s) x {n_micro} micro-batch(es) x {micro} sequences" if B % dp == 0 and \
         rows == n_micro * micro else (f" over {dp} data-parallel rank(s) holding {B // dp}" +
                                       (f" or {B // dp + 1}" if B % dp else "") + " sequences")
@@ -135,9 +135,7 @@ def _trainer_header(cfg, trainer, opts, p: int) -> list[str]:
         v = cfg.virtual_stages
         kind = f"interleaved 1F1B, {v} chunks per rank, bubble formula (p-1)/(v m+p-1)" if v > 1 else \
             f"{cfg.schedule} schedule, bubble formula (p-1)/(m+p-1)"
-        layout = grid.describe() if cfg.cp == 1 else \
-            f"dp {grid.dp // cfg.cp} x cp {cfg.cp} x tp {grid.tp} x pp {grid.pp}"
-        lines.append(f"layout: {layout}" + (f", {kind} = {bubble_formula(grid.pp, n_micro, v):.3f}" if grid.pp > 1 else ""))
+        lines.append(f"layout: {grid.describe()}" + (f", {kind} = {bubble_formula(grid.pp, n_micro, v):.3f}" if grid.pp > 1 else ""))
     return lines
 
 

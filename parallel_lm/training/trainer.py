@@ -22,10 +22,10 @@ from mpi4py import MPI
 
 from ..services import checkpoint
 from ..config import TrainConfig
-from ..faults import maybe_fail
+from ..faults import step_check
 from ..services.metrics import StepRecord, Timeline
 from .parallelize import Mesh, parallelize
-from .utilization import formula_mib, held_mib
+from .utilization import formula_mib
 from ..services.watchdog import NoWatchdog
 from ..parallel.expert_parallel import reset_routing, routing_summary
 from ..parallel.optim import clip_coefficient
@@ -56,16 +56,17 @@ class Trainer(CheckpointedState):
         self.cfg, self.comm, self.batches, self.timeline, self.slow_factor = cfg, comm, batches, timeline, slow_factor
         self.mesh = Mesh.build(cfg, comm)
         grid = self.grid = self.mesh.grid
-        self.tp_comm, self.dp_comm, self.pp_comm = self.mesh.tp, self.mesh.dp, self.mesh.pp
-        data, data_rank = cfg.batch_ranks(grid.dp), grid.dp_rank // cfg.cp  # context-parallel ranks share rows
-        self.sizes = cfg.micro_rows(data, data_rank)  # rows of each micro-batch of this rank
-        self.lo, self.rows = cfg.rows_of(data, data_rank)
+        self.tp_comm, self.replica_comm, self.pp_comm = self.mesh.tp, self.mesh.replicas, self.mesh.pp
+        data = grid.dp  # the ways the batch is cut: a context-parallel group shares its rows
+        self.sizes = cfg.micro_rows(data, grid.dp_rank)  # rows of each micro-batch of this rank
+        self.lo, self.rows = cfg.rows_of(data, grid.dp_rank)
         self.micro, self.n_micro = max(self.sizes), len(self.sizes)
         # a global batch that does not divide over dp: each micro-batch's loss weighted by its rows (rows x dp / B),
         # so that averaging over the ranks gives the mean over the batch; None: equal shares (1/m, as always)
         even = cfg.global_batch_size % data == 0 and len(set(self.sizes)) == 1
         self.weights = None if even else [n * data / cfg.global_batch_size for n in self.sizes]
-        self.share = self.rows * data / cfg.global_batch_size  # this rank's loss in the mean over ranks
+        # this rank's weight in a loss's mean over the dp x cp replicas (a cp group's ranks each hold 1/cp of the tokens)
+        self.share = self.rows * data / cfg.global_batch_size / grid.replicas
         self.device = torch.device(cfg.device)
         parts = parallelize(cfg, self.mesh, state, timeline, sync_grads, netem)
         self.model, self.stage, self.pipeline, self.sync, self.update = \
@@ -77,6 +78,10 @@ class Trainer(CheckpointedState):
         self.completed = self.start_step  # steps whose optimizer update this rank has applied
         self.formula_mib = None  # utilization.formula_mib, computed at the first record
         self.norm_comms = self.update.norm_comms + (self.pp_comm, self.tp_comm)  # where the gradient's squares lie
+        self.counted_elsewhere = self._counted_elsewhere()
+        self.loss_counted = self.stage.last and grid.tp_rank == 0  # each replica's loss once in a step's mean
+        self.bubble_formula = bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None
+        self.fault_check = step_check()  # None unless PARALLEL_LM_FAIL_AT planned a fault
         self.pipeline.measure = True  # the first micro-batch's activation bytes (utilization.activation_line)
         if self.scaler:  # an overflowing step sums inf and -inf into nan on purpose (the scaler skips it): no warning
             np.seterr(invalid="ignore")
@@ -119,12 +124,13 @@ class Trainer(CheckpointedState):
     def _squares(self) -> float:
         """This rank's share of the squared global gradient norm (summed over ``norm_comms`` by the caller)."""
         if not self.experts:
-            return self.update.squares(self._counted_elsewhere())
-        return self.update.squares(self._counted_elsewhere() + self.experts.params) + self.experts.squares()
+            return self.update.squares(self.counted_elsewhere)
+        return self.update.squares(self.counted_elsewhere + self.experts.params) + self.experts.squares()
 
     def _forward_backward(self, step: int, scale: float) -> tuple[float, float, float]:
         """This rank's micro-batches through the pipeline: (loss on the last stage, compute_s, pipeline_s)."""
-        maybe_fail(step)
+        if self.fault_check:
+            self.fault_check(step)
         t0 = time.perf_counter()
         loss, compute_s = self.pipeline.run(self._micro_batches(step), self.shape, self.autocast, scale, self.sync,
                                             self.weights)
@@ -183,8 +189,7 @@ class Trainer(CheckpointedState):
 
     def _record(self, step, t_step, loss, compute_s, pipe_s, comm_s, exposed_s, applied) -> StepRecord:
         cfg, grid = self.cfg, self.grid
-        counted = self.stage.last and grid.tp_rank == 0  # each data-parallel replica's loss once
-        total = np.array([loss * self.share if counted else 0.0])
+        total = np.array([loss * self.share if self.loss_counted else 0.0])
         self.comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
         bubble = None
         if grid.pp > 1:  # the time in the pipeline not spent computing, mean over the ranks
@@ -193,17 +198,26 @@ class Trainer(CheckpointedState):
         if comm_s is not None:  # the main thread's wait also holds the hand-off to and from the communication
             exposed_s = min(exposed_s, comm_s)  # thread (up to ~90 us seen); the part of comm exposed is at most all
         tokens = cfg.global_batch_size * cfg.model.block_size
-        return StepRecord(step=step + 1, loss=float(total[0]) / grid.dp, lr=lr_at(cfg, step), tokens=tokens,
+        return StepRecord(step=step + 1, loss=float(total[0]), lr=lr_at(cfg, step), tokens=tokens,
                           step_s=step_s, compute_s=compute_s, comm_s=comm_s, exposed_comm_s=exposed_s,
                           tokens_per_s=tokens / step_s,
                           tp_comm_s=self.clock.seconds("tp") if grid.tp > 1 else None, bubble=bubble,
                           cp_wait_s=self.clock.seconds("cp") if self.context else None,
                           ep_comm_s=self.clock.seconds("ep") if self.experts else None,
-                          bubble_formula=bubble_formula(grid.pp, self.n_micro, cfg.virtual_stages) if grid.pp > 1 else None,
+                          bubble_formula=self.bubble_formula,
                           loss_scale=self.scaler.scale if self.scaler else None,
-                          experts=routing_summary(self.model, self.dp_comm) if cfg.model.n_experts else None,
+                          experts=routing_summary(self.model, self.replica_comm) if cfg.model.n_experts else None,
                           skipped=(not applied) if self.scaler else None,
-                          memory_mib=held_mib(self), memory_formula_mib=self._formula_mib())
+                          memory_mib=self._held_mib(), memory_formula_mib=self._formula_mib())
+
+    def _held_mib(self) -> float:
+        """MiB this rank holds now: model state (``memory``: parameters, gradients, optimizer state, and what is in
+        flight: a ZeRO-2 bucket, ZeRO-3's whole layers) and the activations of the micro-batches its schedule
+        holds at once (the first step measured one micro-batch's)."""
+        held = sum(self.memory().values())
+        if self.pipeline.activation_bytes:
+            held += self.pipeline.peak_in_flight(self.n_micro) * self.pipeline.activation_bytes
+        return held / 2**20
 
     def _formula_mib(self) -> float:
         """utilization.formula_mib, once: the formulas do not change from step to step."""
@@ -221,8 +235,8 @@ class Trainer(CheckpointedState):
             total += self.pipeline.forward_only(x, y, (self.rows,) + self.shape[1:], self.autocast)
         self.stage.train()
         mean = np.array([total / self.cfg.eval_batches * self.share])
-        self.dp_comm.Allreduce(MPI.IN_PLACE, mean, op=MPI.SUM)
-        return float(mean[0]) / self.grid.dp
+        self.replica_comm.Allreduce(MPI.IN_PLACE, mean, op=MPI.SUM)
+        return float(mean[0])
 
     def memory(self) -> dict:
         """Bytes of parameters, gradients and optimizer state this rank holds (after a step)."""

@@ -108,7 +108,7 @@ def utilization_line(cfg, flops_per_token: float, records, ranks: int, peak: tup
 def _model_state(trainer) -> tuple[dict, dict, int]:
     """(bytes this rank holds by kind, the formula's bytes by kind, its parameter count: its stage / tensor slice)."""
     n = sum(p.numel() for p in trainer.params)
-    return trainer.memory(), memory_formula(n, trainer.cfg.zero, trainer.grid.dp, trainer.cfg.optimizer), n
+    return trainer.memory(), memory_formula(n, trainer.cfg.zero, trainer.grid.replicas, trainer.cfg.optimizer), n
 
 
 def model_state_line(trainer) -> str:
@@ -120,7 +120,7 @@ def model_state_line(trainer) -> str:
     total = f"total {sum(have[k] for k in want) / 2**20:.2f} MiB"
     if not cfg.zero:
         return f"model state per rank: {parts}; {total}"
-    plain = memory_formula(n, 0, trainer.grid.dp, cfg.optimizer)
+    plain = memory_formula(n, 0, trainer.grid.replicas, cfg.optimizer)
     return (f"ZeRO-{cfg.zero} memory per rank: {parts}; {total} vs {sum(plain.values()) / 2**20:.2f} MiB without ZeRO"
             + (f"; one bucket in flight {have['bucket_in_flight'] / 2**20:.2f} MiB" if cfg.zero == 2 else "")
             + (f"; whole layers at once (running + prefetched, and the embeddings) "
@@ -153,19 +153,8 @@ def activation_line(trainer, grid, micro: int) -> str:
             f"in flight: {live * have / 2**20:.2f} MiB")
 
 
-def held_mib(trainer) -> float:
-    """MiB this rank holds now: model state (``Trainer.memory``: parameters, gradients, optimizer state, and what
-    is in flight: a ZeRO-2 bucket, ZeRO-3's whole layers) and the activations of the micro-batches its schedule
-    holds at once."""
-    pipe = trainer.pipeline
-    held = sum(trainer.memory().values())
-    if pipe.activation_bytes:
-        held += pipe.peak_in_flight(trainer.n_micro) * pipe.activation_bytes
-    return held / 2**20
-
-
 def formula_mib(trainer) -> float:
-    """``held_mib`` by the formulas: the same for every step once the first has measured the activations."""
+    """``Trainer._held_mib`` by the formulas: the same for every step once the first has measured the activations."""
     cfg, grid, pipe = trainer.cfg, trainer.grid, trainer.pipeline
     formula = sum(_model_state(trainer)[1].values())
     if pipe.activation_bytes:

@@ -38,7 +38,8 @@ def _shared_memory_nodes(comm) -> int:
     local, size = node.Get_rank(), node.Get_size()
     node.Free()
     first = comm.Get_rank() - local  # rank of this node's local rank 0, if nodes are numbered node by node
-    fits = int(first % size == 0 and comm.allgather(size)[first] == size)
+    sizes_at = comm.allgather(size)  # every rank calls it: a node whose first rank is off the grid must not skip it
+    fits = int(first % size == 0 and sizes_at[first] == size)
     sizes = comm.allreduce(size, op=MPI.MAX), comm.allreduce(size, op=MPI.MIN)
     if sizes[0] != sizes[1] or not comm.allreduce(fits, op=MPI.MIN):
         raise ValueError(f"the hierarchical all-reduce needs nodes of equal size with ranks numbered node by node "

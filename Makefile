@@ -29,7 +29,8 @@ OPENMPI_TESTS ?= tests/test_collectives_mpi.py tests/test_alltoall.py::test_all_
 	tests/test_layouts.py::test_the_full_grid_from_the_command_line \
 	tests/test_memory_features.py::test_zero3_trains_like_one_process_holding_a_shard_and_at_most_two_layers \
 	tests/test_shrink.py tests/test_exercises.py::test_a_hang_is_called_a_hang_and_the_job_is_killed \
-	tests/test_exercises.py::test_an_exception_on_one_rank_is_shown_with_its_line_and_ends_the_job
+	tests/test_exercises.py::test_an_exception_on_one_rank_is_shown_with_its_line_and_ends_the_job \
+	tests/test_cluster.py
 RANKS ?= 8
 STEPS ?= 300
 

@@ -12,7 +12,7 @@
 | ``PARALLEL_LM_FAIL_AT``, ``_FAIL_ONCE``, ``_CORRUPT`` | fail a rank on purpose (faults.py) | ``faults.arm`` |
 | ``PARALLEL_LM_PLOTS=DIR`` | where the lessons' figures go (default plots/lessons) | ``figures.out_dir`` |
 | ``PARALLEL_LM_MPIEXEC=PATH`` | the launcher that exercises and the tests start | ``default_mpiexec`` |
-| ``MASTER_ADDR`` | the host torch.distributed meets on (default 127.0.0.1) | ``comm.settings.rendezvous_host`` |
+| ``MASTER_ADDR`` | the host torch.distributed meets on (default: rank 0's: 127.0.0.1 on one node) | ``comm.settings.rendezvous_host`` |
 | ``OMPI_MCA_mpi_ft_enable`` | set by ``mpirun --with-ft ulfm``: ranks may die and the job go on | ``shrink.ulfm_enabled`` |
 | ``HOME`` | where the best matmul probe is kept (~/.cache/parallel_lm) | ``train_loop`` |
 
@@ -71,7 +71,7 @@ def read(environ: Mapping[str, str] | None = None) -> Environment:
             cuda_aware=None if aware is None else _flag(environ, "PARALLEL_LM_CUDA_AWARE"),
             ranks_per_node=_count(environ, RANKS_PER_NODE),
             rails=_count(environ, RAILS),
-            rendezvous_host=environ.get("MASTER_ADDR") or "127.0.0.1",
+            rendezvous_host=environ.get("MASTER_ADDR") or None,
         ),
         faults=FaultPlan.parse(environ.get("PARALLEL_LM_FAIL_AT", ""), environ.get("PARALLEL_LM_FAIL_ONCE"),
                                environ.get("PARALLEL_LM_CORRUPT")),

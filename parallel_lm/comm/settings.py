@@ -22,7 +22,7 @@ class CommSettings:
     cuda_aware: bool | None = None  # whether MPI reads device pointers; None: ask the library (buffers.py)
     ranks_per_node: int | None = None  # emulated nodes of this many consecutive ranks; None: the real ones (nodes.py)
     rails: int | None = None  # rings between nodes per node; None: one per local rank (nodes.py)
-    rendezvous_host: str = "127.0.0.1"  # where torch.distributed's ranks meet (parallel/torch_ddp.py)
+    rendezvous_host: str | None = None  # where torch.distributed's ranks meet; None: rank 0's (parallel/torch_ddp.py)
 
     def __post_init__(self):
         if self.device not in DEVICES:

@@ -8,21 +8,54 @@ from ..comm import settings
 from .grad_sync import GradSync
 
 
-def init_process_group(comm, backend: str = "gloo") -> None:
-    """Start torch.distributed on these MPI ranks: rank 0 picks a free port and broadcasts it.
+def _own_address() -> str | None:
+    """This host's first IPv4 address other than loopback (Linux: SIOCGIFADDR on each interface), or None."""
+    import fcntl
+    import struct
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
+            except OSError:  # no IPv4 address on this interface
+                continue
+            address = socket.inet_ntoa(packed[20:24])
+            if not address.startswith("127."):
+                return address
+    return None
 
-    Concurrent jobs on one machine (parallel tests) each get their own port (docs/mpi-notes.md).
+
+def _one_node(comm) -> bool:
+    """Whether every rank of ``comm`` shares this rank's memory (one machine). Collective."""
+    from mpi4py import MPI
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    alone = node.Get_size() == comm.Get_size()
+    node.Free()
+    return alone
+
+
+def init_process_group(comm, backend: str = "gloo") -> None:
+    """Start torch.distributed on these MPI ranks: rank 0 picks its address and a free port and broadcasts them.
+
+    The address is MASTER_ADDR when set; else 127.0.0.1 when every rank is on one machine, and rank 0's own
+    network address when the ranks span nodes (its loopback is no one else's). Concurrent jobs on one machine
+    (parallel tests) each get their own port (docs/mpi-notes.md).
     """
     import torch.distributed as dist
     if dist.is_initialized():
         return
+    host = settings.current().rendezvous_host  # MASTER_ADDR, read at the entry point (environment.py)
+    one_node = _one_node(comm)
     port = None
     if comm.Get_rank() == 0:
+        if host is None:
+            host = "127.0.0.1" if one_node else _own_address()
+            if host is None:
+                raise RuntimeError("the ranks span nodes, but rank 0 has no network address other than loopback: "
+                                   "set MASTER_ADDR to an address of rank 0's host that the others reach")
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind(("" if host != "127.0.0.1" else host, 0))
             port = s.getsockname()[1]
-    host = settings.current().rendezvous_host  # MASTER_ADDR, read at the entry point (environment.py)
-    port = comm.bcast(port, root=0)
+    host, port = comm.bcast((host, port), root=0)
     dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=comm.Get_rank(),
                             world_size=comm.Get_size())
     # Tear it down before the interpreter does: left to the end, Gloo's worker threads can still be

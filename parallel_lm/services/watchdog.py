@@ -106,7 +106,22 @@ class Watchdog:
             self.stopped.wait(self.period)
         for r in range(self.size):  # the last word: this rank is done, and will never be silent by accident
             if r != self.rank:
-                self.comm.isend((self.step, "end", 0.0), dest=r, tag=TAG)
+                self.sends.append(self.comm.isend((self.step, "end", 0.0), dest=r, tag=TAG))
+        self._last_words()
+
+    def _last_words(self, timeout: float = 10.0) -> None:
+        """Take every other rank's heartbeats up to its last word, and see this rank's own delivered, so that no
+        message is left unmatched when MPI ends (across nodes, UCX warns of each one). A rank that does not say
+        its last word within ``timeout`` seconds (it failed, or ends much later) is left to MPI."""
+        waiting, deadline = set(range(self.size)) - {self.rank}, time.monotonic() + timeout
+        while (waiting or self.sends) and time.monotonic() < deadline:
+            self.sends = [r for r in self.sends if not r.Test()]
+            status = MPI.Status()
+            if self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG, status=status):
+                if self.comm.recv(source=status.Get_source(), tag=TAG)[1] == "end":
+                    waiting.discard(status.Get_source())
+            else:
+                time.sleep(0.002)
 
     def _kill(self, verdict: str, stuck: list[int]) -> bool:
         """--on-failure shrink: SIGKILL the stuck ranks, so the survivors go on without them; False where this

@@ -35,7 +35,7 @@ batches = Batches.from_bytes(load_corpus("synthetic"), base.model.block_size, ba
 torch.manual_seed(base.seed)
 INITIAL = GPT(base.model).state_dict()
 CASES = {
-    "zero1": dict(zero=1), "zero2": dict(zero=2), "zero2-accum": dict(zero=2, micro_batch_size=2),
+    "dp": dict(), "zero1": dict(zero=1), "zero2": dict(zero=2), "zero2-accum": dict(zero=2, micro_batch_size=2),
     "zero1-sgd": dict(zero=1, optimizer="sgd", lr=0.1),
     "pp2-gpipe": dict(pp=2, micro_batches=4, schedule="gpipe"), "pp2-1f1b": dict(pp=2, micro_batches=4),
     "pp4-1f1b": dict(pp=4, micro_batches=3), "dp2-pp2-zero1": dict(pp=2, micro_batches=2, zero=1),

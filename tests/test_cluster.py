@@ -124,6 +124,18 @@ def test_bad_input_gets_one_clear_error(args, message):
     assert proc.returncode == 2 and message in proc.stderr, describe(proc)
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("setpriv"), reason="needs root and setpriv")
+def test_without_the_capabilities_up_says_what_is_missing_and_leaves_nothing():
+    """Root without CAP_NET_ADMIN and CAP_SYS_ADMIN (a container that was not given them): one clear error."""
+    env, before = dict(os.environ, PARALLEL_LM_MPIEXEC=mpiexec_path()), listed_namespaces()
+    proc = subprocess.run(["setpriv", "--bounding-set", "-net_admin,-sys_admin", sys.executable, "-m",
+                           "parallel_lm.cluster", "up", "--name", "t-nocap", "--nodes", "2"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--cap-add NET_ADMIN --cap-add SYS_ADMIN" in proc.stderr, describe(proc)
+    assert proc.stderr.count("\n") <= 2, describe(proc)  # one line, no traceback
+    assert not nodes.state_file("t-nocap").exists() and listed_namespaces() == before
+
+
 def test_a_second_cluster_of_the_same_name_is_refused():
     with cluster("t-twice", "--nodes", "1"):
         again = cluster_cmd("up", "--name", "t-twice", "--nodes", "1")

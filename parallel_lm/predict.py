@@ -29,7 +29,7 @@ from .costmodel.predict import DEFAULT_MFU, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .costmodel.transformer import RECOMPUTE, ModelShape
 from .services.metrics import write_atomic
-from .predict_tables import gpu_table, layout_table
+from .predict_tables import calibrated, gpu_table, layout_table
 from .runtime import comma_list, rank_count
 from .sim import KINDS, collective_time_s
 from .sim.network import topology_from_profile
@@ -142,11 +142,15 @@ def model_shape(preset: str, dims: dict, dropout: bool) -> ModelShape:
 @click.option("--comm-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", help="Per-token model: gradient dtype on the wire.")
 @click.option("--devices", type=click.IntRange(min=1), default=None,
               help="Per-token model: devices the ranks share (default: one per rank); e.g. 1 with --device measure.")
+@click.option("--calibrate-to", default=None, metavar="STEP_S@GPUS[,...]",
+              help="GPU model: measured seconds per step of this model and layout at one GPU count (or more, "
+                   "comma-separated): fit how much slower your stack computes (and, from two counts, communicates) "
+                   "than the model's defaults, and predict every --ranks with it.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the predictions here.")
 def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_size, dropout, ranks, profile, device,
          precision, global_batch_size, micro_batch_size, dp, tp, pp, virtual_stages, zero, recompute,
          sequence_parallel, cp, n_experts, top_k, ep, dp_overlap, micro_batches, topology, strategy, algorithm, servers, mfu, bucket_mb,
-         comm_dtype, devices, json_path):
+         comm_dtype, devices, calibrate_to, json_path):
     """Predict step time, TFLOP/s, MFU, memory per GPU and whether it fits, for a model and a layout.
 
     TFLOP/s per GPU counts every FLOP the GPU executes, the recomputed
@@ -177,9 +181,14 @@ def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--precision") from None
         cluster = Cluster.from_profile(dev, prof)
+        if calibrate_to:
+            cluster = calibrated(shape, cluster, layout, dp, calibrate_to)
         rows = gpu_table(shape, cluster, rank_counts, layout, dp, prof.name)
         _write(json_path, rows)
         return
+    if calibrate_to:
+        raise click.UsageError("--calibrate-to fits the GPU model: give --device a GPU "
+                               f"({', '.join(DEVICE_NAMES)}) or a device JSON file")
     n_params, flops_per_token, block = model_numbers(preset)
     flops, device_mfu, device_text = device_flops(device, preset)
     mfu = device_mfu or mfu

@@ -12,6 +12,7 @@ import click
 from .costmodel.formulas import COSTS
 from .costmodel.layout import Cluster, Layout
 from .costmodel.predict import predict_layout
+from .costmodel.stack import StackFactors, apply, fit, parse_measurements
 from .costmodel.step import predict_run
 from .costmodel.transformer import ModelShape
 
@@ -50,6 +51,35 @@ def layout_table(preset, prof, rank_counts, tp, pp, m, zero, global_batch, algor
     return rows
 
 
+def layout_at(gpus: int, layout: dict, dp: int | None) -> Layout:
+    """The layout on ``gpus`` GPUs: dp = GPUs / (cp tp pp) unless --dp is given."""
+    return Layout(dp=dp or max(1, gpus // (layout["tp"] * layout["pp"] * layout["cp"])), **layout)
+
+
+def calibrated(shape: ModelShape, cluster: Cluster, layout: dict, dp: int | None, text: str) -> Cluster:
+    """``cluster`` with the stack's factors fitted to the measured steps in ``text`` (--calibrate-to), printed
+    with the model's step before and after at each measured count (costmodel/stack.py)."""
+    try:
+        measured = parse_measurements(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--calibrate-to") from None
+    errors = [f"--calibrate-to at {gpus} GPUs: " + "; ".join(layout_at(gpus, layout, dp).problems(shape, gpus))
+              for _, gpus in measured if layout_at(gpus, layout, dp).problems(shape, gpus)]
+    if errors:
+        raise click.UsageError("\n".join(errors))
+    step_s = lambda gpus, f: predict_run(shape, layout_at(gpus, layout, dp), apply(cluster, f)).step_s
+    try:
+        factors = fit(step_s, measured)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--calibrate-to") from None
+    points = "; ".join(f"{gpus} GPUs: measured {s:.4g} s, model {step_s(gpus, StackFactors()):.4g} s, "
+                       f"calibrated {step_s(gpus, factors):.4g} s" for s, gpus in measured)
+    print(f"# calibrated to {len(measured)} measurement(s): {factors.describe()}"
+          + (" (one measurement: compute only; give two at different GPU counts to fit the network too)"
+             if len(measured) == 1 else "") + f"; {points}")
+    return apply(cluster, factors)
+
+
 def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layout: dict, dp: int | None,
               profile_name: str) -> list[dict]:
     """Print and return ``predict_run`` for each GPU count (dp = GPUs / (tp pp) unless --dp is given)."""
@@ -60,7 +90,7 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
         if uneven:
             raise click.UsageError(f"--ranks {uneven[0]} is not divisible by " + (f"--cp {cp} x " if cp > 1 else "")
                                    + f"--tp {tp} x --pp {pp}: use a multiple of {tp * pp * cp}")
-    layouts = [Layout(dp=dp or max(1, gpus // (tp * pp * cp)), **layout) for gpus in rank_counts]
+    layouts = [layout_at(gpus, layout, dp) for gpus in rank_counts]
     errors = [f"--ranks {gpus}: " + "; ".join(lay.problems(shape, gpus))
               for gpus, lay in zip(rank_counts, layouts) if lay.problems(shape, gpus)]
     if errors:

@@ -49,7 +49,7 @@ run: setup
 	$(MPIEXEC) -n $(RANKS) $(PY) -m parallel_lm.train --preset tiny --steps $(STEPS) --eval-every 100 --out runs/quickstart --trace
 
 test: setup
-	PARALLEL_LM_MPIEXEC=$(MPIEXEC) $(PY) -m pytest -q $(TESTS)
+	PARALLEL_LM_MPIEXEC=$(if $(findstring /,$(MPIEXEC)),$(abspath $(MPIEXEC)),$(MPIEXEC)) $(PY) -m pytest -q $(TESTS)
 
 test-openmpi:
 	$(MAKE) test MPI=openmpi TESTS="$(OPENMPI_TESTS)"

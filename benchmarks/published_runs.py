@@ -52,6 +52,14 @@ TABLE_5 = [
     ("1T", 160, 25600, 128, 8, 64, 512, 512, 1, 1, 94.42, 71.49, 32.96, 131.25, 26.56),
 ]
 
+# Narayanan et al. 2021, Table 2: ZeRO-3 without model parallelism (A100 80 GB, DGX A100, fp16, full recompute)
+# (name, heads, hidden, layers, gpus, batch, micro-batch, TFLOP/s per GPU)
+TABLE_2_ZERO3 = [
+    ("175B", 96, 12288, 96, 384, 1536, 4, 144), ("175B", 96, 12288, 96, 768, 1536, 2, 88),
+    ("175B", 96, 12288, 96, 1536, 1536, 1, 44), ("530B", 128, 20480, 105, 640, 2560, 4, 138),
+    ("530B", 128, 20480, 105, 1120, 2240, 2, 98), ("530B", 128, 20480, 105, 2240, 2240, 1, 48),
+]
+
 
 def cluster(device=None):
     return Cluster.from_profile(device or DEVICES["a100-80gb"], load_profile("dgx-a100-hdr"))
@@ -67,6 +75,23 @@ def table_1(cl):
         tflops = megatron_flops(shape, batch) / pred.step_s / gpus / 1e12
         rows.append({"model": name, "published": published, "predicted": tflops, "step_s": pred.step_s,
                      "terms_s": pred.terms_s})
+    return rows
+
+
+def table_2_zero3(cl, share=None):
+    """The ZeRO-3 rows: TFLOP/s per GPU (eq. 3) predicted vs published; ``share``: ZERO3_OVERLAP to try."""
+    from parallel_lm.costmodel import step
+    rows, kept = [], step.ZERO3_OVERLAP
+    step.ZERO3_OVERLAP = kept if share is None else share
+    try:
+        for name, a, h, l, gpus, batch, mb, published in TABLE_2_ZERO3:
+            shape = ModelShape(l, h, a, SEQ, VOCAB)
+            pred = predict_run(shape, Layout(batch, mb, gpus, zero=3, recompute="full", precision="fp16"), cl)
+            rows.append({"model": f"{name}@{gpus}", "published": published, "step_s": pred.step_s,
+                         "predicted": megatron_flops(shape, batch) / pred.step_s / gpus / 1e12,
+                         "terms_s": pred.terms_s, "memory_gib": pred.memory_gib_per_gpu})
+    finally:
+        step.ZERO3_OVERLAP = kept
     return rows
 
 
@@ -178,7 +203,16 @@ def main():
     ap.add_argument("--plots", default=str(ROOT / "plots"), help="folder for the figures ('' for none)")
     ap.add_argument("--terms", action="store_true", help="print each row's step-time terms")
     ap.add_argument("--fit", action="store_true", help="refit the device's efficiencies on both tables, and cross-check")
+    ap.add_argument("--zero3", action="store_true", help="the ZeRO-3 rows of Table 2, and ZERO3_OVERLAP refitted")
     args = ap.parse_args()
+    if args.zero3:
+        cl = cluster()
+        for share in (0.0, 0.25, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 1.0):
+            mean, worst = errors(table_2_zero3(cl, share))
+            print(f"# ZERO3_OVERLAP {share:.2f}: mean |error| {mean:.1f}%, max {worst:.1f}%")
+        show("Narayanan et al. Table 2, ZeRO-3 without model parallelism: TFLOP/s per GPU (eq. 3)", "TFLOP/s",
+             table_2_zero3(cl))
+        return
     if args.fit:
         print(f"# fitted on both tables: {fit()}")
         cross_check()

@@ -195,5 +195,11 @@ def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
     activations = shape.n_layer // lay.pp * per_layer * held
     if lay.recompute == "full":  # one block's full activations live while it is recomputed
         activations += shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, "none", act_w)
-    return {**zero_shard(state_bytes(state_kind(lay.precision), lay.optimizer, lay.zero), params, lay.dp * lay.cp, lay.zero),
-            "activations": activations}
+    memory = {**zero_shard(state_bytes(state_kind(lay.precision), lay.optimizer, lay.zero), params, lay.dp * lay.cp,
+                           lay.zero), "activations": activations}
+    if lay.zero == 3 and lay.dp * lay.cp > 1:
+        # whole layers gathered while they run, as parallel/zero3.py does: the running one and the one prefetched,
+        # the embedding (first stage), and one layer's full gradient before its reduce-scatter
+        layer = shape.layer_params(shape.n_experts // lay.ep) / lay.tp
+        memory["gathered_layers"] = (3 * layer + shape.embedding_params() / lay.tp) * act_w
+    return memory

@@ -26,8 +26,10 @@ Overlap, the same rule on every path (``overlap``): tensor-parallel and
 pipeline messages are exposed; the data-parallel gradient sync (all-reduce,
 or ZeRO's reduce-scatter) hides behind the backward of the last
 micro-batch when overlap is on, and is never shorter than its last bucket;
-ZeRO-3's per-layer parameter all-gathers are prefetched one layer ahead and
-hide behind that layer's compute.
+ZeRO-3's traffic (per layer and micro-batch: two or three parameter
+all-gathers and one gradient reduce-scatter, on the same links, and no
+gradient all-reduce at the end) is prefetched one layer ahead and hides
+behind ``ZERO3_OVERLAP`` of that layer's compute, the first gather never.
 
 Memory per GPU is layout.py's ``memory_per_gpu``.
 """
@@ -37,13 +39,17 @@ import math
 from dataclasses import asdict, dataclass
 
 from .devices import GIB, Device
-from .formulas import all_gather_ring, all_to_all_pairwise, allreduce_ring
+from .formulas import all_gather_ring, all_to_all_pairwise, allreduce_ring, reduce_scatter_ring
 from .layout import Cluster, Layout, memory_per_gpu, stage_params, state_kind, value_bytes
 from .transformer import ModelShape
 
 # Adam step, bytes read + written per parameter: mixed: grad, master, m, v read (16), master, m, v written (12),
 # 16-bit weights written (2), plus the grad-norm read (4) and zeroing the gradient (4); fp32: 16 + 12 + 4 + 4.
 OPTIMIZER_TRAFFIC = {"mixed": 38, "fp32": 36}
+# Of a layer's compute, the share behind which ZeRO-3's gathers and reduce-scatter run: while the collectives'
+# kernels run, the GEMMs beside them slow down (both take the GPU's SMs and memory bandwidth). Fitted to the six
+# ZeRO-3 rows of Narayanan et al. 2021, Table 2 (benchmarks/published_runs.py --zero3).
+ZERO3_OVERLAP = 0.6
 
 
 def overlap(comm_s: float, hidden_behind_s: float, last_s: float, enabled: bool = True) -> float:
@@ -141,15 +147,18 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
         + cp_bwd + 2 * a2a
     recompute = {"none": 0.0, "full": fwd, "selective": lt["core_s"] + dev.memory_s(lt["core_bytes"])}[lay.recompute]
 
-    # ZeRO-3: each layer's parameters all-gathered before its forward, again before backward (and recompute)
+    # ZeRO-3, per layer and micro-batch: its parameters all-gathered before its forward, again before backward
+    # (and before a recomputed forward), and its gradient reduce-scattered after backward, all on the same links
     replicas = lay.dp * lay.cp  # GPUs holding the same (non-expert) parameters
     dp_local, dp_nodes = cluster.group(replicas, t)
     layer_param_bytes = shape.layer_params(shape.n_experts // lay.ep) / t * w
     zero3_exposed = 0.0
     if lay.zero == 3 and replicas > 1:
-        gather = all_gather_ring(layer_param_bytes, replicas).time_s(cluster.network_of(replicas, t))
-        gathers = 2 + (lay.recompute == "full")
-        zero3_exposed = gathers * overlap(gather, fwd, 0.0)  # prefetched behind the previous layer
+        net = cluster.network_of(replicas, t)
+        gather = all_gather_ring(layer_param_bytes, replicas).time_s(net)
+        traffic = (2 + (lay.recompute == "full")) * gather + reduce_scatter_ring(layer_param_bytes, replicas).time_s(net)
+        # prefetched behind the layer before, but only ZERO3_OVERLAP of that compute hides it (the first gather never)
+        zero3_exposed = overlap(traffic, ZERO3_OVERLAP * (fwd + bwd + recompute), gather)
 
     layers = shape.n_layer // pp
     layer = fwd + bwd + recompute + zero3_exposed
@@ -183,7 +192,7 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
     grad_bytes = stage_params(shape, pp, lay.ep, experts=False) / t * w
     expert_bytes = params / t * w - grad_bytes
     dp_comm = 0.0
-    if replicas > 1:
+    if replicas > 1 and lay.zero < 3:  # ZeRO-3 reduce-scatters each layer's gradient in backward (above)
         dp_comm = cluster.allreduce_s(grad_bytes, dp_local, dp_nodes)  # ZeRO's reduce-scatter + all-gather: same bytes
         if expert_bytes and replicas // lay.ep > 1:
             dp_comm += cluster.allreduce_s(expert_bytes, *cluster.group(replicas // lay.ep, t * lay.ep))

@@ -78,14 +78,15 @@ def device_flops(device: str, preset: str) -> tuple[float, float | None, str]:
                                  "'measure', or a number of FLOP/s", param_hint="--device") from None
 
 
-def model_shape(preset: str, dims: dict, dropout: bool) -> ModelShape:
+def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfused") -> ModelShape:
     """The preset's shape with every dimension given on the command line put over it."""
     from .model import PRESETS
     cfg = PRESETS[preset]
     base = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "seq_len": cfg.block_size,
             "vocab_size": cfg.vocab_size}
     try:
-        return ModelShape(**{**base, **{k: v for k, v in dims.items() if v is not None}}, dropout=dropout)
+        return ModelShape(**{**base, **{k: v for k, v in dims.items() if v is not None}}, dropout=dropout,
+                          fused_attention=attention == "flash")
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 
@@ -101,6 +102,10 @@ def model_shape(preset: str, dims: dict, dropout: bool) -> ModelShape:
 @click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Tokens per sequence.")
 @click.option("--vocab-size", type=click.IntRange(min=1), default=None, help="Vocabulary (the presets use 256 bytes).")
 @click.option("--dropout/--no-dropout", default=True, help="Dropout masks kept for backward (activation memory).")
+@click.option("--attention", type=click.Choice(["unfused", "flash"]), default="unfused",
+              help="GPU model: unfused (the s x s scores in memory, every tile computed, as Megatron-LM ran in "
+                   "2021-22) or flash (a fused kernel: no scores kept, the tiles above the causal diagonal skipped, "
+                   "the scores computed again in backward).")
 @click.option("--ranks", "-r", default="1,8,64,512", help="GPU (rank) counts, comma-separated.")
 @click.option("--profile", "-p", default="dgx-h100-ndr",
               help=f"Network profile: {', '.join(PROFILE_NAMES)}, a JSON file, or alpha=S,beta=S_PER_B[,gamma=..].")
@@ -147,7 +152,7 @@ def model_shape(preset: str, dims: dict, dropout: bool) -> ModelShape:
                    "comma-separated): fit how much slower your stack computes (and, from two counts, communicates) "
                    "than the model's defaults, and predict every --ranks with it.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the predictions here.")
-def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_size, dropout, ranks, profile, device,
+def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_size, dropout, attention, ranks, profile, device,
          precision, global_batch_size, micro_batch_size, dp, tp, pp, virtual_stages, zero, recompute,
          sequence_parallel, cp, n_experts, top_k, ep, dp_overlap, micro_batches, topology, strategy, algorithm, servers, mfu, bucket_mb,
          comm_dtype, devices, calibrate_to, json_path):
@@ -171,7 +176,7 @@ def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_
             raise click.BadParameter(str(e), param_hint="--device") from None
         shape = model_shape(preset, {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_kv_head": n_kv_head,
                                      "ffn_hidden": ffn_hidden, "seq_len": seq_len, "vocab_size": vocab_size,
-                                     "n_experts": n_experts, "top_k": top_k}, dropout)
+                                     "n_experts": n_experts, "top_k": top_k}, dropout, attention)
         layout = {"global_batch": global_batch_size, "micro_batch": micro_batch_size, "tp": tp, "pp": pp,
                   "virtual_stages": virtual_stages, "zero": zero, "recompute": recompute,
                   "sequence_parallel": sequence_parallel, "cp": cp, "ep": ep, "precision": precision,

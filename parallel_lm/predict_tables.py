@@ -98,7 +98,8 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
     print(f"# model: {shape.n_layer} layers, hidden {shape.n_embd}, {shape.n_head} heads"
           + (f" ({shape.kv_heads} kv)" if shape.kv_heads != shape.n_head else "")
           + (f", {shape.n_experts} experts (top-{shape.top_k})" if shape.n_experts else "")
-          + f", ffn {shape.ffn}, seq {shape.seq_len}, vocab {shape.vocab_size}: {shape.params() / 1e9:.3f}B parameters")
+          + f", ffn {shape.ffn}, seq {shape.seq_len}, vocab {shape.vocab_size}, "
+          + f"{'flash' if shape.fused_attention else 'unfused'} attention: {shape.params() / 1e9:.3f}B parameters")
     print(f"# device: {dev.name}, {dev.flops(layout['precision']) / 1e12:.0f} TFLOP/s {layout['precision']} peak, "
           f"{dev.memory_bytes / 2**30:.0f} GiB; GEMMs at {dev.gemm_efficiency:.2f} of peak + "
           f"{dev.gemm_overhead_s * 1e6:.0f} us each, element-wise at {dev.memory_efficiency:.2f} of "

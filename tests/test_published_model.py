@@ -222,3 +222,47 @@ def test_predict_refuses_bad_layouts_with_the_fix(args, message):
     proc = cli(*args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+LONG = ModelShape(32, 4096, 32, 8192, 51200)  # 8K context: attention weighs
+
+
+def test_flash_attention_skips_the_masked_half_and_keeps_no_scores():
+    """--attention flash: the core's GEMMs at half the work (causal tiles skipped), none of its element-wise bytes,
+    2.5 forwards of it in backward, no scores kept (a log-sum-exp per row instead), nothing to recompute."""
+    from parallel_lm.costmodel.step import FLASH_CAUSAL, layer_times
+    flash = replace(LONG, fused_attention=True)
+    lay = Layout(64, 1, 8, tp=8, precision="bf16")
+    dev = DEVICES["h100-sxm"]
+    plain, fused = layer_times(LONG, lay, dev), layer_times(flash, lay, dev)
+    assert fused["core_s"] == pytest.approx(FLASH_CAUSAL * plain["core_s"]) and fused["core_bytes"] == 0
+    assert fused["weights_s"] == plain["weights_s"] and fused["rest_bytes"] == plain["rest_bytes"]
+    a, s = LONG.n_head, LONG.seq_len
+    kept = LONG.layer_activation_bytes(1, 8, bytes_per_value=2) - flash.layer_activation_bytes(1, 8, bytes_per_value=2)
+    assert kept == pytest.approx(((2 + 1 + 2) * a * s * s - 4 * a * s) / 8)  # softmax, mask, dropout vs log-sum-exp
+    cl = published_runs.cluster(DEVICES["h100-sxm"])
+    selective = predict_run(flash, replace(lay, recompute="selective"), cl)
+    assert selective.step_s == pytest.approx(predict_run(flash, lay, cl).step_s)  # a fused core is never kept
+    assert predict_run(flash, lay, cl).step_s < 0.7 * predict_run(LONG, lay, cl).step_s
+
+
+def test_context_parallel_attention_memory_meets_every_key():
+    """Under --cp a GPU's s/cp queries each meet all s keys, in time and in memory: the scores selective
+    recomputation drops are a·(s/cp)·s values per sequence, not a·(s/cp)²."""
+    lay = Layout(8, 1, 1, cp=4, precision="bf16")
+    none, sel = memory_per_gpu(LONG, lay)["activations"], memory_per_gpu(LONG, replace(lay, recompute="selective"))["activations"]
+    a, s, cp = LONG.n_head, LONG.seq_len, 4
+    assert none - sel == pytest.approx(LONG.n_layer * (2 + 1 + 2) * a * (s // cp) * s)
+
+
+def test_pipeline_neighbours_across_nodes_when_tp_times_cp_fills_a_node():
+    """Stages are tp x cp x dp ranks apart: with tp 2 and cp 4 on 8-GPU nodes they sit on different nodes."""
+    cl = published_runs.cluster()
+    lay = Layout(8, 1, 1, tp=2, pp=2, cp=4, precision="fp16")
+    shape = ModelShape(8, 4096, 32, 8192, 51200)
+    act = lay.micro_batch * shape.seq_len // lay.cp * shape.n_embd * 2
+    piece = act / lay.tp  # scatter/gather: each tensor rank sends its part on its own NIC
+    want = lay.micro_batches * 2 * (cl.inter.alpha_s + piece * cl.inter.beta_s_per_byte)
+    got = predict_run(shape, lay, cl).terms_s["pp_comm_s"]
+    gather = all_gather_ring(act, lay.tp).time_s(cl.intra) * 2 * lay.micro_batches
+    assert got == pytest.approx(want + gather)

@@ -188,9 +188,11 @@ def hierarchical_allreduce_s(n_bytes: float, local: int, nodes: int, intra: Netw
 def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
     """Bytes on the first pipeline stage's GPU (the fullest: embedding and the most micro-batches in flight)."""
     params = stage_params(shape, lay.pp, lay.ep) / lay.tp
+    keys = shape.seq_len  # each of this GPU's queries meets every key of its sequence (ring attention)
     shape = replace(shape, seq_len=shape.seq_len // lay.cp)  # the activations of this GPU's tokens
     act_w = value_bytes(lay.precision)
-    per_layer = shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, lay.recompute, act_w)
+    per_layer = shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, lay.recompute, act_w,
+                                             keys)
     held = shape.stored_micro_batches(lay.pp, lay.micro_batches, lay.virtual_stages)
     activations = shape.n_layer // lay.pp * per_layer * held
     if lay.recompute == "full":  # one block's full activations live while it is recomputed

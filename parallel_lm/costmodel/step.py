@@ -50,6 +50,9 @@ OPTIMIZER_TRAFFIC = {"mixed": 38, "fp32": 36}
 # kernels run, the GEMMs beside them slow down (both take the GPU's SMs and memory bandwidth). Fitted to the six
 # ZeRO-3 rows of Narayanan et al. 2021, Table 2 (benchmarks/published_runs.py --zero3).
 ZERO3_OVERLAP = 0.6
+# The share of causal attention's score tiles a flash kernel computes: those on or below the diagonal (Dao 2023,
+# FlashAttention-2, section 3.1.1: the blocks above it are skipped), about half for sequences of many blocks.
+FLASH_CAUSAL = 0.5
 
 
 def overlap(comm_s: float, hidden_behind_s: float, last_s: float, enabled: bool = True) -> float:
@@ -100,6 +103,8 @@ def layer_times(shape: ModelShape, lay: Layout, dev: Device) -> dict:
     if shape.n_experts:
         weights += _gemm(dev, prec, tokens, shape.n_experts, h, w=w)  # the router
     core = _gemm(dev, prec, q_len, s, hd, b * heads, w) + _gemm(dev, prec, q_len, hd, s, b * heads, w)
+    if shape.fused_attention:  # flash attention skips the tiles above the causal diagonal: about half the work
+        core *= FLASH_CAUSAL
     return {"weights_s": weights, "core_s": core, **elementwise_bytes(shape, lay, w)}
 
 
@@ -120,6 +125,8 @@ def elementwise_bytes(shape: ModelShape, lay: Layout, w: int) -> dict:
     scores = b * shape.n_head / t * q_len * s
     rest = 2 * (2 * w * hidden) + 2 * ((3 * w + mask) * hidden) + 2 * w * b * q_len * shape.ffn * shape.active_mlps / t
     core = 2 * w * scores + ((2 * w + mask) * scores if shape.dropout else 0)
+    if shape.fused_attention:  # the scores never leave the chip: softmax and its dropout run inside the kernel
+        core = 0.0
     return {"rest_bytes": rest, "core_bytes": core}
 
 
@@ -143,9 +150,13 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
     a2a = expert_all_to_all_s(shape, lay, cluster)
     fwd = lt["weights_s"] + lt["core_s"] + dev.memory_s(lt["rest_bytes"] + lt["core_bytes"]) + 2 * tp_ar \
         + cp_fwd + 2 * a2a
-    bwd = 2 * (lt["weights_s"] + lt["core_s"]) + dev.memory_s(2 * (lt["rest_bytes"] + lt["core_bytes"])) + 2 * tp_ar \
+    # a fused kernel's backward computes the scores again from Q and K: 2.5 times its forward, not 2
+    core_bwd = (2.5 if shape.fused_attention else 2) * lt["core_s"]
+    bwd = 2 * lt["weights_s"] + core_bwd + dev.memory_s(2 * (lt["rest_bytes"] + lt["core_bytes"])) + 2 * tp_ar \
         + cp_bwd + 2 * a2a
-    recompute = {"none": 0.0, "full": fwd, "selective": lt["core_s"] + dev.memory_s(lt["core_bytes"])}[lay.recompute]
+    # selective recomputation redoes the attention core, which a fused kernel never keeps: nothing to redo
+    selective = 0.0 if shape.fused_attention else lt["core_s"] + dev.memory_s(lt["core_bytes"])
+    recompute = {"none": 0.0, "full": fwd, "selective": selective}[lay.recompute]
 
     # ZeRO-3, per layer and micro-batch: its parameters all-gathered before its forward, again before backward
     # (and before a recomputed forward), and its gradient reduce-scattered after backward, all on the same links
@@ -179,7 +190,8 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
     p2p = 0.0
     if pp > 1:
         piece = act / t if lay.scatter_gather else act
-        crossing = cluster.inter if t * lay.dp >= cluster.ranks_per_node else cluster.intra
+        # neighbouring stages are tp x cp x dp ranks apart (tensor ranks innermost, then cp, then dp)
+        crossing = cluster.inter if t * lay.cp * lay.dp >= cluster.ranks_per_node else cluster.intra
         p2p = crossing.alpha_s + piece * crossing.beta_s_per_byte
         if lay.scatter_gather and t > 1:
             p2p += all_gather_ring(act, tp_local).time_s(cluster.intra)

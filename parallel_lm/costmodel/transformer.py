@@ -136,7 +136,7 @@ class ModelShape:
 
     # -- activation memory ------------------------------------------------------------------
     def layer_activation_bytes(self, micro_batch: int, tp: int = 1, sequence_parallel: bool = False,
-                               recompute: str = "none", bytes_per_value: int = 2) -> float:
+                               recompute: str = "none", bytes_per_value: int = 2, keys: int | None = None) -> float:
         """Bytes one block keeps for backward, per micro-batch, on one tensor-parallel rank.
 
         Each term is a stored tensor (Korthikanti et al. 2022, section 4.1),
@@ -151,9 +151,12 @@ class ModelShape:
           (``fused_attention``: torch's scaled_dot_product_attention, FlashAttention)
           keeps instead one fp32 log-sum-exp per head and row, 4·a·s bytes per
           sequence, and writes its output straight into the projection's input.
+        ``keys``: how many keys each query meets (default seq_len; all s of the sequence under context
+        parallelism, where this shape holds the s/cp queries of one rank).
         """
         if recompute not in RECOMPUTE:
             raise ValueError(f"unknown recompute {recompute!r}; valid: {', '.join(RECOMPUTE)}")
+        keys = self.seq_len if keys is None else keys
         sbh = self.seq_len * micro_batch * self.n_embd
         w = bytes_per_value
         mask = 1 if self.dropout else 0
@@ -167,7 +170,7 @@ class ModelShape:
         split = (w * tokens * (self.n_embd + 2 * self.kv_width)  # Q, K, V
                  + w * sbh  # attention output: the projection's input
                  + 2 * w * tokens * self.ffn * self.active_mlps)  # GeLU input and the second MLP GEMM's input
-        scores = self.n_head * self.seq_len ** 2 * micro_batch
+        scores = self.n_head * self.seq_len * keys * micro_batch
         core = (w + mask + (w if self.dropout else 0)) * scores  # softmax out, mask, dropout out
         if self.fused_attention:
             core = 4 * self.n_head * self.seq_len * micro_batch

@@ -78,15 +78,19 @@ def device_flops(device: str, preset: str) -> tuple[float, float | None, str]:
                                  "'measure', or a number of FLOP/s", param_hint="--device") from None
 
 
-def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfused") -> ModelShape:
+ARCHS = {"gpt": {}, "llama": {"gated_mlp": True, "biases": False, "learned_positions": False,
+                               "tied_embeddings": False, "dropout": False}}
+
+
+def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfused", arch: str = "gpt") -> ModelShape:
     """The preset's shape with every dimension given on the command line put over it."""
     from .model import PRESETS
     cfg = PRESETS[preset]
     base = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "seq_len": cfg.block_size,
             "vocab_size": cfg.vocab_size}
     try:
-        return ModelShape(**{**base, **{k: v for k, v in dims.items() if v is not None}}, dropout=dropout,
-                          fused_attention=attention == "flash")
+        return ModelShape(**{**base, **{k: v for k, v in dims.items() if v is not None}},
+                          **{"dropout": dropout, **ARCHS[arch]}, fused_attention=attention == "flash")
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 
@@ -102,6 +106,13 @@ def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfuse
 @click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Tokens per sequence.")
 @click.option("--vocab-size", type=click.IntRange(min=1), default=None, help="Vocabulary (the presets use 256 bytes).")
 @click.option("--dropout/--no-dropout", default=True, help="Dropout masks kept for backward (activation memory).")
+@click.option("--arch", type=click.Choice(list(ARCHS)), default="gpt",
+              help="GPU model: gpt (GeLU MLP, LayerNorm, biases, learned positions, head tied to the embedding, "
+                   "dropout) or llama (SwiGLU MLP of three matrices, RMSNorm, no biases, rotary positions, a head "
+                   "of its own, no dropout); --n-kv-head for grouped-query attention.")
+@click.option("--layers-per-stage", default=None, metavar="N,N,...",
+              help="GPU model: layers of each pipeline stage, one count per --pp (e.g. Llama 3's 126 layers on 16 "
+                   "stages: 7,8,...,8,7); default n_layer / pp each.")
 @click.option("--attention", type=click.Choice(["unfused", "flash"]), default="unfused",
               help="GPU model: unfused (the s x s scores in memory, every tile computed, as Megatron-LM ran in "
                    "2021-22) or flash (a fused kernel: no scores kept, the tiles above the causal diagonal skipped, "
@@ -152,7 +163,8 @@ def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfuse
                    "comma-separated): fit how much slower your stack computes (and, from two counts, communicates) "
                    "than the model's defaults, and predict every --ranks with it.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the predictions here.")
-def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_size, dropout, attention, ranks, profile, device,
+def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_size, dropout, arch, layers_per_stage,
+         attention, ranks, profile, device,
          precision, global_batch_size, micro_batch_size, dp, tp, pp, virtual_stages, zero, recompute,
          sequence_parallel, cp, n_experts, top_k, ep, dp_overlap, micro_batches, topology, strategy, algorithm, servers, mfu, bucket_mb,
          comm_dtype, devices, calibrate_to, json_path):
@@ -176,11 +188,11 @@ def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_
             raise click.BadParameter(str(e), param_hint="--device") from None
         shape = model_shape(preset, {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_kv_head": n_kv_head,
                                      "ffn_hidden": ffn_hidden, "seq_len": seq_len, "vocab_size": vocab_size,
-                                     "n_experts": n_experts, "top_k": top_k}, dropout, attention)
+                                     "n_experts": n_experts, "top_k": top_k}, dropout, attention, arch)
         layout = {"global_batch": global_batch_size, "micro_batch": micro_batch_size, "tp": tp, "pp": pp,
                   "virtual_stages": virtual_stages, "zero": zero, "recompute": recompute,
                   "sequence_parallel": sequence_parallel, "cp": cp, "ep": ep, "precision": precision,
-                  "dp_overlap": dp_overlap}
+                  "dp_overlap": dp_overlap, "stage_layers": _stage_layers(layers_per_stage)}
         try:
             dev.flops(precision)
         except ValueError as e:
@@ -191,8 +203,9 @@ def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_
         rows = gpu_table(shape, cluster, rank_counts, layout, dp, prof.name)
         _write(json_path, rows)
         return
-    if calibrate_to:
-        raise click.UsageError("--calibrate-to fits the GPU model: give --device a GPU "
+    if calibrate_to or layers_per_stage or arch != "gpt" or attention != "unfused":
+        raise click.UsageError("--calibrate-to, --layers-per-stage, --arch and --attention belong to the GPU model: "
+                               "give --device a GPU "
                                f"({', '.join(DEVICE_NAMES)}) or a device JSON file")
     n_params, flops_per_token, block = model_numbers(preset)
     flops, device_mfu, device_text = device_flops(device, preset)
@@ -235,6 +248,16 @@ def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_
     print("# memory per rank = parameters + gradients + AdamW moments in fp32 (4 + 4 + 8 bytes per parameter), "
           "activations not counted")
     _write(json_path, rows)
+
+
+def _stage_layers(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: layer counts separated by commas, one per pipeline stage",
+                                 param_hint="--layers-per-stage") from None
 
 
 def _is_number(text: str) -> bool:

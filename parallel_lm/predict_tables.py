@@ -99,12 +99,16 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
           + (f" ({shape.kv_heads} kv)" if shape.kv_heads != shape.n_head else "")
           + (f", {shape.n_experts} experts (top-{shape.top_k})" if shape.n_experts else "")
           + f", ffn {shape.ffn}, seq {shape.seq_len}, vocab {shape.vocab_size}, "
-          + f"{'flash' if shape.fused_attention else 'unfused'} attention: {shape.params() / 1e9:.3f}B parameters")
+          + f"{'flash' if shape.fused_attention else 'unfused'} attention"
+          + (", gated MLP, RMSNorm, rotary, untied head" if shape.gated_mlp else "")
+          + f": {shape.params() / 1e9:.3f}B parameters")
     print(f"# device: {dev.name}, {dev.flops(layout['precision']) / 1e12:.0f} TFLOP/s {layout['precision']} peak, "
           f"{dev.memory_bytes / 2**30:.0f} GiB; GEMMs at {dev.gemm_efficiency:.2f} of peak + "
           f"{dev.gemm_overhead_s * 1e6:.0f} us each, element-wise at {dev.memory_efficiency:.2f} of "
           f"{dev.hbm_bytes_per_s / 1e12:.2f} TB/s")
-    print(f"# layout: tp {tp}, pp {pp}, virtual stages {layout['virtual_stages']}, micro-batch {layout['micro_batch']}, "
+    print(f"# layout: tp {tp}, pp {pp}"
+          + (f" (layers {','.join(map(str, layout['stage_layers']))})" if layout["stage_layers"] else "")
+          + f", virtual stages {layout['virtual_stages']}, micro-batch {layout['micro_batch']}, "
           f"global batch {layout['global_batch']}, ZeRO {layout['zero']}, recompute {layout['recompute']}"
           + (", sequence parallel" if layout["sequence_parallel"] else "")
           + (f", context parallel {cp}" if cp > 1 else "") + (f", expert parallel {layout['ep']}" if layout["ep"] > 1 else "")

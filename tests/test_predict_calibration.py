@@ -87,4 +87,4 @@ def test_a_measurement_that_cannot_be_met_gets_one_clear_error(args, message):
 
 def test_the_per_token_model_refuses_calibration():
     proc = predict("--device", "1e12", "--calibrate-to", "1@8")
-    assert proc.returncode == 2 and "--calibrate-to fits the GPU model" in proc.stderr, describe(proc)
+    assert proc.returncode == 2 and "belong to the GPU model" in proc.stderr, describe(proc)

@@ -11,7 +11,7 @@ from conftest import ROOT
 from parallel_lm.costmodel.devices import DEVICES, load_device
 from parallel_lm.costmodel.formulas import Network
 from parallel_lm.costmodel.formulas import all_gather_ring, allreduce_ring
-from parallel_lm.costmodel.layout import Layout, hierarchical_allreduce_s, memory_per_gpu
+from parallel_lm.costmodel.layout import Cluster, Layout, hierarchical_allreduce_s, memory_per_gpu
 from parallel_lm.costmodel.step import overlap, predict_run
 from parallel_lm.costmodel.profiles import load_profile
 from parallel_lm.costmodel.transformer import ModelShape, megatron_flops
@@ -144,7 +144,7 @@ def test_zero3_without_model_parallelism_within_the_goals():
 def test_zero3_memory_holds_the_gathered_layers():
     """Besides its shards, a ZeRO-3 GPU holds whole layers while they run: the running one and the prefetched
     one, the embedding, and one layer's full gradient before its reduce-scatter (16-bit under mixed precision)."""
-    h, l, s, v = GPT3.n_embd, GPT3.n_layer, GPT3.seq_len, GPT3.vocab_size
+    h, s, v = GPT3.n_embd, GPT3.seq_len, GPT3.vocab_size
     layer, embedding = 12 * h * h + 13 * h, (v + s) * h  # Megatron's closed forms
     mem = memory_per_gpu(GPT3, Layout(1024, 1, 1024, zero=3, recompute="full", precision="fp16"))
     assert mem["gathered_layers"] == pytest.approx(2 * (3 * layer + embedding), rel=1e-12)
@@ -266,3 +266,46 @@ def test_pipeline_neighbours_across_nodes_when_tp_times_cp_fills_a_node():
     got = predict_run(shape, lay, cl).terms_s["pp_comm_s"]
     gather = all_gather_ring(act, lay.tp).time_s(cl.intra) * 2 * lay.micro_batches
     assert got == pytest.approx(want + gather)
+
+
+LLAMA3 = ModelShape(126, 16384, 128, 8192, 128256, n_kv_head=8, ffn_hidden=53248, dropout=False, fused_attention=True,
+                    gated_mlp=True, biases=False, learned_positions=False, tied_embeddings=False)
+
+
+def test_the_llama_shape_counts_what_its_parts_hold():
+    """--arch llama: SwiGLU (three h x f matrices), grouped-query attention, RMSNorm and no biases, rotary
+    positions (no parameters), a head of its own: Llama 3's 405B."""
+    h, f, kv, v, l = 16384, 53248, 8 * 128, 128256, 126
+    layer = h * (h + 2 * kv) + h * h + 3 * h * f + 2 * h
+    assert LLAMA3.layer_params() == layer
+    assert LLAMA3.params() == l * layer + 2 * v * h + h and LLAMA3.params() == pytest.approx(405.85e9, rel=1e-4)
+    tokens, s = 1000, 8192
+    assert LLAMA3.layer_forward_flops(tokens) == 2 * tokens * h * (2 * h + 2 * kv + 3 * f) + 4 * tokens * s * h
+
+
+def test_uneven_stages_are_checked_and_the_slowest_paces_the_pipeline():
+    even, cl = ModelShape(128, 4096, 32, 2048, 51200), published_runs.cluster()
+    base = Layout(64, 1, 1, tp=8, pp=16, precision="bf16")
+    same = replace(base, stage_layers=(8,) * 16)
+    assert predict_run(even, same, cl).step_s == pytest.approx(predict_run(even, base, cl).step_s, rel=1e-12)
+    lighter_ends = replace(base, stage_layers=(7,) + (8,) * 14 + (7,))
+    assert not lighter_ends.problems(replace(even, n_layer=126))
+    assert "add up to --n-layer 128" in " ".join(lighter_ends.problems(even))
+    assert "add up to" in " ".join(replace(base, stage_layers=(8,) * 15).problems(even))  # one count per stage
+    # the head makes the last stage the slowest: one layer fewer there shortens the step
+    heavy_end = replace(base, stage_layers=(8,) * 15 + (7,), global_batch=64)
+    assert predict_run(replace(even, n_layer=127), heavy_end, cl).step_s < \
+        predict_run(replace(even, n_layer=127), replace(base, stage_layers=(7,) + (8,) * 15), cl).step_s
+
+
+@pytest.mark.parametrize("gpus,dp,cp,seq,batch,mfu", [
+    (8192, 64, 1, 8192, 2048, 0.43), (16384, 128, 1, 8192, 2048, 0.41), (16384, 8, 16, 131072, 128, 0.38),
+])
+def test_llama3_405b_stated_as_it_ran(gpus, dp, cp, seq, batch, mfu):
+    """Dubey et al. 2024, Table 4 (BF16 MFU on H100s; tp 8, pp 16, 126 layers with one fewer on the first and
+    last stage). Not stated there, assumed: interleaving 2, sequence parallelism, ZeRO-1, micro-batch 1."""
+    lay = Layout(batch, 1, dp, tp=8, pp=16, cp=cp, virtual_stages=2, zero=1, sequence_parallel=True,
+                 precision="bf16", stage_layers=(7,) + (8,) * 14 + (7,))
+    cluster = Cluster.from_profile(DEVICES["h100-sxm"], load_profile("dgx-h100-ndr"))
+    pred = predict_run(replace(LLAMA3, seq_len=seq), lay, cluster)
+    assert pred.mfu == pytest.approx(mfu, rel=0.15), pred.mfu

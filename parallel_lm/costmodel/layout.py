@@ -31,12 +31,13 @@ def value_bytes(precision: str) -> int:
     return 2 if mixed(precision) else 4
 
 
-def stage_params(shape: ModelShape, pp: int, ep: int = 1, experts: bool = True) -> int:
-    """Parameters of the fullest pipeline stage on one GPU: its blocks (with E/ep experts each) and the
-    embedding (the first stage holds it, the last its tied copy for the head); ``experts=False``: only
-    what every data-parallel rank holds alike (no experts)."""
+def stage_params(shape: ModelShape, pp: int, ep: int = 1, experts: bool = True, layers: int | None = None) -> int:
+    """Parameters of the fullest pipeline stage on one GPU: its blocks (with E/ep experts each; ``layers`` of
+    them, default n_layer / pp) and the embedding (the first stage holds it, the last its tied copy or its own
+    head; one stage holds both); ``experts=False``: only what every data-parallel rank holds alike."""
     held = shape.n_experts // ep if experts else 0
-    return shape.n_layer // pp * shape.layer_params(held) + shape.embedding_params()
+    layers = shape.n_layer // pp if layers is None else layers
+    return layers * shape.layer_params(held) + shape.embedding_params() + (shape.head_params() if pp == 1 else 0)
 
 
 def divisors(n: int) -> str:
@@ -110,6 +111,11 @@ class Layout:
     optimizer: str = "adamw"  # memory.MOMENT_BYTES: the optimizer state per parameter
     dp_overlap: bool = True  # gradient sync behind the last micro-batch's backward
     scatter_gather: bool = True  # pipeline messages split over the tensor ranks' NICs
+    stage_layers: tuple[int, ...] = ()  # layers of each pipeline stage; (): n_layer / pp each
+
+    def layers_per_stage(self, n_layer: int) -> list[int]:
+        """Layers on each pipeline stage (uneven with ``stage_layers``, as Llama 3 placed 126 on 16)."""
+        return list(self.stage_layers) if self.stage_layers else [n_layer // self.pp] * self.pp
 
     @property
     def gpus(self) -> int:
@@ -125,8 +131,19 @@ class Layout:
         if gpus is not None and self.gpus != gpus:
             out.append(f"--dp {self.dp} x --cp {self.cp} x --tp {self.tp} x --pp {self.pp} needs {self.gpus} GPUs, "
                        f"but --ranks is {gpus}: make the product equal the GPU count")
-        out += cut_problems(shape.n_layer, shape.n_head, self.tp, self.pp, self.virtual_stages,
-                            self.sequence_parallel)
+        if self.stage_layers:  # placed by hand: they must add up, one count per stage
+            out += cut_problems(shape.n_layer, shape.n_head, self.tp, 1, 1, self.sequence_parallel)
+            if len(self.stage_layers) != self.pp or sum(self.stage_layers) != shape.n_layer or \
+                    min(self.stage_layers) < 1:
+                out.append(f"--layers-per-stage {','.join(map(str, self.stage_layers))}: give --pp {self.pp} counts "
+                           f"of at least 1 that add up to --n-layer {shape.n_layer}")
+            elif self.virtual_stages > 1 and any((n + 1) // self.virtual_stages * self.virtual_stages != n + 1
+                                                 and n % self.virtual_stages for n in self.stage_layers):
+                out.append(f"--layers-per-stage with --virtual-stages {self.virtual_stages}: each stage's layers "
+                           "must cut into that many chunks (one layer fewer allowed: a lighter first or last chunk)")
+        else:
+            out += cut_problems(shape.n_layer, shape.n_head, self.tp, self.pp, self.virtual_stages,
+                                self.sequence_parallel)
         if not shape.n_head % self.tp and shape.kv_heads % self.tp:
             out.append(f"--tp {self.tp} must divide --n-kv-head {shape.kv_heads}")
         if self.global_batch % (self.dp * self.micro_batch):
@@ -186,15 +203,17 @@ def hierarchical_allreduce_s(n_bytes: float, local: int, nodes: int, intra: Netw
 
 
 def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
-    """Bytes on the first pipeline stage's GPU (the fullest: embedding and the most micro-batches in flight)."""
-    params = stage_params(shape, lay.pp, lay.ep) / lay.tp
+    """Bytes on the first pipeline stage's GPU (the fullest: embedding and the most micro-batches in flight; with
+    uneven stages, the parameters of the stage with the most layers)."""
+    per_stage = lay.layers_per_stage(shape.n_layer)
+    params = stage_params(shape, lay.pp, lay.ep, layers=max(per_stage)) / lay.tp
     keys = shape.seq_len  # each of this GPU's queries meets every key of its sequence (ring attention)
     shape = replace(shape, seq_len=shape.seq_len // lay.cp)  # the activations of this GPU's tokens
     act_w = value_bytes(lay.precision)
     per_layer = shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, lay.recompute, act_w,
                                              keys)
     held = shape.stored_micro_batches(lay.pp, lay.micro_batches, lay.virtual_stages)
-    activations = shape.n_layer // lay.pp * per_layer * held
+    activations = per_stage[0] * per_layer * held
     if lay.recompute == "full":  # one block's full activations live while it is recomputed
         activations += shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, "none", act_w)
     memory = {**zero_shard(state_bytes(state_kind(lay.precision), lay.optimizer, lay.zero), params, lay.dp * lay.cp,

@@ -98,8 +98,9 @@ def layer_times(shape: ModelShape, lay: Layout, dev: Device) -> dict:
     q_len = s / lay.cp  # this GPU's queries; they attend to all s keys (ring attention)
     tokens, heads, hd = b * q_len, shape.n_head / t, shape.head_dim
     routed = tokens * shape.active_mlps  # rows through the MLPs (balanced experts: the same on every GPU)
+    up = (shape.mlp_matrices - 1) * f / t  # up (and a gated MLP's gate, one GEMM of twice the width)
     weights = (_gemm(dev, prec, tokens, (h + 2 * kv) / t, h, w=w) + _gemm(dev, prec, tokens, h, h / t, w=w)
-               + _gemm(dev, prec, routed, f / t, h, w=w) + _gemm(dev, prec, routed, h, f / t, w=w))
+               + _gemm(dev, prec, routed, up, h, w=w) + _gemm(dev, prec, routed, h, f / t, w=w))
     if shape.n_experts:
         weights += _gemm(dev, prec, tokens, shape.n_experts, h, w=w)  # the router
     core = _gemm(dev, prec, q_len, s, hd, b * heads, w) + _gemm(dev, prec, q_len, hd, s, b * heads, w)
@@ -123,7 +124,9 @@ def elementwise_bytes(shape: ModelShape, lay: Layout, w: int) -> dict:
     mask = 1 if shape.dropout else 0
     hidden = b * q_len * h / (t if lay.sequence_parallel else 1)
     scores = b * shape.n_head / t * q_len * s
-    rest = 2 * (2 * w * hidden) + 2 * ((3 * w + mask) * hidden) + 2 * w * b * q_len * shape.ffn * shape.active_mlps / t
+    # the MLP's activation: bias-GeLU reads f and writes f; SwiGLU reads gate and up and writes their product
+    act_fn = shape.mlp_matrices * w * b * q_len * shape.ffn * shape.active_mlps / t
+    rest = 2 * (2 * w * hidden) + 2 * ((3 * w + mask) * hidden) + act_fn
     core = 2 * w * scores + ((2 * w + mask) * scores if shape.dropout else 0)
     if shape.fused_attention:  # the scores never leave the chip: softmax and its dropout run inside the kernel
         core = 0.0
@@ -171,7 +174,7 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
         # prefetched behind the layer before, but only ZERO3_OVERLAP of that compute hides it (the first gather never)
         zero3_exposed = overlap(traffic, ZERO3_OVERLAP * (fwd + bwd + recompute), gather)
 
-    layers = shape.n_layer // pp
+    per_stage = lay.layers_per_stage(shape.n_layer)
     layer = fwd + bwd + recompute + zero3_exposed
     embed = dev.memory_s(3 * tokens * h * (2 * w + 1))  # lookup, dropout; its backward scatter-add
     logit_flops = 2 * tokens * h * shape.vocab_size / t
@@ -181,11 +184,12 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
     # max, sum and target logit: three tiny all-reduces over the tensor ranks
     ce_comm = 3 * allreduce_ring(tokens * 4, tp_local, math.inf).time_s(cluster.intra) if t > 1 else 0.0
     head = 3 * dev.gemm_s(logit_flops, logit_bytes, prec) + dev.memory_s(ce_bytes + 3 * 2 * w * tokens * h / t) + ce_comm
-    first, last = layers * layer + embed, layers * layer + head
-    if pp == 1:
-        stage_max = stage_mean = first + head
-    else:
-        stage_max, stage_mean = max(first, last), (first + last + (pp - 2) * layers * layer) / pp
+    stages = [n * layer for n in per_stage]  # each stage's time per micro-batch; the ends hold more
+    stages[0] += embed
+    stages[-1] += head
+    slowest = max(range(pp), key=lambda i: stages[i])
+    stage_max, stage_mean = stages[slowest], sum(stages) / pp
+    layers = per_stage[slowest]  # the slowest stage paces the pipeline: its layers' communication is exposed
     # messages between stages: forward activation and backward gradient per chunk boundary
     p2p = 0.0
     if pp > 1:
@@ -200,8 +204,8 @@ def predict_run(shape: ModelShape, lay: Layout, cluster: Cluster) -> RunPredicti
 
     # data-parallel gradient sync of this rank's share of the fullest stage, gradients in the training precision;
     # an expert's gradient only over the GPUs holding the same experts
-    params = stage_params(shape, pp, lay.ep)
-    grad_bytes = stage_params(shape, pp, lay.ep, experts=False) / t * w
+    params = stage_params(shape, pp, lay.ep, layers=max(per_stage))
+    grad_bytes = stage_params(shape, pp, lay.ep, experts=False, layers=max(per_stage)) / t * w
     expert_bytes = params / t * w - grad_bytes
     dp_comm = 0.0
     if replicas > 1 and lay.zero < 3:  # ZeRO-3 reduce-scatters each layer's gradient in backward (above)

@@ -44,6 +44,12 @@ class ModelShape:
     fused_attention: bool = False  # a fused attention kernel keeps a log-sum-exp per row, not the a·s² scores
     n_experts: int = 0  # > 0: each MLP is a mixture of this many experts, top_k of them per token
     top_k: int = 1
+    # the 2023+ shape (Llama): a gated MLP (SwiGLU: gate and up h -> f, down f -> h), RMSNorm, no biases,
+    # rotary positions (no position parameters), a head of its own (not tied to the token embedding)
+    gated_mlp: bool = False
+    biases: bool = True  # and LayerNorm (2 vectors per norm); False: RMSNorm (1)
+    learned_positions: bool = True
+    tied_embeddings: bool = True
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "n_head", "seq_len", "vocab_size"):
@@ -64,9 +70,15 @@ class ModelShape:
         """MLPs a token runs through: 1, or top_k of a mixture of experts."""
         return self.top_k if self.n_experts else 1
 
+    @property
+    def mlp_matrices(self) -> int:
+        """h x f matrices in one MLP: 2 (up, down), 3 gated (gate, up, down)."""
+        return 3 if self.gated_mlp else 2
+
     def mlp_params(self) -> int:
         """One MLP's weights and biases (one expert's, in a mixture)."""
-        return 2 * self.n_embd * self.ffn + self.ffn + self.n_embd
+        biases = (self.mlp_matrices - 1) * self.ffn + self.n_embd if self.biases else 0
+        return self.mlp_matrices * self.n_embd * self.ffn + biases
 
     @property
     def kv_heads(self) -> int:
@@ -89,25 +101,31 @@ class ModelShape:
     def layer_params(self, experts_held: int | None = None) -> int:
         """Weights and biases of one block: QKV, output projection, MLP (or the router and ``experts_held``
         of the experts, default all), two LayerNorms."""
-        h, kv = self.n_embd, self.kv_width
-        qkv = h * (h + 2 * kv) + h + 2 * kv
+        h, kv, b = self.n_embd, self.kv_width, self.biases
+        qkv = h * (h + 2 * kv) + (h + 2 * kv) * b
         mlp = self.mlp_params() if not self.n_experts else \
             h * self.n_experts + self.mlp_params() * (self.n_experts if experts_held is None else experts_held)
-        return qkv + h * h + h + mlp + 4 * h
+        return qkv + h * h + h * b + mlp + (4 if b else 2) * h  # two LayerNorms (weight, bias) or RMSNorms
 
     def embedding_params(self) -> int:
-        """Token and learned position embeddings (the head is tied to the token embedding)."""
-        return (self.vocab_size + self.seq_len) * self.n_embd
+        """Token and learned position embeddings (the head is tied to the token embedding, or has its own
+        vocab x h matrix: ``head_params``)."""
+        return (self.vocab_size + self.seq_len * self.learned_positions) * self.n_embd
+
+    def head_params(self) -> int:
+        """The output head's own parameters: none when tied to the token embedding."""
+        return 0 if self.tied_embeddings else self.vocab_size * self.n_embd
 
     def params(self) -> int:
         """All parameters: 12·l·h²·(1 + 13/12h + (V + s)/12lh) for the paper's shape."""
-        return self.n_layer * self.layer_params() + self.embedding_params() + 2 * self.n_embd
+        return (self.n_layer * self.layer_params() + self.embedding_params() + self.head_params()
+                + (2 if self.biases else 1) * self.n_embd)
 
     # -- FLOPs ------------------------------------------------------------------------------
     def layer_forward_flops(self, tokens: float) -> float:
         """Matmul FLOPs of one block's forward over ``tokens`` tokens in sequences of seq_len."""
         h, f, kv, s = self.n_embd, self.ffn, self.kv_width, self.seq_len
-        weights = 2 * tokens * h * (h + 2 * kv + h + 2 * f * self.active_mlps + self.n_experts)  # + the router
+        weights = 2 * tokens * h * (h + 2 * kv + h + self.mlp_matrices * f * self.active_mlps + self.n_experts)
         attention = 4 * tokens * s * h  # Q Kᵀ and (scores) V, each 2·s·h per token
         return weights + attention
 
@@ -169,7 +187,8 @@ class ModelShape:
                       + 2 * mask * sbh)  # attention-output and MLP-output dropout masks
         split = (w * tokens * (self.n_embd + 2 * self.kv_width)  # Q, K, V
                  + w * sbh  # attention output: the projection's input
-                 + 2 * w * tokens * self.ffn * self.active_mlps)  # GeLU input and the second MLP GEMM's input
+                 # GeLU's input and the down GEMM's; gated: the gate's and up's outputs and the down GEMM's input
+                 + self.mlp_matrices * w * tokens * self.ffn * self.active_mlps)
         scores = self.n_head * self.seq_len * keys * micro_batch
         core = (w + mask + (w if self.dropout else 0)) * scores  # softmax out, mask, dropout out
         if self.fused_attention:

@@ -27,6 +27,7 @@ from .costmodel.formulas import COSTS
 from .costmodel.layout import Cluster
 from .costmodel.predict import DEFAULT_MFU, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
+from .costmodel.stack import apply, parse_factors
 from .costmodel.transformer import RECOMPUTE, ModelShape
 from .services.metrics import write_atomic
 from .predict_tables import calibrated, gpu_table, layout_table
@@ -162,12 +163,15 @@ def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfuse
               help="GPU model: measured seconds per step of this model and layout at one GPU count (or more, "
                    "comma-separated): fit how much slower your stack computes (and, from two counts, communicates) "
                    "than the model's defaults, and predict every --ranks with it.")
+@click.option("--stack", default=None, metavar="compute=X,network=Y",
+              help="GPU model: your stack's speed against the model's defaults, as factors on every kernel and "
+                   "every message (what train --predict prints for a run, or --calibrate-to fits).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the predictions here.")
 def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_size, dropout, arch, layers_per_stage,
          attention, ranks, profile, device,
          precision, global_batch_size, micro_batch_size, dp, tp, pp, virtual_stages, zero, recompute,
          sequence_parallel, cp, n_experts, top_k, ep, dp_overlap, micro_batches, topology, strategy, algorithm, servers, mfu, bucket_mb,
-         comm_dtype, devices, calibrate_to, json_path):
+         comm_dtype, devices, calibrate_to, stack, json_path):
     """Predict step time, TFLOP/s, MFU, memory per GPU and whether it fits, for a model and a layout.
 
     TFLOP/s per GPU counts every FLOP the GPU executes, the recomputed
@@ -198,13 +202,21 @@ def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--precision") from None
         cluster = Cluster.from_profile(dev, prof)
+        if stack:
+            try:
+                factors = parse_factors(stack)
+            except ValueError as e:
+                raise click.BadParameter(str(e), param_hint="--stack") from None
+            print(f"# stack: {factors.describe()}")
+            cluster = apply(cluster, factors)
         if calibrate_to:
             cluster = calibrated(shape, cluster, layout, dp, calibrate_to)
         rows = gpu_table(shape, cluster, rank_counts, layout, dp, prof.name)
         _write(json_path, rows)
         return
-    if calibrate_to or layers_per_stage or arch != "gpt" or attention != "unfused":
-        raise click.UsageError("--calibrate-to, --layers-per-stage, --arch and --attention belong to the GPU model: "
+    if calibrate_to or stack or layers_per_stage or arch != "gpt" or attention != "unfused":
+        raise click.UsageError("--calibrate-to, --stack, --layers-per-stage, --arch and --attention belong to the "
+                               "GPU model: "
                                "give --device a GPU "
                                f"({', '.join(DEVICE_NAMES)}) or a device JSON file")
     n_params, flops_per_token, block = model_numbers(preset)

@@ -88,3 +88,21 @@ def test_a_measurement_that_cannot_be_met_gets_one_clear_error(args, message):
 def test_the_per_token_model_refuses_calibration():
     proc = predict("--device", "1e12", "--calibrate-to", "1@8")
     assert proc.returncode == 2 and "belong to the GPU model" in proc.stderr, describe(proc)
+
+
+def test_a_runs_own_steps_give_its_factors_and_predict_takes_them():
+    """train --predict prints (and writes to prediction.json) measured / predicted compute and gradient sync;
+    predict --stack prices every kernel and message at those speeds."""
+    from parallel_lm.costmodel.stack import parse_factors
+    from parallel_lm.training.run_prediction import stack_factors
+    pred = {"compute_s": 0.08, "tp_comm_s": 0.02, "comm_s": 0.01}
+    assert stack_factors(pred, {"compute_s": 0.15, "comm_s": 0.03}) == pytest.approx({"compute": 1.5, "network": 3.0})
+    assert stack_factors(pred, {"compute_s": 0.15, "comm_s": None})["network"] == 1.0  # one rank: no sync measured
+    assert parse_factors("compute=1.5,network=3") == StackFactors(1.5, 3.0)
+    assert parse_factors("network=2") == StackFactors(1.0, 2.0)
+    with pytest.raises(ValueError, match="give compute=X,network=Y"):
+        parse_factors("compute=fast")
+    plain, slow = predict(*PTD_P_530B), predict(*PTD_P_530B, "--stack", "compute=2")
+    assert slow.returncode == 0 and "# stack: compute x2.000, network x1.000" in slow.stdout, describe(slow)
+    ratio = tflops(plain)[2240] / tflops(slow)[2240]
+    assert 1.8 < ratio < 2.0  # the step is mostly compute: twice as slow, less its unchanged communication

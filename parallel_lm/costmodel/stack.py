@@ -53,6 +53,21 @@ def parse_measurements(text: str) -> list[tuple[float, int]]:
     return out
 
 
+def parse_factors(text: str) -> StackFactors:
+    """``compute=X,network=Y`` (either may be left out: 1) -> StackFactors; ValueError naming the bad part."""
+    values = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        try:
+            values[key] = float(value)
+        except ValueError:
+            values[key] = -1.0
+        if key not in ("compute", "network") or values[key] <= 0:
+            raise ValueError(f"{part!r}: give compute=X,network=Y, each a positive factor (train --predict prints "
+                             "them for a run)")
+    return StackFactors(**values)
+
+
 def apply(cluster: Cluster, factors: StackFactors) -> Cluster:
     """``cluster`` with its device and networks slowed (or sped up) by ``factors``."""
     dev = cluster.device

@@ -133,6 +133,16 @@ def measured(records: list) -> dict:
     return out
 
 
+def stack_factors(pred: dict, meas: dict) -> dict | None:
+    """How much slower (or faster) this run computed and communicated than predicted: measured / predicted
+    forward + backward, and gradient sync; costmodel/stack.py's two factors, from the run itself."""
+    compute_p, comm_p = pred["compute_s"] + pred["tp_comm_s"], pred["comm_s"]
+    if not meas.get("compute_s") or compute_p <= 0:
+        return None
+    network = meas["comm_s"] / comm_p if meas.get("comm_s") and comm_p > 0 else 1.0
+    return {"compute": meas["compute_s"] / compute_p, "network": network}
+
+
 def report(pred: dict, meas: dict, probe: ComputeProbe, profile: Profile, local_ranks: int, cores: int,
            ranks: int) -> str:
     """The table printed at the end of a run, with a warning when the profile was calibrated on another rank count."""
@@ -159,6 +169,11 @@ def report(pred: dict, meas: dict, probe: ComputeProbe, profile: Profile, local_
     if pred["bubble_s"]:
         row("pipeline bubble", pred["bubble_s"], None)
     row("optimizer", pred["optimizer_s"], None)
+    factors = stack_factors(pred, meas)
+    if factors:
+        lines.append(f"this run against the model: compute x{factors['compute']:.3f}, network x{factors['network']:.3f} "
+                     f"(predict --stack compute={factors['compute']:.3f},network={factors['network']:.3f}, with "
+                     "this run's device and network, prices other layouts and scales at these speeds)")
     calibrated = profile.raw.get("ranks")
     if isinstance(calibrated, int) and calibrated != ranks:
         lines.append(f"note: {profile.name!r} was calibrated with {calibrated} ranks and this run has {ranks}; ranks "
@@ -168,5 +183,6 @@ def report(pred: dict, meas: dict, probe: ComputeProbe, profile: Profile, local_
 
 
 def write_json(path: Path, pred: dict, meas: dict, probe: ComputeProbe, profile: Profile, layout: dict) -> None:
-    doc = {"profile": profile.name, "layout": layout, "probe": probe.__dict__, "predicted": pred, "measured": meas}
+    doc = {"profile": profile.name, "layout": layout, "probe": probe.__dict__, "predicted": pred, "measured": meas,
+           "stack": stack_factors(pred, meas)}
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))

@@ -30,7 +30,9 @@ OPENMPI_TESTS ?= tests/test_collectives_mpi.py tests/test_alltoall.py::test_all_
 	tests/test_memory_features.py::test_zero3_trains_like_one_process_holding_a_shard_and_at_most_two_layers \
 	tests/test_shrink.py tests/test_exercises.py::test_a_hang_is_called_a_hang_and_the_job_is_killed \
 	tests/test_exercises.py::test_an_exception_on_one_rank_is_shown_with_its_line_and_ends_the_job \
-	tests/test_cluster.py
+	tests/test_cluster.py::test_collectives_and_training_across_two_nodes_equal_the_library_and_one_process \
+	tests/test_cluster.py::test_the_ranks_of_a_node_killed_under_shrink_leave_the_other_node_training_like_one_process \
+	'tests/test_cluster.py::test_a_lost_node_ends_the_job_and_elastic_goes_on_on_the_other_node_like_one_process[daemon-killed]'
 RANKS ?= 8
 STEPS ?= 300
 

@@ -102,6 +102,7 @@ def mpi_command(cluster: Cluster, mpiexec: str, kind: str, command: list[str], r
         argv = [mpiexec, "--prtemca", "plm_ssh_agent", agent, "--prtemca", "plm_ssh_no_tree_spawn", "1",
                 "--prtemca", "oob_tcp_if_include", SUBNET, "--mca", "btl", btl,
                 "--mca", "btl_tcp_if_include", SUBNET, "--mca", "mpi_yield_when_idle", "1",
+                "--bind-to", "none",  # a rank keeps its node's CPUs (Open MPI would bind it to the machine's core 0)
                 "--host", hosts, "-np", str(n)]
         if len(set(per_node)) == 1:
             argv += ["--map-by", f"ppr:{per_node[0]}:node"]

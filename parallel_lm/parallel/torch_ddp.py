@@ -93,3 +93,15 @@ class TorchDDP(GradSync):
     def finish(self, tie=None) -> tuple[None, None]:
         super().finish(tie)
         return None, None
+
+    def close(self):
+        """End torch.distributed once every rank is done with it: left to the interpreter's exit, a gloo thread
+        still finishing work can reach for the GIL while Python finalizes and abort the finished run (exit 134,
+        "terminate called without an active exception", seen twice under Open MPI)."""
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+    def abandon(self):
+        """Ranks died: no collective call (torch DDP does not shrink; --on-failure shrink refuses it)."""

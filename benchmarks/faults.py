@@ -54,6 +54,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from parallel_lm.services import checkpoint  # noqa: E402
+from parallel_lm.services.metrics import completed_step  # noqa: E402
 
 STEPS, EVERY = 12, 3
 TRAIN = ["--steps", str(STEPS), "--ckpt-every", str(EVERY), "--data", "synthetic", "--global-batch-size", "12",
@@ -100,11 +101,6 @@ def cluster(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedPro
                           capture_output=True, text=True, check=check, **kwargs)
 
 
-def completed(out: Path) -> int:
-    try:
-        return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def node_trial(kind: str, out: Path, step: int, mpiexec: str) -> subprocess.CompletedProcess:
@@ -121,7 +117,7 @@ def node_trial(kind: str, out: Path, step: int, mpiexec: str) -> subprocess.Comp
         job = subprocess.Popen([sys.executable, "-m", "parallel_lm.elastic", "--cluster", "faults", "--", *NODE_TRAIN,
                                 "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-        while completed(out) < step and job.poll() is None:
+        while completed_step(out) < step and job.poll() is None:
             time.sleep(0.02)
         cluster("kill-node", "1", *(["--cut-link"] if kind == "node-vanished" else []))
         stdout, _ = job.communicate(timeout=600)

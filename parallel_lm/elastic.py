@@ -37,6 +37,7 @@ from pathlib import Path
 import click
 
 from .services import checkpoint
+from .services.metrics import completed_step
 from . import environment
 
 
@@ -49,15 +50,6 @@ def _flag(args: list[str], name: str) -> str | None:
         elif a.startswith(name + "="):
             value = a.split("=", 1)[1]
     return value
-
-
-def _completed(out: Path) -> int:
-    """The last step metrics.jsonl records (0 without one)."""
-    try:
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-        return int(json.loads(lines[-1])["step"]) if lines else 0
-    except (OSError, ValueError, KeyError):
-        return 0
 
 
 def _target_steps(flags: list[str]) -> int:
@@ -144,6 +136,7 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, cluster, flags):
     if step is not None:
         print(f"[elastic] {out} holds a checkpoint at step {step}: continuing it (remove {out}, or pass another "
               "--out, to start over)", flush=True)
+    target = _target_steps(flags)
     while True:
         code, resumed = _launch(_launcher(mpiexec, ranks, cluster), flags, out, step is not None,
                                 pending[0] if pending else None)
@@ -152,17 +145,16 @@ def main(ranks, min_ranks, max_restarts, same_size, mpiexec, cluster, flags):
             entry["recovery_s"] = None if resumed is None else round(resumed - failed_at, 2)
             _log(out, entry)
             pending = None
-        if code == 0 and _completed(out) < _target_steps(flags):
+        done = completed_step(out)
+        if code == 0 and done < target:
             # Open MPI's launcher (PRRTE 5) exits 0 after losing a node's daemon: a job that stopped short failed
-            print(f"[elastic] the job exited 0 after step {_completed(out)} of {_target_steps(flags)}: counted as "
-                  "a failure", flush=True)
+            print(f"[elastic] the job exited 0 after step {done} of {target}: counted as a failure", flush=True)
             code = -1
         if code == 0:
             print(f"[elastic] done: {restarts} restart(s), {time.monotonic() - started:.1f} s, {ranks} rank(s) at "
                   "the end", flush=True)
             return
         failed_at = time.monotonic()
-        done = _completed(out)
         step = _intact_step(out)
         if cluster is not None:  # the nodes still live decide: a lost node takes all its ranks
             after = _whole(min(ranks, _cluster_ranks(cluster)), flags)
@@ -204,10 +196,10 @@ def _fewer(ranks: int, flags: list[str]) -> int:
 
 def _cluster_ranks(name: str) -> int:
     """The ranks of the live nodes of cluster ``name`` (UsageError when it is not up)."""
-    from .cluster import nodes
+    from .cluster import state
     try:
-        return nodes.load(name).ranks
-    except nodes.ClusterError as e:
+        return state.load(name).ranks
+    except state.ClusterError as e:
         raise click.UsageError(str(e)) from None
 
 

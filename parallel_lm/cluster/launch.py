@@ -27,7 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .nodes import SUBNET, Cluster, ClusterError, agent_path, processes, state_dir, stop
+from .nodes import stop_all
+from .state import SUBNET, Cluster, ClusterError, agent_path, hosts_path, state_dir
 
 NODE_SETUP = """#!/bin/sh
 # parallel_lm cluster: run a command inside a node as ssh would: NODE-NAME HOSTS-FILE COMMAND-STRING
@@ -41,7 +42,7 @@ def write_agent(cluster: Cluster) -> Path:
     setup = state_dir() / "node-setup.sh"
     setup.write_text(NODE_SETUP)
     setup.chmod(0o755)
-    hosts = state_dir() / f"{cluster.name}.hosts"  # each node's name resolves, as a cluster's DNS would do
+    hosts = hosts_path(cluster)  # each node's name resolves, as a cluster's DNS would do
     hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{cluster.address(i)} {node}\n"
                                                         for i, node in enumerate(cluster.nodes)))
     cpus = cluster.cpus or ["all"] * len(cluster.nodes)
@@ -142,15 +143,9 @@ def run(cluster: Cluster, mpiexec: str, command: list[str], ranks: int | None = 
     except subprocess.TimeoutExpired:
         os.killpg(launcher.pid, 9)
         launcher.wait()
-        stop_everything(cluster)
+        stop_all(cluster)
         return 124
     except KeyboardInterrupt:
         os.killpg(launcher.pid, 2)
         return launcher.wait()
 
-
-def stop_everything(cluster: Cluster) -> None:
-    """SIGKILL every process left in the cluster's nodes (a run that timed out), leaving the nodes up."""
-    for pids in processes(cluster).values():
-        for pid in pids:
-            stop(cluster, pid)

@@ -119,6 +119,15 @@ class MetricsWriter:
             self.tb.close()
 
 
+def completed_step(out: Path) -> int:
+    """The last step OUT/metrics.jsonl records; 0 without one (or while its first line is being written)."""
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 class Span(NamedTuple):
     """One interval on a rank's timeline (seconds since the timeline's t0)."""
     name: str

@@ -56,6 +56,14 @@ def layout_at(gpus: int, layout: dict, dp: int | None) -> Layout:
     return Layout(dp=dp or max(1, gpus // (layout["tp"] * layout["pp"] * layout["cp"])), **layout)
 
 
+def refuse_layouts(shape: ModelShape, layouts: dict[int, Layout], where: str) -> None:
+    """UsageError listing every problem of each GPU count's layout, each line led by ``where`` (the count in {})."""
+    problems = {gpus: lay.problems(shape, gpus) for gpus, lay in layouts.items()}
+    errors = [f"{where.format(gpus)}: " + "; ".join(found) for gpus, found in problems.items() if found]
+    if errors:
+        raise click.UsageError("\n".join(errors))
+
+
 def calibrated(shape: ModelShape, cluster: Cluster, layout: dict, dp: int | None, text: str) -> Cluster:
     """``cluster`` with the stack's factors fitted to the measured steps in ``text`` (--calibrate-to), printed
     with the model's step before and after at each measured count (costmodel/stack.py)."""
@@ -63,10 +71,7 @@ def calibrated(shape: ModelShape, cluster: Cluster, layout: dict, dp: int | None
         measured = parse_measurements(text)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--calibrate-to") from None
-    errors = [f"--calibrate-to at {gpus} GPUs: " + "; ".join(layout_at(gpus, layout, dp).problems(shape, gpus))
-              for _, gpus in measured if layout_at(gpus, layout, dp).problems(shape, gpus)]
-    if errors:
-        raise click.UsageError("\n".join(errors))
+    refuse_layouts(shape, {gpus: layout_at(gpus, layout, dp) for _, gpus in measured}, "--calibrate-to at {} GPUs")
     step_s = lambda gpus, f: predict_run(shape, layout_at(gpus, layout, dp), apply(cluster, f)).step_s
     try:
         factors = fit(step_s, measured)
@@ -91,10 +96,7 @@ def gpu_table(shape: ModelShape, cluster: Cluster, rank_counts: list[int], layou
             raise click.UsageError(f"--ranks {uneven[0]} is not divisible by " + (f"--cp {cp} x " if cp > 1 else "")
                                    + f"--tp {tp} x --pp {pp}: use a multiple of {tp * pp * cp}")
     layouts = [layout_at(gpus, layout, dp) for gpus in rank_counts]
-    errors = [f"--ranks {gpus}: " + "; ".join(lay.problems(shape, gpus))
-              for gpus, lay in zip(rank_counts, layouts) if lay.problems(shape, gpus)]
-    if errors:
-        raise click.UsageError("\n".join(errors))
+    refuse_layouts(shape, dict(zip(rank_counts, layouts)), "--ranks {}")
     print(f"# model: {shape.n_layer} layers, hidden {shape.n_embd}, {shape.n_head} heads"
           + (f" ({shape.kv_heads} kv)" if shape.kv_heads != shape.n_head else "")
           + (f", {shape.n_experts} experts (top-{shape.top_k})" if shape.n_experts else "")

@@ -137,8 +137,7 @@ class Layout:
                     min(self.stage_layers) < 1:
                 out.append(f"--layers-per-stage {','.join(map(str, self.stage_layers))}: give --pp {self.pp} counts "
                            f"of at least 1 that add up to --n-layer {shape.n_layer}")
-            elif self.virtual_stages > 1 and any((n + 1) // self.virtual_stages * self.virtual_stages != n + 1
-                                                 and n % self.virtual_stages for n in self.stage_layers):
+            elif any(n % self.virtual_stages and (n + 1) % self.virtual_stages for n in self.stage_layers):
                 out.append(f"--layers-per-stage with --virtual-stages {self.virtual_stages}: each stage's layers "
                            "must cut into that many chunks (one layer fewer allowed: a lighter first or last chunk)")
         else:

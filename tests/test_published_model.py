@@ -150,6 +150,9 @@ def test_zero3_memory_holds_the_gathered_layers():
     assert mem["gathered_layers"] == pytest.approx(2 * (3 * layer + embedding), rel=1e-12)
     assert mem["weights"] == pytest.approx(2 * GPT3.params() / 1024, rel=1e-6)  # the shard alone: 0.33 GiB
     assert "gathered_layers" not in memory_per_gpu(GPT3, Layout(1024, 1, 1024, zero=2, precision="fp16"))
+    # context parallelism cuts the tokens, not the position table: the same gathered bytes
+    cp = memory_per_gpu(GPT3, Layout(1024, 1, 256, cp=4, zero=3, recompute="full", precision="fp16"))
+    assert cp["gathered_layers"] == mem["gathered_layers"]
 
 
 def test_device_file_replaces_constants(tmp_path):

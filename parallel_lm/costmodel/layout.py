@@ -206,15 +206,15 @@ def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
     uneven stages, the parameters of the stage with the most layers)."""
     per_stage = lay.layers_per_stage(shape.n_layer)
     params = stage_params(shape, lay.pp, lay.ep, layers=max(per_stage)) / lay.tp
-    keys = shape.seq_len  # each of this GPU's queries meets every key of its sequence (ring attention)
-    shape = replace(shape, seq_len=shape.seq_len // lay.cp)  # the activations of this GPU's tokens
     act_w = value_bytes(lay.precision)
-    per_layer = shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, lay.recompute, act_w,
-                                             keys)
-    held = shape.stored_micro_batches(lay.pp, lay.micro_batches, lay.virtual_stages)
+    # the activations of this GPU's s/cp tokens, each query meeting every key of its sequence (ring attention)
+    mine = replace(shape, seq_len=shape.seq_len // lay.cp)
+    per_layer = mine.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, lay.recompute, act_w,
+                                            shape.seq_len)
+    held = mine.stored_micro_batches(lay.pp, lay.micro_batches, lay.virtual_stages)
     activations = per_stage[0] * per_layer * held
     if lay.recompute == "full":  # one block's full activations live while it is recomputed
-        activations += shape.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, "none", act_w)
+        activations += mine.layer_activation_bytes(lay.micro_batch, lay.tp, lay.sequence_parallel, "none", act_w)
     memory = {**zero_shard(state_bytes(state_kind(lay.precision), lay.optimizer, lay.zero), params, lay.dp * lay.cp,
                            lay.zero), "activations": activations}
     if lay.zero == 3 and lay.dp * lay.cp > 1:

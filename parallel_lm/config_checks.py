@@ -46,13 +46,14 @@ def validate(cfg, world: int) -> None:
         (cfg.recompute in RECOMPUTE, f"unknown --recompute {cfg.recompute!r}; valid: {', '.join(RECOMPUTE)}"),
         (cfg.virtual_stages >= 1, f"--virtual-stages {cfg.virtual_stages} must be >= 1"),
         (cfg.cp >= 1, f"--cp {cfg.cp} must be >= 1"),
-        (cfg.cp <= 1 or (not cfg.sequence_parallel and cfg.sync != "ps" and cfg.engine == "explicit"
-                          and not cfg.model.n_experts),
-         "--cp runs with dp, tp, pp and ZeRO: not yet with --sequence-parallel, --n-experts, --sync ps or "
+        (cfg.cp <= 1 or (cfg.sync != "ps" and cfg.engine == "explicit" and not cfg.model.n_experts),
+         "--cp runs with dp, tp, sequence parallelism, pp and ZeRO: not yet with --n-experts, --sync ps or "
          "--engine torch-ddp"),
-        (not cfg.sequence_parallel or cfg.model.block_size % cfg.tp == 0,
+        (not cfg.sequence_parallel or cfg.model.block_size % (cfg.tp * cfg.cp) == 0,
          f"--sequence-parallel gives each of the --tp {cfg.tp} ranks an equal part of the "
-         f"{cfg.model.block_size} tokens: use a --block-size that is a multiple of {cfg.tp}"),
+         f"{cfg.model.block_size // cfg.cp if cfg.cp > 1 else cfg.model.block_size} tokens"
+         + (" a context rank holds" if cfg.cp > 1 else "")
+         + f": use a --block-size that is a multiple of {cfg.tp * cfg.cp}"),
         (cfg.alltoall in ALLTOALL_ALGORITHMS,
          f"unknown --alltoall {cfg.alltoall!r}; valid: {', '.join(ALLTOALL_ALGORITHMS)}"),
     ] + _combinations(cfg) + _expert_combinations(cfg)

@@ -14,6 +14,7 @@ import click
 
 from .config import TrainConfig, flag, flag_fields
 from .model import PRESETS
+from .model.config import ARCHS
 from .services.shrink import MODES
 from .services.watchdog import DEFAULT_TIMEOUT
 
@@ -23,6 +24,9 @@ class ModelFlags:
     """The model: a preset, and any of its shape overridden (None: the preset's)."""
     preset: str = flag("tiny", "Model size: tiny 0.12M, small 0.84M, medium 10.8M, gpt2 86M parameters.",
                        choices=tuple(PRESETS))
+    arch: str | None = flag(None, "Block architecture: gpt (GPT-2: GELU MLP, LayerNorm, biases, learned positions, "
+                            "head tied to the embedding; the default) or llama (SwiGLU MLP, RMSNorm, no biases, "
+                            "rotary positions, a head of its own).", choices=ARCHS)
     n_layer: int | None = flag(None, "Override the preset's transformer blocks (>= 1).", lo=1)
     n_head: int | None = flag(None, "Override the preset's attention heads (>= 1, dividing --n-embd).", lo=1)
     n_embd: int | None = flag(None, "Override the preset's width (channels, >= 1).", lo=1)

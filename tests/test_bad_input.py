@@ -58,7 +58,9 @@ CASES = [
     (2, T + ["--tp", "2", "--sequence-parallel", "--block-size", "63"], "use a --block-size that is a multiple of 2"),
     (2, T + ["--cp", "2", "--block-size", "30"], "use a --block-size that is a multiple of 4"),
     (3, T + ["--cp", "2"], "--cp 2 must divide the 3 ranks left after --tp 1 x --pp 1"),
-    (4, T + ["--cp", "2", "--tp", "2", "--sequence-parallel"], "not yet with --sequence-parallel"),
+    (2, T + ["--cp", "2", "--tp", "4", "--sequence-parallel", "--block-size", "36"],
+     "equal part of the 18 tokens a context rank holds: use a --block-size that is a multiple of 8"),
+    (2, T + ["--cp", "2", "--n-experts", "2"], "not yet with --n-experts"),
     (1, T + ["--cp", "0"], "'--cp'"),
     (1, T + ["--ep", "0"], "'--ep'"),
     # train: experts

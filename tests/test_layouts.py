@@ -46,6 +46,15 @@ def test_invalid_layouts_stop_every_rank_with_the_fix(args, message):
     assert proc.returncode == 2 and message in proc.stderr, describe(proc)
 
 
+@layouts(4, "llama-dp", "llama-zero1", "llama-tp2", "llama-tp4-sp", "llama-pp2", "llama-pp4-1f1b", "llama-cp2",
+         "llama-cp4", "llama-cp2-tp2-sp", "llama-tp2-pp2-sp", "llama-dp2-pp2-v2-zero2", "llama-zero3",
+         "llama-dp2-tp2-zero3-bf16", "llama-cp2-pp2-recompute", "llama-tp2-recompute-full")
+def test_the_llama_block_trains_like_one_process_under_every_kind_of_parallelism(marked_cases):
+    """SwiGLU cut in two sections, rotary at each context rank's own positions, the untied head's own
+    vocabulary slices, RMSNorm under sequence parallelism: each layout equal to one process."""
+    check_cases(marked_cases)
+
+
 @layouts(2, "pp2-gpipe", "pp2-1f1b")
 def test_pipelines_train_like_one_process_under_both_schedules(marked_cases):
     check_cases(marked_cases)
@@ -70,7 +79,9 @@ def test_a_pipeline_run_checkpoints_the_full_model(tmp_path):
 @pytest.mark.parametrize("k", [2, 4])
 def test_tensor_parallel_layers_match_plain_layers_forward_and_backward(k):
     proc = mpirun(k, [str(PROGRAMS / "tp_layers.py")], timeout=120)
-    layers = [f"{name} {what}" for name, weights in (("attention", ("qkv", "proj")), ("mlp", ("fc", "proj")))
+    kinds = (("attention", ("qkv", "proj")), ("mlp", ("fc", "proj")), ("llama attention", ("qkv", "proj")),
+             ("llama gated mlp", ("gate_up", "proj")))
+    layers = [f"{name} {what}" for name, weights in kinds
               for what in ("forward", "input grad", *(f"{leaf}.weight grad" for leaf in weights))]
     assert_cases(proc, layers + ["embedding forward", "vocab-parallel cross-entropy", "tied embedding + head grad"])
 
@@ -149,7 +160,7 @@ def test_ring_attention_equals_full_causal_attention_forward_and_backward(k):
 
 
 @layouts(2, "cp2", "cp2-zero2", "cp2-recompute")
-@layouts(4, "cp4", "cp2-dp2", "cp2-tp2", "cp2-pp2")
+@layouts(4, "cp4", "cp2-dp2", "cp2-tp2", "cp2-tp2-sp", "cp2-pp2")
 def test_context_parallel_trains_like_one_process(marked_cases):
     check_cases(marked_cases)
 

@@ -59,7 +59,7 @@ def test_the_model_lines_the_readme_shows_are_what_train_prints():
     shown = re.findall(r"^model: .*?, (GPTConfig\(.*\))$", README, re.M)
     assert shown
     for text in shown:
-        fields = dict(re.findall(r"(\w+)=([\w.]+)", text))
+        fields = dict(re.findall(r"(\w+)='?([\w.]+)", text))  # a string field is quoted: arch='llama'
         assert str(GPTConfig(**{k: type(getattr(GPTConfig(), k))(v) for k, v in fields.items()})) == text
 
 

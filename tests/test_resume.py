@@ -8,7 +8,8 @@ GROUPS = [
     (2, ["zero3:one", "pp2-v2:zero3", "moe-ep2:moe", "cp2:one"]),
     (3, ["zero2:one"]),
     (4, ["zero2:tp2-pp2", "dp2-pp2-zero2:dp2-tp2-zero1", "ddp", "zero1", "moe-ep4:moe-ep2", "cp2-tp2:cp4"]),
-    (4, ["dp2-pp2-zero3:zero1", "dp2-pp2-v2-zero3-recompute:tp2-pp2", "zero2:zero3"]),
+    (4, ["dp2-pp2-zero3:zero1", "dp2-pp2-v2-zero3-recompute:tp2-pp2", "zero2:zero3",
+         "llama-tp2-pp2:llama-cp2-tp2", "llama-zero3:llama-one"]),
     (8, ["dp2-tp2-pp2-zero1:zero2"]),
 ]
 

@@ -9,6 +9,7 @@ VOCAB_SIZE = 256  # byte-level tokens
 
 
 MOE_FIELDS = ("n_experts", "top_k", "capacity_factor", "aux_loss_coef")
+ARCHS = ("gpt", "llama")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class GPTConfig:
     top_k: int = 1  # experts per token
     capacity_factor: float = 1.25  # assignments an expert takes per sequence, x T k / E (0: no limit)
     aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the training loss
+    # gpt: GELU MLP, LayerNorm, biases, learned positions, head tied to the token embedding (GPT-2);
+    # llama: SwiGLU MLP, RMSNorm, no biases, rotary positions, a head of its own (Llama, Touvron et al. 2023)
+    arch: str = "gpt"
 
     def __post_init__(self):
         if min(self.n_layer, self.n_head, self.n_embd, self.block_size) < 1:
@@ -33,16 +37,36 @@ class GPTConfig:
             raise ValueError(f"--capacity-factor {self.capacity_factor} must be a finite number >= 0 (0: no limit)")
         if not (math.isfinite(self.aux_loss_coef) and self.aux_loss_coef >= 0):
             raise ValueError(f"--aux-loss-coef {self.aux_loss_coef} must be a finite number >= 0")
+        if self.arch not in ARCHS:
+            raise ValueError(f"--arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.arch == "llama" and self.n_embd // self.n_head % 2:
+            raise ValueError(f"--arch llama rotates channel pairs: --n-embd {self.n_embd} / --n-head {self.n_head} "
+                             "must be even")
         if self.n_embd % self.n_head:
             raise ValueError(f"--n-embd {self.n_embd} is not divisible by --n-head {self.n_head}: "
                              "each head gets n_embd / n_head channels")
+
+    @property
+    def llama(self) -> bool:
+        return self.arch == "llama"
+
+    @property
+    def ffn_hidden(self) -> int:
+        """The MLP's width: 4C for gpt; for llama's gated MLP (three matrices), 2/3 of 4C rounded up to a multiple
+        of 8 x heads (Llama rounds to 256), so the same parameters and any --tp that divides the heads divides it."""
+        if not self.llama:
+            return 4 * self.n_embd
+        step = 8 * self.n_head
+        return -(-8 * self.n_embd // (3 * step)) * step
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
-        """The fields that shape this model: the mixture-of-experts ones only when it has experts."""
-        shown = {k: v for k, v in asdict(self).items() if self.n_experts or k not in MOE_FIELDS}
+        """The fields that shape this model: the mixture-of-experts ones only when it has experts, the
+        architecture when it is not the default."""
+        shown = {k: v for k, v in asdict(self).items()
+                 if (self.n_experts or k not in MOE_FIELDS) and (self.llama or k != "arch")}
         return f"GPTConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 

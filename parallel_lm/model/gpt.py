@@ -1,8 +1,10 @@
-"""A decoder-only transformer (GPT-2 shape) on bytes, in one file.
+"""A decoder-only transformer on bytes: GPT-2's shape, or Llama's.
 
 Causal self-attention, a 4x GELU MLP, pre-LayerNorm residual blocks and a
 language-model head tied to the token embedding (Radford et al. 2019;
-the layout follows nanoGPT's model.py). No dropout: training is a
+the layout follows nanoGPT's model.py). ``arch="llama"`` swaps in the
+parts of model/llama.py: rotary positions instead of a position embedding,
+a SwiGLU MLP, RMSNorm, no biases and a head of its own. No dropout: training is a
 deterministic function of the seed and the data, which the data-parallel
 equivalence tests rely on.
 
@@ -20,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
+from .llama import GatedMLP, Rotary, norm
 from .moe import ExpertMLP
 from .recompute import MODES as RECOMPUTE_MODES
 from .recompute import recomputed
@@ -39,17 +42,20 @@ def attention_core(attention=None, recompute: str = "none"):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig, core=causal_attention):
+    """``rotary``: turns queries and keys by their positions (llama), or None (gpt)."""
+
+    def __init__(self, cfg: GPTConfig, core=causal_attention, rotary: Rotary | None = None):
         super().__init__()
-        self.n_head, self.core = cfg.n_head, core
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.n_head, self.core, self.rotary = cfg.n_head, core, rotary
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=not cfg.llama)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=not cfg.llama)
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = self.core(q, k, v)  # (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in self.qkv(x).split(C, dim=2))  # (B, T, nh, hs)
+        if self.rotary:  # v copied out of qkv's output, so q and k before rotation are not kept alive
+            q, k, v = *self.rotary(q, k), v.contiguous()
+        y = self.core(*(t.transpose(1, 2) for t in (q, k, v)))  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
 
 
@@ -64,13 +70,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig, recompute: str = "none", attention=None):
+    def __init__(self, cfg: GPTConfig, recompute: str = "none", attention=None, rotary: Rotary | None = None):
         super().__init__()
         self.recompute = recompute == "full"  # the whole block recomputed in backward
-        self.ln1 = nn.LayerNorm(cfg.n_embd)
-        self.attn = CausalSelfAttention(cfg, attention_core(attention, recompute))
-        self.ln2 = nn.LayerNorm(cfg.n_embd)
-        self.mlp = ExpertMLP(cfg, MLP) if cfg.n_experts else MLP(cfg)
+        self.ln1 = norm(cfg)
+        self.attn = CausalSelfAttention(cfg, attention_core(attention, recompute), rotary)
+        self.ln2 = norm(cfg)
+        mlp = GatedMLP if cfg.llama else MLP
+        self.mlp = ExpertMLP(cfg, mlp) if cfg.n_experts else mlp(cfg)
 
     def forward(self, x):
         return recomputed(self.layers, x) if self.recompute else self.layers(x)
@@ -87,24 +94,39 @@ def balance_term(blocks, cfg):
     return cfg.aux_loss_coef * sum(block.mlp.aux for block in blocks)
 
 
+def embed(tok_emb, pos_emb, idx):
+    """The embedded tokens (B, T, C) of ids ``idx`` (B, T): token embeddings, plus learned positions (gpt)."""
+    x = tok_emb(idx)
+    return x if pos_emb is None else x + pos_emb(torch.arange(idx.shape[1], device=idx.device))
+
+
 class GPT(nn.Module):
     """The model. ``recompute``: none, selective (the attention core) or full (each block) is recomputed in
     backward (model/recompute.py); ``attention``: the core (q, k, v) -> y each block runs, by default
-    ``causal_attention`` (a context-parallel group gives its ring attention). Neither changes the weights."""
+    ``causal_attention`` (a context-parallel group gives its ring attention); ``positions``: with rotary
+    positions (llama), the positions of the tokens each attention sees (a context-parallel rank's chunks;
+    default 0..T-1). None of them changes the weights."""
 
-    def __init__(self, cfg: GPTConfig, recompute: str = "none", attention=None):
+    def __init__(self, cfg: GPTConfig, recompute: str = "none", attention=None, positions=None):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg, recompute, attention) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.pos_emb = None if cfg.llama else nn.Embedding(cfg.block_size, cfg.n_embd)
+        rotary = Rotary(cfg.n_embd // cfg.n_head, positions) if cfg.llama else None
+        self.blocks = nn.ModuleList(Block(cfg, recompute, attention, rotary) for _ in range(cfg.n_layer))
+        self.ln_f = norm(cfg)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.head.weight = self.tok_emb.weight  # tied (Press & Wolf 2017)
+        if self.tied:
+            self.head.weight = self.tok_emb.weight  # tied (Press & Wolf 2017)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 L)
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @property
+    def tied(self) -> bool:
+        """Whether the head shares the token embedding's weight (gpt), or has its own (llama)."""
+        return not self.cfg.llama
 
     @staticmethod
     def _init(module):
@@ -119,8 +141,7 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.cfg.block_size}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, C)
+        x = embed(self.tok_emb, self.pos_emb, idx)  # (B, T, C)
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))  # (B, T, vocab)
@@ -129,18 +150,20 @@ class GPT(nn.Module):
         return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
     def num_params(self) -> int:
-        """Parameters, the tied embedding counted once."""
+        """Parameters, a tied embedding counted once."""
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N + 12 L T C (PaLM, Chowdhery et al. 2022, appendix B).
 
         6N for the matmuls forward and backward, the second term for attention
-        scores and values over a T-token context. N excludes the position
-        embedding, which does no matmul.
+        scores and values over a T-token context. N excludes what does no
+        matmul: the position embedding, and a token embedding the head does
+        not share.
         """
         cfg = self.cfg
-        n = self.num_params() - self.pos_emb.weight.numel()
+        lookups = self.tok_emb.weight if not self.tied else self.pos_emb.weight
+        n = self.num_params() - lookups.numel()
         if cfg.n_experts:  # a token runs through k experts of E
             per_expert = sum(p.numel() for p in self.blocks[0].mlp.experts[0].parameters())
             n -= cfg.n_layer * (cfg.n_experts - cfg.top_k) * per_expert

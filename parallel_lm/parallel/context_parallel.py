@@ -71,9 +71,11 @@ class ContextParallel:
         return t[:, self.positions]
 
     def shard_positions(self, model) -> None:
-        """Look ``model``'s position embedding up at this rank's positions. (Its attention runs the ring because
-        the model was built with ``attention=self.attention``.)"""
-        model.pos_emb = ContextPositions(model.pos_emb, self)
+        """Look ``model``'s position embedding up at this rank's positions. (Its attention runs the ring, and
+        rotary positions turn by this rank's positions, because the model was built with
+        ``attention=self.attention, positions=self.positions``.)"""
+        if model.pos_emb is not None:
+            model.pos_emb = ContextPositions(model.pos_emb, self)
 
     def attention(self, q, k, v):
         return RingAttention.apply(q, k, v, self)
@@ -149,11 +151,13 @@ class RingAttention(torch.autograd.Function):
 
 
 class ContextPositions(nn.Module):
-    """The position embedding looked up at this rank's positions (the model asks for 0..T/cp-1)."""
+    """The position embedding looked up at this rank's positions (the model asks for 0..T/cp-1). ``full``: the
+    whole table, or its sequence-parallel form, which then takes its tensor rank's share of these positions."""
 
-    def __init__(self, full: nn.Embedding, cp: ContextParallel):
+    def __init__(self, full: nn.Module, cp: ContextParallel):
         super().__init__()
-        self.cp, self.weight = cp, full.weight
+        self.cp, self.weight = cp, full.weight  # the single-process name, pos_emb.weight
+        self.lookup = full.forward if not isinstance(full, nn.Embedding) else lambda pos: F.embedding(pos, self.weight)
 
     def forward(self, pos):
-        return F.embedding(self.cp.positions.to(pos.device), self.weight)
+        return self.lookup(self.cp.positions.to(pos.device))

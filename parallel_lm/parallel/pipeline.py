@@ -11,9 +11,10 @@ blocking ``Recv``; the schedules never wait in a cycle.
 Schedules (the order of forwards and backwards, and the bubble each
 leaves) are in schedules.py: GPipe, 1F1B and interleaved 1F1B.
 
-The head shares its weight with the token embedding (tied); with p > 1
+A gpt head shares its weight with the token embedding (tied); with p > 1
 the first and the last stage each hold a copy, and their gradients are
-summed between them (``tie_gradients``), as Megatron-LM does.
+summed between them (``tie_gradients``), as Megatron-LM does. A llama head
+has its own weight, on the last stage only.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from ..model.gpt import balance_term
+from ..model.gpt import balance_term, embed
 from .schedules import ops_for
 
 TAG_TIE, TAG_FIRST = 33, 100  # stage-to-stage messages: TAG_FIRST + 2 (virtual stage x m + micro-batch) + kind
@@ -56,8 +57,7 @@ class Chunk(nn.Module):
     def forward(self, x):
         """Token ids (first chunk) or activations (B, T, C) in; activations or logits out."""
         if self.first:
-            pos = torch.arange(x.shape[1], device=x.device)
-            x = self.tok_emb(x) + self.pos_emb(pos)
+            x = embed(self.tok_emb, self.pos_emb, x)
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x)) if self.last else x
@@ -86,7 +86,7 @@ class Stage(nn.Module):
         self.stages, self.virtual = stages, virtual
         self.chunks = nn.ModuleList(Chunk(model, c * stages + stage, stages * virtual, sharded) for c in range(virtual))
         self.first, self.last = self.chunks[0].first, self.chunks[-1].last
-        self.tied = model.tok_emb.weight if (self.first or self.last) else None
+        self.tied = model.tok_emb.weight if model.tied and (self.first or self.last) else None
 
     def forward(self, x):
         """Token ids or activations in, activations or logits out: the whole stage, when it is one chunk."""

@@ -10,14 +10,17 @@ How the GPT is cut (rank r of t):
   k and v (column-parallel), proj the matching input columns (row-parallel):
   f -> qkv -> attention on local heads -> proj -> g (f, g as above);
 - MLP: fc keeps rows [r 4C/t, ...) (column), proj those columns (row):
-  f -> fc -> GELU -> proj -> g;
+  f -> fc -> GELU -> proj -> g; llama's gated MLP keeps its slice of gate's
+  rows and of up's (``gate_up``, two sections): f -> gate_up -> SwiGLU ->
+  proj -> g, and its attention turns the local heads' q and k by position
+  (rotary) as the whole model does;
 - token embedding: vocabulary rows [r V/t, (r+1) V/t); a rank looks up the
   ids it owns (zeros elsewhere) and g sums the lookups;
-- the head shares that weight: f -> x W_r^T gives this rank's slice of the
-  logits, and the cross-entropy is computed across slices (``vocab_parallel_ce``:
+- the head shares that weight (llama's head has its own, cut the same
+  way): f -> x W_r^T gives this rank's slice of the logits, and the cross-entropy is computed across slices (``vocab_parallel_ce``:
   the max, the sum of exponentials and the target logit are all-reduced),
   so the full logits never exist on one rank;
-- LayerNorms and the position embedding are replicated: every rank computes
+- LayerNorms (RMSNorms) and the position embedding are replicated: every rank computes
   them on the same full activations, so their gradients agree without
   communication.
 
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 from .tensor_parallel_comm import TensorParallel, column_linear, leave, local_tokens
+from ..model.llama import RMSNorm, rms_norm, swiglu
 from .tensor_parallel_sharding import part, piece
 
 
@@ -41,29 +45,43 @@ def _param(full: nn.Parameter, key: str, tp: TensorParallel) -> nn.Parameter:
     return nn.Parameter(piece(key, full.detach(), tp.rank, tp.size).clone())
 
 
+def _replicated_bias(full: nn.Linear) -> nn.Parameter | None:
+    """A row-parallel layer's bias (added once, after the sum), or None for a layer without."""
+    return None if full.bias is None else nn.Parameter(full.bias.detach().clone())
+
+
+def _row_output(y, proj: nn.Linear, tp: TensorParallel):
+    """A row-parallel layer's output: the ranks' partial products summed (g), plus the replicated bias."""
+    out = leave(F.linear(y, proj.weight), tp)
+    return out if proj.bias is None else out + local_tokens(proj.bias, tp)
+
+
 class ParallelAttention(nn.Module):
     """``full`` attention's heads cut over the tensor-parallel ranks; the same core (``full.core``) runs them."""
 
     def __init__(self, full, n_head: int, tp: TensorParallel):
         super().__init__()
-        self.tp, self.core = tp, full.core
+        self.tp, self.core, self.rotary = tp, full.core, full.rotary
         c = full.proj.weight.shape[0]
         self.n_head = n_head // tp.size
-        width = c // tp.size
-        self.qkv = nn.Linear(c, 3 * width)
+        width, biased = c // tp.size, full.qkv.bias is not None
+        self.qkv = nn.Linear(c, 3 * width, bias=biased)
         self.qkv.weight = _param(full.qkv.weight, "attn.qkv.weight", tp)
-        self.qkv.bias = _param(full.qkv.bias, "attn.qkv.bias", tp)
-        self.proj = nn.Linear(width, c)
+        if biased:
+            self.qkv.bias = _param(full.qkv.bias, "attn.qkv.bias", tp)
+        self.proj = nn.Linear(width, c, bias=biased)
         self.proj.weight = _param(full.proj.weight, "attn.proj.weight", tp)
-        self.proj.bias = nn.Parameter(full.proj.bias.detach().clone())
+        self.proj.bias = _replicated_bias(full.proj)
 
     def forward(self, x):
         B, T, _ = x.shape
         q, k, v = column_linear(x, self.qkv.weight, self.qkv.bias, self.tp).chunk(3, dim=2)  # each (B, T, C/t)
         T = q.shape[1]  # the whole sequence, also when the input held this rank's tokens only
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        y = self.core(q, k, v).transpose(1, 2).reshape(B, T, -1)
-        return leave(F.linear(y, self.proj.weight), self.tp) + local_tokens(self.proj.bias, self.tp)
+        q, k, v = (t.view(B, T, self.n_head, -1) for t in (q, k, v))
+        if self.rotary:  # v copied out of qkv's output, so q and k before rotation are not kept alive
+            q, k, v = *self.rotary(q, k), v.contiguous()
+        y = self.core(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2).reshape(B, T, -1)
+        return _row_output(y, self.proj, self.tp)
 
 
 class ParallelMLP(nn.Module):
@@ -80,7 +98,23 @@ class ParallelMLP(nn.Module):
 
     def forward(self, x):
         h = F.gelu(column_linear(x, self.fc.weight, self.fc.bias, self.tp))
-        return leave(F.linear(h, self.proj.weight), self.tp) + local_tokens(self.proj.bias, self.tp)
+        return _row_output(h, self.proj, self.tp)
+
+
+class ParallelGatedMLP(nn.Module):
+    """llama's SwiGLU MLP: this rank's slices of gate and of up (column), the matching columns of proj (row)."""
+
+    def __init__(self, full, tp: TensorParallel):
+        super().__init__()
+        self.tp = tp
+        hidden, c = full.proj.weight.shape[1], full.proj.weight.shape[0]
+        self.gate_up = nn.Linear(c, 2 * hidden // tp.size, bias=False)
+        self.gate_up.weight = _param(full.gate_up.weight, "mlp.gate_up.weight", tp)
+        self.proj = nn.Linear(hidden // tp.size, c, bias=False)
+        self.proj.weight = _param(full.proj.weight, "mlp.proj.weight", tp)
+
+    def forward(self, x):
+        return _row_output(swiglu(column_linear(x, self.gate_up.weight, None, self.tp)), self.proj, self.tp)
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -97,26 +131,30 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class VocabParallelHead(nn.Module):
-    """The head tied to the vocabulary-parallel embedding: this rank's slice of the logits."""
+    """The head: this rank's slice of the logits, over the vocabulary rows [start, ...) of ``weight`` (the
+    embedding's, when tied)."""
 
-    def __init__(self, embedding: VocabParallelEmbedding):
+    def __init__(self, weight: nn.Parameter, tp: TensorParallel, start: int):
         super().__init__()
-        self.weight, self.tp, self.start = embedding.weight, embedding.tp, embedding.rows.start
+        self.weight, self.tp, self.start = weight, tp, start
 
     def forward(self, x):
         return column_linear(x, self.weight, None, self.tp)
 
 
 class SequenceParallelNorm(nn.Module):
-    """A replicated LayerNorm on this rank's tokens (sequence parallelism): its gradients summed over the group."""
+    """A replicated LayerNorm (or RMSNorm) on this rank's tokens (sequence parallelism): its gradients summed over the group."""
 
-    def __init__(self, full: nn.LayerNorm, tp: TensorParallel):
+    def __init__(self, full: nn.LayerNorm | RMSNorm, tp: TensorParallel):
         super().__init__()
-        self.tp, self.shape, self.eps = tp, full.normalized_shape, full.eps
-        self.weight, self.bias = full.weight, full.bias
+        self.tp, self.eps, self.rms = tp, full.eps, isinstance(full, RMSNorm)
+        self.weight, self.bias = full.weight, getattr(full, "bias", None)  # an RMSNorm has no bias
 
     def forward(self, x):
-        return F.layer_norm(x, self.shape, local_tokens(self.weight, self.tp), local_tokens(self.bias, self.tp), self.eps)
+        weight = local_tokens(self.weight, self.tp)
+        if self.rms:
+            return rms_norm(x, weight, self.eps)
+        return F.layer_norm(x, weight.shape, weight, local_tokens(self.bias, self.tp), self.eps)
 
 
 class SequenceParallelPositions(nn.Module):
@@ -127,6 +165,7 @@ class SequenceParallelPositions(nn.Module):
         self.tp, self.weight = tp, full.weight
 
     def forward(self, pos):
+        """The embedding of this rank's share of the positions ``pos`` (a context-parallel rank's, or 0..T-1)."""
         local = len(pos) // self.tp.size
         return F.embedding(pos[self.tp.rank * local:(self.tp.rank + 1) * local], local_tokens(self.weight, self.tp))
 
@@ -170,14 +209,18 @@ def shard_model(model, tp: TensorParallel):
     """
     if tp.size == 1:
         return model
+    mlp = ParallelGatedMLP if model.cfg.llama else ParallelMLP
     for block in model.blocks:
         block.attn = ParallelAttention(block.attn, model.cfg.n_head, tp)
-        block.mlp = ParallelMLP(block.mlp, tp)
+        block.mlp = mlp(block.mlp, tp)
         if tp.sequence_parallel:
             block.ln1, block.ln2 = SequenceParallelNorm(block.ln1, tp), SequenceParallelNorm(block.ln2, tp)
     model.tok_emb = VocabParallelEmbedding(model.tok_emb, tp)
-    model.head = VocabParallelHead(model.tok_emb)
+    rows = model.tok_emb.rows.start
+    head = model.tok_emb.weight if model.tied else _param(model.head.weight, "head.weight", tp)
+    model.head = VocabParallelHead(head, tp, rows)
     if tp.sequence_parallel:
         model.ln_f = SequenceParallelNorm(model.ln_f, tp)
-        model.pos_emb = SequenceParallelPositions(model.pos_emb, tp)
+        if model.pos_emb is not None:
+            model.pos_emb = SequenceParallelPositions(model.pos_emb, tp)
     return model

@@ -4,8 +4,10 @@
 value or its optimizer moments) the way the layers of tensor_parallel.py
 hold it, and ``join(key, pieces)`` puts the pieces back together, so
 checkpoints keep single-process keys and shapes whatever the layout. The
-keys are the single-process parameter names; q, k and v of the attention
-are cut each in its own third, so every rank keeps whole heads.
+keys are the single-process parameter names. A matrix that stacks several
+(attention's q, k and v; llama's gate and up) is cut section by section:
+each rank keeps its slice of each, so whole heads, and gate rows beside
+the up rows they multiply.
 """
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ def part(n: int, rank: int, size: int) -> slice:
     return slice(rank * n // size, (rank + 1) * n // size)
 
 
-# how each sharded key is cut and joined: along which dimension, and for qkv in three sections (q, k, v)
-_CUTS = {"attn.qkv.weight": ("qkv", 0), "attn.qkv.bias": ("qkv", 0), "attn.proj.weight": ("cat", 1),
-         "mlp.fc.weight": ("cat", 0), "mlp.fc.bias": ("cat", 0), "mlp.proj.weight": ("cat", 1),
-         "tok_emb.weight": ("cat", 0), "head.weight": ("cat", 0)}
+# how each sharded key is cut and joined: in how many stacked sections, along which dimension
+_CUTS = {"attn.qkv.weight": (3, 0), "attn.qkv.bias": (3, 0), "attn.proj.weight": (1, 1),
+         "mlp.fc.weight": (1, 0), "mlp.fc.bias": (1, 0), "mlp.gate_up.weight": (2, 0), "mlp.proj.weight": (1, 1),
+         "tok_emb.weight": (1, 0), "head.weight": (1, 0)}
 
 
 def _cut(key: str):
@@ -36,10 +38,9 @@ def piece(key: str, full: torch.Tensor, rank: int, size: int) -> torch.Tensor:
     rule = _cut(key)
     if rule is None or size == 1 or full.dim() == 0:
         return full
-    how, dim = rule
-    if how == "qkv":
-        return torch.cat([third[part(third.shape[0], rank, size)] for third in full.chunk(3, dim=0)])
-    return full.narrow(dim, rank * full.shape[dim] // size, full.shape[dim] // size)
+    sections, dim = rule
+    return torch.cat([s.narrow(dim, rank * s.shape[dim] // size, s.shape[dim] // size)
+                      for s in full.chunk(sections, dim=dim)], dim=dim)
 
 
 def join(key: str, pieces: list[torch.Tensor]) -> torch.Tensor:
@@ -47,8 +48,6 @@ def join(key: str, pieces: list[torch.Tensor]) -> torch.Tensor:
     rule = _cut(key)
     if rule is None or len(pieces) == 1 or pieces[0].dim() == 0:
         return pieces[0]
-    how, dim = rule
-    if how == "qkv":
-        thirds = [p.chunk(3, dim=0) for p in pieces]
-        return torch.cat([torch.cat([t[i] for t in thirds], dim=0) for i in range(3)], dim=0)
-    return torch.cat(pieces, dim=dim)
+    sections, dim = rule
+    cut = [p.chunk(sections, dim=dim) for p in pieces]
+    return torch.cat([torch.cat([c[i] for c in cut], dim=dim) for i in range(sections)], dim=dim)

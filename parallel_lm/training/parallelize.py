@@ -90,7 +90,8 @@ def parallelize(cfg, mesh: Mesh, state: dict | None = None, timeline=None, sync_
     context = ContextParallel(mesh.cp, cfg.model.block_size, clock) if mesh.cp is not None else None
     # the single-process model, identical on every rank
     torch.manual_seed(cfg.seed)
-    full = GPT(cfg.model, cfg.recompute, context.attention if context else None)
+    attention, positions = (context.attention, context.positions) if context else (None, None)
+    full = GPT(cfg.model, cfg.recompute, attention, positions)
     if state is not None:
         full.load_state_dict(state["model"])
         torch.set_rng_state(state["torch_rng"])

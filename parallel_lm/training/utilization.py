@@ -27,12 +27,13 @@ from ..runtime import on_rank0
 
 
 def shape_of(model_cfg, cp: int = 1) -> ModelShape:
-    """parallel_lm's GPT as the cost model sees it: no dropout, a fused attention kernel. With ``cp``, the
+    """parallel_lm's GPT (gpt or llama) as the cost model sees it: no dropout, a fused attention kernel. With ``cp``, the
     T/cp tokens one context-parallel rank holds: everything it keeps for backward is per token (ring
     attention keeps Q, K, V, its output and one log-sum-exp per row, as a fused kernel does)."""
     m = model_cfg
-    return ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size // cp, m.vocab_size, dropout=False,
-                      fused_attention=True)
+    return ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size // cp, m.vocab_size, ffn_hidden=m.ffn_hidden,
+                      dropout=False, fused_attention=True, gated_mlp=m.llama, biases=not m.llama,
+                      learned_positions=not m.llama, tied_embeddings=not m.llama)
 
 
 def matmul_peak(threads: int, n: int = 1024, seconds: float = 0.3) -> float:

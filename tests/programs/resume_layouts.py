@@ -35,6 +35,7 @@ base = TrainConfig(model=GPTConfig(n_layer=4, n_head=4, n_embd=32, block_size=16
                    data="synthetic", steps=STEPS, warmup_steps=2, bucket_mb=0.02, decay_steps=4)
 batches = Batches.from_bytes(load_corpus("synthetic"), base.model.block_size, base.seed)
 MOE = GPTConfig(n_layer=4, n_head=4, n_embd=32, block_size=16, n_experts=4, top_k=2)  # a mixture of experts
+LLAMA = GPTConfig(n_layer=4, n_head=4, n_embd=32, block_size=16, arch="llama")  # untied head, gate_up in sections
 LAYOUTS = {
     "one": {}, "dp": {}, "naive": dict(dp_sync="naive"), "zero1": dict(zero=1), "zero2": dict(zero=2),
     "ddp": dict(engine="torch-ddp"), "fp16": dict(precision="fp16"), "tp2": dict(tp=2),
@@ -46,6 +47,8 @@ LAYOUTS = {
     "dp2-pp2-v2-zero3-recompute": dict(pp=2, virtual_stages=2, micro_batches=2, zero=3, recompute="full"),
     "cp2": dict(cp=2), "cp4": dict(cp=4), "cp2-tp2": dict(cp=2, tp=2),
     "moe": dict(model=MOE), "moe-ep2": dict(model=MOE, ep=2), "moe-ep4": dict(model=MOE, ep=4, alltoall="bruck"),
+    "llama-tp2-pp2": dict(model=LLAMA, tp=2, pp=2, micro_batches=2), "llama-cp2-tp2": dict(model=LLAMA, cp=2, tp=2),
+    "llama-zero3": dict(model=LLAMA, zero=3), "llama-one": dict(model=LLAMA),
 }
 
 # torch DDP regroups its buckets after its first step (in the order gradients became ready), so the first
@@ -109,7 +112,7 @@ for pair in sys.argv[1:]:
     line = (f"{pair:24s} resumed under {source}: bitwise {exact} "
             f"(max|param diff| {worst(resumed['model'], full['model']):.1e}), optimizer saved {has_moments}")
     if target:
-        if target == "one":
+        if target.endswith("one"):
             diff = on_rank0(comm, lambda: worst(run(target, STEPS, half, MPI.COMM_SELF)[1]["model"], full["model"]))
         else:
             other = run(target, STEPS, half, comm)[1]

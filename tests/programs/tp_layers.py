@@ -12,8 +12,10 @@ from report import case
 
 from parallel_lm.model import GPTConfig
 from parallel_lm.model.gpt import MLP, CausalSelfAttention
+from parallel_lm.model.llama import GatedMLP, Rotary
 from parallel_lm.parallel.tensor_parallel import (
     ParallelAttention,
+    ParallelGatedMLP,
     ParallelMLP,
     VocabParallelEmbedding,
     VocabParallelHead,
@@ -29,6 +31,7 @@ comm = MPI.COMM_WORLD
 tp = TensorParallel(comm, "ring")
 TOL = 1e-5
 cfg = GPTConfig(n_layer=1, n_head=4, n_embd=32, block_size=8)
+llama = GPTConfig(n_layer=1, n_head=4, n_embd=32, block_size=8, arch="llama")
 
 
 def check(name, got, want):
@@ -47,7 +50,11 @@ x = torch.randn(2, cfg.block_size, cfg.n_embd)
 for name, make, parallel, keys in (
         ("attention", CausalSelfAttention, lambda m: ParallelAttention(m, cfg.n_head, tp),
          ["attn.qkv.weight", "attn.proj.weight"]),
-        ("mlp", MLP, lambda m: ParallelMLP(m, tp), ["mlp.fc.weight", "mlp.proj.weight"])):
+        ("mlp", MLP, lambda m: ParallelMLP(m, tp), ["mlp.fc.weight", "mlp.proj.weight"]),
+        ("llama attention", lambda c: CausalSelfAttention(llama, rotary=Rotary(c.n_embd // c.n_head)),
+         lambda m: ParallelAttention(m, cfg.n_head, tp), ["attn.qkv.weight", "attn.proj.weight"]),
+        ("llama gated mlp", lambda c: GatedMLP(llama), lambda m: ParallelGatedMLP(m, tp),
+         ["mlp.gate_up.weight", "mlp.proj.weight"])):
     torch.manual_seed(1)
     full = make(cfg)
     part = parallel(full)
@@ -68,7 +75,7 @@ emb = torch.nn.Embedding(cfg.vocab_size, cfg.n_embd)
 idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
 targets = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
 pemb = VocabParallelEmbedding(emb, tp)
-head = VocabParallelHead(pemb)
+head = VocabParallelHead(pemb.weight, tp, pemb.rows.start)
 h_full = emb(idx)
 loss_full = F.cross_entropy((h_full @ emb.weight.t()).view(-1, cfg.vocab_size), targets.view(-1))
 h_part = pemb(idx)

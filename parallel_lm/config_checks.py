@@ -100,14 +100,14 @@ def _check_nodes(cfg, dp: int) -> None:
     """Emulated nodes (comm/nodes.py) must divide the data-parallel ranks the hierarchical all-reduce runs on."""
     from .comm.nodes import emulated_ranks_per_node, rails
     from .comm.settings import RAILS, RANKS_PER_NODE
-    if cfg.allreduce != "hierarchical":
+    if not cfg.allreduce.startswith("hierarchical"):
         return
     per_node = emulated_ranks_per_node()
     if per_node is None:
         return
     if dp % per_node:
         raise ValueError(f"{RANKS_PER_NODE}={per_node} must be a positive divisor of the {dp} data-parallel ranks "
-                         "that --allreduce hierarchical runs on: set it to one, or unset it to use the real nodes")
+                         f"that --allreduce {cfg.allreduce} runs on: set it to one, or unset it to use the real nodes")
     try:
         rails(per_node)
     except ValueError as e:

@@ -10,7 +10,8 @@ def test_sweep_writes_records_with_no_errors(tmp_path):
                       "-d", "float32,int64", "--json", str(out)], timeout=120)
     assert proc.returncode == 0, describe(proc)
     records = json.loads(out.read_text())["records"]
-    algos = {"mpi", "naive", "tree", "ring", "recursive_doubling", "rabenseifner", "hierarchical"}
+    algos = {"mpi", "naive", "tree", "ring", "recursive_doubling", "rabenseifner", "hierarchical",
+             "hierarchical_pipelined"}
     assert {r["algorithm"] for r in records} == algos
     assert len(records) == 2 * 2 * len(algos)  # sizes x dtypes x algorithms
     for r in records:

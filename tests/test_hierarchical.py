@@ -10,11 +10,12 @@ def divisors(m):
     return [d for d in range(1, m + 1) if m % d == 0]
 
 
-@pytest.mark.parametrize("k,per_node", [(1, None), (4, None), (4, 2), (6, 2), (6, 3)])
-def test_every_node_size_and_rail_count_equals_the_library(k, per_node):
+@pytest.mark.parametrize("k,per_node", [(1, None), (4, None), (4, 2), (6, 2), (6, 3), (8, 4)])
+def test_every_node_size_and_rail_count_and_the_pipelined_one_equal_the_library(k, per_node):
     env = {"PARALLEL_LM_RANKS_PER_NODE": str(per_node)} if per_node else {}
     proc = mpirun(k, [str(PROGRAMS / "check_hierarchical.py")], env=env, timeout=240)
     names = [f"nodes of {d}, {r} rail(s)" for d in divisors(k) for r in divisors(d)] + ["registry"]
+    names += [f"pipelined nodes of {d}" for d in divisors(k)] + ["pipelined registry"]
     got = assert_cases(proc, names + (["refused"] if k > 1 else []))
     # without the variable, one machine is one node: the shared-memory split puts all k ranks on it
     assert got["registry"]["per_node"] == (per_node or k), describe(proc)

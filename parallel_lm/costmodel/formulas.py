@@ -196,6 +196,32 @@ def allreduce_hierarchical_s(n: float, local: int, nodes: int, intra: Network, i
     return inside.time_s(intra) + allreduce_ring(n / rings, nodes, segment_bytes).time_s(slow)
 
 
+def allreduce_hierarchical_pipelined_s(n: float, local: int, nodes: int, intra: Network, inter: Network,
+                                       pieces: int, rails: int | None = None) -> float:
+    """Seconds of ``comm/collectives/hierarchical_pipelined.py``: K = ``pieces`` pieces, piece j taking its
+    S = 2(L-1) + 2(N-1) ring steps at steps j..j+S-1, all pieces' messages of a step in flight together.
+
+    A step's messages inside the node (pieces in their reduce-scatter or all-gather, n/(K L) bytes each)
+    leave one after another through the rank's own link, one alpha for all; those across nodes (n/(K L N)
+    bytes) through its NIC, shared by local/rails rings; the step lasts the slower, and the chunks received
+    in the reducing phases are added after it (gamma).
+    """
+    L, N, K = local, nodes, pieces
+    share = max(1.0, L / (rails or L)) if N > 1 else 1.0
+    chunk, part = n / (K * L), n / (K * L * N)
+    S = 2 * (L - 1) + 2 * (N - 1)
+    total = 0.0
+    for t in range(K + S - 1):
+        steps = [t - j for j in range(max(0, t - S + 1), min(K, t + 1))]
+        crossing = sum(1 for s in steps if L - 1 <= s < L - 1 + 2 * (N - 1))
+        inside = len(steps) - crossing
+        reduced = chunk * sum(1 for s in steps if s < L - 1) + part * sum(1 for s in steps if L - 1 <= s < L + N - 2)
+        node_s = intra.alpha_s + inside * chunk * intra.beta_s_per_byte if inside else 0.0
+        cross_s = inter.alpha_s + crossing * part * inter.beta_s_per_byte * share if crossing else 0.0
+        total += max(node_s, cross_s) + reduced * intra.gamma_s_per_byte
+    return total
+
+
 def all_to_all_pairwise(n: float, p: int) -> Cost:
     """(p-1).alpha + (p-1)/p.n.beta: one block of n/p bytes to each other rank, one step per rank."""
     return Cost(p - 1, (p - 1) / p * n)

@@ -1,9 +1,13 @@
 """Simulated communicators: what an algorithm sees instead of an MPI communicator.
 
 They offer the part of mpi4py's ``Comm`` the collectives use
-(``Get_rank``, ``Get_size``, ``Send``, ``Recv``, ``Sendrecv``) and write
-every call into a ``Recorder``: one op per call, with the bytes reduced
-since the previous call. ``replay.py`` later turns those ops into time.
+(``Get_rank``, ``Get_size``, ``Send``, ``Recv``, ``Sendrecv``, and
+``Isend``/``Irecv`` with their requests' ``Wait``) and write every call
+into a ``Recorder``: one op per call, with the bytes reduced since the
+previous call. Started requests become one ``Concurrent`` op at the first
+``Wait``: every message started since runs at once, and the op ends when
+all have (an algorithm waits for everything it started together, as the
+pipelined all-reduce does). ``replay.py`` later turns those ops into time.
 
 - ``GroupComm`` (timing-only): nothing moves; the rank may be a
   ``RankVector`` standing for a whole group of ranks.
@@ -17,30 +21,55 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
 NONE = -1  # "no peer" in an op: a plain Send has no receive half, and so on
 
 
+@dataclass
+class Concurrent:
+    """Messages started together and waited for together: ``sends`` (dest, bytes, tag) and ``recvs``
+    (source, bytes, tag), after ``gamma`` bytes reduced locally. Values are ints or one int per rank."""
+    gamma: object
+    sends: list
+    recvs: list
+
+
 class Recorder:
     """The ops of one call of an algorithm (one rank, or a group of ranks run together).
 
-    Each op is ``(gamma_bytes, dest, send_bytes, send_tag, source, recv_bytes, recv_tag)``:
+    A blocking op is ``(gamma_bytes, dest, send_bytes, send_tag, source, recv_bytes, recv_tag)``:
     the bytes reduced locally before it, then its send and receive halves
-    (``NONE`` for a missing half). Values are ints or one int per rank.
+    (``NONE`` for a missing half); started requests are a ``Concurrent``. Values are ints or one int per rank.
     """
 
     def __init__(self):
-        self.ops: list[tuple] = []
+        self.ops: list = []
         self.pending_gamma = 0
+        self.started = Concurrent(0, [], [])  # Isend/Irecv halves not yet waited for
 
     def reduce(self, nbytes) -> None:
         self.pending_gamma = self.pending_gamma + nbytes
 
     def record(self, dest, send_bytes, send_tag, source, recv_bytes, recv_tag) -> None:
+        if self.started.sends or self.started.recvs:
+            raise ValueError("the simulator runs a blocking message after Isend/Irecv only once they are waited for")
         self.ops.append((self.pending_gamma, dest, send_bytes, send_tag, source, recv_bytes, recv_tag))
         self.pending_gamma = 0
+
+    def start(self, send: tuple | None = None, recv: tuple | None = None) -> None:
+        (self.started.sends if send else self.started.recvs).append(send or recv)
+
+    def wait_all(self) -> bool:
+        """Record the started halves as one op; False if none were pending."""
+        if not (self.started.sends or self.started.recvs):
+            return False
+        self.started.gamma, self.pending_gamma = self.pending_gamma, 0
+        self.ops.append(self.started)
+        self.started = Concurrent(0, [], [])
+        return True
 
     @property
     def tail_gamma(self):
@@ -77,6 +106,30 @@ class GroupComm:
         _check_peer(dest, self._size, "Sendrecv")
         _check_peer(source, self._size, "Sendrecv")
         self._rec.record(dest, sendbuf.nbytes, sendtag, source, recvbuf.nbytes, recvtag)
+
+    def Isend(self, buf, dest, tag=0):
+        _check_peer(dest, self._size, "Isend")
+        self._rec.start(send=(dest, buf.nbytes, tag))
+        return Request(self)
+
+    def Irecv(self, buf, source, tag=0):
+        _check_peer(source, self._size, "Irecv")
+        self._rec.start(recv=(source, buf.nbytes, tag))
+        return Request(self)
+
+    def _wait_all(self) -> None:
+        self._rec.wait_all()
+
+
+class Request:
+    """A started Isend or Irecv. Its ``Wait`` completes every request started on the communicator since the
+    last wait (one ``Concurrent`` op); later ``Wait`` calls on the others return at once."""
+
+    def __init__(self, comm):
+        self._comm = comm
+
+    def Wait(self, status=None):
+        self._comm._wait_all()
 
 
 class SimAbort(RuntimeError):
@@ -148,6 +201,7 @@ class DataComm(GroupComm):
     def __init__(self, rank: int, size: int, recorder: Recorder, exchange: Exchange):
         super().__init__(rank, size, recorder)
         self._ex = exchange
+        self._incoming = []  # Irecv's (buffer, source, tag), filled at the wait
 
     def _receive(self, buf, source, tag):
         data = self._ex.take(source, self._rank, tag)
@@ -168,3 +222,17 @@ class DataComm(GroupComm):
         super().Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag)
         self._ex.put(self._rank, dest, sendtag, sendbuf.data)
         self._receive(recvbuf, source, recvtag)
+
+    def Isend(self, buf, dest, tag=0):
+        self._ex.put(self._rank, dest, tag, buf.data)  # buffered: the data leaves now
+        return super().Isend(buf, dest, tag)
+
+    def Irecv(self, buf, source, tag=0):
+        self._incoming.append((buf, source, tag))
+        return super().Irecv(buf, source, tag)
+
+    def _wait_all(self) -> None:
+        super()._wait_all()
+        incoming, self._incoming = self._incoming, []
+        for buf, source, tag in incoming:  # in the order they were posted, as MPI matches them
+            self._receive(buf, source, tag)

@@ -15,11 +15,15 @@ Two engines give the same answer:
   halving/doubling on powers of two), each op index is one vectorized
   step over all ranks. This is what makes 4,096-rank rings fast.
 - ``events``: everything else (trees, folds, the naive root, shared
-  switch ports): a discrete-event loop over ranks in clock order,
-  matching sends to receives by (source, destination, tag) in order, as
-  MPI does. Ports (``Topology.port``: a node's NIC rail) are reserved
-  first come, first served, so k messages through one port take k times
-  as long.
+  switch ports, messages started together): a discrete-event loop over
+  ranks in clock order, matching sends to receives by (source,
+  destination, tag) in order, as MPI does. Ports are reserved first come,
+  first served, so k messages through one port take k times as long (and
+  one alpha): a node's NIC rail (``Topology.port``) with a shared switch
+  port, otherwise each rank's own way in and out at each level. A rank
+  with one message at a time never waits for its own ports; messages
+  started together (``comm.Concurrent``: the pipelined all-reduce's
+  NVLink and InfiniBand steps) share them.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from collections import deque
 
 import numpy as np
 
-from .comm import NONE
+from .comm import NONE, Concurrent
 
 
 class Deadlock(RuntimeError):
@@ -47,7 +51,7 @@ def _field(group_ops, i, k, size):
 
 def lockstep(groups, size: int, topo) -> np.ndarray | None:
     """Clocks at the end, or None when the ops do not pair up index by index."""
-    if topo.shared_port:
+    if topo.shared_port or any(isinstance(op, Concurrent) for _, rec in groups for op in rec.ops):
         return None
     lengths = {len(rec.ops) for _, rec in groups}
     if len(lengths) != 1:
@@ -85,6 +89,14 @@ def lockstep(groups, size: int, topo) -> np.ndarray | None:
     return t + tail * gamma
 
 
+def _split_concurrent(op: Concurrent, n: int) -> list[Concurrent]:
+    """One ``Concurrent`` of plain numbers per rank of a group's op."""
+    col = lambda v: np.broadcast_to(np.asarray(v), (n,)).tolist()
+    gamma = col(op.gamma)
+    halves = [[list(zip(*(col(v) for v in half))) for half in side] for side in (op.sends, op.recvs)]
+    return [Concurrent(gamma[j], [h[j] for h in halves[0]], [h[j] for h in halves[1]]) for j in range(n)]
+
+
 def per_rank_ops(groups, size: int):
     """Split group ops into one list of plain-number ops per rank, and each rank's tail gamma."""
     ops: list = [None] * size
@@ -93,6 +105,10 @@ def per_rank_ops(groups, size: int):
         n = len(ranks)
         per = [[] for _ in range(n)]
         for op in rec.ops:
+            if isinstance(op, Concurrent):
+                for j, row in enumerate(_split_concurrent(op, n)):
+                    per[j].append(row)
+                continue
             cols = [np.broadcast_to(np.asarray(v), (n,)).tolist() for v in op]
             for j, row in enumerate(zip(*cols)):
                 per[j].append(row)
@@ -120,8 +136,11 @@ def events(groups, size: int, topo) -> np.ndarray:
         alpha, beta = topo.link(src, dst)
         if topo.shared_port and topo.node(src) != topo.node(dst):
             out_port, in_port = ("out", *topo.port(src)), ("in", *topo.port(dst))
-            start = max(start, port_free.get(out_port, 0.0), port_free.get(in_port, 0.0))
-            port_free[out_port] = port_free[in_port] = start + nbytes * beta
+        else:  # the ranks' own ways out and in at this level
+            level = topo.inter is not None and topo.node(src) != topo.node(dst)
+            out_port, in_port = ("out rank", level, src), ("in rank", level, dst)
+        start = max(start, port_free.get(out_port, 0.0), port_free.get(in_port, 0.0))
+        port_free[out_port] = port_free[in_port] = start + nbytes * beta
         return start + alpha + nbytes * beta
 
     def finish_half(r, end):
@@ -150,7 +169,9 @@ def events(groups, size: int, topo) -> np.ndarray:
         _, r = heapq.heappop(heap)
         if pc[r] == len(ops[r]):
             continue
-        gam, dest, sbytes, stag, src, rbytes, rtag = ops[r][pc[r]]
+        op = ops[r][pc[r]]
+        concurrent = isinstance(op, Concurrent)
+        gam = op.gamma if concurrent else op[0]
         if not charged[r] and gam:
             charged[r] = True
             t[r] += gam * gamma
@@ -158,15 +179,23 @@ def events(groups, size: int, topo) -> np.ndarray:
             continue
         charged[r] = False
         op_end[r] = t[r]
-        open_halves[r] = (dest != NONE) + (src != NONE)
-        if dest != NONE:
+        if concurrent:
+            out, into = op.sends, op.recvs
+        else:
+            _, dest, sbytes, stag, src, rbytes, rtag = op
+            out = [(dest, sbytes, stag)] if dest != NONE else []
+            into = [(src, rbytes, rtag)] if src != NONE else []
+        open_halves[r] = len(out) + len(into)  # at least one: an op records a message
+        for dest, sbytes, stag in out:
             meet((r, dest, stag), recvs, sends, t[r], sbytes, r, dest, sending=True)
-        if src != NONE:
+        for src, rbytes, rtag in into:
             meet((src, r, rtag), sends, recvs, t[r], rbytes, src, r, sending=False)
     stuck = [r for r in range(size) if pc[r] < len(ops[r])]
     if stuck:
         r = stuck[0]
-        _, dest, _, _, src, _, _ = ops[r][pc[r]]
+        op = ops[r][pc[r]]
+        dest, src = ((op.sends[0][0] if op.sends else NONE, op.recvs[0][0] if op.recvs else NONE)
+                     if isinstance(op, Concurrent) else (op[1], op[4]))
         raise Deadlock(f"{len(stuck)} simulated ranks never finish: with blocking (rendezvous) messages, rank {r} "
                        f"waits in op {pc[r]} (send to {dest}, receive from {src}); {NONE} means none")
     return np.array(t) + np.array(tails) * gamma

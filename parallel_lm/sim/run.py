@@ -24,13 +24,14 @@ from ..comm.collectives import (
     REDUCE_SCATTER_ALGORITHMS,
 )
 from ..comm.collectives.hierarchical import allreduce_hierarchical
+from ..comm.collectives.hierarchical_pipelined import allreduce_hierarchical_pipelined, pieces_for
 from ..comm.collectives.local import copy_into
 from ..comm.topology import chunk_offsets
 from ..comm.workspace import release
-from ..costmodel.formulas import COSTS, allreduce_hierarchical_s
+from ..costmodel.formulas import COSTS, allreduce_hierarchical_pipelined_s, allreduce_hierarchical_s
 from . import replay
 from .arrays import DataArray, VirtualArray, set_recorder
-from .comm import NONE, DataComm, Exchange, GroupComm, Recorder, SimAbort
+from .comm import NONE, Concurrent, DataComm, Exchange, GroupComm, Recorder, SimAbort
 from .network import Topology
 from .ranks import Diverge, RankVector
 
@@ -48,7 +49,8 @@ def _in_place(all_to_all):
 # The library's own collective ("mpi") has no code to run here. The hierarchical all-reduce takes
 # its node size from the topology (``simulate``).
 OPS = {
-    "allreduce": {**{k: v for k, v in ALGORITHMS.items() if k != "mpi"}, "hierarchical": allreduce_hierarchical},
+    "allreduce": {**{k: v for k, v in ALGORITHMS.items() if k != "mpi"}, "hierarchical": allreduce_hierarchical,
+                  "hierarchical_pipelined": allreduce_hierarchical_pipelined},
     "reduce_scatter": {k: v for k, v in REDUCE_SCATTER_ALGORITHMS.items() if k != "mpi"},
     "all_gather": {k: v for k, v in ALL_GATHER_ALGORITHMS.items() if k != "mpi"},
     "broadcast": {k: v for k, v in BROADCAST_ALGORITHMS.items() if k != "mpi"},
@@ -78,11 +80,13 @@ class SimResult:
         hierarchical all-reduce has a two-level formula: exact with nodes too,
         as long as no two messages share a port.
         """
-        if self.algorithm == "hierarchical":
+        if self.algorithm in ("hierarchical", "hierarchical_pipelined"):
             local = min(topo.ranks_per_node or self.ranks, self.ranks)
-            rails = topo.rails if topo.shared_port else local
-            return allreduce_hierarchical_s(self.n_bytes, local, self.ranks // local, topo.intra, topo.inter or topo.intra,
-                                            rails)
+            rails, nodes = topo.rails if topo.shared_port else local, self.ranks // local
+            if self.algorithm == "hierarchical_pipelined":
+                return allreduce_hierarchical_pipelined_s(self.n_bytes, local, nodes, topo.intra, topo.inter or topo.intra,
+                                                          pieces_for(self.n_bytes, local, nodes), rails)
+            return allreduce_hierarchical_s(self.n_bytes, local, nodes, topo.intra, topo.inter or topo.intra, rails)
         return COSTS[self.op][self.algorithm](self.n_bytes, self.ranks).time_s(topo.inter or topo.intra)
 
 
@@ -185,6 +189,13 @@ def _run_data(op: str, fn, size: int, count: int, dtype, seed: int):
     return [(np.array([r]), recorders[r]) for r in range(size)], err
 
 
+def _sends(op, n: int) -> int:
+    """Messages an op records for a group of n ranks."""
+    if isinstance(op, Concurrent):
+        return len(op.sends) * n
+    return int(np.sum(np.broadcast_to(np.asarray(op[1]) != NONE, (n,))))
+
+
 def simulate(op: str, algorithm, ranks: int, n_bytes: int, topology: Topology, *,
              dtype="float32", data: bool = False, seed: int = 0) -> SimResult:
     """Simulate one collective; see the module docstring.
@@ -195,7 +206,7 @@ def simulate(op: str, algorithm, ranks: int, n_bytes: int, topology: Topology, *
     fn = algorithm if callable(algorithm) else lookup(op, algorithm)
     if callable(algorithm):  # named after the function (SimResult.formula_s has no formula for it)
         algorithm = getattr(fn, "__name__", repr(fn))
-    if fn is allreduce_hierarchical:
+    if fn in (allreduce_hierarchical, allreduce_hierarchical_pipelined):
         # fewer ranks than a node holds: they share one node
         fn = functools.partial(fn, ranks_per_node=min(topology.ranks_per_node or ranks, ranks))
     dtype = np.dtype(dtype)
@@ -216,8 +227,7 @@ def simulate(op: str, algorithm, ranks: int, n_bytes: int, topology: Topology, *
     clocks, engine = replay.lockstep(groups, ranks, topology), "lockstep"
     if clocks is None:
         clocks, engine = replay.events(groups, ranks, topology), "events"
-    messages = sum(int(np.sum(np.broadcast_to(np.asarray(entry[1]) != NONE, (len(ranks),))))
-                   for ranks, rec in groups for entry in rec.ops)
+    messages = sum(_sends(entry, len(ranks)) for ranks, rec in groups for entry in rec.ops)
     return SimResult(op, algorithm, ranks, n_bytes, float(clocks.max(initial=0.0)), clocks,
                      len(groups), engine, messages, error)
 

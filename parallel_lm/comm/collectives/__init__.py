@@ -12,6 +12,7 @@ from .alltoall_bruck import all_to_all_bruck, all_to_allv_bruck
 from .alltoall_pairwise import all_to_all_pairwise, all_to_allv_pairwise
 from .broadcast import broadcast_binomial
 from .hierarchical import allreduce_hierarchical_nodes
+from .hierarchical_pipelined import allreduce_hierarchical_pipelined_nodes
 from .mpi import all_gather_mpi, all_to_all_mpi, all_to_allv_mpi, allreduce_mpi, broadcast_mpi, reduce_scatter_mpi
 from .naive import allreduce_naive
 from .rabenseifner import allreduce_rabenseifner
@@ -27,6 +28,7 @@ ALGORITHMS = {
     "recursive_doubling": allreduce_recursive_doubling,
     "rabenseifner": allreduce_rabenseifner,
     "hierarchical": allreduce_hierarchical_nodes,
+    "hierarchical_pipelined": allreduce_hierarchical_pipelined_nodes,
     "mpi": allreduce_mpi,
 }
 REDUCE_SCATTER_ALGORITHMS = {

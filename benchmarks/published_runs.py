@@ -1,7 +1,8 @@
 """Predict published training runs of real systems and print predicted vs published, with the error.
 
-    python benchmarks/published_runs.py            # tables + plots into plots/
+    python benchmarks/published_runs.py            # every table, the summary over all rows, plots into plots/
     python benchmarks/published_runs.py --fit      # refit the device's fitted efficiencies (prints them)
+    python benchmarks/published_runs.py --zero3    # Table 2's ZeRO-3 rows under each ZERO3_OVERLAP
 
 Tables (inputs per row from the papers, one set of device and network constants for all rows):
 - Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU Clusters Using
@@ -11,6 +12,18 @@ Tables (inputs per row from the papers, one set of device and network constants 
 - Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models"
   (arXiv 2205.05198), Table 5: iteration time with full recomputation, and with sequence parallelism
   + selective recomputation (configurations from its Table 3), and Figure 1: memory per GPU.
+- Narayanan et al. 2021, Table 2: PTD-P (tp 8, pp 12 / 35, micro-batch 1) and ZeRO-3 without model
+  parallelism, per-GPU TFLOP/s of 175B and 530B on 384 to 2,240 A100s. Interleaving is not stated: the
+  PTD-P rows take the Table 1 row of their size class (145.6B: 2; 529.6B: 3). The ZeRO-3 rows ran on
+  DeepSpeed, which gathers weight matrix by weight matrix (--zero3-gather matrix).
+- Dubey et al. 2024, "The Llama 3 Herd of Models" (arXiv 2407.21783), Table 4: BF16 MFU of Llama 3 405B
+  on 8,192 and 16,384 H100s at 8K context and on 16,384 with cp 16 at 128K; tp 8, pp 16. Stated as the
+  paper describes it (section 3.3.2): 126 layers with one fewer on the first and the last stage, whose
+  first and last chunks hold only the embedding and the head (so chunks of one layer: 8 virtual stages),
+  FSDP sharding gradients and optimizer state (--zero 2), no activation recomputation at 8K; sequence
+  parallelism and micro-batch 1 are assumed. Llama 3 ran on its own stack: the rows are shown as predicted
+  with the Megatron-fitted constants, and calibrated (``stack.fit``, what ``predict --calibrate-to`` does)
+  on the 8,192-GPU row's step time, predicting the other two.
 """
 from __future__ import annotations
 
@@ -23,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from parallel_lm.costmodel import stack  # noqa: E402
 from parallel_lm.costmodel.devices import DEVICES, GIB  # noqa: E402
 from parallel_lm.costmodel.layout import Cluster, Layout, memory_per_gpu  # noqa: E402
 from parallel_lm.costmodel.step import predict_run  # noqa: E402
@@ -61,6 +75,59 @@ TABLE_2_ZERO3 = [
 ]
 
 
+# Table 2, PTD-P: (name, heads, hidden, layers, tp, pp, gpus, batch, micro-batch, virtual stages (assumed), TFLOP/s)
+TABLE_2_PTDP = [
+    ("175B", 96, 12288, 96, 8, 12, 384, 1536, 1, 2, 153), ("175B", 96, 12288, 96, 8, 12, 768, 1536, 1, 2, 149),
+    ("175B", 96, 12288, 96, 8, 12, 1536, 1536, 1, 2, 141), ("530B", 128, 20480, 105, 8, 35, 560, 2240, 1, 3, 171),
+    ("530B", 128, 20480, 105, 8, 35, 1120, 2240, 1, 3, 167), ("530B", 128, 20480, 105, 8, 35, 2240, 2240, 1, 3, 159),
+]
+
+LLAMA3 = ModelShape(126, 16384, 128, 8192, 128256, n_kv_head=8, ffn_hidden=53248, dropout=False, fused_attention=True,
+                    gated_mlp=True, biases=False, learned_positions=False, tied_embeddings=False)
+# Table 4: (GPUs, cp, sequence length, global batch in sequences (16M tokens), BF16 MFU)
+TABLE_4_LLAMA3 = [(8192, 1, 8192, 2048, 0.43), (16384, 1, 8192, 2048, 0.41), (16384, 16, 131072, 128, 0.38)]
+LLAMA3_STAGES = (7,) + (8,) * 14 + (7,)
+
+
+def llama3_layout(gpus, cp, batch) -> Layout:
+    return Layout(batch, 1, gpus // (8 * 16 * cp), tp=8, pp=16, cp=cp, virtual_stages=8, zero=2,
+                  sequence_parallel=True, precision="bf16", stage_layers=LLAMA3_STAGES)
+
+
+def llama3_cluster():
+    return Cluster.from_profile(DEVICES["h100-sxm"], load_profile("dgx-h100-ndr"))
+
+
+def table_4_llama3(calibrate: bool):
+    """MFU of each row; ``calibrate``: the stack's factors fitted on the first row's step time (the step that
+    MFU implies), the others predicted with them (their errors are predictions, the first row's is zero)."""
+    cl, factors = llama3_cluster(), stack.StackFactors()
+    if calibrate:
+        gpus, cp, seq, batch, mfu = TABLE_4_LLAMA3[0]
+        shape, lay = replace(LLAMA3, seq_len=seq), llama3_layout(gpus, cp, batch)
+        base = predict_run(shape, lay, cl)
+        measured = base.step_s * base.mfu / mfu  # the same FLOPs at the published MFU
+        factors = stack.fit(lambda g, f: predict_run(shape, lay, stack.apply(cl, f)).step_s, [(measured, gpus)])
+    rows = []
+    for i, (gpus, cp, seq, batch, mfu) in enumerate(TABLE_4_LLAMA3):
+        pred = predict_run(replace(LLAMA3, seq_len=seq), llama3_layout(gpus, cp, batch), stack.apply(cl, factors))
+        rows.append({"model": f"{seq // 1024}K@{gpus}", "column": "calibrated" if calibrate else "Megatron constants",
+                     "published": 100 * mfu, "predicted": 100 * pred.mfu, "fits": pred.fits,
+                     "memory_gib": pred.memory_gib_per_gpu, "fitted_on": calibrate and i == 0,
+                     "factors": factors.describe()})
+    return rows
+
+
+def table_2_ptdp(cl):
+    rows = []
+    for name, a, h, l, t, p, gpus, batch, mb, v, published in TABLE_2_PTDP:
+        shape = ModelShape(l, h, a, SEQ, VOCAB)
+        pred = predict_run(shape, Layout(batch, mb, gpus // (t * p), t, p, v, recompute="full", precision="fp16"), cl)
+        rows.append({"model": f"{name}@{gpus}", "published": published, "step_s": pred.step_s, "fits": pred.fits,
+                     "predicted": megatron_flops(shape, batch) / pred.step_s / gpus / 1e12, "terms_s": pred.terms_s})
+    return rows
+
+
 def cluster(device=None):
     return Cluster.from_profile(device or DEVICES["a100-80gb"], load_profile("dgx-a100-hdr"))
 
@@ -86,10 +153,11 @@ def table_2_zero3(cl, share=None):
     try:
         for name, a, h, l, gpus, batch, mb, published in TABLE_2_ZERO3:
             shape = ModelShape(l, h, a, SEQ, VOCAB)
-            pred = predict_run(shape, Layout(batch, mb, gpus, zero=3, recompute="full", precision="fp16"), cl)
+            lay = Layout(batch, mb, gpus, zero=3, recompute="full", precision="fp16", zero3_gather="matrix")
+            pred = predict_run(shape, lay, cl)  # DeepSpeed's ZeRO-3: gathered weight by weight
             rows.append({"model": f"{name}@{gpus}", "published": published, "step_s": pred.step_s,
                          "predicted": megatron_flops(shape, batch) / pred.step_s / gpus / 1e12,
-                         "terms_s": pred.terms_s, "memory_gib": pred.memory_gib_per_gpu})
+                         "terms_s": pred.terms_s, "memory_gib": pred.memory_gib_per_gpu, "fits": pred.fits})
     finally:
         step.ZERO3_OVERLAP = kept
     return rows
@@ -219,16 +287,33 @@ def main():
         return
     cl = cluster()
     t1, t5, mem = table_1(cl), table_5(cl), memory_rows()
+    ptdp, zero3 = table_2_ptdp(cl), table_2_zero3(cl)
+    llama_raw, llama = table_4_llama3(calibrate=False), table_4_llama3(calibrate=True)
     show("Megatron-LM Table 1: TFLOP/s per GPU (eq. 3)", "TFLOP/s", t1)
+    show("Narayanan et al. Table 2, PTD-P: TFLOP/s per GPU (eq. 3)", "TFLOP/s", ptdp)
+    show("Narayanan et al. Table 2, ZeRO-3 without model parallelism: TFLOP/s per GPU (eq. 3)", "TFLOP/s", zero3)
     show("Korthikanti et al. Table 5: iteration time (s)", "s", t5)
     show("Korthikanti et al. Figure 1: memory per GPU (GiB)", "GiB", mem)
+    show("Llama 3 405B, Table 4: BF16 MFU (%), Megatron-fitted constants", "MFU %", llama_raw)
+    print(f"# calibrated on the 8K@8192 row's step: {llama[0]['factors']}")
+    show("Llama 3 405B, Table 4: BF16 MFU (%), calibrated on 8K@8192", "MFU %", llama)
+    print("# memory per GPU (GiB) and fits in 80 GB: " + ", ".join(
+        f"{r['model']} {r['memory_gib']:.1f} {'yes' if r['fits'] else 'NO'}" for r in llama))
+    predicted = t1 + ptdp + zero3 + t5 + mem + [r for r in llama if not r["fitted_on"]]
+    mean, worst = errors(predicted)
+    ran = ptdp + zero3 + llama
+    print(f"# every published row ({len(predicted)}; Llama 3 calibrated, its calibration row left out): mean |error| "
+          f"{mean:.1f}%, max {worst:.1f}% ({max(predicted, key=lambda r: abs(r['error_pct']))['model']}); "
+          f"fits for every run that ran: {all(r['fits'] for r in ran)} ({sum(r['fits'] for r in ran)}/{len(ran)})")
     if args.terms:
         for r in t1 + t5:
             print(r["model"], r.get("column", ""), {k: round(v, 4) for k, v in r["terms_s"].items()})
     if args.plots:
         plot(Path(args.plots), t1, t5, mem)
     if args.json:
-        Path(args.json).write_text(json.dumps({"table_1": t1, "table_5": t5, "memory": mem}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"table_1": t1, "table_2_ptdp": ptdp, "table_2_zero3": zero3, "table_5": t5,
+                                               "memory": mem, "llama3": llama_raw, "llama3_calibrated": llama},
+                                              indent=1) + "\n")
 
 
 if __name__ == "__main__":

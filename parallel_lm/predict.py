@@ -24,7 +24,7 @@ import click
 from . import environment
 from .costmodel.devices import DEVICE_NAMES, PRECISIONS, load_device
 from .costmodel.formulas import COSTS
-from .costmodel.layout import Cluster
+from .costmodel.layout import ZERO3_GATHERS, Cluster
 from .costmodel.predict import DEFAULT_MFU, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .costmodel.stack import apply, parse_factors
@@ -134,6 +134,9 @@ def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfuse
 @click.option("--virtual-stages", type=click.IntRange(min=1), default=1,
               help="Chunks of layers per pipeline rank (interleaved 1F1B): the bubble shrinks by this factor.")
 @click.option("--zero", type=click.IntRange(0, 3), default=0, help="ZeRO stage: 1 shards optimizer state, 2 + gradients, 3 + weights.")
+@click.option("--zero3-gather", type=click.Choice(ZERO3_GATHERS), default="layer",
+              help="GPU model, --zero 3: what is gathered at once, whole layers (parallel/zero3.py, FSDP per block) "
+                   "or weight matrices (DeepSpeed); sets the memory of the gathered weights.")
 @click.option("--recompute", type=click.Choice(RECOMPUTE), default="none",
               help="Activation recomputation: full (every block's forward again) or selective (attention core only).")
 @click.option("--sequence-parallel", is_flag=True, help="Split LayerNorm/dropout activations over tensor ranks too.")
@@ -169,7 +172,7 @@ def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfuse
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the predictions here.")
 def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_size, dropout, arch, layers_per_stage,
          attention, ranks, profile, device,
-         precision, global_batch_size, micro_batch_size, dp, tp, pp, virtual_stages, zero, recompute,
+         precision, global_batch_size, micro_batch_size, dp, tp, pp, virtual_stages, zero, zero3_gather, recompute,
          sequence_parallel, cp, n_experts, top_k, ep, dp_overlap, micro_batches, topology, strategy, algorithm, servers, mfu, bucket_mb,
          comm_dtype, devices, calibrate_to, stack, json_path):
     """Predict step time, TFLOP/s, MFU, memory per GPU and whether it fits, for a model and a layout.
@@ -196,7 +199,8 @@ def main(preset, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, seq_len, vocab_
         layout = {"global_batch": global_batch_size, "micro_batch": micro_batch_size, "tp": tp, "pp": pp,
                   "virtual_stages": virtual_stages, "zero": zero, "recompute": recompute,
                   "sequence_parallel": sequence_parallel, "cp": cp, "ep": ep, "precision": precision,
-                  "dp_overlap": dp_overlap, "stage_layers": _stage_layers(layers_per_stage)}
+                  "dp_overlap": dp_overlap, "stage_layers": _stage_layers(layers_per_stage),
+                  "zero3_gather": zero3_gather}
         try:
             dev.flops(precision)
         except ValueError as e:

@@ -94,6 +94,9 @@ def expert_problems(n_experts: int, ep: int, replicas: int | None = None, unit: 
     return out
 
 
+ZERO3_GATHERS = ("layer", "matrix")
+
+
 @dataclass(frozen=True)
 class Layout:
     global_batch: int
@@ -112,6 +115,9 @@ class Layout:
     dp_overlap: bool = True  # gradient sync behind the last micro-batch's backward
     scatter_gather: bool = True  # pipeline messages split over the tensor ranks' NICs
     stage_layers: tuple[int, ...] = ()  # layers of each pipeline stage; (): n_layer / pp each
+    # ZeRO-3's unit of gathering: "layer" (whole blocks: parallel/zero3.py, FSDP wrapping each block) or "matrix"
+    # (weight by weight under a cap on live parameters: DeepSpeed)
+    zero3_gather: str = "layer"
 
     def layers_per_stage(self, n_layer: int) -> list[int]:
         """Layers on each pipeline stage (uneven with ``stage_layers``, as Llama 3 placed 126 on 16)."""
@@ -143,6 +149,8 @@ class Layout:
         else:
             out += cut_problems(shape.n_layer, shape.n_head, self.tp, self.pp, self.virtual_stages,
                                 self.sequence_parallel)
+        if self.zero3_gather not in ZERO3_GATHERS:
+            out.append(f"--zero3-gather {self.zero3_gather!r}: use one of {', '.join(ZERO3_GATHERS)}")
         if not shape.n_head % self.tp and shape.kv_heads % self.tp:
             out.append(f"--tp {self.tp} must divide --n-kv-head {shape.kv_heads}")
         if self.global_batch % (self.dp * self.micro_batch):
@@ -201,6 +209,19 @@ def hierarchical_allreduce_s(n_bytes: float, local: int, nodes: int, intra: Netw
     return allreduce_hierarchical_s(n_bytes, local, nodes, intra, inter, rails, segment_bytes=math.inf)
 
 
+def gathered_bytes(shape: ModelShape, lay: Layout, value_bytes: float) -> float:
+    """ZeRO-3's gathered weights at the peak, three units: the running one, the one prefetched and one unit's
+    full gradient before its reduce-scatter. A unit is a whole block plus the embedding on the first stage
+    (``zero3_gather`` "layer", as parallel/zero3.py does), or the largest weight matrix ("matrix": DeepSpeed
+    gathers module by module, holding at most stage3_max_live_parameters, 1e9 by default, beyond the running one)."""
+    if lay.zero3_gather == "matrix":
+        h, f = shape.n_embd, shape.ffn
+        largest = max(h * (h + 2 * shape.kv_width), h * f, shape.vocab_size * h)
+        return 3 * largest / lay.tp * value_bytes
+    layer = shape.layer_params(shape.n_experts // lay.ep) / lay.tp
+    return (3 * layer + shape.embedding_params() / lay.tp) * value_bytes
+
+
 def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
     """Bytes on the first pipeline stage's GPU (the fullest: embedding and the most micro-batches in flight; with
     uneven stages, the parameters of the stage with the most layers)."""
@@ -218,8 +239,5 @@ def memory_per_gpu(shape: ModelShape, lay: Layout) -> dict:
     memory = {**zero_shard(state_bytes(state_kind(lay.precision), lay.optimizer, lay.zero), params, lay.dp * lay.cp,
                            lay.zero), "activations": activations}
     if lay.zero == 3 and lay.dp * lay.cp > 1:
-        # whole layers gathered while they run, as parallel/zero3.py does: the running one and the one prefetched,
-        # the embedding (first stage), and one layer's full gradient before its reduce-scatter
-        layer = shape.layer_params(shape.n_experts // lay.ep) / lay.tp
-        memory["gathered_layers"] = (3 * layer + shape.embedding_params() / lay.tp) * act_w
+        memory["gathered_layers"] = gathered_bytes(shape, lay, act_w)
     return memory

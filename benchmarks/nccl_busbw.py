@@ -2,9 +2,9 @@
 
     python benchmarks/nccl_busbw.py          # about 1 minute
 
-The simulator runs the unchanged hierarchical all-reduces (comm/collectives/hierarchical.py, phases one after
-the other, and hierarchical_pipelined.py, the phases overlapped on pieces) on the dgx-a100-hdr profile, with one
-switch port per NIC rail, for a 1 GiB float32 buffer; busbw follows nccl-tests (algbw x 2(P-1)/P). Gamma is 0:
+The simulator runs the unchanged all-reduces on the dgx-a100-hdr profile, with one switch port per NIC, for a
+1 GiB float32 buffer: ring_channels.py (NCCL's ring: one ring per local rank, each leaving a node through another
+NIC), hierarchical.py (phases one after the other) and hierarchical_pipelined.py (the phases overlapped on pieces); busbw follows nccl-tests (algbw x 2(P-1)/P). Gamma is 0:
 NCCL adds inside its copy kernels, where our CPU code adds after each receive. Published figures (all_reduce_perf,
 large messages):
 - one node, 8 x A100-SXM4-80GB on NVSwitch: about 200-210 GB/s (NVIDIA/nccl-tests issues 149, 178);
@@ -34,7 +34,7 @@ CASES = [  # (what, nodes, NICs per node, published busbw GB/s or None)
     ("8 DGX A100 nodes, 8 HDR rails", 8, 8, 192.0),
     ("16 DGX A100 nodes, 8 HDR rails", 16, 8, None),
 ]
-ALGORITHMS = ("hierarchical", "hierarchical_pipelined")
+ALGORITHMS = ("ring_channels", "hierarchical", "hierarchical_pipelined")
 
 
 def busbw(algorithm: str, nodes: int, nics: int, n: int, base) -> float:
@@ -48,16 +48,19 @@ def main():
     n = 1 << 30
     base = topology_from_profile(prof, "switch")
     base = replace(base, intra=Network(base.intra.alpha_s, base.intra.beta_s_per_byte))  # no separate reduction
-    print(f"# all-reduce of {n >> 20} MiB float32 on {prof.name}, one switch port per NIC; busbw in GB/s")
-    print(f"{'cluster':>34} {'ranks':>6} {'hierarchical':>13} {'pipelined':>10} {'published':>10} {'error':>7}")
+    print(f"# all-reduce of {n >> 20} MiB float32 on {prof.name}, one switch port per NIC; busbw in GB/s; "
+          "error against published")
+    print(f"{'cluster':>34} {'ranks':>6} {'published':>10} {'ring_channels':>14} {'error':>7} {'hierarchical':>13} "
+          f"{'pipelined':>10} {'error':>7}")
     for what, nodes, nics, published in CASES:
-        plain, piped = (busbw(a, nodes, nics, n, base) for a in ALGORITHMS)
-        error = f"{(piped / published - 1) * 100:+6.1f}%" if published else ""
-        print(f"{what:>34} {8 * nodes:>6} {plain:>13.1f} {piped:>10.1f} {published or '':>10} {error:>7}")
-    print("# error: pipelined against published. One after the other, NVLink's time and the NICs' add up (8 nodes: "
-          "2(63/64) / (1.75/205 + 1.75/200) = 114 GB/s at most); overlapped, the slower of the two sets the pace. "
-          "The 3-node row is NCCL's ring, which carries 2(P-1)/P of the buffer across every node boundary (bound: "
-          "4 NICs x 25 = 100 GB/s); the hierarchical algorithms carry 2(N-1)/N, 1.44x less on 3 nodes")
+        ring, plain, piped = (busbw(a, nodes, nics, n, base) for a in ALGORITHMS)
+        err = (lambda x: f"{(x / published - 1) * 100:+6.1f}%") if published else (lambda x: "")
+        print(f"{what:>34} {8 * nodes:>6} {published or '':>10} {ring:>14.1f} {err(ring):>7} {plain:>13.1f} "
+              f"{piped:>10.1f} {err(piped):>7}")
+    print("# NCCL runs its ring beyond two nodes; ring_channels is that ring: every byte crosses every node "
+          "boundary, so its busbw tends to the node's NICs together (4 x 25 or 8 x 25 GB/s). The hierarchical "
+          "all-reduces carry 2(N-1)/N of the buffer across instead of 2(P-1)/P: run one phase after the other, "
+          "NVLink's time and the NICs' add up; pipelined, the slower sets the pace, past the NICs on few nodes")
 
 
 if __name__ == "__main__":

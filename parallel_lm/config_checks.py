@@ -100,7 +100,7 @@ def _check_nodes(cfg, dp: int) -> None:
     """Emulated nodes (comm/nodes.py) must divide the data-parallel ranks the hierarchical all-reduce runs on."""
     from .comm.nodes import emulated_ranks_per_node, rails
     from .comm.settings import RAILS, RANKS_PER_NODE
-    if not cfg.allreduce.startswith("hierarchical"):
+    if cfg.allreduce not in ("hierarchical", "hierarchical_pipelined", "ring_channels"):
         return
     per_node = emulated_ranks_per_node()
     if per_node is None:

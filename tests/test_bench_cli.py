@@ -11,7 +11,7 @@ def test_sweep_writes_records_with_no_errors(tmp_path):
     assert proc.returncode == 0, describe(proc)
     records = json.loads(out.read_text())["records"]
     algos = {"mpi", "naive", "tree", "ring", "recursive_doubling", "rabenseifner", "hierarchical",
-             "hierarchical_pipelined"}
+             "hierarchical_pipelined", "ring_channels"}
     assert {r["algorithm"] for r in records} == algos
     assert len(records) == 2 * 2 * len(algos)  # sizes x dtypes x algorithms
     for r in records:

@@ -97,7 +97,7 @@ def test_simulate_prints_sim_formula_and_their_ratio(tmp_path):
     proc = run_cli("-a", "all", "-r", "5,64", "-s", "640K", "--profile", "eth-10g", "--json", str(tmp_path / "s.json"))
     assert proc.returncode == 0, proc.stderr
     records = json.loads((tmp_path / "s.json").read_text())["records"]
-    assert len(records) == 14  # 7 all-reduce algorithms (both hierarchical ones included) x 2 rank counts
+    assert len(records) == 16  # 8 all-reduce algorithms (the ones with nodes included) x 2 rank counts
     for r in records:
         assert r["sim_s"] == pytest.approx(r["formula_s"], rel=1e-12)
     assert "sim/formula" in proc.stdout and "1.0000" in proc.stdout

@@ -16,6 +16,7 @@ def test_every_node_size_and_rail_count_and_the_pipelined_one_equal_the_library(
     proc = mpirun(k, [str(PROGRAMS / "check_hierarchical.py")], env=env, timeout=240)
     names = [f"nodes of {d}, {r} rail(s)" for d in divisors(k) for r in divisors(d)] + ["registry"]
     names += [f"pipelined nodes of {d}" for d in divisors(k)] + ["pipelined registry"]
+    names += [f"channels nodes of {d}" for d in divisors(k)]
     got = assert_cases(proc, names + (["refused"] if k > 1 else []))
     # without the variable, one machine is one node: the shared-memory split puts all k ranks on it
     assert got["registry"]["per_node"] == (per_node or k), describe(proc)

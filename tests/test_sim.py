@@ -173,3 +173,24 @@ def test_blocking_messages_wait_for_started_ones():
     comm.Isend(np.zeros(4), dest=1)
     with pytest.raises(ValueError, match="only once they are waited for"):
         comm.Send(np.zeros(4), dest=1)
+
+
+@pytest.mark.parametrize("ranks, per_node, shared, rails", [(8, 4, False, 4), (8, 4, True, 2), (12, 4, True, 4),
+                                                            (6, 3, False, 3), (5, 5, False, 5), (4, 1, False, 1)])
+def test_ring_channels_simulated_equals_its_formula_and_sums_exactly(ranks, per_node, shared, rails):
+    intra, inter = Network(1e-6, 1e-10, 1e-11), Network(5e-6, 4e-10)
+    topo = Topology(intra, inter, per_node, shared_port=shared, rails=rails)
+    res = simulate("allreduce", "ring_channels", ranks, 4 * per_node * ranks * 50, topo, data=True)
+    assert res.max_abs_error == 0.0
+    assert res.time_s == pytest.approx(res.formula_s(topo), rel=1e-9)
+    assert res.messages == 2 * (ranks - 1) * ranks * per_node
+
+
+def test_ring_channels_reach_the_nodes_nics_together():
+    """8 rings, each leaving a node through another rank's NIC: the bus bandwidth of 8 x 25 GB/s NICs, less one
+    alpha per step, where one ring alone gets one NIC's."""
+    intra, inter = Network(1e-6, 1 / 205e9), Network(5e-6, 1 / 25e9)
+    topo = Topology(intra, inter, 8, shared_port=True, rails=8)
+    n, p = 1 << 28, 32
+    busbw = {a: n / simulate("allreduce", a, p, n, topo).time_s * 2 * (p - 1) / p for a in ("ring", "ring_channels")}
+    assert 0.85 * 200e9 < busbw["ring_channels"] < 200e9 and busbw["ring"] < 26e9  # alpha: 5 us on 42 us

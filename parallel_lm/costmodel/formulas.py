@@ -222,6 +222,22 @@ def allreduce_hierarchical_pipelined_s(n: float, local: int, nodes: int, intra: 
     return total
 
 
+def allreduce_ring_channels_s(n: float, local: int, nodes: int, intra: Network, inter: Network,
+                              rails: int | None = None) -> float:
+    """Seconds of ``comm/collectives/ring_channels.py``: ``local`` rings over all p ranks, 2(p-1) steps, each
+    with every ring's message of b = n/(local p) bytes in flight. A rank's messages inside the node leave one
+    after another through its link (local - 1 of them with several nodes, where one leaves through its NIC,
+    shared by local/rails ranks; local on one node); the step lasts the slower, then the received chunks of
+    the reduce-scatter steps are added (gamma)."""
+    p = local * nodes
+    b = n / (local * p)
+    inside = local - 1 if nodes > 1 else local
+    node_s = intra.alpha_s + inside * b * intra.beta_s_per_byte if inside else 0.0
+    cross_s = inter.alpha_s + b * inter.beta_s_per_byte * max(1.0, local / (rails or local)) if nodes > 1 else 0.0
+    step = max(node_s, cross_s)
+    return 2 * (p - 1) * step + (p - 1) * local * b * intra.gamma_s_per_byte
+
+
 def all_to_all_pairwise(n: float, p: int) -> Cost:
     """(p-1).alpha + (p-1)/p.n.beta: one block of n/p bytes to each other rank, one step per rank."""
     return Cost(p - 1, (p - 1) / p * n)

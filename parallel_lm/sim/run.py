@@ -25,10 +25,12 @@ from ..comm.collectives import (
 )
 from ..comm.collectives.hierarchical import allreduce_hierarchical
 from ..comm.collectives.hierarchical_pipelined import allreduce_hierarchical_pipelined, pieces_for
+from ..comm.collectives.ring_channels import allreduce_ring_channels
 from ..comm.collectives.local import copy_into
 from ..comm.topology import chunk_offsets
 from ..comm.workspace import release
-from ..costmodel.formulas import COSTS, allreduce_hierarchical_pipelined_s, allreduce_hierarchical_s
+from ..costmodel.formulas import (COSTS, allreduce_hierarchical_pipelined_s, allreduce_hierarchical_s,
+                                  allreduce_ring_channels_s)
 from . import replay
 from .arrays import DataArray, VirtualArray, set_recorder
 from .comm import NONE, Concurrent, DataComm, Exchange, GroupComm, Recorder, SimAbort
@@ -50,7 +52,7 @@ def _in_place(all_to_all):
 # its node size from the topology (``simulate``).
 OPS = {
     "allreduce": {**{k: v for k, v in ALGORITHMS.items() if k != "mpi"}, "hierarchical": allreduce_hierarchical,
-                  "hierarchical_pipelined": allreduce_hierarchical_pipelined},
+                  "hierarchical_pipelined": allreduce_hierarchical_pipelined, "ring_channels": allreduce_ring_channels},
     "reduce_scatter": {k: v for k, v in REDUCE_SCATTER_ALGORITHMS.items() if k != "mpi"},
     "all_gather": {k: v for k, v in ALL_GATHER_ALGORITHMS.items() if k != "mpi"},
     "broadcast": {k: v for k, v in BROADCAST_ALGORITHMS.items() if k != "mpi"},
@@ -80,9 +82,11 @@ class SimResult:
         hierarchical all-reduce has a two-level formula: exact with nodes too,
         as long as no two messages share a port.
         """
-        if self.algorithm in ("hierarchical", "hierarchical_pipelined"):
+        if self.algorithm in ("hierarchical", "hierarchical_pipelined", "ring_channels"):
             local = min(topo.ranks_per_node or self.ranks, self.ranks)
             rails, nodes = topo.rails if topo.shared_port else local, self.ranks // local
+            if self.algorithm == "ring_channels":
+                return allreduce_ring_channels_s(self.n_bytes, local, nodes, topo.intra, topo.inter or topo.intra, rails)
             if self.algorithm == "hierarchical_pipelined":
                 return allreduce_hierarchical_pipelined_s(self.n_bytes, local, nodes, topo.intra, topo.inter or topo.intra,
                                                           pieces_for(self.n_bytes, local, nodes), rails)
@@ -206,7 +210,7 @@ def simulate(op: str, algorithm, ranks: int, n_bytes: int, topology: Topology, *
     fn = algorithm if callable(algorithm) else lookup(op, algorithm)
     if callable(algorithm):  # named after the function (SimResult.formula_s has no formula for it)
         algorithm = getattr(fn, "__name__", repr(fn))
-    if fn in (allreduce_hierarchical, allreduce_hierarchical_pipelined):
+    if fn in (allreduce_hierarchical, allreduce_hierarchical_pipelined, allreduce_ring_channels):
         # fewer ranks than a node holds: they share one node
         fn = functools.partial(fn, ranks_per_node=min(topology.ranks_per_node or ranks, ranks))
     dtype = np.dtype(dtype)

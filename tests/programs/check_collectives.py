@@ -3,8 +3,8 @@
 Reports one case per collective and algorithm (report.py: ``allreduce ring``,
 ``reduce_scatter ...``, ``all_gather ...``, ``broadcast ...``, ``allreduce_mean
 ring``), each over every dtype and length on every rank, with the number of
-checks and the first mismatch. ``--quick``: fewer lengths. ``--unequal-nodes``: leave out the hierarchical
-all-reduces, which refuse nodes of different sizes (tests/test_cluster.py runs 2 + 1 + 2 ranks).
+checks and the first mismatch. ``--quick``: fewer lengths. ``--unequal-nodes``: leave out the all-reduces
+built on nodes (hierarchical ones, ring channels), which refuse nodes of different sizes (tests/test_cluster.py runs 2 + 1 + 2 ranks).
 """
 import hashlib
 import sys
@@ -21,7 +21,8 @@ start_script()
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
 quick = "--quick" in sys.argv
-ALLREDUCES = [a for a in ALGORITHMS if not a.startswith("hierarchical") or "--unequal-nodes" not in sys.argv]
+NODE_ALGORITHMS = ("hierarchical", "hierarchical_pipelined", "ring_channels")  # nodes of equal size, or refused
+ALLREDUCES = [a for a in ALGORITHMS if a not in NODE_ALGORITHMS or "--unequal-nodes" not in sys.argv]
 DTYPES = [np.float16, np.float32, np.float64, np.int32, np.int64]
 # 262,147 (odd, so chunks are uneven): 0.5-2 MiB per buffer, past every eager limit (MPICH's and Open MPI's are
 # 16-64 KiB), so the library and ours move it by rendezvous; a million elements cost 4x the time for nothing more

@@ -1,12 +1,13 @@
 """Run under ``mpiexec -n K``: the hierarchical all-reduce against MPI_Allreduce for every node size
-dividing K and every rail count dividing the node size, and the pipelined one for every node size and
-several piece counts; then the registry's "hierarchical" and "hierarchical_pipelined" on the nodes of
+dividing K and every rail count dividing the node size, the pipelined one for every node size and
+several piece counts, and the multi-channel ring (its channels leave a node through different ranks) for
+every node size; then the registry's "hierarchical" and "hierarchical_pipelined" on the nodes of
 comm/nodes.py (PARALLEL_LM_RANKS_PER_NODE, or the shared-memory split).
 
 Integer-valued data, so every order of addition gives the same bits. Reports one case per node size and rail
 count (report.py: ``nodes of 2, 1 rail(s)``, each over 5 lengths and 2 dtypes, bitwise on every rank), one
 for the registry (``registry``, with the node size it found) and one for a node size that does not divide K
-(``refused``); for the pipelined one, ``pipelined nodes of 2`` (5 lengths x 2 dtypes x 3 piece counts, and the
+(``refused``); for the multi-channel ring, ``channels nodes of 2``; for the pipelined one, ``pipelined nodes of 2`` (5 lengths x 2 dtypes x 3 piece counts, and the
 same bits on every rank from uniform random floats) and ``pipelined registry``.
 """
 import numpy as np
@@ -16,6 +17,7 @@ from report import case
 from parallel_lm.comm import allreduce
 from parallel_lm.comm.collectives.hierarchical import allreduce_hierarchical
 from parallel_lm.comm.collectives.hierarchical_pipelined import allreduce_hierarchical_pipelined
+from parallel_lm.comm.collectives.ring_channels import allreduce_ring_channels
 from parallel_lm.comm.nodes import ranks_per_node
 from parallel_lm.runtime import start_script
 
@@ -59,6 +61,11 @@ for per_node in divisors(p):
            f"pipelined, nodes of {per_node}: " + (f"differs from MPI at {wrong}" if wrong else
                                                   "bitwise MPI_Allreduce at 5 lengths, 2 dtypes, 3 piece counts")
            + ("" if same else "; ranks disagree on random floats"), wrong=wrong, same_bits=same)
+for per_node in divisors(p):
+    wrong = [f"{n} {dtype.__name__}" for n in (0, 1, p - 1, 101, 300_007) for dtype in (np.float32, np.int64)
+             if differs(n, dtype, lambda x: allreduce_ring_channels(x, comm, per_node))]
+    report(f"channels nodes of {per_node}", not wrong, f"ring channels, nodes of {per_node}: "
+           + (f"differs from MPI at {wrong}" if wrong else "bitwise MPI_Allreduce at 5 lengths, 2 dtypes"), wrong=wrong)
 found = ranks_per_node(comm)
 wrong = [n for n in (5, 100_003) if differs(n, np.float32, lambda x: allreduce(x, comm, algorithm="hierarchical"))]
 report("registry", not wrong, f"the registry's hierarchical on nodes of {found}: "

@@ -19,6 +19,7 @@ from .rabenseifner import allreduce_rabenseifner
 from .recursive_doubling import all_gather_recursive_doubling, allreduce_recursive_doubling
 from .recursive_halving import reduce_scatter_recursive_halving
 from .ring import all_gather_ring, allreduce_ring, reduce_scatter_ring
+from .ring_channels import allreduce_ring_channels_nodes
 from .tree import allreduce_tree
 
 ALGORITHMS = {
@@ -29,6 +30,7 @@ ALGORITHMS = {
     "rabenseifner": allreduce_rabenseifner,
     "hierarchical": allreduce_hierarchical_nodes,
     "hierarchical_pipelined": allreduce_hierarchical_pipelined_nodes,
+    "ring_channels": allreduce_ring_channels_nodes,
     "mpi": allreduce_mpi,
 }
 REDUCE_SCATTER_ALGORITHMS = {

@@ -41,7 +41,7 @@ from ..nodes import rails, ranks_per_node
 from ..topology import Ring, chunk_offsets
 from ..settings import RAILS
 from ..workspace import scratch
-from .local import add_into
+from .local import wait_then_add
 
 TAG_RS, TAG_ACROSS, TAG_AG = 61, 62, 63
 MAX_PIECES = 256
@@ -115,10 +115,7 @@ def allreduce_hierarchical_pipelined(buf, comm, ranks_per_node: int, pieces: int
                 send, recv = inside.all_gather_chunks(s)
                 requests += [comm.Irecv(mine[offs[recv]:offs[recv + 1]], source=left, tag=TAG_AG),
                              comm.Isend(mine[offs[send]:offs[send + 1]], dest=right, tag=TAG_AG)]
-        for request in requests:
-            request.Wait()
-        for acc, incoming in adds:
-            add_into(acc, incoming)
+        wait_then_add(requests, adds)
     return buf
 
 

@@ -27,6 +27,15 @@ def add_into(acc, incoming) -> None:
     array_module(acc).add(acc, incoming, out=acc)
 
 
+def wait_then_add(requests, adds) -> None:
+    """Wait for every started message (``requests``), then add each received chunk into its place
+    (``adds``: (accumulator, received) pairs): one step of the algorithms that keep many messages in flight."""
+    for request in requests:
+        request.Wait()
+    for acc, incoming in adds:
+        add_into(acc, incoming)
+
+
 def copy_into(dst, src) -> None:
     """dst[...] = src (numpy or cupy): the local block moves of all-to-all. Copies are not in the
     alpha-beta-gamma formulas, and the simulator's timing mode does not charge them."""

@@ -62,7 +62,7 @@ def validate(cfg, world: int) -> None:
             raise ValueError(message)
     # how the model and its sequences may be cut, and its experts spread: as the predictor checks them
     cut = cut_problems(cfg.model.n_layer, cfg.model.n_head, cfg.tp, cfg.pp, cfg.virtual_stages,
-                       cfg.sequence_parallel) + context_problems(cfg.model.block_size, cfg.cp, "--block-size")
+                       cfg.sequence_parallel, cfg.model.kv_heads) + context_problems(cfg.model.block_size, cfg.cp, "--block-size")
     _refuse(cut)
     if cfg.sync == "ps":
         workers = cfg.data_ranks(world)

@@ -27,6 +27,8 @@ class ModelFlags:
     arch: str | None = flag(None, "Block architecture: gpt (GPT-2: GELU MLP, LayerNorm, biases, learned positions, "
                             "head tied to the embedding; the default) or llama (SwiGLU MLP, RMSNorm, no biases, "
                             "rotary positions, a head of its own).", choices=ARCHS)
+    n_kv_head: int | None = flag(None, "--arch llama: key/value heads, each shared by --n-head / this many query "
+                                 "heads (grouped-query attention; default: as many as --n-head).", lo=1)
     n_layer: int | None = flag(None, "Override the preset's transformer blocks (>= 1).", lo=1)
     n_head: int | None = flag(None, "Override the preset's attention heads (>= 1, dividing --n-embd).", lo=1)
     n_embd: int | None = flag(None, "Override the preset's width (channels, >= 1).", lo=1)

@@ -61,6 +61,7 @@ CASES = [
     (2, T + ["--cp", "2", "--tp", "4", "--sequence-parallel", "--block-size", "36"],
      "equal part of the 18 tokens a context rank holds: use a --block-size that is a multiple of 8"),
     (2, T + ["--cp", "2", "--n-experts", "2"], "not yet with --n-experts"),
+    (2, T + ["--arch", "llama", "--tp", "2", "--n-kv-head", "1"], "--tp 2 must divide --n-kv-head 1"),
     (1, T + ["--cp", "0"], "'--cp'"),
     (1, T + ["--ep", "0"], "'--ep'"),
     # train: experts

@@ -48,10 +48,12 @@ def test_invalid_layouts_stop_every_rank_with_the_fix(args, message):
 
 @layouts(4, "llama-dp", "llama-zero1", "llama-tp2", "llama-tp4-sp", "llama-pp2", "llama-pp4-1f1b", "llama-cp2",
          "llama-cp4", "llama-cp2-tp2-sp", "llama-tp2-pp2-sp", "llama-dp2-pp2-v2-zero2", "llama-zero3",
-         "llama-dp2-tp2-zero3-bf16", "llama-cp2-pp2-recompute", "llama-tp2-recompute-full")
+         "llama-dp2-tp2-zero3-bf16", "llama-cp2-pp2-recompute", "llama-tp2-recompute-full",
+         "gqa-dp", "gqa-tp2-sp", "gqa-cp4", "gqa-cp2-tp2", "gqa-pp2-zero3")
 def test_the_llama_block_trains_like_one_process_under_every_kind_of_parallelism(marked_cases):
     """SwiGLU cut in two sections, rotary at each context rank's own positions, the untied head's own
-    vocabulary slices, RMSNorm under sequence parallelism: each layout equal to one process."""
+    vocabulary slices, RMSNorm under sequence parallelism, grouped-query attention's key/value heads cut over
+    tensor ranks and travelling the context ring unwidened: each layout equal to one process."""
     check_cases(marked_cases)
 
 
@@ -79,7 +81,7 @@ def test_a_pipeline_run_checkpoints_the_full_model(tmp_path):
 @pytest.mark.parametrize("k", [2, 4])
 def test_tensor_parallel_layers_match_plain_layers_forward_and_backward(k):
     proc = mpirun(k, [str(PROGRAMS / "tp_layers.py")], timeout=120)
-    kinds = (("attention", ("qkv", "proj")), ("mlp", ("fc", "proj")), ("llama attention", ("qkv", "proj")),
+    kinds = (("attention", ("qkv", "proj")), ("mlp", ("fc", "proj")), ("llama attention", ("q", "kv", "proj")),
              ("llama gated mlp", ("gate_up", "proj")))
     layers = [f"{name} {what}" for name, weights in kinds
               for what in ("forward", "input grad", *(f"{leaf}.weight grad" for leaf in weights))]

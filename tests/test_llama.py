@@ -14,21 +14,22 @@ from parallel_lm.training.utilization import shape_of
 LLAMA = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, arch="llama")
 
 
-@pytest.mark.parametrize("arch", ["gpt", "llama"])
+@pytest.mark.parametrize("arch", ["gpt", "llama", "gqa"])
 def test_parameters_are_what_the_cost_model_counts(arch):
-    cfg = GPTConfig(**{**LLAMA.to_dict(), "arch": arch})
+    cfg = GPTConfig(**{**LLAMA.to_dict(), "arch": "gpt"}) if arch == "gpt" else \
+        GPTConfig(**{**LLAMA.to_dict(), "n_kv_head": 2 if arch == "gqa" else None})
     model = GPT(cfg)
     assert model.num_params() == shape_of(cfg).params()
     assert (model.head.weight is model.tok_emb.weight) == (arch == "gpt")
-    assert (model.pos_emb is None) == (arch == "llama")
+    assert (model.pos_emb is None) == (arch != "gpt")
 
 
-@pytest.mark.parametrize("arch", ["gpt", "llama"])
-def test_a_block_keeps_for_backward_what_the_cost_model_counts(arch):
+@pytest.mark.parametrize("arch,kv", [("gpt", None), ("llama", None), ("llama", 1)])
+def test_a_block_keeps_for_backward_what_the_cost_model_counts(arch, kv):
     """Every tensor autograd saves in one block's forward (by storage, once each) against the cost model's
     activation bytes: the fused SwiGLU and RMSNorm and the rotation before the core's layout keep the llama
     block as lean as the formula."""
-    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, arch=arch)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, arch=arch, n_kv_head=kv)
     block, x = GPT(cfg).blocks[0], torch.randn(8, 64, 64, requires_grad=True)
     kept = {}
 
@@ -94,6 +95,10 @@ def test_bad_llama_shapes_are_refused_with_the_fix():
         GPTConfig(n_embd=12, n_head=4, arch="llama")  # head size 3: no channel pairs
     with pytest.raises(ValueError, match="--arch 'mamba' is not one of gpt, llama"):
         GPTConfig(arch="mamba")
+    with pytest.raises(ValueError, match="--n-kv-head 3 must divide --n-head 4"):
+        GPTConfig(n_embd=32, n_head=4, n_kv_head=3, arch="llama")
+    with pytest.raises(ValueError, match="with --arch llama"):
+        GPTConfig(n_embd=32, n_head=4, n_kv_head=2)
 
 
 @pytest.mark.runs(2, train=["-m", "parallel_lm.train", "--arch", "llama", "--tp", "2", "--steps", "3", "--data",

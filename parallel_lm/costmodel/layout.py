@@ -46,7 +46,7 @@ def divisors(n: int) -> str:
 
 
 def cut_problems(n_layer: int, n_head: int, tp: int, pp: int, virtual_stages: int = 1,
-                 sequence_parallel: bool = False) -> list[str]:
+                 sequence_parallel: bool = False, kv_heads: int | None = None) -> list[str]:
     """Why a model of ``n_layer`` layers and ``n_head`` heads cannot be cut over tp x pp (x virtual stages), each
     with what to change: the one list training's checks (config_checks.py) and the predictor's
     (``Layout.problems``) share."""
@@ -54,6 +54,8 @@ def cut_problems(n_layer: int, n_head: int, tp: int, pp: int, virtual_stages: in
     if n_head % tp:
         out.append(f"--tp {tp} must divide the {n_head} attention heads: use --tp among {divisors(n_head)}, "
                    "or change --n-head")
+    elif kv_heads and kv_heads % tp:
+        out.append(f"--tp {tp} must divide --n-kv-head {kv_heads}: each tensor rank keeps whole key/value heads")
     v = virtual_stages
     if v > 1 and pp == 1:
         out.append(f"--virtual-stages {v} cuts each pipeline rank's layers into chunks: it needs --pp 2 or more")
@@ -138,7 +140,7 @@ class Layout:
             out.append(f"--dp {self.dp} x --cp {self.cp} x --tp {self.tp} x --pp {self.pp} needs {self.gpus} GPUs, "
                        f"but --ranks is {gpus}: make the product equal the GPU count")
         if self.stage_layers:  # placed by hand: they must add up, one count per stage
-            out += cut_problems(shape.n_layer, shape.n_head, self.tp, 1, 1, self.sequence_parallel)
+            out += cut_problems(shape.n_layer, shape.n_head, self.tp, 1, 1, self.sequence_parallel, shape.kv_heads)
             if len(self.stage_layers) != self.pp or sum(self.stage_layers) != shape.n_layer or \
                     min(self.stage_layers) < 1:
                 out.append(f"--layers-per-stage {','.join(map(str, self.stage_layers))}: give --pp {self.pp} counts "
@@ -148,11 +150,9 @@ class Layout:
                            "must cut into that many chunks (one layer fewer allowed: a lighter first or last chunk)")
         else:
             out += cut_problems(shape.n_layer, shape.n_head, self.tp, self.pp, self.virtual_stages,
-                                self.sequence_parallel)
+                                self.sequence_parallel, shape.kv_heads)
         if self.zero3_gather not in ZERO3_GATHERS:
             out.append(f"--zero3-gather {self.zero3_gather!r}: use one of {', '.join(ZERO3_GATHERS)}")
-        if not shape.n_head % self.tp and shape.kv_heads % self.tp:
-            out.append(f"--tp {self.tp} must divide --n-kv-head {shape.kv_heads}")
         if self.global_batch % (self.dp * self.micro_batch):
             out.append(f"--global-batch-size {self.global_batch} does not split into --dp {self.dp} x "
                        f"--micro-batch-size {self.micro_batch}: use a multiple of {self.dp * self.micro_batch}")

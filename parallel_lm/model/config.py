@@ -26,6 +26,7 @@ class GPTConfig:
     # gpt: GELU MLP, LayerNorm, biases, learned positions, head tied to the token embedding (GPT-2);
     # llama: SwiGLU MLP, RMSNorm, no biases, rotary positions, a head of its own (Llama, Touvron et al. 2023)
     arch: str = "gpt"
+    n_kv_head: int | None = None  # llama: key/value heads, each shared by n_head / n_kv_head queries (GQA); None: n_head
 
     def __post_init__(self):
         if min(self.n_layer, self.n_head, self.n_embd, self.block_size) < 1:
@@ -42,6 +43,9 @@ class GPTConfig:
         if self.arch == "llama" and self.n_embd // self.n_head % 2:
             raise ValueError(f"--arch llama rotates channel pairs: --n-embd {self.n_embd} / --n-head {self.n_head} "
                              "must be even")
+        if self.n_kv_head is not None and (not self.llama or self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            raise ValueError(f"--n-kv-head {self.n_kv_head} must divide --n-head {self.n_head} (grouped-query "
+                             "attention, with --arch llama)")
         if self.n_embd % self.n_head:
             raise ValueError(f"--n-embd {self.n_embd} is not divisible by --n-head {self.n_head}: "
                              "each head gets n_embd / n_head channels")
@@ -49,6 +53,10 @@ class GPTConfig:
     @property
     def llama(self) -> bool:
         return self.arch == "llama"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
 
     @property
     def ffn_hidden(self) -> int:
@@ -66,7 +74,8 @@ class GPTConfig:
         """The fields that shape this model: the mixture-of-experts ones only when it has experts, the
         architecture when it is not the default."""
         shown = {k: v for k, v in asdict(self).items()
-                 if (self.n_experts or k not in MOE_FIELDS) and (self.llama or k != "arch")}
+                 if (self.n_experts or k not in MOE_FIELDS) and (self.llama or k != "arch")
+                 and (k != "n_kv_head" or v is not None)}
         return f"GPTConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 

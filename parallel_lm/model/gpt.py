@@ -28,8 +28,9 @@ from .recompute import MODES as RECOMPUTE_MODES
 from .recompute import recomputed
 
 def causal_attention(q, k, v):
-    """The attention core softmax(QKᵀ/√d)V with a causal mask, (B, nh, T, hs) each; torch's fused kernel."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    """The attention core softmax(QKᵀ/√d)V with a causal mask, (B, nh, T, hs) each (k and v with fewer heads under
+    grouped-query attention, each shared by nh / their heads queries); torch's fused kernel."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def attention_core(attention=None, recompute: str = "none"):
@@ -42,17 +43,23 @@ def attention_core(attention=None, recompute: str = "none"):
 
 
 class CausalSelfAttention(nn.Module):
-    """``rotary``: turns queries and keys by their positions (llama), or None (gpt)."""
+    """gpt: one ``qkv`` projection with biases. llama: ``q`` and ``kv`` projections without (k and v with
+    ``n_kv_head`` heads under grouped-query attention), queries and keys turned by ``rotary``."""
 
     def __init__(self, cfg: GPTConfig, core=causal_attention, rotary: Rotary | None = None):
         super().__init__()
-        self.n_head, self.core, self.rotary = cfg.n_head, core, rotary
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=not cfg.llama)
+        self.head_size, self.core, self.rotary = cfg.n_embd // cfg.n_head, core, rotary
+        if cfg.llama:
+            self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+            self.kv = nn.Linear(cfg.n_embd, 2 * cfg.kv_heads * self.head_size, bias=False)
+        else:
+            self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=not cfg.llama)
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in self.qkv(x).split(C, dim=2))  # (B, T, nh, hs)
+        q, k, v = self.qkv(x).split(C, dim=2) if self.rotary is None else (self.q(x), *self.kv(x).chunk(2, dim=2))
+        q, k, v = (t.view(B, T, -1, self.head_size) for t in (q, k, v))  # (B, T, heads, hs)
         if self.rotary:  # v copied out of qkv's output, so q and k before rotation are not kept alive
             q, k, v = *self.rotary(q, k), v.contiguous()
         y = self.core(*(t.transpose(1, 2) for t in (q, k, v)))  # (B, nh, T, hs)

@@ -99,12 +99,24 @@ class ContextParallel:
         return finish
 
 
+def _widen(t: torch.Tensor, group: int) -> torch.Tensor:
+    """Key/value heads (B, Hkv, T, D) repeated for the ``group`` query heads that share each (grouped-query)."""
+    return t if group == 1 else t.repeat_interleave(group, dim=1)
+
+
+def _narrow(t: torch.Tensor, group: int) -> torch.Tensor:
+    """A gradient over the query heads (B, H, T, D) summed back onto the key/value heads they share."""
+    return t if group == 1 else t.unflatten(1, (-1, group)).sum(2)
+
+
 class RingAttention(torch.autograd.Function):
-    """softmax(QKᵀ/√d + causal mask)V over the whole sequence, with this rank's queries, keys and values."""
+    """softmax(QKᵀ/√d + causal mask)V over the whole sequence, with this rank's queries, keys and values. Keys
+    and values may have fewer heads than queries (grouped-query attention): they travel the ring as they are,
+    and meet their queries widened."""
 
     @staticmethod
     def forward(ctx, q, k, v, cp: ContextParallel):
-        scale = 1.0 / math.sqrt(q.shape[-1])
+        scale, group = 1.0 / math.sqrt(q.shape[-1]), q.shape[1] // k.shape[1]
         qf, block = q.float(), [k.float(), v.float()]
         B, H, T, D = q.shape
         out = torch.zeros(B, H, T, D, device=q.device)
@@ -112,7 +124,7 @@ class RingAttention(torch.autograd.Function):
         total = torch.zeros(B, H, T, device=q.device)
         for step in range(cp.size):
             pending = cp._pass(block) if step < cp.size - 1 else None
-            kb, vb = block
+            kb, vb = (_widen(t, group) for t in block)
             scores = (qf @ kb.transpose(-1, -2) * scale).masked_fill(~cp._mask((cp.rank - step) % cp.size, q.device),
                                                                      -math.inf)
             new_high = torch.maximum(high, scores.amax(-1))
@@ -125,27 +137,29 @@ class RingAttention(torch.autograd.Function):
             if pending:
                 block = pending()
         out = out / total.unsqueeze(-1)
-        ctx.cp, ctx.scale = cp, scale
+        ctx.cp, ctx.scale, ctx.group = cp, scale, group
         ctx.save_for_backward(q, k, v, out, high + total.log())
         return out.to(q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        cp, scale = ctx.cp, ctx.scale
+        cp, scale, group = ctx.cp, ctx.scale, ctx.group
         qf, do = q.float(), grad_out.float()
         delta = (do * out).sum(-1, keepdim=True)
         dq = torch.zeros_like(qf)
-        block = [k.float(), v.float(), torch.zeros_like(qf), torch.zeros_like(qf)]  # k, v, dk, dv travel together
+        kf = k.float()
+        block = [kf, v.float(), torch.zeros_like(kf), torch.zeros_like(kf)]  # k, v, dk, dv travel together
         for step in range(cp.size):
-            kb, vb, dkb, dvb = block
+            kh, vh, dkb, dvb = block
+            kb, vb = _widen(kh, group), _widen(vh, group)
             scores = qf @ kb.transpose(-1, -2) * scale
             p = torch.exp(scores - lse.unsqueeze(-1)) * cp._mask((cp.rank - step) % cp.size, q.device)
-            dvb = dvb + p.transpose(-1, -2) @ do
+            dvb = dvb + _narrow(p.transpose(-1, -2) @ do, group)
             ds = p * (do @ vb.transpose(-1, -2) - delta)
             dq = dq + ds @ kb * scale
-            dkb = dkb + ds.transpose(-1, -2) @ qf * scale
-            block = cp._pass([kb, vb, dkb, dvb])()  # after cp steps every block is home with all its gradient
+            dkb = dkb + _narrow(ds.transpose(-1, -2) @ qf, group) * scale
+            block = cp._pass([kh, vh, dkb, dvb])()  # after cp steps every block is home with all its gradient
         _, _, dk, dv = block
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
 

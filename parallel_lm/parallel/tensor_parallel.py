@@ -57,27 +57,41 @@ def _row_output(y, proj: nn.Linear, tp: TensorParallel):
 
 
 class ParallelAttention(nn.Module):
-    """``full`` attention's heads cut over the tensor-parallel ranks; the same core (``full.core``) runs them."""
+    """``full`` attention's heads cut over the tensor-parallel ranks (its key/value heads too, under grouped-query
+    attention); the same core (``full.core``) runs them. llama's ``q`` and ``kv`` go through one GEMM, as gpt's
+    ``qkv``: one gather of the sequence-parallel input."""
 
-    def __init__(self, full, n_head: int, tp: TensorParallel):
+    def __init__(self, full, tp: TensorParallel):
         super().__init__()
-        self.tp, self.core, self.rotary = tp, full.core, full.rotary
+        self.tp, self.core, self.rotary, self.head_size = tp, full.core, full.rotary, full.head_size
         c = full.proj.weight.shape[0]
-        self.n_head = n_head // tp.size
-        width, biased = c // tp.size, full.qkv.bias is not None
-        self.qkv = nn.Linear(c, 3 * width, bias=biased)
-        self.qkv.weight = _param(full.qkv.weight, "attn.qkv.weight", tp)
-        if biased:
-            self.qkv.bias = _param(full.qkv.bias, "attn.qkv.bias", tp)
-        self.proj = nn.Linear(width, c, bias=biased)
+        width = c // tp.size
+        if full.rotary is None:
+            biased = full.qkv.bias is not None
+            self.qkv = nn.Linear(c, 3 * width, bias=biased)
+            self.qkv.weight = _param(full.qkv.weight, "attn.qkv.weight", tp)
+            if biased:
+                self.qkv.bias = _param(full.qkv.bias, "attn.qkv.bias", tp)
+            self.sections = [width] * 3
+        else:
+            kv = full.kv.weight.shape[0] // tp.size
+            self.q, self.kv = nn.Linear(c, width, bias=False), nn.Linear(c, kv, bias=False)
+            self.q.weight, self.kv.weight = _param(full.q.weight, "attn.q.weight", tp), _param(full.kv.weight,
+                                                                                                "attn.kv.weight", tp)
+            self.sections = [width, kv // 2, kv // 2]
+        self.proj = nn.Linear(width, c, bias=full.proj.bias is not None)
         self.proj.weight = _param(full.proj.weight, "attn.proj.weight", tp)
         self.proj.bias = _replicated_bias(full.proj)
 
     def forward(self, x):
         B, T, _ = x.shape
-        q, k, v = column_linear(x, self.qkv.weight, self.qkv.bias, self.tp).chunk(3, dim=2)  # each (B, T, C/t)
+        if self.rotary is None:
+            weight, bias = self.qkv.weight, self.qkv.bias
+        else:
+            weight, bias = torch.cat([self.q.weight, self.kv.weight]), None
+        q, k, v = column_linear(x, weight, bias, self.tp).split(self.sections, dim=2)  # this rank's heads
         T = q.shape[1]  # the whole sequence, also when the input held this rank's tokens only
-        q, k, v = (t.view(B, T, self.n_head, -1) for t in (q, k, v))
+        q, k, v = (t.view(B, T, -1, self.head_size) for t in (q, k, v))
         if self.rotary:  # v copied out of qkv's output, so q and k before rotation are not kept alive
             q, k, v = *self.rotary(q, k), v.contiguous()
         y = self.core(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2).reshape(B, T, -1)
@@ -211,7 +225,7 @@ def shard_model(model, tp: TensorParallel):
         return model
     mlp = ParallelGatedMLP if model.cfg.llama else ParallelMLP
     for block in model.blocks:
-        block.attn = ParallelAttention(block.attn, model.cfg.n_head, tp)
+        block.attn = ParallelAttention(block.attn, tp)
         block.mlp = mlp(block.mlp, tp)
         if tp.sequence_parallel:
             block.ln1, block.ln2 = SequenceParallelNorm(block.ln1, tp), SequenceParallelNorm(block.ln2, tp)

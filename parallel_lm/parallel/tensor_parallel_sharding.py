@@ -5,7 +5,7 @@ value or its optimizer moments) the way the layers of tensor_parallel.py
 hold it, and ``join(key, pieces)`` puts the pieces back together, so
 checkpoints keep single-process keys and shapes whatever the layout. The
 keys are the single-process parameter names. A matrix that stacks several
-(attention's q, k and v; llama's gate and up) is cut section by section:
+(attention's q, k and v, or llama's k and v; llama's gate and up) is cut section by section:
 each rank keeps its slice of each, so whole heads, and gate rows beside
 the up rows they multiply.
 """
@@ -19,7 +19,8 @@ def part(n: int, rank: int, size: int) -> slice:
 
 
 # how each sharded key is cut and joined: in how many stacked sections, along which dimension
-_CUTS = {"attn.qkv.weight": (3, 0), "attn.qkv.bias": (3, 0), "attn.proj.weight": (1, 1),
+_CUTS = {"attn.qkv.weight": (3, 0), "attn.qkv.bias": (3, 0), "attn.q.weight": (1, 0), "attn.kv.weight": (2, 0),
+         "attn.proj.weight": (1, 1),
          "mlp.fc.weight": (1, 0), "mlp.fc.bias": (1, 0), "mlp.gate_up.weight": (2, 0), "mlp.proj.weight": (1, 1),
          "tok_emb.weight": (1, 0), "head.weight": (1, 0)}
 

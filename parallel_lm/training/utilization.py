@@ -31,7 +31,8 @@ def shape_of(model_cfg, cp: int = 1) -> ModelShape:
     T/cp tokens one context-parallel rank holds: everything it keeps for backward is per token (ring
     attention keeps Q, K, V, its output and one log-sum-exp per row, as a fused kernel does)."""
     m = model_cfg
-    return ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size // cp, m.vocab_size, ffn_hidden=m.ffn_hidden,
+    return ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size // cp, m.vocab_size, n_kv_head=m.n_kv_head,
+                      ffn_hidden=m.ffn_hidden,
                       dropout=False, fused_attention=True, gated_mlp=m.llama, biases=not m.llama,
                       learned_positions=not m.llama, tied_embeddings=not m.llama)
 

@@ -34,6 +34,7 @@ base = TrainConfig(model=GPTConfig(n_layer=4, n_head=4, n_embd=32, block_size=16
 batches = Batches.from_bytes(load_corpus("synthetic"), base.model.block_size, base.seed)
 INITIAL = {}  # model config -> its initial state, for the relative update of low-precision cases
 LLAMA = GPTConfig(**{**base.model.to_dict(), "arch": "llama"})  # SwiGLU, RMSNorm, rotary, untied head
+GQA = GPTConfig(**{**LLAMA.to_dict(), "n_kv_head": 2})  # and grouped-query attention: 2 key/value heads for 4
 CASES = {
     "dp": dict(), "zero1": dict(zero=1), "zero2": dict(zero=2), "zero2-accum": dict(zero=2, micro_batch_size=2),
     "zero1-sgd": dict(zero=1, optimizer="sgd", lr=0.1),
@@ -96,6 +97,9 @@ CASES = {
     "llama-zero3": dict(model=LLAMA, zero=3), "llama-dp2-tp2-zero3-bf16": dict(model=LLAMA, tp=2, zero=3, precision="bf16"),
     "llama-cp2-pp2-recompute": dict(model=LLAMA, cp=2, pp=2, micro_batches=2, recompute="selective"),
     "llama-tp2-recompute-full": dict(model=LLAMA, tp=2, recompute="full"),
+    "gqa-dp": dict(model=GQA), "gqa-tp2-sp": dict(model=GQA, tp=2, sequence_parallel=True),
+    "gqa-cp4": dict(model=GQA, cp=4), "gqa-cp2-tp2": dict(model=GQA, cp=2, tp=2),
+    "gqa-pp2-zero3": dict(model=GQA, pp=2, micro_batches=2, zero=3),
 }
 
 

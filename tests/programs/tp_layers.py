@@ -31,7 +31,7 @@ comm = MPI.COMM_WORLD
 tp = TensorParallel(comm, "ring")
 TOL = 1e-5
 cfg = GPTConfig(n_layer=1, n_head=4, n_embd=32, block_size=8)
-llama = GPTConfig(n_layer=1, n_head=4, n_embd=32, block_size=8, arch="llama")
+llama = GPTConfig(n_layer=1, n_head=8, n_embd=32, block_size=8, arch="llama", n_kv_head=4)  # grouped-query
 
 
 def check(name, got, want):
@@ -48,11 +48,11 @@ def gathered(key, piece):
 torch.manual_seed(0)
 x = torch.randn(2, cfg.block_size, cfg.n_embd)
 for name, make, parallel, keys in (
-        ("attention", CausalSelfAttention, lambda m: ParallelAttention(m, cfg.n_head, tp),
+        ("attention", CausalSelfAttention, lambda m: ParallelAttention(m, tp),
          ["attn.qkv.weight", "attn.proj.weight"]),
         ("mlp", MLP, lambda m: ParallelMLP(m, tp), ["mlp.fc.weight", "mlp.proj.weight"]),
-        ("llama attention", lambda c: CausalSelfAttention(llama, rotary=Rotary(c.n_embd // c.n_head)),
-         lambda m: ParallelAttention(m, cfg.n_head, tp), ["attn.qkv.weight", "attn.proj.weight"]),
+        ("llama attention", lambda c: CausalSelfAttention(llama, rotary=Rotary(llama.n_embd // llama.n_head)),
+         lambda m: ParallelAttention(m, tp), ["attn.q.weight", "attn.kv.weight", "attn.proj.weight"]),
         ("llama gated mlp", lambda c: GatedMLP(llama), lambda m: ParallelGatedMLP(m, tp),
          ["mlp.gate_up.weight", "mlp.proj.weight"])):
     torch.manual_seed(1)

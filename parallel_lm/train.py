@@ -15,12 +15,14 @@ job at once; train_loop.py (torch, the model, the loop) runs what passed.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
+from . import shards, tokenizer
 from .services import shrink
 from .costmodel.profiles import load_profile
 from .config import LAYOUT_FIELDS, TrainConfig
@@ -51,11 +53,23 @@ def _check_tensorboard() -> None:
                          "(make setup installs it), or drop --tensorboard")
 
 
-def _make_out_dir(out: Path) -> None:
+def _make_out_dir(out: Path, data: str) -> None:
+    """Create --out; with a prepared folder's BPE, copy its tokenizer.json there for generate."""
     try:
         out.mkdir(parents=True, exist_ok=True)
+        bpe = Path(data, tokenizer.FILE)
+        if shards.is_prepared(data) and bpe.is_file():
+            shutil.copyfile(bpe, out / tokenizer.FILE)
     except OSError as e:
         raise OSError(f"cannot create --out {out}: {e.strerror or e}") from None
+
+
+def with_data_vocabulary(cfg: TrainConfig) -> TrainConfig:
+    """A prepared folder's vocabulary (its manifest's tokenizer) for the model; the config itself otherwise."""
+    if not shards.is_prepared(cfg.data):
+        return cfg
+    vocab = shards.read_manifest(cfg.data)["tokenizer"]["vocab_size"]
+    return replace(cfg, model=replace(cfg.model, vocab_size=vocab))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -74,7 +88,8 @@ def main(ctx, **params):
     if opts.resume:
         from .services import checkpoint  # torch: a resumed run reads its checkpoint before anything is checked
     state = agree(comm, lambda: checkpoint.load(opts.resume, on_fallback=print0)) if opts.resume else None
-    cfg = agree(comm, lambda: resolve_config(given, model, values, state["config"] if state else None))
+    cfg = agree(comm, lambda: with_data_vocabulary(resolve_config(given, model, values,
+                                                                  state["config"] if state else None)))
     if state is not None:
         agree(comm, lambda: checkpoint.check_model(state, cfg.model, opts.resume))
     agree(comm, lambda: validate(cfg, p))
@@ -102,7 +117,7 @@ def main(ctx, **params):
             raise click.UsageError("--tensorboard needs --out DIR: the events go to DIR/tb")
         agree(comm, _check_tensorboard)
     if out is not None:
-        agree(comm, lambda: _make_out_dir(out) if rank == 0 else None)
+        agree(comm, lambda: _make_out_dir(out, cfg.data) if rank == 0 else None)
     from .training.train_loop import launch  # torch and the model: imported once the run is known to be valid
     launch(cfg, comm, opts, state, out, netem, profile)
 

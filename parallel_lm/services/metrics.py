@@ -45,8 +45,10 @@ class StepRecord:
         return {k: v for k, v in asdict(self).items() if k in ALWAYS or v is not None}
 
 
-def validation_line(val: float) -> str:
-    return f"validation loss {val:.4f} nats/byte ({val / math.log(2):.3f} bits/byte; uniform would be {math.log(256):.2f} nats)"
+def validation_line(val: float, vocab_size: int = 256) -> str:
+    unit = "byte" if vocab_size == 256 else "token"
+    return (f"validation loss {val:.4f} nats/{unit} ({val / math.log(2):.3f} bits/{unit}; uniform would be "
+            f"{math.log(vocab_size):.2f} nats)")
 
 
 def write_atomic(path: Path, write) -> None:

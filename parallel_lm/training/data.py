@@ -1,4 +1,4 @@
-"""Byte-level training data: the Python standard library's own source, synthetic text, or a user's files.
+"""Training data: the Python standard library's own source, synthetic text, a user's files, or prepared shards.
 
 No downloads: ``stdlib`` (the default) is every ``.py`` file under
 ``sysconfig.get_paths()["stdlib"]``, in sorted path order, up to
@@ -7,8 +7,10 @@ seeded order-2 Markov chain over 16 letters (learnable structure, same
 bytes everywhere). Anything else is a path: a file, or a folder whose
 files are read recursively in sorted order.
 
-Tokens are bytes (vocabulary 256). The last ``val_fraction`` of the bytes
-is the validation split.
+Tokens are bytes (vocabulary 256), except in a folder ``python -m
+parallel_lm.prepare`` wrote: its token shards, memory-mapped (``shards.py``),
+with its tokenizer's vocabulary. The last ``val_fraction`` of the tokens is
+the validation split.
 
 Batches depend only on (seed, step, split), never on the rank count: the
 global batch of step s is the same B windows whether 1 or 8 ranks train,
@@ -26,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .. import shards
 
 
 class DataError(ValueError):
@@ -71,6 +75,17 @@ def synthetic_bytes(n: int = 1 << 18, seed: int = 1234) -> bytes:
     return bytes(out)
 
 
+def load_batches(source: str, block_size: int, seed: int, max_bytes: int = 8 << 20) -> "Batches":
+    """The batches of ``--data``: a prepared folder's shards, or ``load_corpus``'s bytes."""
+    if shards.is_prepared(source):
+        try:
+            stream, _ = shards.open_folder(source)
+        except shards.ShardError as e:
+            raise DataError(str(e)) from None
+        return Batches.from_tokens(stream, block_size, seed)
+    return Batches.from_bytes(load_corpus(source, max_bytes), block_size, seed)
+
+
 def load_corpus(source: str, max_bytes: int = 8 << 20) -> bytes:
     """The raw bytes for ``--data``: 'stdlib', 'synthetic', or a file/folder path."""
     if source == "stdlib":
@@ -94,21 +109,27 @@ def load_corpus(source: str, max_bytes: int = 8 << 20) -> bytes:
 class Batches:
     """Deterministic batches of (input, target) windows from one corpus."""
 
-    train: np.ndarray  # (n_train,) uint8
-    val: np.ndarray  # (n_val,) uint8
+    train: np.ndarray  # (n_train,) uint8 bytes, or a shards.TokenStream
+    val: np.ndarray
     block_size: int
     seed: int
 
     @classmethod
     def from_bytes(cls, data: bytes, block_size: int, seed: int, val_fraction: float = 0.1) -> "Batches":
-        arr = np.frombuffer(data, dtype=np.uint8)
-        window = block_size + 2  # a window of T + 1 bytes, and at least two places for it to start
-        n_val = max(int(len(arr) * val_fraction), window)
-        if len(arr) - n_val < window:
-            raise DataError(f"the data has {len(arr)} bytes, too few for --block-size {block_size} "
+        return cls.from_tokens(np.frombuffer(data, dtype=np.uint8), block_size, seed, val_fraction, "bytes")
+
+    @classmethod
+    def from_tokens(cls, tokens, block_size: int, seed: int, val_fraction: float = 0.1,
+                    unit: str = "tokens") -> "Batches":
+        """From an array of token ids, or a ``shards.TokenStream`` (read where the windows fall, never whole)."""
+        window = block_size + 2  # a window of T + 1 tokens, and at least two places for it to start
+        n = len(tokens)
+        n_val = max(int(n * val_fraction), window)
+        if n - n_val < window:
+            raise DataError(f"the data has {n} {unit}, too few for --block-size {block_size} "
                             f"(need at least {2 * window}: a training and a validation split of {window} each): "
                             f"use more data or a smaller --block-size")
-        return cls(train=arr[:-n_val], val=arr[-n_val:], block_size=block_size, seed=seed)
+        return cls(train=tokens[:n - n_val], val=tokens[n - n_val:], block_size=block_size, seed=seed)
 
     def rows(self, step: int, split: str, global_batch: int, lo: int, hi: int):
         """Rows lo..hi of step ``step``'s global batch: (x, y) int64 tensors of shape (hi - lo, T)."""
@@ -116,5 +137,5 @@ class Batches:
         rng = np.random.default_rng([self.seed, step, 0 if split == "train" else 1])
         starts = rng.integers(0, len(data) - self.block_size - 1, size=global_batch)[lo:hi]
         idx = starts[:, None] + np.arange(self.block_size + 1)  # (hi - lo, T + 1)
-        window = torch.from_numpy(data[idx].astype(np.int64))
+        window = torch.from_numpy(np.asarray(data[idx], dtype=np.int64))
         return window[:, :-1], window[:, 1:]

@@ -20,7 +20,7 @@ from mpi4py import MPI
 from .. import environment
 from . import memory_check, run_prediction, utilization
 from ..services import shrink
-from .data import Batches, load_corpus
+from .data import load_batches
 from ..services.metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
 from ..parallel.schedules import bubble_formula
 from ..runtime import agree, node_share, on_rank0, print0, threads_per_rank
@@ -39,8 +39,7 @@ def launch(cfg, comm, opts, state, out, netem, profile) -> None:
     available = None if opts.force else memory_check.available_bytes(cfg.device)
     memory = agree(comm, lambda: memory_check.check(cfg, cfg.grid(cfg.data_ranks(p)), share[0], available))
 
-    batches = agree(comm, lambda: Batches.from_bytes(load_corpus(cfg.data, int(cfg.data_max_mb * 2**20)),
-                                                       cfg.model.block_size, cfg.seed))
+    batches = agree(comm, lambda: load_batches(cfg.data, cfg.model.block_size, cfg.seed, int(cfg.data_max_mb * 2**20)))
     timeline = Timeline() if opts.trace else None
     before_mib = memory_check.peak_mib()
     survivors = shrink.Survivors(comm, out) if opts.on_failure == "shrink" else None
@@ -129,8 +128,9 @@ def _trainer_header(cfg, trainer, opts, p: int) -> list[str]:
         f" in {n_micro} micro-batch(es), each weighted by its rows"
     context = f", each cut over {cfg.cp} context-parallel ranks ({cfg.model.block_size // cfg.cp} bytes each)" \
         if cfg.cp > 1 else ""
-    lines.append(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val bytes; global batch "
-                 f"{B}{shares} of {cfg.model.block_size} bytes{weighted}{context}")
+    unit = "bytes" if cfg.model.vocab_size == 256 else "tokens"
+    lines.append(f"data: {cfg.data}, {len(batches.train):,} train / {len(batches.val):,} val {unit}; global batch "
+                 f"{B}{shares} of {cfg.model.block_size} {unit}{weighted}{context}")
     if grid.tp > 1 or grid.pp > 1 or cfg.cp > 1:
         v = cfg.virtual_stages
         kind = f"interleaved 1F1B, {v} chunks per rank, bubble formula (p-1)/(v m+p-1)" if v > 1 else \
@@ -223,7 +223,7 @@ def run(cfg, comm, trainer, opts, state, out, timeline, share, profile=None, sur
     if out is not None and (not trainer.aligned or ended < cfg.steps):  # no checkpoint at a step boundary
         trainer.save(out, ended if trainer.aligned else cfg.steps, opts.keep_checkpoints)
     if val is not None:
-        print0(validation_line(val))
+        print0(validation_line(val, cfg.model.vocab_size))
     if records:
         print0(utilization.utilization_line(cfg, trainer.flops_per_token, records, p, peak))
     if records and records[-1].experts:

@@ -1,0 +1,132 @@
+"""One peer's training run, under mpiexec: the same GPT, data, batch and optimizer for every peer.
+
+    mpiexec -n 2 python benchmarks/peer_run.py ddp --steps 20 --preset small --batch 16
+
+Peers: ours (dp, zero1, zero2, zero3: parallel_lm's Trainer), ddp (torch DistributedDataParallel), fsdp2
+(torch's fully_shard on every block and the root), deepspeed-zero1/2/3 (when deepspeed imports). Every peer
+starts from the seed's weights, reads step s's rows r*B/K..(r+1)*B/K of the same global batch, and steps
+AdamW (betas 0.9, 0.95, foreach off, decay on matrices only) at the same learning rate; clipping is off
+(DeepSpeed clips at 1.0 unless told). Rank 0 prints one JSON line: the median step seconds after the
+first 3, tokens/s, the peak RSS per rank above what the process held before the model existed, and the
+global mean loss of every step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from parallel_lm.config import TrainConfig  # noqa: E402
+from parallel_lm.model import GPT, PRESETS  # noqa: E402
+from parallel_lm.parallel.optim import BETAS, decay_groups  # noqa: E402
+from parallel_lm.training.data import Batches, load_corpus  # noqa: E402
+
+PEERS = ("ours-dp", "ours-zero1", "ours-zero2", "ours-zero3", "ddp", "fsdp2",
+         "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3")
+LR, WEIGHT_DECAY = 1e-3, 0.1
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def ours(cfg, comm, batches, steps):
+    from parallel_lm.training.trainer import Trainer
+    trainer = Trainer(cfg, comm, batches)
+    losses, times = [], []
+    for s in range(steps):
+        t0 = time.perf_counter()
+        losses.append(trainer.train_step(s).loss)
+        times.append(time.perf_counter() - t0)
+    trainer.close()
+    return losses, times
+
+
+def torch_peer(peer, cfg, comm, batches, steps):
+    """ddp, fsdp2 or deepspeed-zeroN: the model wrapped, torch's AdamW, the same rows and learning rate."""
+    import torch.distributed as dist
+
+    from parallel_lm.parallel.torch_ddp import init_process_group
+    init_process_group(comm)
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg.model)
+    rank, k, B = comm.Get_rank(), comm.Get_size(), cfg.global_batch_size
+    lo, hi = rank * B // k, (rank + 1) * B // k
+    if peer.startswith("deepspeed"):
+        import os
+
+        import deepspeed
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        os.environ.update(LOCAL_RANK=str(local.Get_rank()), RANK=str(rank), WORLD_SIZE=str(k))  # its sanity check
+        local.Free()
+        config = {"train_micro_batch_size_per_gpu": hi - lo, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
+                  "zero_optimization": {"stage": int(peer[-1])}, "steps_per_print": 10**9}
+        optimizer = torch.optim.AdamW(decay_groups(model.parameters(), WEIGHT_DECAY), lr=LR, betas=BETAS,
+                                      foreach=False)
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        step_fn = lambda x, y: (engine.backward(loss := engine(x, y)[1]), engine.step(), loss)[-1]
+    else:
+        if peer == "ddp":
+            wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        else:
+            from torch.distributed.fsdp import fully_shard
+            for block in model.blocks:
+                fully_shard(block)
+            wrapped = fully_shard(model)
+        optimizer = torch.optim.AdamW(decay_groups(model.parameters(), WEIGHT_DECAY), lr=LR, betas=BETAS,
+                                      foreach=False)
+
+        def step_fn(x, y):
+            loss = wrapped(x, y)[1]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
+    losses, times = [], []
+    for s in range(steps):
+        t0 = time.perf_counter()
+        x, y = batches.rows(s, "train", B, lo, hi)
+        loss = step_fn(x, y).detach()
+        dist.all_reduce(loss)
+        losses.append(float(loss) / k)
+        times.append(time.perf_counter() - t0)
+    dist.barrier()
+    return losses, times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("peer", choices=PEERS)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--preset", default="small", choices=tuple(PRESETS))
+    ap.add_argument("--batch", type=int, default=16, help="global batch (sequences)")
+    args = ap.parse_args()
+    comm = MPI.COMM_WORLD
+    torch.set_num_threads(1)
+    before = rss_mib()
+    zero = int(args.peer[-1]) if args.peer.startswith("ours-zero") else 0
+    cfg = TrainConfig(model=PRESETS[args.preset], global_batch_size=args.batch, steps=args.steps, zero=zero, lr=LR,
+                      min_lr=LR, warmup_steps=0, decay_steps=0, weight_decay=WEIGHT_DECAY, grad_clip=0.0)
+    batches = Batches.from_bytes(load_corpus("stdlib"), cfg.model.block_size, cfg.seed)
+    run = ours if args.peer.startswith("ours") else lambda *a: torch_peer(args.peer, *a)
+    losses, times = run(cfg, comm, batches, args.steps)
+    peak = comm.gather(rss_mib() - before, root=0)
+    if comm.Get_rank() == 0:
+        step_s = statistics.median(times[3:] or times)
+        tokens = args.batch * cfg.model.block_size
+        print("RESULT " + json.dumps({"peer": args.peer, "ranks": comm.Get_size(), "step_s": step_s,
+                                      "tokens_per_s": tokens / step_s, "peak_rss_mib": max(peak), "losses": losses}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,10 @@ fix), optionally check that all ranks agree (``settings.check``, set by
 ``PARALLEL_LM_CHECK=1``), optionally trace messages (``settings.trace``,
 ``PARALLEL_LM_TRACE=1``), then run the
 algorithm on the buffer itself, or, for a GPU buffer and an MPI library
-that is not CUDA-aware, on a host copy that is written back.
+that is not CUDA-aware, on a host copy that is written back. A tensor of
+another framework goes through DLPack (``foreign.py``): in place where its
+memory may be written (torch), else on an aligned copy returned as a new
+tensor of its framework (JAX, TensorFlow).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from .collectives import (
     REDUCE_SCATTER_ALGORITHMS,
 )
 from .collectives.mpi import has_mpi_datatype
+from .foreign import back_to, host_view
 from .topology import chunk_offsets
 from .trace import TraceComm
 
@@ -56,9 +60,8 @@ def resolve(kind: str, algorithm: str):
 def validate(buf, kind: str = "allreduce", algorithm: str = "ring", written: bool = True) -> None:
     """Raise a TypeError/ValueError naming the fix when ``buf`` cannot be used (``written``: in place)."""
     if not (isinstance(buf, np.ndarray) or is_device_array(buf)):
-        hint = (" (a torch tensor: pass parallel_lm.comm.buffers.as_array(tensor), a zero-copy view)"
-                if type(buf).__module__.startswith("torch") else "")
-        raise TypeError(f"{kind} needs a 1-D NumPy or CuPy array, got {type(buf).__name__}{hint}")
+        raise TypeError(f"{kind} needs a 1-D NumPy or CuPy array, or a tensor that exports DLPack (torch, JAX, "
+                        f"TensorFlow), got {type(buf).__name__}")
     if buf.ndim != 1:
         raise ValueError(f"{kind} needs a 1-D array, got shape {tuple(buf.shape)}: pass buf.reshape(-1), "
                          "which is a view of a contiguous array, so the result lands in buf")
@@ -111,33 +114,42 @@ def _execute(call, comm, bufs) -> None:
         bufs[-1].set(host[-1])
 
 
-def _run(kind: str, buf, comm, algorithm: str, **kwargs):
-    """Validate, check, trace, stage; returns the communicator used (for its rank and size)."""
+def _run(kind: str, buf, comm, algorithm: str, part=None, mean: bool = False, **kwargs):
+    """Validate, check, trace, stage; returns what the collective returns. ``part``: (array, communicator) ->
+    the slice of the array it returns (default all of it); ``mean``: divide by the ranks after the sum."""
     fn = resolve(kind, algorithm)
-    validate(buf, kind, algorithm)
+    array, own = host_view(buf, kind)
+    validate(array, kind, algorithm)
+    if mean and array.dtype.kind != "f":
+        raise TypeError(f"allreduce_mean needs a floating-point buffer, got {array.dtype}; "
+                        "use allreduce for a sum of integers")
     comm = _world() if comm is None else comm
     if settings.current().check:
-        check_consistent(buf, comm, kind, algorithm, kwargs.get("root", 0))
-    _execute(lambda c, b: fn(b, c, **kwargs), comm, (buf,))
-    return comm
+        check_consistent(array, comm, kind, algorithm, kwargs.get("root", 0))
+    _execute(lambda c, b: fn(b, c, **kwargs), comm, (array,))
+    if mean:
+        array /= comm.Get_size()
+    take = part or (lambda a, c: a)
+    return take(buf, comm) if own else back_to(buf, take(array, comm))
 
 
 def allreduce(buf, comm=None, algorithm: str = "ring"):
-    """Sum ``buf`` over all ranks of ``comm``, in place; returns ``buf``.
+    """Sum ``buf`` over all ranks of ``comm``, in place; returns ``buf`` (a new tensor for an immutable
+    framework's: JAX, TensorFlow).
 
     Every rank ends with the same bytes. ``algorithm`` is any name in ALGORITHMS.
     """
-    _run("allreduce", buf, comm, algorithm)
-    return buf
+    return _run("allreduce", buf, comm, algorithm)
 
 
 def allreduce_mean(buf, comm=None, algorithm: str = "ring"):
     """All-reduce then divide by the number of ranks (floating-point buffers only)."""
-    if getattr(buf, "dtype", None) is not None and buf.dtype.kind != "f":
-        raise TypeError(f"allreduce_mean needs a floating-point buffer, got {buf.dtype}; "
-                        "use allreduce for a sum of integers")
-    buf /= _run("allreduce", buf, comm, algorithm).Get_size()
-    return buf
+    return _run("allreduce", buf, comm, algorithm, mean=True)
+
+
+def _chunk(a, comm):
+    offs = chunk_offsets(a.shape[0], comm.Get_size())
+    return a[offs[comm.Get_rank()]:offs[comm.Get_rank() + 1]]
 
 
 def reduce_scatter(buf, comm=None, algorithm: str = "ring"):
@@ -145,15 +157,12 @@ def reduce_scatter(buf, comm=None, algorithm: str = "ring"):
 
     Outside that chunk ``buf`` is left holding partial sums.
     """
-    comm = _run("reduce_scatter", buf, comm, algorithm)
-    offs = chunk_offsets(buf.size, comm.Get_size())
-    return buf[offs[comm.Get_rank()]:offs[comm.Get_rank() + 1]]
+    return _run("reduce_scatter", buf, comm, algorithm, part=_chunk)
 
 
 def all_gather(buf, comm=None, algorithm: str = "ring"):
     """Each rank's own chunk of ``buf`` goes to everyone; returns ``buf``, now complete on every rank."""
-    _run("all_gather", buf, comm, algorithm)
-    return buf
+    return _run("all_gather", buf, comm, algorithm)
 
 
 def broadcast(buf, comm=None, root: int = 0, algorithm: str = "binomial"):
@@ -161,8 +170,7 @@ def broadcast(buf, comm=None, root: int = 0, algorithm: str = "binomial"):
     size = (_world() if comm is None else comm).Get_size()
     if not (isinstance(root, int) and 0 <= root < size):
         raise ValueError(f"broadcast root {root!r} is not a rank of this communicator (0..{size - 1})")
-    _run("broadcast", buf, comm, algorithm, root=root)
-    return buf
+    return _run("broadcast", buf, comm, algorithm, root=root)
 
 
 def _pair(kind: str, sendbuf, recvbuf, algorithm: str):

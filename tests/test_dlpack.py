@@ -9,7 +9,8 @@ from parallel_lm.comm.foreign import ALIGN, aligned_copy
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_torch_tensors_in_place_and_read_only_tensors_staged_equal_numpy(k):
-    assert_cases(mpirun(k, [str(PROGRAMS / "check_dlpack.py")], timeout=120), ["torch", "read-only"])
+    """torch in place; JAX arrays and a read-only, misaligned producer through an aligned copy, a new array back."""
+    assert_cases(mpirun(k, [str(PROGRAMS / "check_dlpack.py")], timeout=120), ["torch", "read-only", "jax"])
 
 
 def test_the_staging_copy_starts_on_a_64_byte_boundary():

@@ -3,8 +3,9 @@
 Reports one case per kind of tensor (report.py): ``torch`` (written in place, zero-copy: the same tensor and
 the same memory come back) and ``read-only`` (a DLPack producer NumPy may not write, as JAX's and TensorFlow's
 arrays are; here also starting off a 64-byte boundary: its values are staged through an aligned copy and a new
-array comes back, the input untouched). Each over allreduce, allreduce_mean, reduce_scatter, all_gather and
-broadcast, bitwise equal to the same call on a NumPy copy.
+array comes back, the input untouched) and ``jax`` (immutable: a new jax.Array comes back, the input
+untouched). Each over allreduce, allreduce_mean, reduce_scatter, all_gather and broadcast, bitwise equal to
+the same call on a NumPy copy.
 """
 import numpy as np
 import torch
@@ -42,7 +43,9 @@ def data(n, seed):
     return np.random.default_rng(seed * 100 + rank).uniform(-1, 1, n).astype(np.float32)
 
 
-for kind in ("torch", "read-only"):
+import jax.numpy as jnp  # noqa: E402
+
+for kind in ("torch", "read-only", "jax"):
     wrong = []
     for name, op in OPS.items():
         for n in (1, 7, 1001):
@@ -54,6 +57,11 @@ for kind in ("torch", "read-only"):
                 got = op(t, comm)
                 ok = isinstance(got, torch.Tensor) and t.data_ptr() == ptr and np.array_equal(got.numpy(), want)
                 ok = ok and (got is t or name == "reduce_scatter")
+            elif kind == "jax":
+                x = jnp.asarray(values)
+                got = op(x, comm)
+                ok = type(got) is type(x) and np.array_equal(np.asarray(got), want)
+                ok = ok and np.array_equal(np.asarray(x), values)
             else:
                 src = ReadOnly(values)
                 got = op(src, comm)

@@ -124,6 +124,8 @@ WRONG = {
               "was not received within"),
              ("hands back the caller's send buffer", "    return recv", "    send[:] = recv\n    return send",
               "The task does not say send buffer may change")],
+    "20.1": [("copies a torch tensor instead of working in place", "    if view.flags.writeable:", "    if False:"),
+             ("reduces the JAX array's read-only view", "    out = view.copy()", "    out = view")],
     "19.1": [("forgets the broadcast inside the node", "    local.Bcast(buf, root=0)\n", ""),
              ("the library's all-reduce: every rank crosses nodes", None, LIBRARY_ALLREDUCE,
               "is not the leader of its node"),

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..comm.topology import chunk_offsets
 from ..comm.trace import CountingComm
-from .verdicts import at_most, exactly, first, mismatch
+from .verdicts import at_most, exactly, first, mismatch, unchanged
 
 
 def check_average_gradients(module, comm, rng):
@@ -160,3 +160,34 @@ def check_ring_attention(module, comm, rng):
         yield f"{tq} queries, {tk} keys per rank, head size {d}", first(
             mismatch(got, want, "the attention output (one process's softmax attention)", rtol=1e-10, atol=1e-10),
             at_most(counting.sent, 2 * (p - 1), "messages sent", "2(p-1): K and V once around the ring"))
+
+
+def check_allreduce_tensor(module, comm, rng):
+    """A torch tensor comes back itself, its memory unmoved, holding MPI_Allreduce's sum bitwise; a JAX array comes
+    back as a new jax.Array holding that sum, the input untouched; float32 and float64, empty to long."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from mpi4py import MPI
+    jax.config.update("jax_enable_x64", True)
+    p, r = comm.Get_size(), comm.Get_rank()
+    for dtype in (np.float32, np.float64):
+        for n in (0, int(rng.integers(1, 9)), 1 << 16):
+            values = [rng.standard_normal(n).astype(dtype) for _ in range(p)][r]
+            library = values.copy()
+            comm.Allreduce(MPI.IN_PLACE, library, op=MPI.SUM)
+            t = torch.from_numpy(values.copy())
+            ptr = t.data_ptr()
+            got = module.allreduce_tensor(t, comm)
+            failure = None if got is t and t.data_ptr() == ptr else \
+                f"a torch tensor must be summed in place and returned itself (got a {type(got).__name__})"
+            yield f"torch {np.dtype(dtype).name}, {n} elements", first(failure, mismatch(t.numpy(), library,
+                                                                                         "the sum (MPI_Allreduce's)"))
+            x = jnp.asarray(values)
+            got = module.allreduce_tensor(x, comm)
+            failure = None if isinstance(got, jax.Array) and got is not x else \
+                f"a JAX array is immutable: return a new jax.Array (got a {type(got).__name__})"
+            yield f"JAX {np.dtype(dtype).name}, {n} elements", first(
+                failure, unchanged(np.asarray(x), values, "the JAX input"),
+                mismatch(np.asarray(got) if isinstance(got, jax.Array) else None, library, "the sum (MPI_Allreduce's)"))
+

@@ -14,6 +14,7 @@ blocks.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def _client(scheduler: str):
     if scheduler == "processes":
         return Client(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None)
     try:
+        host, _, port = scheduler.partition("://")[2].rpartition(":")
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()  # refused: say so at once
         return Client(scheduler, timeout="10s")
     except (OSError, ValueError, TimeoutError) as e:
         raise click.BadParameter(f"cannot reach a Dask scheduler at {scheduler!r} ({e}): give threads, processes, or "

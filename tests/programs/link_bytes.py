@@ -11,7 +11,9 @@ node's bytes sent are compared with what the algorithm sends across nodes:
 - ring over P = N L ranks: one edge of the ring leaves each node, and each rank sends 2(P-1)/P x n.
 
 What TCP, IP and Ethernet add (headers, acknowledgements, MPI's own messages) puts the counter a few percent
-above the payload: a case passes when counter / formula is in [1, 1.05] on every node. Reports one case per
+above the payload: a case passes when counter / formula is in [1, 1.05] on every node, taking each node's
+least of three all-reduces (other traffic on the link, the launcher's or a retransmission under load, can
+only add: once, in CI, one node's link read 1.056). Reports one case per
 algorithm (report.py).
 """
 from pathlib import Path
@@ -48,10 +50,13 @@ def sent_during(run) -> int | None:
 
 for algorithm, formula in FORMULA.items():
     allreduce(np.ones(n_bytes // 4, dtype=np.float32), comm, algorithm=algorithm)  # connections opened first
-    x = np.ones(n_bytes // 4, dtype=np.float32)
-    sent = [s for s in comm.gather(sent_during(lambda: allreduce(x, comm, algorithm=algorithm)), root=0) or []
-            if s is not None]
-    correct = bool(comm.allreduce(int(np.all(x == p)), op=MPI.MIN))
+    least, correct = None, True
+    for _ in range(3):
+        x = np.ones(n_bytes // 4, dtype=np.float32)
+        mine = sent_during(lambda: allreduce(x, comm, algorithm=algorithm))
+        least = mine if least is None or mine is None else min(least, mine)
+        correct = correct and bool(comm.allreduce(int(np.all(x == p)), op=MPI.MIN))
+    sent = [s for s in comm.gather(least, root=0) or [] if s is not None]
     if rank == 0:
         ratios = [s / formula for s in sent]
         ok = correct and all(1.0 <= r <= 1.05 for r in ratios)

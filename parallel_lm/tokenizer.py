@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +105,3 @@ def load(folder: Path, kind: str):
 def describe(manifest: dict) -> str:
     t = manifest["tokenizer"]
     return f"{t['kind']} ({t['vocab_size']} tokens)"
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=1) + "\n"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .comm import ALGORITHMS, ALLTOALL_ALGORITHMS
+from .comm import ALGORITHMS, ALLTOALL_ALGORITHMS, NODE_ALGORITHMS
 from .costmodel.layout import context_problems, cut_problems, expert_problems
 from .config import COMM_DTYPES, DEVICES, DP_MODES, ENGINES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, SYNCS
 
@@ -100,7 +100,7 @@ def _check_nodes(cfg, dp: int) -> None:
     """Emulated nodes (comm/nodes.py) must divide the data-parallel ranks the hierarchical all-reduce runs on."""
     from .comm.nodes import emulated_ranks_per_node, rails
     from .comm.settings import RAILS, RANKS_PER_NODE
-    if cfg.allreduce not in ("hierarchical", "hierarchical_pipelined", "ring_channels"):
+    if cfg.allreduce not in NODE_ALGORITHMS:
         return
     per_node = emulated_ranks_per_node()
     if per_node is None:

@@ -15,6 +15,7 @@ from .collectives import (
     ALLTOALL_ALGORITHMS,
     ALLTOALLV_ALGORITHMS,
     BROADCAST_ALGORITHMS,
+    NODE_ALGORITHMS,
     REDUCE_SCATTER_ALGORITHMS,
 )
 from .topology import chunk_offsets
@@ -23,6 +24,6 @@ __all__ = [
     "allreduce", "allreduce_mean", "reduce_scatter", "all_gather", "broadcast",
     "all_to_all", "all_to_allv", "exchange_counts",
     "ALGORITHMS", "REDUCE_SCATTER_ALGORITHMS", "ALL_GATHER_ALGORITHMS", "BROADCAST_ALGORITHMS",
-    "ALLTOALL_ALGORITHMS", "ALLTOALLV_ALGORITHMS",
+    "ALLTOALL_ALGORITHMS", "ALLTOALLV_ALGORITHMS", "NODE_ALGORITHMS",
     "chunk_offsets",
 ]

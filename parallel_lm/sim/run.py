@@ -18,14 +18,13 @@ import numpy as np
 from ..comm.buffers import array_module
 from ..comm.collectives import (
     ALGORITHMS,
+    NODE_ALGORITHMS,
     ALL_GATHER_ALGORITHMS,
     ALLTOALL_ALGORITHMS,
     BROADCAST_ALGORITHMS,
     REDUCE_SCATTER_ALGORITHMS,
 )
-from ..comm.collectives.hierarchical import allreduce_hierarchical
-from ..comm.collectives.hierarchical_pipelined import allreduce_hierarchical_pipelined, pieces_for
-from ..comm.collectives.ring_channels import allreduce_ring_channels
+from ..comm.collectives.hierarchical_pipelined import pieces_for
 from ..comm.collectives.local import copy_into
 from ..comm.topology import chunk_offsets
 from ..comm.workspace import release
@@ -48,11 +47,10 @@ def _in_place(all_to_all):
     return run
 
 
-# The library's own collective ("mpi") has no code to run here. The hierarchical all-reduce takes
-# its node size from the topology (``simulate``).
+# The library's own collective ("mpi") has no code to run here. The all-reduces built on nodes take
+# their node size from the topology (``simulate``).
 OPS = {
-    "allreduce": {**{k: v for k, v in ALGORITHMS.items() if k != "mpi"}, "hierarchical": allreduce_hierarchical,
-                  "hierarchical_pipelined": allreduce_hierarchical_pipelined, "ring_channels": allreduce_ring_channels},
+    "allreduce": {**{k: v for k, v in ALGORITHMS.items() if k != "mpi"}, **NODE_ALGORITHMS},
     "reduce_scatter": {k: v for k, v in REDUCE_SCATTER_ALGORITHMS.items() if k != "mpi"},
     "all_gather": {k: v for k, v in ALL_GATHER_ALGORITHMS.items() if k != "mpi"},
     "broadcast": {k: v for k, v in BROADCAST_ALGORITHMS.items() if k != "mpi"},
@@ -82,7 +80,7 @@ class SimResult:
         hierarchical all-reduce has a two-level formula: exact with nodes too,
         as long as no two messages share a port.
         """
-        if self.algorithm in ("hierarchical", "hierarchical_pipelined", "ring_channels"):
+        if self.algorithm in NODE_ALGORITHMS:
             local = min(topo.ranks_per_node or self.ranks, self.ranks)
             rails, nodes = topo.rails if topo.shared_port else local, self.ranks // local
             if self.algorithm == "ring_channels":
@@ -210,7 +208,7 @@ def simulate(op: str, algorithm, ranks: int, n_bytes: int, topology: Topology, *
     fn = algorithm if callable(algorithm) else lookup(op, algorithm)
     if callable(algorithm):  # named after the function (SimResult.formula_s has no formula for it)
         algorithm = getattr(fn, "__name__", repr(fn))
-    if fn in (allreduce_hierarchical, allreduce_hierarchical_pipelined, allreduce_ring_channels):
+    if fn in NODE_ALGORITHMS.values():
         # fewer ranks than a node holds: they share one node
         fn = functools.partial(fn, ranks_per_node=min(topology.ranks_per_node or ranks, ranks))
     dtype = np.dtype(dtype)

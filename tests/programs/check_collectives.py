@@ -13,15 +13,14 @@ import numpy as np
 from mpi4py import MPI
 from report import case
 
-from parallel_lm.comm import (ALGORITHMS, ALL_GATHER_ALGORITHMS, BROADCAST_ALGORITHMS, REDUCE_SCATTER_ALGORITHMS,
-                              all_gather, allreduce, allreduce_mean, broadcast, chunk_offsets, reduce_scatter)
+from parallel_lm.comm import (ALGORITHMS, ALL_GATHER_ALGORITHMS, BROADCAST_ALGORITHMS, NODE_ALGORITHMS,
+                              REDUCE_SCATTER_ALGORITHMS, all_gather, allreduce, allreduce_mean, broadcast, chunk_offsets, reduce_scatter)
 from parallel_lm.runtime import start_script
 
 start_script()
 comm = MPI.COMM_WORLD
 rank, p = comm.Get_rank(), comm.Get_size()
 quick = "--quick" in sys.argv
-NODE_ALGORITHMS = ("hierarchical", "hierarchical_pipelined", "ring_channels")  # nodes of equal size, or refused
 ALLREDUCES = [a for a in ALGORITHMS if a not in NODE_ALGORITHMS or "--unequal-nodes" not in sys.argv]
 DTYPES = [np.float16, np.float32, np.float64, np.int32, np.int64]
 # 262,147 (odd, so chunks are uneven): 0.5-2 MiB per buffer, past every eager limit (MPICH's and Open MPI's are

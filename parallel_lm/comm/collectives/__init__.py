@@ -11,15 +11,15 @@ it calls the library's own collective.
 from .alltoall_bruck import all_to_all_bruck, all_to_allv_bruck
 from .alltoall_pairwise import all_to_all_pairwise, all_to_allv_pairwise
 from .broadcast import broadcast_binomial
-from .hierarchical import allreduce_hierarchical_nodes
-from .hierarchical_pipelined import allreduce_hierarchical_pipelined_nodes
+from .hierarchical import allreduce_hierarchical, allreduce_hierarchical_nodes
+from .hierarchical_pipelined import allreduce_hierarchical_pipelined, allreduce_hierarchical_pipelined_nodes
 from .mpi import all_gather_mpi, all_to_all_mpi, all_to_allv_mpi, allreduce_mpi, broadcast_mpi, reduce_scatter_mpi
 from .naive import allreduce_naive
 from .rabenseifner import allreduce_rabenseifner
 from .recursive_doubling import all_gather_recursive_doubling, allreduce_recursive_doubling
 from .recursive_halving import reduce_scatter_recursive_halving
 from .ring import all_gather_ring, allreduce_ring, reduce_scatter_ring
-from .ring_channels import allreduce_ring_channels_nodes
+from .ring_channels import allreduce_ring_channels, allreduce_ring_channels_nodes
 from .tree import allreduce_tree
 
 ALGORITHMS = {
@@ -32,6 +32,13 @@ ALGORITHMS = {
     "hierarchical_pipelined": allreduce_hierarchical_pipelined_nodes,
     "ring_channels": allreduce_ring_channels_nodes,
     "mpi": allreduce_mpi,
+}
+# The all-reduces built on nodes (equal nodes numbered node by node, or refused): each name's function taking
+# ranks_per_node, which the registry's entries above take from comm/nodes.py and the simulator from its topology.
+NODE_ALGORITHMS = {
+    "hierarchical": allreduce_hierarchical,
+    "hierarchical_pipelined": allreduce_hierarchical_pipelined,
+    "ring_channels": allreduce_ring_channels,
 }
 REDUCE_SCATTER_ALGORITHMS = {
     "ring": reduce_scatter_ring,

@@ -183,6 +183,15 @@ def node_share(comm) -> tuple[int, int]:
     return len(masks), len(set().union(*masks))
 
 
+def first_on_node(comm) -> bool:
+    """Whether this rank is the lowest of ``comm``'s ranks on its node: one per node reads what they share. Collective."""
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    first = local.Get_rank() == 0
+    local.Free()
+    return first
+
+
 def threads_per_rank(comm, requested: int | None = None, share: tuple[int, int] | None = None) -> int:
     """Cores / ranks on this node (at least 1), unless ``requested``; ``share``: ``node_share(comm)`` if known.
 

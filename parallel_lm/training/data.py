@@ -75,11 +75,12 @@ def synthetic_bytes(n: int = 1 << 18, seed: int = 1234) -> bytes:
     return bytes(out)
 
 
-def load_batches(source: str, block_size: int, seed: int, max_bytes: int = 8 << 20) -> "Batches":
-    """The batches of ``--data``: a prepared folder's shards, or ``load_corpus``'s bytes."""
+def load_batches(source: str, block_size: int, seed: int, max_bytes: int = 8 << 20, verify: bool = True) -> "Batches":
+    """The batches of ``--data``: a prepared folder's shards (each one's SHA-256 checked with ``verify``, its
+    length always), or ``load_corpus``'s bytes."""
     if shards.is_prepared(source):
         try:
-            stream, _ = shards.open_folder(source)
+            stream, _ = shards.open_folder(source, verify)
         except shards.ShardError as e:
             raise DataError(str(e)) from None
         return Batches.from_tokens(stream, block_size, seed)

@@ -23,7 +23,7 @@ from ..services import shrink
 from .data import load_batches
 from ..services.metrics import MetricsWriter, Timeline, validation_line, write_chrome_trace
 from ..parallel.schedules import bubble_formula
-from ..runtime import agree, node_share, on_rank0, print0, threads_per_rank
+from ..runtime import agree, first_on_node, node_share, on_rank0, print0, threads_per_rank
 from .trainer import Trainer
 from ..services.watchdog import watchdog
 
@@ -39,7 +39,9 @@ def launch(cfg, comm, opts, state, out, netem, profile) -> None:
     available = None if opts.force else memory_check.available_bytes(cfg.device)
     memory = agree(comm, lambda: memory_check.check(cfg, cfg.grid(cfg.data_ranks(p)), share[0], available))
 
-    batches = agree(comm, lambda: load_batches(cfg.data, cfg.model.block_size, cfg.seed, int(cfg.data_max_mb * 2**20)))
+    verify = first_on_node(comm)  # one rank per node hashes the shards its ranks read, not every rank
+    batches = agree(comm, lambda: load_batches(cfg.data, cfg.model.block_size, cfg.seed, int(cfg.data_max_mb * 2**20),
+                                               verify))
     timeline = Timeline() if opts.trace else None
     before_mib = memory_check.peak_mib()
     survivors = shrink.Survivors(comm, out) if opts.on_failure == "shrink" else None

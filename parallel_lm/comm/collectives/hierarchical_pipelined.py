@@ -83,8 +83,8 @@ def allreduce_hierarchical_pipelined(buf, comm, ranks_per_node: int, pieces: int
     piece = chunk_offsets(n, K)
     # receive space: a chunk for each piece in the node's reduce-scatter, a part of one for each in the reduce half
     # of the ring across nodes, at most L-1 and N-1 pieces at a time (piece j uses slot j mod L-1, mod N-1)
-    chunk = -(-(-(-n // K)) // L)  # the longest chunk of the longest piece
-    part = -(-chunk // N)
+    chunk = int(chunk_offsets(piece[1], L)[1])  # the longest chunk of the longest piece (the first ones)
+    part = int(chunk_offsets(chunk, N)[1])
     space = scratch((L - 1) * chunk + (N - 1) * part, buf.dtype, array_module(buf))
     S = 2 * (L - 1) + 2 * (N - 1)
     for t in range(K + S - 1):

@@ -53,7 +53,7 @@ def allreduce_ring_channels(buf, comm, ranks_per_node: int):
     rank = comm.Get_rank()
     node, local = rank // L, rank % L
     segment = chunk_offsets(n, L)
-    chunk = -(-(-(-n // L)) // size)  # the longest chunk of the longest segment
+    chunk = int(chunk_offsets(segment[1], size)[1])  # the longest chunk of the longest segment (the first ones)
     space = scratch(L * chunk, buf.dtype, array_module(buf))
 
     def world(position, c):

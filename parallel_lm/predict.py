@@ -28,7 +28,7 @@ from .costmodel.layout import ZERO3_GATHERS, Cluster
 from .costmodel.predict import DEFAULT_MFU, predict_step
 from .costmodel.profiles import PROFILE_NAMES, load_profile
 from .costmodel.stack import apply, parse_factors
-from .costmodel.transformer import RECOMPUTE, ModelShape
+from .costmodel.transformer import ARCH_SHAPES, RECOMPUTE, ModelShape
 from .services.metrics import write_atomic
 from .predict_tables import calibrated, gpu_table, layout_table
 from .runtime import comma_list, rank_count
@@ -79,8 +79,6 @@ def device_flops(device: str, preset: str) -> tuple[float, float | None, str]:
                                  "'measure', or a number of FLOP/s", param_hint="--device") from None
 
 
-ARCHS = {"gpt": {}, "llama": {"gated_mlp": True, "biases": False, "learned_positions": False,
-                               "tied_embeddings": False, "dropout": False}}
 
 
 def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfused", arch: str = "gpt") -> ModelShape:
@@ -91,7 +89,7 @@ def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfuse
             "vocab_size": cfg.vocab_size}
     try:
         return ModelShape(**{**base, **{k: v for k, v in dims.items() if v is not None}},
-                          **{"dropout": dropout, **ARCHS[arch]}, fused_attention=attention == "flash")
+                          **{"dropout": dropout, **ARCH_SHAPES[arch]}, fused_attention=attention == "flash")
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 
@@ -107,7 +105,7 @@ def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfuse
 @click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Tokens per sequence.")
 @click.option("--vocab-size", type=click.IntRange(min=1), default=None, help="Vocabulary (the presets use 256 bytes).")
 @click.option("--dropout/--no-dropout", default=True, help="Dropout masks kept for backward (activation memory).")
-@click.option("--arch", type=click.Choice(list(ARCHS)), default="gpt",
+@click.option("--arch", type=click.Choice(list(ARCH_SHAPES)), default="gpt",
               help="GPU model: gpt (GeLU MLP, LayerNorm, biases, learned positions, head tied to the embedding, "
                    "dropout) or llama (SwiGLU MLP of three matrices, RMSNorm, no biases, rotary positions, a head "
                    "of its own, no dropout); --n-kv-head for grouped-query attention.")

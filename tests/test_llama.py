@@ -115,3 +115,9 @@ def test_train_arch_llama_checkpoints_and_generates(runs):
     gen = mpirun(1, ["-m", "parallel_lm.generate", "--ckpt", str(proc.out), "--prompt", "def ",
                      "--max-new-tokens", "8"], timeout=60)
     assert gen.returncode == 0 and gen.stdout.startswith("def "), describe(gen)
+
+
+def test_the_cost_model_knows_every_architecture_the_model_has():
+    from parallel_lm.costmodel.transformer import ARCH_SHAPES
+    from parallel_lm.model.config import ARCHS
+    assert tuple(ARCH_SHAPES) == ARCHS

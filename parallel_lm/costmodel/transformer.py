@@ -29,6 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RECOMPUTE = ("none", "selective", "full")
+# What each block architecture (--arch: model/config.py's ARCHS) sets in a ModelShape: the one place that says
+# what "llama" means to the cost model, for the predictor's flags and for train's own model (training/utilization.py)
+ARCH_SHAPES = {"gpt": {}, "llama": {"gated_mlp": True, "biases": False, "learned_positions": False,
+                                    "tied_embeddings": False, "dropout": False}}
 
 
 @dataclass(frozen=True)

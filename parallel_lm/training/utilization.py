@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..costmodel.transformer import ModelShape
+from ..costmodel.transformer import ARCH_SHAPES, ModelShape
 from ..services.metrics import write_atomic
 from ..parallel.zero import memory_formula
 from ..runtime import on_rank0
@@ -32,9 +32,7 @@ def shape_of(model_cfg, cp: int = 1) -> ModelShape:
     attention keeps Q, K, V, its output and one log-sum-exp per row, as a fused kernel does)."""
     m = model_cfg
     return ModelShape(m.n_layer, m.n_embd, m.n_head, m.block_size // cp, m.vocab_size, n_kv_head=m.n_kv_head,
-                      ffn_hidden=m.ffn_hidden,
-                      dropout=False, fused_attention=True, gated_mlp=m.llama, biases=not m.llama,
-                      learned_positions=not m.llama, tied_embeddings=not m.llama)
+                      ffn_hidden=m.ffn_hidden, fused_attention=True, **{"dropout": False, **ARCH_SHAPES[m.arch]})
 
 
 def matmul_peak(threads: int, n: int = 1024, seconds: float = 0.3) -> float:

@@ -17,7 +17,7 @@ endif
 PY := $(VENV)/bin/python
 # The CPU wheel of torch lies on these machines; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= $(MPI),test,tensorboard,data,jax
+EXTRAS ?= $(MPI),test,tensorboard,data,jax,tensorflow
 MPIEXEC ?= $(VENV)/bin/mpiexec
 # make test-openmpi: the MPI tests that best cover the runtime (collectives bitwise against the library, training
 # equal to one process on 2-4 ranks, the watchdog's aborts, checkpoint integrity, dp x tp x pp, ZeRO-3, and

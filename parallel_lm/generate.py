@@ -21,7 +21,7 @@ from .model import GPT
 
 
 def load_tokenizer(ckpt: str, vocab_size: int):
-    """Bytes, or the BPE beside the checkpoint (a model of more than 256 tokens needs it)."""
+    """Bytes, or the BPE (trained or tiktoken's) beside the checkpoint (a model of more than 256 tokens needs it)."""
     folder = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
     if (folder / tokenizer.FILE).is_file():
         return tokenizer.load(folder, "bpe")

@@ -42,7 +42,7 @@ def input_files(inputs, pattern: str = "*") -> list[Path]:
 
 def _tokenize(block: bytes, kind: str, spec: str, folder: str, index: int) -> dict:
     """Runs on a worker: one block's tokens written as shard ``index``."""
-    tok = tokenizer.ByteTokenizer() if kind == "bytes" else tokenizer.BPETokenizer.from_json(spec)
+    tok = tokenizer.ByteTokenizer() if kind == "bytes" else tokenizer.from_json(spec)
     return shards.write_shard(Path(folder), index, tok.encode(block))
 
 
@@ -73,9 +73,11 @@ def prepare(files: list[Path], spec: str, out: Path, scheduler: str = "threads",
     for old in out.glob("shard-*.npy"):
         old.unlink()
     tok_json = ""
-    if kind == "bpe":  # learned from the whole input, here
-        texts = (tokenizer.utf8(f.read_bytes(), str(f)) for f in files)
-        bpe = tokenizer.BPETokenizer.train(texts, vocab)
+    if kind != "bytes":
+        if kind == "bpe":  # learned from the whole input, here
+            bpe = tokenizer.BPETokenizer.train((tokenizer.utf8(f.read_bytes(), str(f)) for f in files), vocab)
+        else:
+            bpe = tokenizer.TiktokenTokenizer.from_file(Path(spec.partition(":")[2]))
         tok_json = bpe.to_json()
         (out / tokenizer.FILE).write_text(tok_json)
         vocab = bpe.vocab_size
@@ -109,8 +111,10 @@ def prepare(files: list[Path], spec: str, out: Path, scheduler: str = "threads",
               help="A text file or a folder of them (read recursively); repeat for several.")
 @click.option("--pattern", default="*", help="In a folder, read the files whose names match this (e.g. '*.py').")
 @click.option("--tokenizer", "spec", default="bytes",
-              help="bytes (vocabulary 256, any bytes), or bpe:V: a byte-level BPE of V tokens trained on the input "
-                   "(UTF-8 text), saved as tokenizer.json beside the shards.")
+              help="bytes (vocabulary 256, any bytes); bpe:V, a byte-level BPE of V tokens trained on the input "
+                   "(UTF-8 text); or tiktoken:FILE, a tiktoken BPE file you bring (cl100k_base.tiktoken; split by "
+                   "the pattern of the encoding it is named after, else GPT-2's). A BPE is saved as tokenizer.json "
+                   "beside the shards.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the shards and manifest.json.")
 @click.option("--scheduler", default="threads",
               help="Where Dask tokenizes: threads or processes of this machine, or a running scheduler's address "

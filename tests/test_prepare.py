@@ -36,8 +36,33 @@ def raw(folder):
     return b"".join(p.read_bytes() for p in sorted(folder.iterdir()))
 
 
-@pytest.mark.parametrize("spec", ["bytes", "bpe:400"])
-def test_shards_decode_to_the_input_bytes_exactly(corpus, tmp_path, spec):
+def gpt2_byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, read backwards: the printable character that stands for each byte."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), 256)]
+    shifted = [b for b in range(256) if b not in keep]
+    return {**{chr(b): b for b in keep}, **{chr(256 + i): b for i, b in enumerate(shifted)}}
+
+
+@pytest.fixture(scope="module")
+def tiktoken_file(corpus, tmp_path_factory):
+    """A tiktoken BPE file written from a byte-level BPE of 400 trained on the corpus: each token's bytes in
+    base64 and its id as its rank. Returns (the file, the trained BPE it came from)."""
+    import base64
+    pytest.importorskip("tiktoken")
+    files = sorted(p for p in corpus.iterdir() if p.stat().st_size)
+    bpe = tokenizer.BPETokenizer.train((p.read_text() for p in files), 400)
+    byte_of = gpt2_byte_of_char()
+    vocab = json.loads(bpe.to_json())["model"]["vocab"]
+    lines = [f"{base64.b64encode(bytes(byte_of[c] for c in tok)).decode()} {i}" for tok, i in vocab.items()]
+    path = tmp_path_factory.mktemp("vocab") / "mine.tiktoken"
+    path.write_text("\n".join(lines) + "\n")
+    return path, bpe
+
+
+@pytest.mark.parametrize("spec", ["bytes", "bpe:400", "tiktoken"])
+def test_shards_decode_to_the_input_bytes_exactly(corpus, tmp_path, spec, request):
+    if spec == "tiktoken":
+        spec = f"tiktoken:{request.getfixturevalue('tiktoken_file')[0]}"
     proc = prepare("--input", corpus, "--tokenizer", spec, "--out", tmp_path, "--block-mb", "0.004")
     assert proc.returncode == 0, describe(proc)
     stream, manifest = shards.open_folder(tmp_path)
@@ -47,6 +72,38 @@ def test_shards_decode_to_the_input_bytes_exactly(corpus, tmp_path, spec):
     assert len(manifest["shards"]) > 5 and manifest["files"] == 5 and manifest["bytes"] == len(raw(corpus))
     assert manifest["tokenizer"]["vocab_size"] == (256 if spec == "bytes" else 400)
     assert f"{manifest['tokens']:,} tokens" in proc.stdout and "train on it" in proc.stdout
+
+
+def test_a_tiktoken_file_gives_the_ids_of_the_bpe_it_was_written_from(corpus, tiktoken_file, tmp_path):
+    """Two libraries, one vocabulary: tiktoken's ids under GPT-2's split pattern are the Hugging Face BPE's, shard
+    by shard; generate finds the tokenizer beside a checkpoint as it finds a trained BPE's."""
+    from parallel_lm.generate import load_tokenizer
+    path, bpe = tiktoken_file
+    proc = prepare("--input", corpus, "--tokenizer", f"tiktoken:{path}", "--out", tmp_path, "--block-mb", "0.004")
+    assert proc.returncode == 0, describe(proc)
+    stream, manifest = shards.open_folder(tmp_path)
+    assert manifest["tokenizer"]["kind"] == "tiktoken" and "tiktoken (400 tokens)" in proc.stdout
+    for ids in stream.arrays:
+        text = tokenizer.load(tmp_path, "tiktoken").decode(ids)
+        assert list(np.asarray(ids)) == list(bpe.encode(text))
+    assert isinstance(load_tokenizer(str(tmp_path), 400), tokenizer.TiktokenTokenizer)
+
+
+def test_a_tiktoken_file_named_for_an_encoding_is_cut_by_that_encodings_pattern(tiktoken_file, tmp_path):
+    """cl100k_base cuts digits into runs of at most three before merging; GPT-2's pattern keeps a number whole."""
+    mine = tokenizer.TiktokenTokenizer.from_file(tiktoken_file[0])
+    named = tmp_path / "cl100k_base.tiktoken"
+    named.write_bytes(tiktoken_file[0].read_bytes())
+    cl100k = tokenizer.TiktokenTokenizer.from_file(named)
+    assert cl100k.pattern != mine.pattern and mine.pattern == tokenizer.split_pattern("unknown")
+
+    def pieces(tok, text):
+        return [tok.decode([i]) for i in tok.encode(text.encode())]
+    for tok in (mine, cl100k):
+        assert b"".join(pieces(tok, "x = 1234567\n")) == b"x = 1234567\n"
+    assert max(len(p) for p in pieces(cl100k, "1234567") if p.isdigit()) <= 3
+    digits = b"".join(p for p in pieces(cl100k, "1234567"))
+    assert digits == b"1234567" and len(pieces(cl100k, "1234567")) >= 3
 
 
 def test_every_scheduler_writes_the_same_shards(corpus, tmp_path):
@@ -66,13 +123,20 @@ def test_every_scheduler_writes_the_same_shards(corpus, tmp_path):
 
 @pytest.mark.parametrize("case,message", [
     ("no-files", "no files to read"), ("empty", "no bytes to tokenize"), ("small-bpe", "more than its 256 byte tokens"),
-    ("not-utf8", "is not UTF-8 text"), ("bad-spec", "use bytes, or bpe:V"),
+    ("not-utf8", "is not UTF-8 text"), ("bad-spec", "use bytes, bpe:V"),
+    ("no-vocab-file", "no such file"), ("not-tiktoken", "not a tiktoken BPE file"),
+    ("bytes-missing", "of the 256 single bytes have no rank"),
     ("no-scheduler", "cannot reach a Dask scheduler at 'tcp://127.0.0.1:9'"), ("pattern", "no files to read matching"),
 ])
 def test_bad_input_gets_one_clear_error(tmp_path, case, message):
     folder = tmp_path / "in"
     folder.mkdir()
-    spec = {"small-bpe": "bpe:100", "not-utf8": "bpe:300", "bad-spec": "words"}.get(case, "bytes")
+    spec = {"small-bpe": "bpe:100", "not-utf8": "bpe:300", "bad-spec": "words",
+            "no-vocab-file": f"tiktoken:{tmp_path / 'none.tiktoken'}"}.get(case, "bytes")
+    if case in ("not-tiktoken", "bytes-missing"):
+        vocab = tmp_path / "v.tiktoken"
+        vocab.write_text("IQ== 0\nnot base64 at all\n" if case == "not-tiktoken" else "IQ== 0\nIg== 1\n")
+        spec = f"tiktoken:{vocab}"
     if case == "empty":
         (folder / "x.txt").write_bytes(b"")
     elif case != "no-files":

@@ -4,7 +4,8 @@
     python benchmarks/peers.py --ranks 2 --trials 1 --steps 8 --preset tiny    # a quick look
 
 Each run is one launch of benchmarks/peer_run.py (mpiexec -n K): ours with data parallelism and ZeRO-1/2/3,
-torch DDP, torch FSDP2 (fully_shard) and DeepSpeed ZeRO-1/2/3 when it imports. Peers alternate within a trial,
+torch DDP, torch FSDP2 (fully_shard), DeepSpeed ZeRO-1/2/3 when it imports, and Horovod when it imports
+(``make horovod`` builds it from source). Peers alternate within a trial,
 so a slow minute of the machine falls on all of them. Reported per peer and rank count: the median over
 trials of tokens/s (each run's median step after the first 3) and its ratio to ours-dp, the peak RSS per rank
 above what the process held before the model existed, and the largest |loss - ours-dp's loss| over the steps
@@ -28,13 +29,15 @@ DEEPSPEED = ("deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3")
 
 
 def peers() -> tuple[str, ...]:
-    return OURS + TORCH + (DEEPSPEED if importlib.util.find_spec("deepspeed") else ())
+    """Ours and torch's always; DeepSpeed and Horovod where they are installed (``make horovod`` builds it)."""
+    return (OURS + TORCH + (DEEPSPEED if importlib.util.find_spec("deepspeed") else ())
+            + (("horovod",) if importlib.util.find_spec("horovod") else ()))
 
 
-def launch(peer: str, ranks: int, steps: int, preset: str, batch: int) -> dict:
+def launch(peer: str, ranks: int, steps: int, preset: str, batch: int, extra: tuple[str, ...] = ()) -> dict:
     mpiexec = os.environ.get("PARALLEL_LM_MPIEXEC", str(Path(sys.executable).parent / "mpiexec"))
     cmd = [mpiexec, "-n", str(ranks), sys.executable, str(ROOT / "benchmarks" / "peer_run.py"), peer,
-           "--steps", str(steps), "--preset", preset, "--batch", str(batch)]
+           "--steps", str(steps), "--preset", preset, "--batch", str(batch), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:  # a run that printed its result and then failed at exit (DeepSpeed's, now and then) counts
@@ -68,6 +71,8 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--peers", default=None, help="comma-separated subset (ours-dp is always run: the baseline)")
     ap.add_argument("--json", help="write every run and the summary here")
+    ap.add_argument("--deepspeed-no-shm", action="store_true",
+                    help="DeepSpeed on gloo, without its shared-memory op (g++ compiles it on first use, about 40 s)")
     args = ap.parse_args()
     names = peers() if args.peers is None else tuple(dict.fromkeys(("ours-dp", *args.peers.split(","))))
     runs = []
@@ -76,7 +81,8 @@ def main():
     for ranks in (int(r) for r in args.ranks.split(",")):
         for trial in range(args.trials):
             for peer in names:
-                runs.append(launch(peer, ranks, args.steps, args.preset, args.batch))
+                extra = ("--deepspeed-no-shm",) if args.deepspeed_no_shm and peer in DEEPSPEED else ()
+                runs.append(launch(peer, ranks, args.steps, args.preset, args.batch, extra))
                 print(f"# ranks {ranks} trial {trial + 1}: {peer} {runs[-1]['tokens_per_s']:.0f} tokens/s", flush=True)
     rows = summarize(runs)
     print(f"{'ranks':>5} {'peer':>16} {'tokens/s':>10} {'vs ours-dp':>10} {'peak MiB/rank':>13} {'final loss':>10} "

@@ -52,8 +52,7 @@ run: setup
 	$(MPIEXEC) -n $(RANKS) $(PY) -m parallel_lm.train --preset tiny --steps $(STEPS) --eval-every 100 --out runs/quickstart --trace
 
 test: setup
-	PARALLEL_LM_MPIEXEC=$(if $(findstring /,$(MPIEXEC)),$(abspath $(MPIEXEC)),$(MPIEXEC)) $(PY) -m pytest -q \
-		--durations=15 $(TESTS)
+	PARALLEL_LM_MPIEXEC=$(if $(findstring /,$(MPIEXEC)),$(abspath $(MPIEXEC)),$(MPIEXEC)) $(PY) -m pytest -q $(TESTS) --durations=15
 
 # the subset needs none of the frameworks (jax, tensorflow, deepspeed) nor Dask: about 2 GB less to install
 test-openmpi:

@@ -11,7 +11,7 @@ from conftest import ROOT, describe, mpirun
 LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
 RANKS = {"01": [1, 4], "02": [3, 8], "03": [3, 4], "04": [4], "05": [4], "06": [1, 3], "07": [4], "08": [3],
          "09": [2, 4], "10": [2], "11": [4], "12": [1], "13": [2], "14": [1, 2], "15": [2, 4], "16": [1],
-         "17": [2], "18": [4], "19": [4], "20": [2, 3]}
+         "17": [2], "18": [4], "19": [4], "20": [2]}
 
 PLOTS = {"05": "05_alpha_beta.png", "07": "07_overlap.png", "10": "10_pipeline_slots.png",  # what --plot draws
          "13": "13_loss_scale.png", "17": "17_causal_work.png", "19": "19_flat_vs_hierarchical.png"}

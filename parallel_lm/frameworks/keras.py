@@ -35,16 +35,16 @@ def _world(comm):
 
 
 def average_gradients(grads, comm=None, algorithm: str = "ring") -> list:
-    """``grads`` (one per variable) averaged over the ranks of ``comm``.
+    """``grads`` (one per variable; None stays None) averaged over the ranks of ``comm``.
 
-    Dense gradients go as one vector through one ``allreduce_mean``. A sparse one (``tf.IndexedSlices``, an
+    Dense gradients go as one vector through one ``allreduce_mean`` by ``algorithm``. A sparse one (``tf.IndexedSlices``, an
     Embedding's: the rows its tokens touched) stays sparse: every rank's rows and values are gathered
-    (``all_gather``) and divided by the ranks, as one process would hold them for the whole batch. Made
+    (the ring ``all_gather``) and divided by the ranks, as one process would hold them for the whole batch. Made
     dense instead, Keras's optimizers would move rows no token touched (Adam's moments decay), and K ranks
     would no longer train as one process.
     """
     comm = _world(comm)
-    dense = [i for i, g in enumerate(grads) if not isinstance(g, tf.IndexedSlices)]
+    dense = [i for i, g in enumerate(grads) if g is not None and not isinstance(g, tf.IndexedSlices)]
     out = list(grads)
     if dense:
         flat = tf.concat([tf.reshape(grads[i], [-1]) for i in dense], axis=0)
@@ -55,7 +55,7 @@ def average_gradients(grads, comm=None, algorithm: str = "ring") -> list:
             out[i] = tf.reshape(part, grads[i].shape)
     for i, g in enumerate(grads):
         if isinstance(g, tf.IndexedSlices):
-            values, indices = tf.py_function(lambda v, j: _gather_rows(v.numpy(), j.numpy(), comm, algorithm),
+            values, indices = tf.py_function(lambda v, j: _gather_rows(v.numpy(), j.numpy(), comm),
                                              [g.values, g.indices], Tout=(g.values.dtype, g.indices.dtype))
             values.set_shape([None, *g.values.shape[1:]])
             indices.set_shape([None])
@@ -63,16 +63,16 @@ def average_gradients(grads, comm=None, algorithm: str = "ring") -> list:
     return out
 
 
-def _gather_rows(values: np.ndarray, indices: np.ndarray, comm, algorithm: str):
+def _gather_rows(values: np.ndarray, indices: np.ndarray, comm):
     """Every rank's (values, indices) rows, rank after rank: padded to the longest, gathered, trimmed."""
     counts = comm.allgather(len(indices))
     longest, k, r = max(counts), comm.Get_size(), comm.Get_rank()
-    row = values[0].size if len(values) else int(np.prod(values.shape[1:]))
+    row = int(np.prod(values.shape[1:]))
     out = []
     for part, width in ((values, row), (indices, 1)):
         buf = np.zeros(k * longest * width, part.dtype)
         buf[r * longest * width:(r * longest + len(part)) * width] = part.reshape(-1)
-        whole = all_gather(buf, comm, algorithm).reshape(k, longest, width)
+        whole = all_gather(buf, comm).reshape(k, longest, width)
         out.append(np.concatenate([whole[q, :counts[q]] for q in range(k)]).reshape(-1, *part.shape[1:]))
     return out[0], out[1]
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 import time
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -66,7 +68,14 @@ SCALARS = {"train/loss": "loss", "train/lr": "lr", "train/tokens_per_s": "tokens
 
 
 def tensorboard_writer(folder: Path):
-    """torch's SummaryWriter on ``folder``, or an ImportError that says what to install."""
+    """torch's SummaryWriter on ``folder``, or an ImportError that says what to install.
+
+    Where TensorFlow is installed, tensorboard imports all of it to write event files (about 5 s per rank here)
+    unless the marker module of its own TensorFlow-free build, ``tensorboard.compat.notf``, exists: then its
+    stub writes the same files. The marker is set unless the program already imported TensorFlow.
+    """
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:

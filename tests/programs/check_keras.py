@@ -7,7 +7,8 @@ Cases (report.py):
   rank on its rows of every global batch.
 - ``fit``: ``DataParallelModel.fit`` on ``local_rows`` of the data.
 - ``sparse-uneven``: a sparse gradient (tf.IndexedSlices) with a different number of rows on each rank comes
-  back holding every rank's rows, rank after rank, each divided by the ranks.
+  back holding every rank's rows, rank after rank, each divided by the ranks (beside a None gradient, kept,
+  and a dense one, averaged).
 Each training case starts the ranks from different seeds, so ``broadcast_weights`` must make them equal; it
 then ends with the same bits on every rank, within float32 rounding of one process on the whole batch.
 ``fit`` must also log the whole batch's loss, as one process does. The model is a next-byte predictor over 8 bytes of this file: Embedding, Dense, Dense to 256 logits, Adam.
@@ -54,13 +55,15 @@ report("tensorflow", wrong, "5 collectives x 3 lengths bitwise as on NumPy, a ne
 # 1b. a sparse gradient whose ranks hold different numbers of rows
 rows = rank + 1
 mine = tf.IndexedSlices(tf.fill([rows, 3], float(rank + 1)), tf.range(rows, dtype=tf.int64) + 10 * rank, [40, 3])
-got = average_gradients([mine], comm)[0]
+nothing, got, dense = average_gradients([None, mine, tf.fill([2], float(rank))], comm)
 want_idx = np.concatenate([np.arange(q + 1) + 10 * q for q in range(K)])
 want_val = np.concatenate([np.full((q + 1, 3), (q + 1) / K, np.float32) for q in range(K)])
 ok = isinstance(got, tf.IndexedSlices) and np.array_equal(got.indices.numpy(), want_idx) \
-    and np.allclose(got.values.numpy(), want_val, rtol=1e-7, atol=0)
+    and np.allclose(got.values.numpy(), want_val, rtol=1e-7, atol=0) \
+    and nothing is None and np.allclose(dense.numpy(), (K - 1) / 2, rtol=1e-7)
 report("sparse-uneven", [] if ok else [f"rank {rank}: {got}"],
-       f"ranks holding 1..{K} rows: all {len(want_idx)} rows gathered in rank order, values / {K}")
+       f"ranks holding 1..{K} rows: all {len(want_idx)} rows gathered in rank order, values / {K}; "
+       "a None gradient stays None beside them, a dense one is averaged")
 
 # 2. training: the data and the model
 text = np.frombuffer(Path(__file__).read_bytes(), np.uint8)

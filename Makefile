@@ -65,7 +65,7 @@ bench: setup
 	$(MPIEXEC) -n 4 $(PY) -m parallel_lm.bench -b 4K -e 64M -f 4 --json bench-p4.json
 
 # make horovod: Horovod 0.28.1 (its last release) for benchmarks/peers.py, built from source against this venv's torch
-# and MPI. Optional and not part of `make test`: about 3.5 minutes of compiling on 2 cores. Its CMake files ask for
+# and MPI. Optional and not part of `make test`: 2.5 to 3.5 minutes of compiling on 2 cores. Its CMake files ask for
 # C++14, and torch 2.13's headers need C++17, so the sdist is patched to 17 first.
 HOROVOD_VERSION ?= 0.28.1
 HOROVOD_BUILD := $(VENV)/horovod-build

@@ -40,6 +40,23 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def adamw(model):
+    """The optimizer every torch peer steps: AdamW, decay on matrices only, the same learning rate as ours."""
+    return torch.optim.AdamW(decay_groups(model.parameters(), WEIGHT_DECAY), lr=LR, betas=BETAS, foreach=False)
+
+
+def timed_steps(step_fn, global_mean, batches, B: int, lo: int, hi: int, steps: int):
+    """Rows lo..hi of each step's global batch of B through ``step_fn`` (-> this rank's loss); (the global mean
+    loss of each step by ``global_mean``, the seconds of each step)."""
+    losses, times = [], []
+    for s in range(steps):
+        t0 = time.perf_counter()
+        x, y = batches.rows(s, "train", B, lo, hi)
+        losses.append(global_mean(step_fn(x, y).detach()))
+        times.append(time.perf_counter() - t0)
+    return losses, times
+
+
 def ours(cfg, comm, batches, steps):
     from parallel_lm.training.trainer import Trainer
     trainer = Trainer(cfg, comm, batches)
@@ -77,9 +94,7 @@ def torch_peer(peer, cfg, comm, batches, steps, shm=True):
             deepspeed.ops.__compatible_ops__ = {}
         config = {"train_micro_batch_size_per_gpu": hi - lo, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
                   "zero_optimization": {"stage": int(peer[-1])}, "steps_per_print": 10**9}
-        optimizer = torch.optim.AdamW(decay_groups(model.parameters(), WEIGHT_DECAY), lr=LR, betas=BETAS,
-                                      foreach=False)
-        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=adamw(model), config=config)
         step_fn = lambda x, y: (engine.backward(loss := engine(x, y)[1]), engine.step(), loss)[-1]
     else:
         if peer == "ddp":
@@ -89,8 +104,7 @@ def torch_peer(peer, cfg, comm, batches, steps, shm=True):
             for block in model.blocks:
                 fully_shard(block)
             wrapped = fully_shard(model)
-        optimizer = torch.optim.AdamW(decay_groups(model.parameters(), WEIGHT_DECAY), lr=LR, betas=BETAS,
-                                      foreach=False)
+        optimizer = adamw(model)
 
         def step_fn(x, y):
             loss = wrapped(x, y)[1]
@@ -98,14 +112,11 @@ def torch_peer(peer, cfg, comm, batches, steps, shm=True):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return loss
-    losses, times = [], []
-    for s in range(steps):
-        t0 = time.perf_counter()
-        x, y = batches.rows(s, "train", B, lo, hi)
-        loss = step_fn(x, y).detach()
+
+    def global_mean(loss):
         dist.all_reduce(loss)
-        losses.append(float(loss) / k)
-        times.append(time.perf_counter() - t0)
+        return float(loss) / k
+    losses, times = timed_steps(step_fn, global_mean, batches, B, lo, hi, steps)
     dist.barrier()
     return losses, times
 
@@ -118,20 +129,18 @@ def horovod_peer(cfg, comm, batches, steps):
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    optimizer = torch.optim.AdamW(decay_groups(model.parameters(), WEIGHT_DECAY), lr=LR, betas=BETAS, foreach=False)
-    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    optimizer = hvd.DistributedOptimizer(adamw(model), named_parameters=model.named_parameters())
     rank, k, B = comm.Get_rank(), comm.Get_size(), cfg.global_batch_size
-    lo, hi = rank * B // k, (rank + 1) * B // k
-    losses, times = [], []
-    for s in range(steps):
-        t0 = time.perf_counter()
-        x, y = batches.rows(s, "train", B, lo, hi)
+
+    def step_fn(x, y):
         loss = model(x, y)[1]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()  # Horovod's wrapper takes no set_to_none
-        losses.append(float(hvd.allreduce(loss.detach(), name="loss")))
-        times.append(time.perf_counter() - t0)
+        return loss
+
+    losses, times = timed_steps(step_fn, lambda loss: float(hvd.allreduce(loss, name="loss")), batches, B,
+                                rank * B // k, (rank + 1) * B // k, steps)
     hvd.shutdown()
     return losses, times
 

@@ -79,8 +79,6 @@ def device_flops(device: str, preset: str) -> tuple[float, float | None, str]:
                                  "'measure', or a number of FLOP/s", param_hint="--device") from None
 
 
-
-
 def model_shape(preset: str, dims: dict, dropout: bool, attention: str = "unfused", arch: str = "gpt") -> ModelShape:
     """The preset's shape with every dimension given on the command line put over it."""
     from .model import PRESETS

@@ -18,10 +18,10 @@ import numpy as np
 from ..comm.buffers import array_module
 from ..comm.collectives import (
     ALGORITHMS,
-    NODE_ALGORITHMS,
     ALL_GATHER_ALGORITHMS,
     ALLTOALL_ALGORITHMS,
     BROADCAST_ALGORITHMS,
+    NODE_ALGORITHMS,
     REDUCE_SCATTER_ALGORITHMS,
 )
 from ..comm.collectives.hierarchical_pipelined import pieces_for

@@ -6,4 +6,4 @@ def test_tensorflow_tensors_and_keras_training_on_3_ranks_equal_one_process(tmp_
     """TF tensors bitwise as NumPy; sparse gradients gathered exactly; a custom loop and model.fit equal one
     process (tests/programs/check_keras.py). KERAS_HOME keeps Keras out of the home folder."""
     proc = mpirun(3, [str(PROGRAMS / "check_keras.py")], timeout=180, env={"KERAS_HOME": str(tmp_path)})
-    assert_cases(proc, ["tensorflow", "sparse-uneven", "custom-loop", "fit"])
+    assert_cases(proc, ["tensorflow", "sparse-uneven", "bad-rows", "custom-loop", "fit"])

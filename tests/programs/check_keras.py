@@ -6,6 +6,8 @@ Cases (report.py):
 - ``custom-loop``: a GradientTape loop whose gradients ``average_gradients`` averages over the ranks, each
   rank on its rows of every global batch.
 - ``fit``: ``DataParallelModel.fit`` on ``local_rows`` of the data.
+- ``bad-rows``: ``local_rows`` refuses, on every rank, rows that are not whole global batches and a global batch
+  that does not split over the ranks.
 - ``sparse-uneven``: a sparse gradient (tf.IndexedSlices) with a different number of rows on each rank comes
   back holding every rank's rows, rank after rank, each divided by the ranks (beside a None gradient, kept,
   and a dense one, averaged).
@@ -64,6 +66,21 @@ ok = isinstance(got, tf.IndexedSlices) and np.array_equal(got.indices.numpy(), w
 report("sparse-uneven", [] if ok else [f"rank {rank}: {got}"],
        f"ranks holding 1..{K} rows: all {len(want_idx)} rows gathered in rank order, values / {K}; "
        "a None gradient stays None beside them, a dense one is averaged")
+
+# 1c. rows that do not split: a clear error on every rank
+cases = [(np.zeros(50), 24, "not a whole number of global batches")]
+if K > 1:  # one rank takes any batch
+    cases.append((np.zeros(6 * K + 6), 3 * K + 1, "does not split over"))
+said = []
+for rows, batch, expected in cases:
+    try:
+        local_rows(rows, batch, comm)
+        said.append(f"no error for {len(rows)} rows in global batches of {batch}")
+    except ValueError as e:
+        if expected not in str(e):
+            said.append(str(e))
+report("bad-rows", [f"rank {rank}: {w}" for w in said],
+       "local_rows refuses a global batch that does not split over the ranks, and a partial last batch")
 
 # 2. training: the data and the model
 text = np.frombuffer(Path(__file__).read_bytes(), np.uint8)
